@@ -1,0 +1,44 @@
+# onnxforge — every target sets up what it needs; a second run reuses the venv and fixtures.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WHEELS := $(wildcard /opt/wheels)
+
+.PHONY: install demo test bench lint fixtures clean chromium
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; assert sys.version_info[:2] == (3, 11), "onnxforge pins torch 2.13.0 for Python 3.11"'
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/python -m pip install -q $(if $(WHEELS),--find-links $(WHEELS)) torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,dev]'
+	@touch $@
+
+fixtures: install
+	$(BIN)/python -m fixtures $(if $(FORCE),--force)
+
+demo: install fixtures
+	$(BIN)/onnxforge run configs/demo.yaml
+	$(BIN)/onnxforge report runs/demo --out runs/demo/report
+	@echo "report: runs/demo/report/report.html (also report.md, report.json)"
+
+test: install fixtures
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: install fixtures
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+lint: install
+	$(BIN)/ruff check onnxforge tests fixtures bench
+
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,3 @@
+from onnxforge.cli import main
+
+main()

@@ -1,0 +1,372 @@
+"""The command line: parse → config → pipeline/stage → render. Imports no ML framework (checked in tests)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from onnxforge import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="onnxforge: convert, validate, quantize, optimize and report ONNX artifacts.\n\n"
+                       "Exit codes: 0 ok · 1 a check failed · 2 bad input · 3 internal error.")
+config_app = typer.Typer(no_args_is_help=True, help="The pipeline config: its JSON Schema, and checking a file.")
+app.add_typer(config_app, name="config")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable result on stdout; human text on stderr")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="pipeline YAML (stage options, data, source)")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="stage option key=value (YAML value); repeatable")]
+OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="where to write the resulting .onnx")]
+DataOpt = Annotated[Path | None, typer.Option("--data", help="data file: .npy .npz .csv .parquet")]
+
+
+
+def _emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def command(fn):
+    """Map the exit-code contract onto every command; no traceback without --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from onnxforge.errors import CheckFailed, UserError, one_line
+
+        debug, as_json = kwargs.get("debug", False), kwargs.get("as_json", False)
+        err = _stderr()
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except CheckFailed as e:
+            if debug:
+                err.print_exception()
+            if as_json:
+                _emit({"ok": False, "exit_code": 1, "error": one_line(e), "result": e.result})
+            err.print(f"[bold red]check failed:[/bold red] {one_line(e)}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except UserError as e:
+            if debug:
+                err.print_exception()
+            if as_json:
+                _emit({"ok": False, "exit_code": 2, "error": one_line(e)})
+            err.print(f"[bold red]error:[/bold red] {one_line(e)}", soft_wrap=True, markup=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        except Exception as e:  # a bug in onnxforge or a framework: one line, exit 3
+            if debug:
+                err.print_exception()
+            msg = one_line(f"{type(e).__name__}: {e}")[:400]
+            if as_json:
+                _emit({"ok": False, "exit_code": 3, "error": msg})
+            err.print(f"[bold red]internal error:[/bold red] {msg} — rerun with --debug for the traceback",
+                      soft_wrap=True, markup=False)
+            raise typer.Exit(3) from None
+
+    return wrapper
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _out(as_json: bool):
+    from rich.console import Console
+
+    con = Console(stderr=as_json, highlight=False)
+    if not con.is_terminal:  # logs and CI: do not squeeze tables into 80 columns
+        con.width = max(con.width, 140)
+    return con
+
+
+def _version_cb(value: bool):
+    if value:
+        print(f"onnxforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version_cb, is_eager=True)] = False):
+    pass
+
+
+# ------------------------------------------------------------------ pipeline
+
+
+@app.command()
+@command
+def run(config: Annotated[Path, typer.Argument(help="pipeline YAML")],
+        force: Annotated[bool, typer.Option("--force", help="rerun stages even when cached")] = False,
+        until: Annotated[str | None, typer.Option(help="stop after this stage")] = None,
+        as_json: JsonOpt = False, debug: DebugOpt = False):
+    """Run every stage the config lists, into run_dir/NAME/ with a manifest.json."""
+    from onnxforge.config import load_config
+    from onnxforge.errors import CheckFailed
+    from onnxforge.pipeline import run_pipeline
+
+    cfg = load_config(config)
+    con = _out(as_json)
+    try:
+        manifest = run_pipeline(cfg, force=force, until=until, console=con)
+    except CheckFailed as e:
+        _print_run(e.result, cfg, con)
+        raise
+    _print_run(manifest, cfg, con)
+    if as_json:
+        _emit({"ok": True, "exit_code": 0, "result": manifest})
+
+
+def _print_run(manifest: dict | None, cfg, con) -> None:
+    if not manifest:
+        return
+    from rich.table import Table
+
+    t = Table(title=f"run {manifest['name']} → {cfg.run_path}")
+    for c in ("stage", "status", "verdict", "wall s", "output"):
+        t.add_column(c)
+    for s in manifest["stages"]:
+        color = {"pass": "green", "fail": "red", "skip": "dim"}.get(s.get("verdict"), "white")
+        t.add_row(s["name"], s.get("status", ""), f"[{color}]{s.get('verdict', '')}[/{color}]",
+                  f"{s.get('wall_s', 0):.2f}", s.get("model") or ", ".join(s.get("outputs", {})) or "")
+    con.print(t)
+    con.print(f"manifest: {cfg.run_path / 'manifest.json'}")
+
+
+# ------------------------------------------------------------------ stages
+
+
+def _stage(stage: str, model: Path | None, output: Path | None, config: Path | None, opts: dict, sets, as_json,
+           data: dict | None = None, source: dict | None = None, top: dict | None = None):
+    from onnxforge.standalone import build_config, parse_sets, run_alone
+
+    opts = {k: v for k, v in opts.items() if v is not None} | parse_sets(sets)
+    cfg = build_config(stage, model, config, opts, data={k: v for k, v in (data or {}).items() if v is not None},
+                       source=source, top=top)
+    con = _out(as_json)
+    res, final = run_alone(stage, cfg, model, output, console=con)
+    summary = res.summary if hasattr(res, "summary") else res.get("summary", {})
+    verdict = res.verdict if hasattr(res, "verdict") else res.get("verdict")
+    if final:
+        con.print(f"[green]wrote[/green] {final}")
+    if as_json:
+        _emit({"ok": True, "exit_code": 0, "verdict": verdict, "model": str(final) if final else None,
+               "result": summary})
+
+
+def _data_flags(data: Path | None, labels: str | None = None, synthetic: bool = False, rows: int | None = None):
+    return {"path": str(data.resolve()) if data else None, "labels": labels, "synthetic": synthetic or None,
+            "rows": rows}
+
+
+def _parse_input(spec: str) -> dict:
+    """name:dtype:dim,dim  (dims are ints or names for dynamic dims)."""
+    parts = spec.split(":")
+    d: dict[str, Any] = {"name": parts[0]}
+    if len(parts) > 1 and parts[1]:
+        d["dtype"] = parts[1]
+    if len(parts) > 2 and parts[2]:
+        d["shape"] = [int(x) if x.lstrip("-").isdigit() else x for x in parts[2].split(",")]
+    return d
+
+
+@app.command()
+@command
+def convert(config: ConfigOpt = None,
+            framework: Annotated[str | None, typer.Option(help="torch | keras | sklearn | xgboost | lightgbm | "
+                                                               "pymc | onnx")] = None,
+            model: Annotated[Path | None, typer.Option("--model", "-m", help="the source model file")] = None,
+            inputs: Annotated[list[str] | None, typer.Option("--input", "-i",
+                                                             help="input spec name:dtype:dims, repeatable")] = None,
+            source_opt: Annotated[list[str] | None, typer.Option("--source-opt", help="source.key=value")] = None,
+            opset: Annotated[int | None, typer.Option(help="target opset")] = None,
+            output: OutOpt = None, sets: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
+    """Export a source model to ONNX (checked, stamped with provenance metadata)."""
+    from onnxforge.errors import UserError
+    from onnxforge.standalone import parse_sets
+
+    if output is None:
+        raise UserError("convert: give -o/--output PATH.onnx")
+    source: dict[str, Any] = parse_sets(source_opt)
+    if framework:
+        source["framework"] = framework
+    if model:
+        source["path"] = str(model.resolve())
+    top: dict[str, Any] = {}
+    if config is None:
+        if not framework:
+            raise UserError("convert: give --framework and --model, or --config FILE")
+        top["name"] = (model.stem if model else framework)
+    if inputs:
+        top["inputs"] = [_parse_input(s) for s in inputs]
+    _stage("convert", None, output, config, {"opset": opset}, sets, as_json, source=source, top=top)
+
+
+@app.command()
+@command
+def validate(model: Annotated[Path | None, typer.Argument(help="the .onnx to check")] = None,
+             config: ConfigOpt = None,
+             against: Annotated[str | None, typer.Option(help="source | previous | onnx-reference | REF.onnx")] = None,
+             data: DataOpt = None,
+             labels: Annotated[str | None, typer.Option(help="labels key/column in the data file")] = None,
+             rtol: Annotated[float | None, typer.Option()] = None,
+             atol: Annotated[float | None, typer.Option()] = None,
+             synthetic: Annotated[bool, typer.Option(help="allow inputs synthesized from the input spec")] = False,
+             sets: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
+    """Check a model: onnx.checker, shapes, a session, then outputs against a reference. Exit 1 on mismatch."""
+    _stage("validate", model, None, config, {"against": against, "rtol": rtol, "atol": atol}, sets, as_json,
+           data=_data_flags(data, labels, synthetic))
+
+
+@app.command()
+@command
+def quantize(model: Annotated[Path | None, typer.Argument(help="the float .onnx")] = None,
+             output: OutOpt = None, config: ConfigOpt = None,
+             mode: Annotated[str | None, typer.Option(help="dynamic | static | fp16")] = None,
+             data: DataOpt = None,
+             labels: Annotated[str | None, typer.Option(help="labels key/column (for accuracy budgets)")] = None,
+             max_accuracy_drop: Annotated[float | None, typer.Option(help="e.g. 0.005 = half a point")] = None,
+             sets: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
+    """INT8 (dynamic/static) or FP16, under an accuracy budget that is never exceeded."""
+    _stage("quantize", model, output, config, {"mode": mode, "max_accuracy_drop": max_accuracy_drop}, sets,
+           as_json, data=_data_flags(data, labels))
+
+
+@app.command()
+@command
+def optimize(model: Annotated[Path | None, typer.Argument(help="the .onnx to optimize")] = None,
+             output: OutOpt = None, config: ConfigOpt = None,
+             level: Annotated[str | None, typer.Option(help="none | basic | extended | all")] = None,
+             portable: Annotated[bool | None, typer.Option("--portable/--no-portable",
+                                                           help="standard ONNX ops only")] = None,
+             data: DataOpt = None,
+             sets: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
+    """Graph optimization (ORT levels, simplification, transformer fusion); each pass checked numerically."""
+    _stage("optimize", model, output, config, {"level": level, "portable": portable}, sets, as_json,
+           data=_data_flags(data))
+
+
+# ------------------------------------------------------------------ artifacts
+
+
+@app.command()
+@command
+def inspect(model: Annotated[Path, typer.Argument(help="an .onnx file")], as_json: JsonOpt = False,
+            debug: DebugOpt = False):
+    """IO, opsets, op histogram, parameters, sizes and metadata of an ONNX file."""
+    from rich.table import Table
+
+    from onnxforge.inspect import inspect_file
+
+    info = inspect_file(model)
+    if as_json:
+        _emit(info)
+        return
+    con = _out(False)
+    con.print(f"[bold]{model}[/bold]  {info['file_bytes']:,} bytes · IR {info['ir_version']} · "
+              f"opset {info['opset']} · {info['producer']}")
+    t = Table("io", "name", "dtype", "shape")
+    for kind in ("inputs", "outputs"):
+        for io in info[kind]:
+            t.add_row(kind[:-1], io["name"], str(io["dtype"]), str(io["shape"]))
+    con.print(t)
+    con.print(f"nodes {info['nodes']:,} · params {info['params']:,} · initializers {info['initializer_bytes']:,} B")
+    ops = Table("op", "count")
+    for op, n in info["ops"].items():
+        ops.add_row(op, str(n))
+    con.print(ops)
+    if info["metadata"]:
+        meta = Table("metadata", "value")
+        for k, v in info["metadata"].items():
+            meta.add_row(k, v if len(v) < 120 else v[:117] + "...")
+        con.print(meta)
+
+
+@app.command()
+@command
+def predict(model: Annotated[Path, typer.Argument(help="an .onnx file")],
+            input: Annotated[Path, typer.Option("--input", help=".csv .parquet .npz .npy")],
+            output: Annotated[Path, typer.Option("--output", "-o", help=".parquet .csv .npz")],
+            chunk_rows: Annotated[int, typer.Option(help="rows per onnxruntime call")] = 65536,
+            threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
+            seed: Annotated[int | None, typer.Option(help="seed for stochastic artifacts")] = None,
+            as_json: JsonOpt = False, debug: DebugOpt = False):
+    """Score a large file offline in chunks with the same artifact that serves online."""
+    from onnxforge.predict import predict_file
+
+    res = predict_file(model, input, output, chunk_rows=chunk_rows, threads=threads, seed=seed,
+                       console=_stderr())
+    if as_json:
+        _emit(res)
+    else:
+        _out(False).print(f"[green]wrote[/green] {output} ({res['rows']:,} rows, {res['seconds']:.2f} s)")
+
+
+@app.command()
+@command
+def report(targets: Annotated[list[Path], typer.Argument(help="a run folder, or one or more .onnx files")],
+           out: Annotated[Path | None, typer.Option("--out", help="folder for report.{json,md,html}")] = None,
+           formats: Annotated[str, typer.Option(help="comma list of json,md,html")] = "json,md,html",
+           bench: Annotated[bool, typer.Option("--bench/--no-bench", help="measure latency")] = True,
+           data: DataOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
+    """Size, ops, params, validation verdicts, accuracy deltas and latency: terminal, JSON, Markdown, HTML."""
+    from onnxforge.report import build_report
+
+    res = build_report(targets, out=out, formats=[f.strip() for f in formats.split(",") if f.strip()],
+                       bench=bench, data=data, console=_out(as_json))
+    if as_json:
+        _emit(res)
+
+
+@app.command("bench")
+@command
+def bench_cmd(model: Annotated[Path, typer.Argument(help="an .onnx file")],
+              batch: Annotated[list[int] | None, typer.Option("--batch", help="batch sizes, repeatable")] = None,
+              threads: Annotated[list[int] | None, typer.Option("--threads", help="thread counts")] = None,
+              runs: Annotated[int, typer.Option(help="timed runs per setting")] = 100,
+              config: ConfigOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
+    """Latency percentiles and throughput of a model (and its native source when --config names it)."""
+    from onnxforge.benchmark import bench_cli
+
+    res = bench_cli(model, batches=batch or [1, 64], threads=threads or [1], runs=runs, config=config,
+                    console=_out(as_json))
+    if as_json:
+        _emit(res)
+
+
+# ------------------------------------------------------------------ config
+
+
+@config_app.command("schema")
+@command
+def config_schema(debug: DebugOpt = False):
+    """Print the JSON Schema of the pipeline YAML (for editors and CI linting)."""
+    from onnxforge.config import json_schema
+
+    _emit(json_schema())
+
+
+@config_app.command("check")
+@command
+def config_check(config: Annotated[Path, typer.Argument(help="pipeline YAML")], as_json: JsonOpt = False,
+                 debug: DebugOpt = False):
+    """Validate a pipeline YAML without running it."""
+    from onnxforge.config import load_config
+
+    cfg = load_config(config)
+    if as_json:
+        _emit({"ok": True, "name": cfg.name, "framework": cfg.source.framework, "stages": cfg.stages.order})
+    else:
+        _out(False).print(f"[green]ok[/green] {config}: {cfg.source.framework} → {' → '.join(cfg.stages.order)}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,113 @@
+"""Numerical comparison of one output against its reference, Polygraphy-style: pass iff
+|got - ref| <= atol + rtol * |ref| everywhere, with error statistics and the smallest tolerance that passes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _is_label(a: np.ndarray) -> bool:
+    return a.dtype.kind in "iubUSO"
+
+
+def compare(name: str, ref: np.ndarray, got: np.ndarray, rtol: float, atol: float) -> dict[str, Any]:
+    ref, got = np.asarray(ref), np.asarray(got)
+    out: dict[str, Any] = {"output": name, "shape": list(got.shape), "rtol": rtol, "atol": atol}
+    if ref.shape != got.shape:
+        if ref.size == got.size and ref.squeeze().shape == got.squeeze().shape:
+            ref = ref.reshape(got.shape)  # (N,) vs (N, 1) is the same prediction
+        else:
+            return out | {"kind": "shape", "pass": False,
+                          "reason": f"shape {list(got.shape)} differs from reference {list(ref.shape)}"}
+    if _is_label(ref) or _is_label(got):
+        r = ref.astype(str) if ref.dtype.kind in "USO" or got.dtype.kind in "USO" else ref
+        g = got.astype(str) if r.dtype.kind == "U" else got
+        bad = np.asarray(r != g)
+        n_bad = int(bad.sum())
+        res = out | {"kind": "label", "pass": n_bad == 0, "flips": n_bad, "total": int(bad.size),
+                     "flip_rate": n_bad / max(bad.size, 1)}
+        if n_bad:
+            idx = np.unravel_index(int(np.argmax(bad)), bad.shape)
+            res["worst"] = {"index": [int(i) for i in idx], "ref": _py(r[idx]), "got": _py(g[idx])}
+        return res
+    r = ref.astype(np.float64)
+    g = got.astype(np.float64)
+    rn, gn = np.isnan(r), np.isnan(g)
+    ri, gi = np.isinf(r), np.isinf(g)
+    nan_mismatch = int((rn != gn).sum())
+    inf_mismatch = int(((ri | gi) & ~((ri & gi) & (np.sign(r) == np.sign(g)))).sum())
+    finite = np.isfinite(r) & np.isfinite(g)
+    d = np.where(finite, np.abs(g - r), 0.0)
+    ar = np.abs(np.where(finite, r, 0.0))
+    tol = atol + rtol * ar
+    excess = d - tol
+    n_bad = int((excess > 0).sum()) + nan_mismatch + inf_mismatch
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(ar > 0, d / ar, np.where(d > 0, np.inf, 0.0))
+        need_rtol = np.where(d > atol, np.where(ar > 0, (d - atol) / ar, np.inf), 0.0)
+    fd = d[finite] if finite.any() else np.zeros(1)
+    res = out | {
+        "kind": "float",
+        "pass": n_bad == 0,
+        "mismatches": n_bad,
+        "total": int(d.size),
+        "nan_mismatch": nan_mismatch,
+        "inf_mismatch": inf_mismatch,
+        "max_abs": float(fd.max()),
+        "max_rel": float(rel[finite].max()) if finite.any() else 0.0,
+        "mean_abs": float(fd.mean()),
+        "p99_abs": float(np.percentile(fd, 99)),
+        # smallest atol that passes at this rtol, and smallest rtol that passes at this atol
+        "min_atol": float(max((d - rtol * ar).max(initial=0.0), 0.0)),
+        "min_rtol": float(need_rtol.max(initial=0.0)),
+    }
+    if d.size:
+        idx = np.unravel_index(int(np.argmax(np.where(finite, excess, np.inf))), d.shape)
+        res["worst"] = {"index": [int(i) for i in idx], "ref": float(r[idx]), "got": float(g[idx]),
+                        "abs": float(d[idx])}
+    return res
+
+
+def _py(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def distribution(name: str, ref_draws: np.ndarray, got_draws: np.ndarray, axis: int = -1, sigmas: float = 4.0,
+                 quantiles: tuple[float, ...] = (0.05, 0.5, 0.95), qtol: float = 0.25) -> dict[str, Any]:
+    """Stochastic outputs: per-row means agree within `sigmas` Monte-Carlo standard errors and quantiles agree
+    within `qtol` reference standard deviations (plus a discreteness allowance)."""
+    r = np.moveaxis(np.asarray(ref_draws, dtype=np.float64), axis, -1)
+    g = np.moveaxis(np.asarray(got_draws, dtype=np.float64), axis, -1)
+    if r.shape[:-1] != g.shape[:-1]:
+        return {"output": name, "kind": "distribution", "pass": False,
+                "reason": f"row shape {list(g.shape[:-1])} differs from reference {list(r.shape[:-1])}"}
+    nr, ng = r.shape[-1], g.shape[-1]
+    mr, mg = r.mean(-1), g.mean(-1)
+    sr, sg = r.std(-1, ddof=1), g.std(-1, ddof=1)
+    se = np.sqrt(sr**2 / nr + sg**2 / ng)
+    floor = 1e-9 + 1e-6 * np.abs(mr)
+    z = np.abs(mg - mr) / np.maximum(se, floor)
+    mean_bad = z > sigmas
+    q_bad = np.zeros(r.shape[:-1], dtype=bool)
+    q_err = []
+    for q in quantiles:
+        qr, qg = np.quantile(r, q, axis=-1), np.quantile(g, q, axis=-1)
+        # a quantile's own sampling error grows with spread; discrete outputs jump by whole steps
+        allow = qtol * sr + 4 * sr * np.sqrt(q * (1 - q) / min(nr, ng)) + 1e-6
+        q_bad |= np.abs(qg - qr) > allow
+        q_err.append(float(np.max(np.abs(qg - qr) / np.maximum(sr, 1e-12))))
+    rows = mean_bad.size
+    res = {"output": name, "kind": "distribution", "draws_ref": nr, "draws_got": ng, "sigmas": sigmas,
+           "max_z": float(z.max(initial=0.0)), "mean_fail_rows": int(mean_bad.sum()),
+           "quantile_fail_rows": int(q_bad.sum()), "rows": int(rows),
+           "quantile_max_err_in_sd": dict(zip([str(q) for q in quantiles], q_err, strict=True))}
+    # With many rows a few 4-sigma excursions are expected by chance; allow 1% of rows.
+    allowed = max(0, int(0.01 * rows))
+    res["pass"] = bool(mean_bad.sum() <= allowed and q_bad.sum() <= max(allowed, int(0.02 * rows)))
+    if not res["pass"]:
+        i = np.unravel_index(int(np.argmax(z)), z.shape)
+        res["worst"] = {"index": [int(k) for k in i], "ref_mean": float(mr[i]), "got_mean": float(mg[i]),
+                        "z": float(z[i])}
+    return res

@@ -1,0 +1,268 @@
+"""Pydantic models of the pipeline YAML. The JSON Schema is derived from them, and from every registered
+frontend's source model and stage's options model, so adding a plugin needs no edit here."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+import typing
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
+
+from onnxforge.errors import UserError
+from onnxforge.registry import FRONTENDS, STAGES, load_plugins
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
+    # Paths in a YAML file are relative to that file, not to the shell's working directory.
+    if value is None:
+        return None
+    base = (info.context or {}).get("base_dir")
+    value = Path(value).expanduser()
+    return value if value.is_absolute() or base is None else (Path(base) / value)
+
+
+RelPath = Annotated[Path, AfterValidator(_resolve)]
+DType = Literal["float32", "float64", "float16", "int64", "int32", "int8", "uint8", "bool", "string"]
+
+
+class TensorSpec(StrictModel):
+    """One model input: name, dtype, shape (ints, or names for dynamic dims) and where its data comes from."""
+
+    name: str
+    dtype: DType = "float32"
+    shape: list[int | str | None] = Field(default_factory=lambda: ["batch"])
+    column: str | None = Field(None, description="data-file key/column for this input (default: the input name)")
+    columns: list[str] | None = Field(None, description="table columns stacked into a [rows, k] input")
+    categories: list[str | int] | None = Field(None, description="allowed levels, used for synthetic inputs")
+    low: float = 0.0
+    high: float = 1.0
+
+
+class SourceBase(StrictModel):
+    """Fields every frontend accepts; frontends subclass this with `framework: Literal[...]`."""
+
+    framework: str
+    path: RelPath | None = Field(None, description="the model file")
+    trust_pickle: bool = Field(False, description="allow pickle/joblib files (they run code when loaded)")
+
+
+class DataConfig(StrictModel):
+    path: RelPath | None = Field(None, description="evaluation data: .npy .npz .csv .parquet")
+    labels: str | None = Field(None, description="key/column holding ground-truth labels or targets")
+    calibration: RelPath | None = Field(None, description="calibration data for static quantization")
+    rows: int | None = Field(None, gt=0, description="use at most this many rows")
+    synthetic: bool = Field(False, description="allow inputs synthesized from the input spec")
+    synthetic_rows: int = Field(64, gt=0)
+    seed: int = 0
+
+
+class RuntimeConfig(StrictModel):
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    threads: int | None = Field(None, gt=0, description="intra-op threads (default: onnxruntime's choice)")
+
+
+class StagesBase(StrictModel):
+    _order: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_order(cls, data: Any, handler):
+        # `validate:` with no body means "run with defaults"; the YAML key order is the run order.
+        if isinstance(data, dict):
+            data = {k: ({} if v is None else v) for k, v in data.items()}
+        model = handler(data)
+        if isinstance(data, dict):
+            model._order = list(data.keys())
+        return model
+
+    @property
+    def order(self) -> list[str]:
+        return list(self._order) or [k for k in type(self).model_fields if getattr(self, k) is not None]
+
+
+class PipelineBase(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name; artifacts go to run_dir/name")
+    inputs: list[TensorSpec] = Field(default_factory=list)
+    outputs: list[str] | None = Field(None, description="names for the model outputs")
+    data: DataConfig = Field(default_factory=DataConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    run_dir: RelPath = Field(Path("runs"), description="parent folder of run folders")
+    _path: Path | None = PrivateAttr(None)
+
+    @property
+    def config_path(self) -> Path | None:
+        return self._path
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir) / self.name
+
+
+@functools.cache
+def pipeline_model() -> type[PipelineBase]:
+    load_plugins()
+    stage_fields: dict[str, Any] = {n: (s.options | None, Field(None, description=s.help)) for n, s in STAGES.items()}
+    with warnings.catch_warnings():  # a stage named `validate` shadows BaseModel.validate; harmless here
+        warnings.simplefilter("ignore")
+        stages = create_model("Stages", __base__=StagesBase, **stage_fields)
+    sources = tuple(f.Source for f in FRONTENDS.values())
+    source_t = Annotated[Union[sources], Field(discriminator="framework")]  # noqa: UP007
+    return create_model(
+        "Pipeline",
+        __base__=PipelineBase,
+        source=(source_t, ...),
+        stages=(stages, Field(default_factory=stages)),
+    )
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+
+
+def _line_map(text: str) -> dict[tuple, int]:
+    """Map each key path in the YAML to its 1-based line, so errors can point at it."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = (*path, k.value)
+                lines[p] = k.start_mark.line + 1
+                walk(v, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines[(*path, i)] = v.start_mark.line + 1
+                walk(v, (*path, i))
+
+    try:
+        walk(yaml.compose(text, Loader=yaml.SafeLoader), ())
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def read_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path} — check the path")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)  # safe_load: python/object tags are refused, never constructed
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', None) or e}) — fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the config must be a YAML mapping (name:, source:, stages: ...)")
+    return data, _line_map(text)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Allowed keys of the model found by following `loc` (field names, list indices, union tags)."""
+    cur: Any = model
+    for part in loc:
+        cur = _unwrap(cur, part)
+        if cur is None:
+            return []
+    cur = _unwrap(cur, None)
+    return list(cur.model_fields) if isinstance(cur, type) and issubclass(cur, BaseModel) else []
+
+
+def _unwrap(tp: Any, part: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(tp)[0], part)
+    if origin in (Union, getattr(__import__("types"), "UnionType", None)):
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        for m in members:  # discriminated-union tag, e.g. ("source", "torch", ...)
+            fw = getattr(m, "model_fields", {}).get("framework")
+            if fw is not None and part in (typing.get_args(fw.annotation) or ()):
+                return m
+        return _unwrap(members[0], part) if len(members) == 1 else (members[0] if part is None else None)
+    if origin is list:
+        return typing.get_args(tp)[0] if isinstance(part, int) else tp
+    if part is None:
+        return tp
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        f = tp.model_fields.get(part)
+        return f.annotation if f is not None else None
+    return None
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], path: Path | None, lines) -> str:
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    # pydantic inserts union tags into loc; the YAML path has no such element
+    yaml_loc = tuple(p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "source" and p in FRONTENDS))
+    dotted = ".".join(str(p) for p in yaml_loc) or "(top level)"
+    line = None
+    for n in range(len(yaml_loc), 0, -1):
+        line = lines.get(yaml_loc[:n])
+        if line:
+            break
+    where = f"{path}:{line}" if path and line else (str(path) if path else "config")
+    kind = e["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        allowed = _fields_at(model, loc[:-1])
+        hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+        fix = f"did you mean '{hint[0]}'?" if hint else f"allowed keys: {', '.join(allowed)}"
+        parent = ".".join(str(p) for p in yaml_loc[:-1]) or "the top level"
+        return f"{where}: unknown key '{key}' in {parent} — {fix}"
+    if kind == "union_tag_invalid":
+        tag = str((e.get("ctx") or {}).get("tag", ""))
+        hint = difflib.get_close_matches(tag, list(FRONTENDS), n=1, cutoff=0.5)
+        fix = f"did you mean '{hint[0]}'?" if hint else f"choose one of: {', '.join(sorted(FRONTENDS))}"
+        return f"{where}: unknown framework '{tag}' — {fix}"
+    if kind == "missing":
+        return f"{where}: missing required key '{dotted}' — add it"
+    return f"{where}: {dotted}: {e['msg']} (got {e.get('input')!r}) — fix this value"
+
+
+def parse_config(data: dict, path: Path | None = None, lines: dict | None = None) -> PipelineBase:
+    model = pipeline_model()
+    base = Path(path).resolve().parent if path else Path.cwd()
+    try:
+        cfg = model.model_validate(data, context={"base_dir": base})
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, model, path, lines or {})) from None
+    cfg._path = Path(path).resolve() if path else None
+    for name in cfg.stages.order:
+        if name not in STAGES:  # unreachable with extra=forbid, kept as a guard for plugins
+            raise UserError(f"unknown stage '{name}'")
+    return cfg
+
+
+def load_config(path: str | Path) -> PipelineBase:
+    data, lines = read_yaml(Path(path))
+    return parse_config(data, Path(path), lines)
+
+
+def json_schema() -> dict:
+    schema = pipeline_model().model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "onnxforge pipeline"
+    return schema
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "model"

@@ -1,0 +1,211 @@
+"""Run a pipeline's stages in order into run_dir/<name>/NN-stage/, with a manifest and a per-stage cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxforge import __version__
+from onnxforge.artifact import atomic_write_json, sha256_file
+from onnxforge.errors import CheckFailed, UserError
+from onnxforge.frontends.base import dist_version
+from onnxforge.registry import STAGES, frontend
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class StageResult:
+    verdict: str = "pass"  # pass | fail | info
+    model: Path | None = None  # the new current model, for stages that produce one
+    summary: dict[str, Any] = field(default_factory=dict)  # JSON-able figures for the manifest and report
+    files: list[Path] = field(default_factory=list)
+    message: str = ""
+
+
+@dataclass
+class StageContext:
+    cfg: Any
+    stage: str
+    stage_dir: Path
+    model: Path | None  # the current model: this stage's input
+    source_model: Path | None  # the model the convert stage produced
+    results: dict[str, dict] = field(default_factory=dict)  # earlier stages' manifest entries, by stage name
+    console: Any = None
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def frontend(self):
+        if "frontend" not in self._cache:
+            self._cache["frontend"] = frontend(self.cfg.source.framework)
+        return self._cache["frontend"]
+
+    def native(self):
+        """The user's model loaded once per run by its frontend (the reference for validation)."""
+        if "native" not in self._cache:
+            self._cache["native"] = self.frontend.load(self.cfg)
+        return self._cache["native"]
+
+    def input_specs(self, model_path: Path | None = None):
+        if self.cfg.inputs:
+            return self.cfg.inputs
+        from onnxforge.artifact import load_model
+        from onnxforge.data import specs_from_model
+
+        return specs_from_model(load_model(model_path or self.model or self.source_model, load_external=False))
+
+    def feeds(self, which: str = "eval", model_path: Path | None = None) -> tuple[dict[str, np.ndarray], str]:
+        """Inputs for checks: the data file, or (only if allowed) synthetic data. Returns (feeds, provenance)."""
+        from onnxforge import data
+
+        d = self.cfg.data
+        path = d.calibration if which == "calibration" and d.calibration else d.path
+        specs = self.input_specs(model_path)
+        if path is not None:
+            return data.feeds_from_table(data.load_table(path), specs, d.rows), str(path)
+        if d.synthetic:
+            return data.synthesize(specs, d.synthetic_rows, d.seed), "synthetic"
+        raise UserError("no data for checks: set data.path (or data.synthetic: true to allow synthesized inputs)")
+
+    def labels(self) -> np.ndarray | None:
+        from onnxforge import data
+
+        d = self.cfg.data
+        if d.path is None or d.labels is None:
+            return None
+        table = data.load_table(d.path)
+        if d.labels not in table:
+            raise UserError(f"data.labels: no '{d.labels}' in {d.path} — available: {', '.join(sorted(table))}")
+        y = table[d.labels]
+        return y[: d.rows] if d.rows else y
+
+
+def _hash_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _files_hashes(paths) -> dict[str, str]:
+    return {str(p): sha256_file(p) for p in paths if p and Path(p).is_file()}
+
+
+def versions(extra: dict[str, str] | None = None) -> dict[str, str]:
+    v = {"onnxforge": __version__, "python": platform.python_version()}
+    for p in ("onnx", "onnxruntime", "numpy"):
+        if (x := dist_version(p)):
+            v[p] = x
+    v.update(extra or {})
+    return v
+
+
+def _stage_key(prev_key: str, name: str, opts: Any, common: dict, model_hash: str | None) -> str:
+    return _hash_json({"prev": prev_key, "stage": name, "options": opts, "common": common,
+                       "model": model_hash, "version": __version__})
+
+
+def _outputs_intact(entry: dict, run_path: Path) -> bool:
+    outs = entry.get("outputs") or {}
+    return entry.get("status") in ("ran", "cached") and entry.get("verdict") != "fail" and all(
+        (run_path / p).is_file() and sha256_file(run_path / p) == h for p, h in outs.items())
+
+
+def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_models: bool = False,
+                 console=None, progress=None) -> dict:
+    """Run every stage in cfg.stages order. Returns the manifest; raises CheckFailed (after writing the manifest)
+    when a check failed, UserError for bad input."""
+    run_path = cfg.run_path
+    run_path.mkdir(parents=True, exist_ok=True)
+    mpath = run_path / MANIFEST
+    old = {}
+    if mpath.is_file() and not force:
+        try:
+            old = {s["name"]: s for s in json.loads(mpath.read_text()).get("stages", [])}
+        except (json.JSONDecodeError, KeyError, TypeError):
+            old = {}
+    fe = frontend(cfg.source.framework)
+    common = cfg.model_dump(mode="json", exclude={"stages", "run_dir"})
+    common["_files"] = _files_hashes([*fe.source_files(cfg), cfg.data.path, cfg.data.calibration])
+    manifest: dict[str, Any] = {
+        "onnxforge": __version__, "name": cfg.name, "config": str(cfg.config_path or ""),
+        "config_sha256": _hash_json(cfg.model_dump(mode="json")), "started": datetime.now(UTC).isoformat(),
+        "versions": versions(fe.versions()), "stages": [], "verdict": "pass", "final_model": None,
+    }
+    order = cfg.stages.order
+    if until:
+        if until not in order:
+            raise UserError(f"stage '{until}' is not in the config's stages ({', '.join(order)}) — add it")
+        order = order[: order.index(until) + 1]
+        if only_models:
+            order = [s for s in order if STAGES[s].produces_model or s == until]
+    ctx_shared: dict[str, Any] = {}
+    current: Path | None = None
+    source_model: Path | None = None
+    prev_key = ""
+    failed = None
+    results: dict[str, dict] = {}
+    for i, name in enumerate(order, 1):
+        spec = STAGES[name]
+        opts = getattr(cfg.stages, name)
+        stage_dir = run_path / f"{i:02d}-{name}"
+        entry: dict[str, Any] = {"name": name, "dir": stage_dir.name}
+        if failed is not None and name != "report":
+            entry.update(status="skipped", verdict="skip", message=f"skipped after {failed} failed")
+            manifest["stages"].append(entry)
+            continue
+        model_hash = sha256_file(current) if current else None
+        key = _stage_key(prev_key, name, opts.model_dump(mode="json"), common, model_hash)
+        prev_key = key
+        entry.update(key=key, inputs={str(current.relative_to(run_path)): model_hash} if current else {})
+        cached = old.get(name)
+        if name != "report" and cached and cached.get("key") == key and _outputs_intact(cached, run_path):
+            entry.update({k: cached[k] for k in ("verdict", "summary", "outputs", "model", "message") if k in cached})
+            entry.update(status="cached", wall_s=0.0)
+            if console:
+                console.print(f"[dim]• {name}: unchanged, cached[/dim]")
+        else:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            ctx = StageContext(cfg, name, stage_dir, current, source_model, dict(results), console,
+                               ctx_shared)
+            if console:
+                console.print(f"[bold cyan]▶ {name}[/bold cyan]")
+            t0 = time.perf_counter()
+            try:
+                res: StageResult = spec.run(ctx, opts)
+            except CheckFailed as e:
+                res = StageResult(verdict="fail", message=str(e),
+                                  summary=e.result if isinstance(e.result, dict) else {})
+            except UserError as e:
+                entry.update(status="error", verdict="error", message=str(e), wall_s=time.perf_counter() - t0)
+                manifest["stages"].append(entry)
+                manifest["verdict"] = "error"
+                atomic_write_json(mpath, manifest)
+                raise
+            entry["wall_s"] = round(time.perf_counter() - t0, 4)
+            outs = [p for p in ([res.model] if res.model else []) + list(res.files) if p and Path(p).is_file()]
+            entry.update(status="ran", verdict=res.verdict, summary=res.summary, message=res.message,
+                         outputs={str(Path(p).relative_to(run_path)): sha256_file(p) for p in outs},
+                         model=str(res.model.relative_to(run_path)) if res.model else None)
+        if entry.get("model"):
+            current = run_path / entry["model"]
+            if name == "convert" or source_model is None:
+                source_model = current
+        if entry["verdict"] == "fail":
+            failed = name
+            manifest["verdict"] = "fail"
+        results[name] = entry
+        manifest["stages"].append(entry)
+        manifest["final_model"] = str(current.relative_to(run_path)) if current else None
+        atomic_write_json(mpath, manifest)
+    manifest["finished"] = datetime.now(UTC).isoformat()
+    atomic_write_json(mpath, manifest)
+    if failed:
+        msg = next(s.get("message") for s in manifest["stages"] if s["name"] == failed)
+        raise CheckFailed(f"stage {failed} failed: {msg}", manifest)
+    return manifest

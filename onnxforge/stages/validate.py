@@ -1,0 +1,251 @@
+"""validate: structural checks, then every output compared against a named reference, task metrics, verdict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from onnxforge.config import StrictModel
+from onnxforge.registry import register_stage
+
+REFERENCES = ("source", "previous", "onnx-reference")
+
+
+class OutputTolerance(StrictModel):
+    rtol: float | None = Field(None, ge=0)
+    atol: float | None = Field(None, ge=0)
+    max_flip_rate: float = Field(0.0, ge=0, le=1, description="label outputs: allowed fraction of changed labels")
+    skip: bool = False
+
+
+class ValidateOptions(StrictModel):
+    against: str = Field("source", description="source | previous | onnx-reference | path/to/reference.onnx")
+    rtol: float | None = Field(None, ge=0, description="default: the frontend's (source) or 1e-4 (ONNX reference)")
+    atol: float | None = Field(None, ge=0)
+    outputs: dict[str, OutputTolerance] = Field(default_factory=dict, description="per-output overrides")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 0], description="0 = all rows in one batch")
+    batch1_rows: int = Field(16, gt=0, description="rows scored one at a time for batch size 1")
+    stochastic: list[str] | None = Field(None, description="outputs compared as distributions (default: metadata)")
+    draw_axis: int = -1
+    sigmas: float = Field(4.0, gt=0, description="allowed Monte-Carlo standard errors for stochastic means")
+    max_rows: int | None = Field(1000, gt=0)
+
+
+def _is_ours(model, ctx) -> bool:
+    meta = {p.key for p in model.metadata_props}
+    try:
+        inside_run = ctx.model is not None and ctx.cfg.run_path.resolve() in Path(ctx.model).resolve().parents
+    except OSError:
+        inside_run = False
+    return inside_run or "onnxforge.version" in meta
+
+
+def structural(path: Path, ctx) -> dict[str, Any]:
+    import onnx
+
+    from onnxforge import runtime
+    from onnxforge.artifact import check, load_model
+    from onnxforge.errors import CheckFailed, UserError
+
+    model = load_model(path)
+    ours = _is_ours(model, ctx)
+    check(model, ours=ours, where=str(path))
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        shapes = "ok"
+    except Exception as e:
+        msg = f"{path}: strict shape inference failed: {str(e).splitlines()[0]}"
+        raise (CheckFailed(msg) if ours else UserError(msg + " — fix or re-export the model")) from None
+    try:
+        sess = runtime.session(path, provider_list=ctx.cfg.runtime.providers, threads=ctx.cfg.runtime.threads)
+    except Exception as e:
+        msg = f"{path}: onnxruntime cannot load it: {str(e).splitlines()[0]}"
+        raise (CheckFailed(msg) if ours else UserError(msg)) from None
+    return {"checker": "ok", "shape_inference": shapes, "ir_version": model.ir_version,
+            "opset": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
+            "providers": sess.get_providers(), "session": sess, "model": model}
+
+
+def _reference(ctx, opts: ValidateOptions, feeds, stochastic: list[str]):
+    """Return (description, deterministic outputs, sampler for stochastic outputs or None)."""
+    from onnxforge import runtime
+    from onnxforge.errors import UserError
+
+    against = opts.against
+    if against == "source" and ctx.cfg.source.framework != "onnx":
+        fe, native = ctx.frontend, ctx.native()
+        sampler = (lambda f, n=None: fe.sample(native, f, ctx.cfg)) if hasattr(fe, "sample") else None
+        return f"{fe.name} native predict", fe.predict(native, feeds, ctx.cfg), sampler
+    if against == "onnx-reference":
+        from onnx.reference import ReferenceEvaluator
+
+        ev = ReferenceEvaluator(str(ctx.model))
+        names = [o.name for o in ev.proto_.graph.output] if hasattr(ev, "proto_") else None
+        res = ev.run(None, feeds)
+        names = names or [o.name for o in runtime.session(ctx.model).get_outputs()]
+        outs = dict(zip(names, res, strict=True))
+        return "onnx.reference evaluator", outs, (lambda f: dict(zip(names, ev.run(None, f), strict=True)))
+    if against == "source":
+        ref_path = ctx.source_model if ctx.cfg.source.path is None else ctx.cfg.source.path
+    elif against == "previous":
+        ref_path = _previous_model(ctx)
+    else:
+        ref_path = Path(against)
+        if not ref_path.is_absolute() and ctx.cfg.config_path:
+            ref_path = ctx.cfg.config_path.parent / ref_path
+    if ref_path is None or not Path(ref_path).is_file():
+        raise UserError(f"validate.against: reference model not found ({against}: {ref_path}) — give a .onnx path")
+    from onnxforge.artifact import load_model
+
+    sess = runtime.session(load_model(ref_path, what="reference model"), level="disable")
+    return (f"ONNX {Path(ref_path).name} (no graph optimizations)", runtime.run(sess, feeds),
+            lambda f: runtime.run(sess, f))
+
+
+def _previous_model(ctx) -> Path | None:
+    cur = str(Path(ctx.model).resolve())
+    for entry in ctx.results.values():
+        if entry.get("model") and str((ctx.cfg.run_path / entry["model"]).resolve()) == cur:
+            ins = list((entry.get("inputs") or {}).keys())
+            return ctx.cfg.run_path / ins[0] if ins else None
+    return None
+
+
+def _stochastic_outputs(model, opts) -> list[str]:
+    if opts.stochastic is not None:
+        return list(opts.stochastic)
+    meta = {p.key: p.value for p in model.metadata_props}
+    return json.loads(meta.get("onnxforge.stochastic_outputs", "[]"))
+
+
+def _fixed_batch(sess) -> int | None:
+    dims = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+    return dims.pop() if len(dims) == 1 else None
+
+
+def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
+    from onnxforge import data, metrics, runtime
+    from onnxforge.compare import compare, distribution
+    from onnxforge.errors import CheckFailed
+
+    st = structural(ctx.model, ctx)
+    sess, model = st.pop("session"), st.pop("model")
+    feeds, provenance = ctx.feeds("eval", ctx.model)
+    if opts.max_rows:
+        feeds = data.take(feeds, opts.max_rows)
+    rows = data.n_rows(feeds)
+    stochastic = _stochastic_outputs(model, opts)
+    ref_desc, ref, sampler = _reference(ctx, opts, feeds, stochastic)
+    default_rtol = opts.rtol if opts.rtol is not None else (
+        ctx.frontend.rtol if opts.against == "source" else 1e-4)
+    default_atol = opts.atol if opts.atol is not None else (
+        ctx.frontend.atol if opts.against == "source" else 1e-5)
+    out_names = [o.name for o in sess.get_outputs()]
+    comparisons: list[dict] = []
+    got_full = None
+    fixed = _fixed_batch(sess)
+    for bs in ([fixed] if fixed else opts.batch_sizes):
+        n = min(rows, opts.batch1_rows) if bs == 1 else rows
+        size = bs or n
+        parts = [runtime.run(sess, b) for b in data.batches(data.take(feeds, n), size)]
+        got = {k: np.concatenate([p[k] for p in parts]) for k in out_names}
+        if bs == 0 or n == rows:
+            got_full = got
+        for name in out_names:
+            tol = opts.outputs.get(name, OutputTolerance())
+            if tol.skip or name in stochastic:
+                continue
+            if name not in ref:
+                continue
+            c = compare(name, np.asarray(ref[name])[:n], got[name],
+                        tol.rtol if tol.rtol is not None else default_rtol,
+                        tol.atol if tol.atol is not None else default_atol)
+            if c.get("kind") == "label" and not c["pass"] and c["flip_rate"] <= tol.max_flip_rate:
+                c["pass"] = True
+            c["batch"] = size
+            comparisons.append(c)
+    for name in stochastic:
+        if name not in out_names:
+            continue
+        ref_draws = ref.get(name) if name in ref else None
+        if ref_draws is None and sampler is not None:
+            ref_draws = sampler(feeds).get(name)
+        if ref_draws is None:
+            comparisons.append({"output": name, "kind": "distribution", "pass": False,
+                                "reason": "the reference cannot sample this output"})
+            continue
+        c = distribution(name, ref_draws, got_full[name], axis=opts.draw_axis, sigmas=opts.sigmas)
+        c["batch"] = rows
+        comparisons.append(c)
+    unchecked = [n for n in out_names if n not in ref and n not in stochastic]
+    if not comparisons:
+        raise CheckFailed(f"no output of {Path(ctx.model).name} could be compared with {ref_desc} "
+                          f"(model outputs {out_names}, reference outputs {list(ref)})")
+    labels = ctx.labels()
+    if labels is not None and opts.max_rows:
+        labels = labels[: opts.max_rows]
+    det_ref = {k: v for k, v in ref.items() if k in out_names and k not in stochastic}
+    det_got = {k: got_full[k] for k in det_ref}
+    task = {}
+    if det_got:
+        task = {"candidate": metrics.task_metrics(det_got, labels, det_ref),
+                "reference": metrics.task_metrics(det_ref, labels)}
+    failing = sorted({c["output"] for c in comparisons if not c["pass"]})
+    return {"verdict": "fail" if failing else "pass", "failing": failing, "reference": ref_desc,
+            "against": opts.against, "data": provenance, "rows": rows, "structural": st,
+            "comparisons": comparisons, "unchecked": unchecked, "metrics": task}
+
+
+def render(result: dict, console) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"validate vs {result['reference']} — {result['rows']} rows from {result['data']}")
+    for col in ("output", "batch", "kind", "pass", "max abs", "max rel", "p99 abs", "min atol", "min rtol",
+                "flips/fails"):
+        t.add_column(col, justify="right" if col not in ("output", "kind") else "left")
+    for c in result["comparisons"]:
+        ok = "[green]yes[/green]" if c["pass"] else "[red]NO[/red]"
+        if c.get("kind") == "float":
+            t.add_row(c["output"], str(c["batch"]), "float", ok, f"{c['max_abs']:.3g}", f"{c['max_rel']:.3g}",
+                      f"{c['p99_abs']:.3g}", f"{c['min_atol']:.3g}", f"{c['min_rtol']:.3g}", str(c["mismatches"]))
+        elif c.get("kind") == "label":
+            t.add_row(c["output"], str(c["batch"]), "label", ok, "", "", "", "", "", f"{c['flips']}/{c['total']}")
+        elif c.get("kind") == "distribution" and "max_z" in c:
+            t.add_row(c["output"], str(c["batch"]), "distribution", ok, f"z={c['max_z']:.2f}", "", "", "", "",
+                      f"{c['mean_fail_rows']}/{c['rows']}")
+        else:
+            t.add_row(c["output"], str(c.get("batch", "")), c.get("kind", ""), ok, c.get("reason", ""), "", "", "",
+                      "", "")
+    console.print(t)
+    m = result.get("metrics") or {}
+    if m.get("candidate"):
+        cand = {k: v for k, v in m["candidate"].items() if isinstance(v, float)}
+        refm = {k: v for k, v in m["reference"].items() if isinstance(v, float)}
+        console.print(f"metrics: candidate {json.dumps(cand)}  reference {json.dumps(refm)}")
+
+
+@register_stage("validate", ValidateOptions, produces_model=False,
+                help="compare the current model with a reference; exit 1 on mismatch")
+def run_validate(ctx, opts: ValidateOptions):
+    from onnxforge.artifact import atomic_write_json
+    from onnxforge.errors import CheckFailed
+    from onnxforge.pipeline import StageResult
+
+    result = validate_model(ctx, opts)
+    out = atomic_write_json(ctx.stage_dir / "validation.json", result)
+    if ctx.console:
+        render(result, ctx.console)
+    if result["verdict"] == "fail":
+        worst = []
+        for c in result["comparisons"]:
+            if not c["pass"]:
+                fig = (f"max_abs={c['max_abs']:.3g} (needs atol≥{c['min_atol']:.3g})" if c.get("kind") == "float"
+                       else f"{c.get('flips', c.get('mean_fail_rows', '?'))} mismatching" if "reason" not in c
+                       else c["reason"])
+                worst.append(f"{c['output']}@batch{c.get('batch')}: {fig}")
+        raise CheckFailed(f"validation failed for {', '.join(result['failing'])}: {'; '.join(worst[:4])}", result)
+    return StageResult(verdict="pass", summary=result, files=[out])

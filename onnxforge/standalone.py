@@ -1,0 +1,110 @@
+"""Run one stage by itself: on a loose .onnx file with flags, or on a pipeline config (earlier model-producing
+stages come from the run cache). The same stage functions run as in `onnxforge run`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from onnxforge.config import parse_config, read_yaml, slug
+from onnxforge.errors import UserError
+from onnxforge.registry import STAGES
+
+
+def parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    """`key=value` pairs (value parsed as YAML, so numbers, lists and booleans work); dots nest."""
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set per_channel=true")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError:
+            value = raw
+        cur = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(stage: str, model: Path | None, config: Path | None, stage_opts: dict,
+                 data: dict | None = None, source: dict | None = None, top: dict | None = None):
+    """A validated pipeline config for running `stage` alone."""
+    if config is not None:
+        raw, lines = read_yaml(config)
+        path = config
+    else:
+        if model is None:
+            raise UserError(f"{stage}: give a MODEL.onnx or --config FILE")
+        raw, lines, path = {"name": slug(Path(model).stem), "source": {"framework": "onnx",
+                                                                      "path": str(Path(model).resolve())}}, {}, None
+    raw = dict(raw)
+    stages = dict(raw.get("stages") or {})
+    stages[stage] = _merge(stages.get(stage) or {}, stage_opts)
+    raw["stages"] = stages
+    if data:
+        raw["data"] = _merge(raw.get("data") or {}, data)
+    if source:
+        raw["source"] = _merge(raw.get("source") or {}, source)
+    raw.update(top or {})
+    return parse_config(raw, path, lines)
+
+
+def run_alone(stage: str, cfg, model: Path | None, output: Path | None, console=None):
+    """Returns (StageResult, final model path or None)."""
+    from onnxforge.pipeline import StageContext, run_pipeline
+
+    spec = STAGES[stage]
+    if model is None:
+        # with a config and no model: earlier model-producing stages run (or come from cache) first
+        if stage == "convert":
+            model_in = None
+        else:
+            manifest = run_pipeline(cfg, until=stage, only_models=True, console=console)
+            entry = manifest["stages"][-1]
+            final = cfg.run_path / entry["model"] if entry.get("model") else None
+            if output and final:
+                shutil.copyfile(final, output)
+                return entry, output
+            return entry, final
+    else:
+        model_in = Path(model)
+        if not model_in.is_file():
+            raise UserError(f"model not found: {model_in} — check the path")
+    out_dir = (Path(output).resolve().parent if output else Path.cwd())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".onnxforge-{stage}-", dir=out_dir))
+    try:
+        ctx = StageContext(cfg, stage, work, model_in, model_in, {}, console)
+        res = spec.run(ctx, getattr(cfg.stages, stage))
+        final = None
+        if res.model and output:
+            if model_in is not None and Path(output).resolve() == model_in.resolve():
+                raise UserError("the output path is the input model — choose another -o (inputs are never "
+                                "overwritten)")
+            os.replace(res.model, output)  # same folder: the rename is atomic
+            final = Path(output)
+        elif res.model:
+            raise UserError(f"{stage} produces a model: give -o/--output PATH.onnx")
+        for f in res.files:  # keep side files (reports) next to the output
+            f = Path(f)
+            if f.is_file() and output:
+                os.replace(f, Path(output).with_name(f"{Path(output).stem}.{f.name}"))
+        return res, final
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

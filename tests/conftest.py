@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+CONFIGS = ROOT / "configs"
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self):
+        return json.loads(self.stdout)
+
+
+def run_cli(*args, cwd: Path | None = None, timeout: int = 600) -> Result:
+    """Run the real CLI in a subprocess: real exit codes, real stdout/stderr separation."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", COLUMNS="200")
+    p = subprocess.run([sys.executable, "-m", "onnxforge", *map(str, args)], cwd=cwd or ROOT, env=env,
+                       capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+def assert_one_line_error(res: Result, code: int = 2) -> str:
+    assert res.code == code, (res.code, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout, res.stderr
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    return lines[0]
