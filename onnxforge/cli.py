@@ -36,6 +36,8 @@ def command(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from rich.markup import escape
+
         from onnxforge.errors import CheckFailed, UserError, one_line
 
         debug, as_json = kwargs.get("debug", False), kwargs.get("as_json", False)
@@ -49,14 +51,14 @@ def command(fn):
                 err.print_exception()
             if as_json:
                 _emit({"ok": False, "exit_code": 1, "error": one_line(e), "result": e.result})
-            err.print(f"[bold red]check failed:[/bold red] {one_line(e)}", soft_wrap=True)
+            err.print(f"[bold red]check failed:[/bold red] {escape(one_line(e))}", soft_wrap=True)
             raise typer.Exit(1) from None
         except UserError as e:
             if debug:
                 err.print_exception()
             if as_json:
                 _emit({"ok": False, "exit_code": 2, "error": one_line(e)})
-            err.print(f"[bold red]error:[/bold red] {one_line(e)}", soft_wrap=True, markup=True)
+            err.print(f"[bold red]error:[/bold red] {escape(one_line(e))}", soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
@@ -66,8 +68,8 @@ def command(fn):
             msg = one_line(f"{type(e).__name__}: {e}")[:400]
             if as_json:
                 _emit({"ok": False, "exit_code": 3, "error": msg})
-            err.print(f"[bold red]internal error:[/bold red] {msg} — rerun with --debug for the traceback",
-                      soft_wrap=True, markup=False)
+            err.print(f"[bold red]internal error:[/bold red] {escape(msg)} — rerun with --debug for the traceback",
+                      soft_wrap=True)
             raise typer.Exit(3) from None
 
     return wrapper

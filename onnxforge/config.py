@@ -106,7 +106,8 @@ class PipelineBase(StrictModel):
     outputs: list[str] | None = Field(None, description="names for the model outputs")
     data: DataConfig = Field(default_factory=DataConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    run_dir: RelPath = Field(Path("runs"), description="parent folder of run folders")
+    run_dir: RelPath = Field(Path("runs"), description="parent folder of run folders (default: ./runs in the "
+                           "working directory; a value given here is relative to this file)")
     _path: Path | None = PrivateAttr(None)
 
     @property

@@ -48,11 +48,13 @@ def build_config(stage: str, model: Path | None, config: Path | None, stage_opts
     if config is not None:
         raw, lines = read_yaml(config)
         path = config
-    else:
-        if model is None:
-            raise UserError(f"{stage}: give a MODEL.onnx or --config FILE")
+    elif model is not None:
         raw, lines, path = {"name": slug(Path(model).stem), "source": {"framework": "onnx",
                                                                       "path": str(Path(model).resolve())}}, {}, None
+    elif stage == "convert" and source:
+        raw, lines, path = {}, {}, None
+    else:
+        raise UserError(f"{stage}: give a MODEL.onnx or --config FILE")
     raw = dict(raw)
     stages = dict(raw.get("stages") or {})
     stages[stage] = _merge(stages.get(stage) or {}, stage_opts)
@@ -63,6 +65,12 @@ def build_config(stage: str, model: Path | None, config: Path | None, stage_opts
         raw["source"] = _merge(raw.get("source") or {}, source)
     raw.update(top or {})
     return parse_config(raw, path, lines)
+
+
+def cfg_source_files(cfg) -> list[Path]:
+    from onnxforge.registry import frontend
+
+    return frontend(cfg.source.framework).source_files(cfg)
 
 
 def run_alone(stage: str, cfg, model: Path | None, output: Path | None, console=None):
@@ -86,6 +94,11 @@ def run_alone(stage: str, cfg, model: Path | None, output: Path | None, console=
         model_in = Path(model)
         if not model_in.is_file():
             raise UserError(f"model not found: {model_in} — check the path")
+    if output is not None:
+        protected = {Path(p).resolve() for p in [model_in, *cfg_source_files(cfg)] if p}
+        if Path(output).resolve() in protected:
+            raise UserError(f"the output path {output} is an input of this stage — choose another -o (inputs are "
+                            "never overwritten)")
     out_dir = (Path(output).resolve().parent if output else Path.cwd())
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".onnxforge-{stage}-", dir=out_dir))
@@ -94,9 +107,6 @@ def run_alone(stage: str, cfg, model: Path | None, output: Path | None, console=
         res = spec.run(ctx, getattr(cfg.stages, stage))
         final = None
         if res.model and output:
-            if model_in is not None and Path(output).resolve() == model_in.resolve():
-                raise UserError("the output path is the input model — choose another -o (inputs are never "
-                                "overwritten)")
             os.replace(res.model, output)  # same folder: the rename is atomic
             final = Path(output)
         elif res.model:
