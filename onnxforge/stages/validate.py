@@ -216,7 +216,7 @@ def render(result: dict, console) -> None:
             t.add_row(c["output"], str(c["batch"]), "label", ok, "", "", "", "", "", f"{c['flips']}/{c['total']}")
         elif c.get("kind") == "distribution" and "max_z" in c:
             t.add_row(c["output"], str(c["batch"]), "distribution", ok, f"z={c['max_z']:.2f}", "", "", "", "",
-                      f"{c['mean_fail_rows']}/{c['rows']}")
+                      f"{c['mean_fail_rows']}+{c['quantile_fail_rows']}q/{c['rows']}")
         else:
             t.add_row(c["output"], str(c.get("batch", "")), c.get("kind", ""), ok, c.get("reason", ""), "", "", "",
                       "", "")
@@ -243,9 +243,15 @@ def run_validate(ctx, opts: ValidateOptions):
         worst = []
         for c in result["comparisons"]:
             if not c["pass"]:
-                fig = (f"max_abs={c['max_abs']:.3g} (needs atol≥{c['min_atol']:.3g})" if c.get("kind") == "float"
-                       else f"{c.get('flips', c.get('mean_fail_rows', '?'))} mismatching" if "reason" not in c
-                       else c["reason"])
+                if "reason" in c:
+                    fig = c["reason"]
+                elif c.get("kind") == "float":
+                    fig = f"max_abs={c['max_abs']:.3g} (needs atol≥{c['min_atol']:.3g})"
+                elif c.get("kind") == "distribution":
+                    fig = (f"{c['mean_fail_rows']}/{c['rows']} rows off in mean (max z={c['max_z']:.1f}), "
+                           f"{c['quantile_fail_rows']} in quantiles")
+                else:
+                    fig = f"{c['flips']}/{c['total']} labels changed"
                 worst.append(f"{c['output']}@batch{c.get('batch')}: {fig}")
         raise CheckFailed(f"validation failed for {', '.join(result['failing'])}: {'; '.join(worst[:4])}", result)
     return StageResult(verdict="pass", summary=result, files=[out])
