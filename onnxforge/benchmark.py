@@ -1,0 +1,254 @@
+"""Latency benchmarks: an ONNX artifact per batch size and thread setting, and the native framework's predict
+measured in the same run, so every ratio compares numbers taken side by side. Used by `onnxforge bench` and by
+the report."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ORT = "onnxruntime"
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def tile_rows(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """Exactly n rows per input: the first n, or the data repeated when it has fewer rows than n."""
+    out = {}
+    for k, v in feeds.items():
+        v = np.asarray(v)
+        idx = np.arange(n) % max(len(v), 1)
+        out[k] = np.ascontiguousarray(v[idx])
+    return out
+
+
+def fixed_batch(model) -> int | None:
+    """The batch size a model's inputs pin (an int first dim shared by every input), or None when it is free."""
+    inits = {i.name for i in model.graph.initializer}
+    dims = set()
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        shape = inp.type.tensor_type.shape.dim
+        dims.add(shape[0].dim_value if shape and shape[0].HasField("dim_value") else None)
+    return dims.pop() if len(dims) == 1 and None not in dims else None
+
+
+def feeds_for(model, *, cfg=None, data: Path | None = None, rows: int = 64, seed: int = 0):
+    """Benchmark inputs: the given or configured data file, else synthesized from the input spec (fine for
+    latency). Returns (feeds, provenance)."""
+    from onnxforge import data as d
+
+    specs = (cfg.inputs if cfg is not None and cfg.inputs else None) or d.specs_from_model(model)
+    path = data or (cfg.data.path if cfg is not None else None)
+    if path is not None:
+        return d.feeds_from_table(d.load_table(path), specs), str(path)
+    return d.synthesize(specs, rows, seed), "synthetic"
+
+
+# ------------------------------------------------------------------ progress
+
+
+class _NoProgress:
+    def add_task(self, *a, **k):
+        return 0
+
+    def advance(self, *a, **k):
+        pass
+
+    def update(self, *a, **k):
+        pass
+
+
+@contextlib.contextmanager
+def progress_bar(console) -> Iterator[Any]:
+    """A rich progress bar on the console (transient), or a silent stand-in when there is no console."""
+    if console is None:
+        yield _NoProgress()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as p:
+        yield p
+
+
+# ------------------------------------------------------------------ measuring
+
+
+def _row(engine: str, label: str, batch: int, threads: int | None, m: dict) -> dict:
+    return {"engine": engine, "label": label, "batch": batch, "threads": threads,
+            **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}}
+
+
+def bench_onnx(model_path: Path, feeds: dict[str, np.ndarray], *, batches: list[int], threads: list[int | None],
+               runs: int = 100, warmup: int = 10, max_seconds: float = 10.0, providers: list[str] | None = None,
+               label: str | None = None, progress=None, task=None) -> list[dict]:
+    """onnxruntime latency of one model for every (batch, threads) setting: one session per thread count."""
+    from onnxforge import runtime
+    from onnxforge.timing import measure
+
+    label = label or Path(model_path).name
+    rows = []
+    for t in threads:
+        sess = runtime.session(Path(model_path), provider_list=providers, threads=t)
+        names = [o.name for o in sess.get_outputs()]
+        for b in batches:
+            batch = tile_rows(feeds, b)
+            m = measure(lambda s=sess, f=batch, n=names: s.run(n, f), runs=runs, warmup=warmup,
+                        max_seconds=max_seconds, rows=b)
+            rows.append(_row(ORT, label, b, t, m))
+            if progress is not None:
+                progress.advance(task)
+    return rows
+
+
+@contextlib.contextmanager
+def native_threads(n: int | None):
+    """Apply a thread count to the native framework where it can be changed at run time (torch); yields
+    whether it was applied, so the table can say 'framework default' otherwise."""
+    torch = sys.modules.get("torch")
+    if n is None or torch is None:
+        yield False
+        return
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield True
+    finally:
+        torch.set_num_threads(prev)
+
+
+def bench_native(fe, native, cfg, feeds: dict[str, np.ndarray], *, batches: list[int], threads: list[int | None],
+                 runs: int = 100, warmup: int = 10, max_seconds: float = 10.0, progress=None,
+                 task=None) -> list[dict]:
+    """The frontend's own predict (the reference validate uses), timed like the ONNX model."""
+    from onnxforge.timing import measure
+
+    rows = []
+    label = f"{fe.name} (native)"
+    for t in threads:
+        with native_threads(t) as applied:
+            for b in batches:
+                batch = tile_rows(feeds, b)
+                m = measure(lambda f=batch: fe.predict(native, f, cfg), runs=runs, warmup=warmup,
+                            max_seconds=max_seconds, rows=b)
+                rows.append(_row(f"{fe.name} native", label, b, t, m) | {"threads_applied": applied})
+                if progress is not None:
+                    progress.advance(task)
+    return rows
+
+
+def ratios(rows: list[dict], baseline: str) -> list[dict]:
+    """Speed of every engine relative to the `baseline` label at the same batch and threads (>1 = faster)."""
+    base = {(r["batch"], r["threads"]): r for r in rows if r["label"] == baseline}
+    out = []
+    for r in rows:
+        b = base.get((r["batch"], r["threads"]))
+        if b is None or r["label"] == baseline:
+            continue
+        out.append({"label": r["label"], "baseline": baseline, "batch": r["batch"], "threads": r["threads"],
+                    "p50_ms": r["p50_ms"], "baseline_p50_ms": b["p50_ms"],
+                    "speedup": b["p50_ms"] / r["p50_ms"] if r["p50_ms"] > 0 else float("inf")})
+    return out
+
+
+def usable_batches(model, batches: list[int]) -> tuple[list[int], list[int]]:
+    """(batches the model accepts, batches skipped because its inputs pin another batch size)."""
+    fixed = fixed_batch(model)
+    if fixed is None:
+        return list(dict.fromkeys(batches)), []
+    ok = [b for b in dict.fromkeys(batches) if b == fixed]
+    return (ok or [fixed]), [b for b in batches if b != fixed]
+
+
+# ------------------------------------------------------------------ the `bench` command
+
+
+def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int, config: Path | None,
+              console=None, warmup: int = 10, max_seconds: float = 10.0) -> dict:
+    """`onnxforge bench`: latency of MODEL per batch and thread setting; with --config also the source's native
+    predict (or, for an ONNX source, the source file itself in onnxruntime), with ratios."""
+    from onnxforge.artifact import load_model
+    from onnxforge.errors import UserError
+
+    model = Path(model)
+    if runs < 1:
+        raise UserError(f"--runs {runs}: give at least 1 timed run")
+    if any(b < 1 for b in batches) or any(t < 1 for t in threads):
+        raise UserError("--batch and --threads take positive integers, e.g. --batch 1 --batch 64 --threads 1")
+    proto = load_model(model)
+    cfg = None
+    if config is not None:
+        from onnxforge.config import load_config
+
+        cfg = load_config(config)
+    ok, skipped = usable_batches(proto, batches)
+    if skipped and console is not None:
+        console.print(f"[yellow]{model.name} has a fixed batch of {ok[0]}: skipping batch {skipped}[/yellow]")
+    feeds, provenance = feeds_for(proto, cfg=cfg, rows=max(ok))
+    label = model.name
+    providers = cfg.runtime.providers if cfg is not None else None
+    native_kind, fe, native = None, None, None
+    if cfg is not None:
+        native_kind = "onnx-source" if cfg.source.framework == "onnx" else "native"
+        if native_kind == "native":
+            from onnxforge.registry import frontend
+
+            fe = frontend(cfg.source.framework)
+            native = fe.load(cfg)
+        elif cfg.source.path is None or Path(cfg.source.path).resolve() == model.resolve():
+            native_kind = None  # the source is this very file: nothing else to compare with
+    settings = len(ok) * len(threads)
+    rows: list[dict] = []
+    with progress_bar(console) as prog:
+        task = prog.add_task(f"bench {label}", total=settings * (2 if native_kind else 1))
+        rows += bench_onnx(model, feeds, batches=ok, threads=list(threads), runs=runs, warmup=warmup,
+                           max_seconds=max_seconds, providers=providers, label=label, progress=prog, task=task)
+        baseline = None
+        if native_kind == "native":
+            native_rows = bench_native(fe, native, cfg, feeds, batches=ok, threads=list(threads), runs=runs,
+                                       warmup=warmup, max_seconds=max_seconds, progress=prog, task=task)
+            rows += native_rows
+            baseline = native_rows[0]["label"]
+        elif native_kind == "onnx-source":
+            baseline = f"source {Path(cfg.source.path).name}"
+            if baseline == label:
+                baseline = f"source {cfg.source.path}"
+            rows += bench_onnx(Path(cfg.source.path), feeds, batches=ok, threads=list(threads), runs=runs,
+                               warmup=warmup, max_seconds=max_seconds, providers=providers, label=baseline,
+                               progress=prog, task=task)
+    result = {"model": str(model), "inputs": provenance, "runs": runs, "warmup": warmup, "batches": ok,
+              "skipped_batches": skipped, "threads": list(threads), "baseline": baseline, "results": rows,
+              "ratios": ratios(rows, baseline) if baseline else []}
+    if console is not None:
+        render(result, console)
+    return result
+
+
+def render(result: dict, console) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"latency of {Path(result['model']).name} — inputs: {result['inputs']}, "
+                    f"{result['runs']} timed runs after {result['warmup']} warm-up")
+    for c in ("engine", "model", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "mean ms", "rows/s", "runs"):
+        t.add_column(c, justify="left" if c in ("engine", "model") else "right")
+    for r in result["results"]:
+        thr = str(r["threads"]) if r.get("threads_applied", True) else f"{r['threads']} (default)"
+        t.add_row(r["engine"], r["label"], str(r["batch"]), thr, f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
+                  f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['rows_per_s']:,.0f}", str(r["runs"]))
+    console.print(t)
+    if result["ratios"]:
+        rt = Table(title=f"speed relative to {result['baseline']} (same run; >1 = faster)")
+        for c in ("model", "batch", "threads", "p50 ms", "baseline p50 ms", "speedup"):
+            rt.add_column(c, justify="left" if c == "model" else "right")
+        for r in result["ratios"]:
+            rt.add_row(r["label"], str(r["batch"]), str(r["threads"]), f"{r['p50_ms']:.3f}",
+                       f"{r['baseline_p50_ms']:.3f}", f"{r['speedup']:.2f}×")
+        console.print(rt)

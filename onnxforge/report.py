@@ -1,0 +1,64 @@
+"""`onnxforge report`: what a person reads after a run — terminal tables, report.json (documented schema),
+report.md (fits a CI comment) and one self-contained report.html with plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FORMATS = {"json": "report.json", "md": "report.md", "html": "report.html"}
+
+
+def build_report(targets: list[Path], *, out: Path | None = None, formats: list[str] | tuple = ("json", "md", "html"),
+                 bench: bool = True, data: Path | None = None, console=None, options=None, ctx=None) -> dict:
+    """Report on a run folder (its manifest names the artifacts) or on loose .onnx files (the first one is the
+    baseline the others are compared with). Writes the requested formats into `out` and returns the report."""
+    from onnxforge.artifact import atomic_write_json, atomic_write_text
+    from onnxforge.errors import UserError
+    from onnxforge.reporting import collect
+    from onnxforge.stages.report import ReportOptions
+
+    opts = options or ReportOptions()
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise UserError(f"--formats: unknown {', '.join(unknown)} — choose from {', '.join(FORMATS)}")
+    targets = [Path(t) for t in targets]
+    if not targets:
+        raise UserError("report: give a run folder or one or more .onnx files")
+    if data is not None and not Path(data).is_file():
+        raise UserError(f"--data {data}: file not found — check the path")
+    if len(targets) == 1 and targets[0].is_dir():
+        src = collect.from_run(targets[0], ctx)
+        out = Path(out) if out is not None else targets[0] / "report"
+    elif any(t.is_dir() for t in targets):
+        raise UserError("report: give one run folder, or .onnx files — not both")
+    else:
+        src = collect.from_models(targets)
+        out = Path(out) if out is not None else Path.cwd()
+    report = collect.collect(src, opts, bench=bench, data=Path(data) if data else None, console=console)
+    report["files"] = {f: FORMATS[f] for f in dict.fromkeys(formats)}
+    out.mkdir(parents=True, exist_ok=True)
+    if "json" in formats:
+        atomic_write_json(out / FORMATS["json"], report)
+    if "md" in formats:
+        from onnxforge.reporting.markdown import render_markdown
+
+        atomic_write_text(out / FORMATS["md"], render_markdown(report))
+    if "html" in formats:
+        from onnxforge.reporting.html import render_html
+
+        atomic_write_text(out / FORMATS["html"], render_html(report, notes_out=console))
+    if console is not None:
+        from onnxforge.reporting.terminal import render_terminal
+
+        render_terminal(report, console, brief=ctx is not None)
+        for f in report["files"].values():
+            console.print(f"[green]wrote[/green] {out / f}")
+    return report
+
+
+def load_schema() -> dict:
+    """The JSON Schema of report.json (package data: onnxforge/schemas/report.schema.json)."""
+    import json
+    from importlib.resources import files
+
+    return json.loads(files("onnxforge").joinpath("schemas/report.schema.json").read_text())

@@ -1,0 +1,371 @@
+"""Gather a report's figures. Every artifact is measured here (size, ops, params, opset, outputs on the data,
+latency), so the report never depends on what a stage chose to put in its summary; stage summaries (validation
+comparisons, quantize/optimize before/after) are added as they are, rendered generically."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxforge.errors import UserError
+from onnxforge.reporting.errors import clean, compare_outputs
+
+SCHEMA_VERSION = 1
+LABEL_KEYS = ("label", "labels", "y", "target")
+METRIC_KEYS = ("accuracy", "top1_agreement", "mae", "rmse", "r2")
+
+
+@dataclass
+class Artifact:
+    label: str  # unique and readable: "01-convert/model.onnx" in a run, the file name for loose models
+    path: Path
+    stage: str | None = None
+    parent: str | None = None  # label of the artifact this one was made from
+
+
+@dataclass
+class Sources:
+    kind: str  # "run" | "models"
+    artifacts: list[Artifact]
+    manifest: dict | None = None
+    cfg: Any = None
+    run_dir: Path | None = None
+    native: Callable[[], tuple[Any, Any]] | None = None  # → (frontend, native model), loaded on demand
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ where the artifacts come from
+
+
+def from_run(run_dir: Path, ctx=None) -> Sources:
+    """A run folder: its manifest names the artifacts; its config (the stage's, or the file the manifest names)
+    gives the data and the source for the native reference."""
+    mpath = Path(run_dir) / "manifest.json"
+    if not mpath.is_file():
+        raise UserError(f"{run_dir}: no manifest.json — give a run folder (runs/NAME) or .onnx files")
+    try:
+        manifest = json.loads(mpath.read_text())
+        stages = list(manifest["stages"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{mpath}: not a readable manifest ({type(e).__name__}) — rerun `onnxforge run`") from None
+    notes: list[str] = []
+    if ctx is not None:  # the stage runs before its own entry is written; earlier ones are in the manifest
+        seen = {s.get("name") for s in stages}
+        stages += [e for n, e in ctx.results.items() if n not in seen]
+        manifest["stages"] = stages
+    cfg = ctx.cfg if ctx is not None else _config_of(manifest, notes)
+    arts: list[Artifact] = []
+    by_path: dict[str, str] = {}
+    for s in stages:
+        rel = s.get("model")
+        if not rel or rel in by_path:
+            continue
+        path = Path(run_dir) / rel
+        if not path.is_file():
+            notes.append(f"{rel} (stage {s.get('name')}) is missing from the run folder")
+            continue
+        parent = next((by_path[p] for p in (s.get("inputs") or {}) if p in by_path), None)
+        by_path[rel] = rel
+        arts.append(Artifact(rel, path, s.get("name"), parent))
+    if not arts:
+        raise UserError(f"{run_dir}: the run has no model artifact yet — run its convert stage first")
+    native = None
+    if cfg is not None:
+        native = (lambda: (ctx.frontend, ctx.native())) if ctx is not None else _native_loader(cfg)
+    return Sources("run", arts, manifest, cfg, Path(run_dir), native, notes)
+
+
+def _config_of(manifest: dict, notes: list[str]):
+    from onnxforge.config import load_config
+
+    path = manifest.get("config")
+    if not path or not Path(path).is_file():
+        notes.append(f"the run's config ({path or 'unknown'}) is not available: no native reference, data "
+                     "only from --data")
+        return None
+    try:
+        return load_config(path)
+    except UserError as e:
+        notes.append(f"the run's config could not be read ({e}): no native reference")
+        return None
+
+
+def _native_loader(cfg):
+    def load():
+        from onnxforge.registry import frontend
+
+        fe = frontend(cfg.source.framework)
+        return fe, fe.load(cfg)
+
+    return load
+
+
+def from_models(paths: list[Path]) -> Sources:
+    for p in paths:
+        if not Path(p).is_file():
+            raise UserError(f"{p}: not found — give a run folder or existing .onnx files")
+        if Path(p).suffix.lower() != ".onnx":
+            raise UserError(f"{p}: not an .onnx file — give a run folder or .onnx files")
+    names = [Path(p).name for p in paths]
+    labels = names if len(set(names)) == len(names) else [str(p) for p in paths]
+    # the first file is the baseline every other one is compared with
+    arts = [Artifact(lab, Path(p), None, labels[0] if i else None) for i, (lab, p) in enumerate(
+        zip(labels, paths, strict=True))]
+    return Sources("models", arts)
+
+
+# ------------------------------------------------------------------ data
+
+
+def _eval_data(src: Sources, data: Path | None, first_model, max_rows: int | None):
+    """(feeds, labels, provenance, label key). The report never fails for lack of data: without a data file it
+    uses synthetic inputs, and says so."""
+    from onnxforge import data as d
+
+    cfg = src.cfg
+    specs = (cfg.inputs if cfg is not None and cfg.inputs else None) or d.specs_from_model(first_model)
+    path = data or (cfg.data.path if cfg is not None else None)
+    if path is None:
+        if cfg is not None and cfg.data.synthetic:
+            return d.synthesize(specs, cfg.data.synthetic_rows, cfg.data.seed), None, "synthetic", None
+        src.notes.append("no data file: errors are measured on synthetic inputs (give --data FILE)")
+        return d.synthesize(specs, 64, 0), None, "synthetic", None
+    table = d.load_table(path)
+    feeds = d.feeds_from_table(table, specs, cfg.data.rows if cfg is not None else None)
+    used = {s.column or s.name for s in specs} | {c for s in specs for c in (s.columns or [])}
+    key = cfg.data.labels if cfg is not None and cfg.data.labels in table else None
+    key = key or next((k for k in LABEL_KEYS if k in table and k not in used), None)
+    rows = d.n_rows(feeds) if not max_rows else min(d.n_rows(feeds), max_rows)
+    labels = np.asarray(table[key])[:rows] if key is not None and len(table[key]) >= rows else None
+    return d.take(feeds, rows), labels, str(path), key if labels is not None else None
+
+
+def _run_model(path: Path, proto, feeds: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
+    from onnxforge import data as d
+    from onnxforge import runtime
+    from onnxforge.benchmark import fixed_batch
+
+    sess = runtime.session(Path(path), provider_list=cfg.runtime.providers if cfg is not None else None,
+                           threads=cfg.runtime.threads if cfg is not None else None)
+    size = fixed_batch(proto)
+    if size is None:
+        return runtime.run(sess, feeds)
+    n = d.n_rows(feeds) // size * size  # a fixed-batch model scores whole batches only
+    parts = [runtime.run(sess, b) for b in d.batches(d.take(feeds, n), size)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+
+def _metrics(outputs, labels, reference=None) -> dict | None:
+    from onnxforge.metrics import task_metrics
+
+    if not outputs or (labels is None and reference is None):
+        return None
+    n = len(next(iter(outputs.values())))
+    try:
+        return task_metrics(outputs, None if labels is None else labels[:n],
+                            None if reference is None else {k: v[:n] for k, v in reference.items()})
+    except (ValueError, IndexError, TypeError):
+        return None  # outputs that are no prediction (e.g. embeddings) have no task metric
+
+
+def _deltas(m: dict | None, ref: dict | None) -> dict | None:
+    if not m or not ref:
+        return None
+    out = {k: m[k] - ref[k] for k in METRIC_KEYS if isinstance(m.get(k), float) and isinstance(ref.get(k), float)}
+    return out or None
+
+
+# ------------------------------------------------------------------ the report
+
+
+def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None) -> dict:
+    from onnxforge import __version__
+    from onnxforge.artifact import load_model, sha256_file
+    from onnxforge.inspect import summarize
+
+    protos = [load_model(a.path) for a in src.artifacts]
+    feeds, labels, provenance, label_key = _eval_data(src, data, protos[0], opts.max_rows)
+    native_fe, native, native_out, native_info = None, None, None, None
+    if src.native is not None and opts.native:
+        native_fe, native, native_out, native_info = _native(src, feeds, labels)
+
+    outputs: dict[str, dict | None] = {}
+    artifacts, errors = [], []
+    base_bytes = None
+    ref_metrics: dict[str, dict | None] = {}
+    if native_info:
+        ref_metrics[native_info["label"]] = native_info.get("metrics")
+    for a, proto in zip(src.artifacts, protos, strict=True):
+        info = summarize(proto, a.path)
+        base_bytes = base_bytes or info["file_bytes"]
+        try:
+            outputs[a.label] = _run_model(a.path, proto, feeds, src.cfg)
+        except Exception as e:  # e.g. ops this onnxruntime cannot run: still report size and ops
+            outputs[a.label] = None
+            src.notes.append(f"{a.label}: onnxruntime could not run it ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:160] if str(e) else ''})")
+        ref_label, ref_out = _reference_of(a, outputs, native_info, native_out)
+        got = outputs[a.label]
+        if got is not None and ref_out is not None:
+            errors += compare_outputs(a.label, ref_label, ref_out, got)
+        m = _metrics(got, labels, ref_out)
+        ref_metrics.setdefault(a.label, _metrics(got, labels))
+        artifacts.append({
+            "label": a.label, "path": str(a.path.relative_to(src.run_dir) if src.run_dir else a.path),
+            "stage": a.stage, "parent": a.parent, "reference": ref_label, "sha256": sha256_file(a.path),
+            "file_bytes": info["file_bytes"], "size_ratio": info["file_bytes"] / base_bytes,
+            "nodes": info["nodes"], "params": info["params"], "initializer_bytes": info["initializer_bytes"],
+            "ir_version": info["ir_version"], "opset": info["opset"], "producer": info["producer"],
+            "inputs": info["inputs"], "outputs": info["outputs"], "ops": info["ops"], "ran": got is not None,
+            "metrics": m, "metric_deltas": _deltas(m, ref_metrics.get(ref_label)) if ref_label else None,
+        })
+
+    latency = None
+    if bench:
+        runnable = [(a, p) for a, p in zip(src.artifacts, protos, strict=True) if outputs[a.label] is not None]
+        latency = _latency(runnable, feeds, opts, src, native_fe, native, native_info, console)
+
+    man = src.manifest or {}
+    report = {
+        "schema": "onnxforge.report", "schema_version": SCHEMA_VERSION, "onnxforge": __version__,
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"), "kind": src.kind,
+        "title": man.get("name") or ", ".join(a.label for a in src.artifacts)[:120],
+        "verdict": man.get("verdict", "info") if src.kind == "run" else "info",
+        "run": _run_info(src) if src.kind == "run" else None,
+        "data": {"eval": provenance, "rows": len(next(iter(feeds.values()))) if feeds else 0,
+                 "labels": label_key},
+        "native": native_info, "artifacts": artifacts, "latency": latency, "errors": errors,
+        "validations": _validations(man, {a.label for a in src.artifacts}),
+        "stage_changes": _stage_changes(man), "stages": _stages(man), "notes": src.notes, "files": {},
+    }
+    return clean(report)
+
+
+def _native(src: Sources, feeds, labels):
+    """Load the source model and predict on the report's data: the reference for the first artifact."""
+    try:
+        fe, native = src.native()
+    except UserError as e:
+        src.notes.append(f"native reference unavailable: {e}")
+        return None, None, None, None
+    label = f"{fe.name} (native)"
+    try:
+        out = {k: np.asarray(v) for k, v in fe.predict(native, feeds, src.cfg).items()}
+    except Exception as e:  # a frontend bug must not cost the user the whole report
+        src.notes.append(f"native predict failed ({type(e).__name__}: {str(e)[:160]})")
+        return fe, native, None, {"label": label, "framework": fe.name, "metrics": None}
+    return fe, native, out, {"label": label, "framework": fe.name, "metrics": _metrics(out, labels)}
+
+
+def _reference_of(a: Artifact, outputs, native_info, native_out):
+    if a.parent is not None:
+        return a.parent, outputs.get(a.parent)
+    if native_info and native_out is not None:
+        return native_info["label"], native_out
+    return None, None
+
+
+def _latency(runnable, feeds, opts, src: Sources, fe, native, native_info, console) -> dict:
+    from onnxforge.benchmark import bench_native, bench_onnx, progress_bar, ratios, usable_batches
+
+    threads = list(opts.threads)
+    plan = [(a, usable_batches(p, opts.batches)[0]) for a, p in runnable]
+    with_native = fe is not None and fe.name != "onnx" and native_info is not None and opts.native
+    total = sum(len(b) for _, b in plan) * len(threads) + (len(opts.batches) * len(threads) if with_native else 0)
+    rows: list[dict] = []
+    providers = src.cfg.runtime.providers if src.cfg is not None else None
+    kw = {"runs": opts.runs, "warmup": opts.warmup, "max_seconds": opts.max_seconds}
+    with progress_bar(console) as prog:
+        task = prog.add_task("report: latency", total=max(total, 1))
+        if with_native:
+            try:
+                rows += bench_native(fe, native, src.cfg, feeds, batches=list(opts.batches), threads=threads,
+                                     progress=prog, task=task, **kw)
+            except Exception as e:
+                src.notes.append(f"native latency not measured ({type(e).__name__}: {str(e)[:160]})")
+        for a, batches in plan:
+            prog.update(task, description=f"report: latency of {a.label}")
+            rows += bench_onnx(a.path, feeds, batches=batches, threads=threads, providers=providers,
+                               label=a.label, progress=prog, task=task, **kw)
+    baseline = rows[0]["label"] if rows else None
+    return {"baseline": baseline, "runs": opts.runs, "warmup": opts.warmup, "batches": list(opts.batches),
+            "threads": threads, "rows": rows, "ratios": ratios(rows, baseline) if baseline else []}
+
+
+# ------------------------------------------------------------------ from the manifest
+
+
+def _run_info(src: Sources) -> dict:
+    m = src.manifest or {}
+    return {"name": m.get("name"), "path": str(src.run_dir), "config": m.get("config") or None,
+            "verdict": m.get("verdict"), "started": m.get("started"), "finished": m.get("finished"),
+            "final_model": m.get("final_model"), "versions": m.get("versions") or {}}
+
+
+def _scalars(d: dict, limit: int = 16) -> dict:
+    """A stage summary's top-level numbers and short strings (the figures a table can show)."""
+    if not isinstance(d, dict):
+        return {}
+    items = [(k, v) for k, v in d.items() if isinstance(v, int | float | bool) or (isinstance(v, str) and len(v) <= 200)]
+    return dict(items[:limit])
+
+
+def _stages(man: dict) -> list[dict]:
+    out = []
+    for s in man.get("stages", []):
+        out.append({"name": s.get("name"), "dir": s.get("dir"), "status": s.get("status"),
+                    "verdict": s.get("verdict"), "wall_s": s.get("wall_s"), "model": s.get("model"),
+                    "message": (s.get("message") or "")[:500],
+                    "figures": _scalars(s.get("summary") or {})})
+    return out
+
+
+def _validations(man: dict, labels: set[str]) -> list[dict]:
+    out = []
+    for s in man.get("stages", []):
+        summ = s.get("summary") or {}
+        if not isinstance(summ.get("comparisons"), list):
+            continue
+        ins = list((s.get("inputs") or {}).keys())
+        model = ins[0] if s.get("name") == "validate" and ins else (s.get("model") or (ins[0] if ins else None))
+        out.append({"stage": s.get("name"), "model": model, "known_artifact": model in labels,
+                    "verdict": summ.get("verdict", s.get("verdict")), "reference": summ.get("reference"),
+                    "against": summ.get("against"), "rows": summ.get("rows"), "data": summ.get("data"),
+                    "comparisons": [c for c in summ["comparisons"] if isinstance(c, dict)],
+                    "metrics": summ.get("metrics") or {}})
+    return out
+
+
+def _flatten(d: dict, prefix: str = "", depth: int = 0) -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and depth < 2 and len(v) <= 12:  # an op histogram is too big for a row each
+            out.update(_flatten(v, key + ".", depth + 1))
+        elif isinstance(v, int | float | bool) or (isinstance(v, str) and len(v) <= 80):
+            out[key] = v
+    return out
+
+
+def _stage_changes(man: dict) -> list[dict]:
+    """quantize/optimize summaries carry `before`/`after` dicts: one row per figure present in either."""
+    out = []
+    for s in man.get("stages", []):
+        summ = s.get("summary") or {}
+        if not (isinstance(summ.get("before"), dict) and isinstance(summ.get("after"), dict)):
+            continue
+        b, a = _flatten(summ["before"]), _flatten(summ["after"])
+        rows = []
+        for k in dict.fromkeys([*b, *a]):
+            bv, av = b.get(k), a.get(k)
+            num = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (bv, av))
+            rows.append({"key": k, "before": bv, "after": av,
+                         "ratio": (av / bv) if num and bv else None})
+        out.append({"stage": s.get("name"), "verdict": s.get("verdict"), "rows": rows})
+    return out

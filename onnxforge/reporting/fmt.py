@@ -1,0 +1,63 @@
+"""Number formatting shared by the terminal, Markdown and HTML renderings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit, div in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div:
+            return f"{n / div:,.1f} {unit}"
+    return f"{n} B"
+
+
+def opset(d: dict | None) -> str:
+    if not d:
+        return ""
+    main = d.get("ai.onnx")
+    rest = [f"{k} {v}" for k, v in d.items() if k != "ai.onnx"]
+    return ", ".join(([str(main)] if main is not None else []) + rest)
+
+
+def ms(v: float | None) -> str:
+    return "" if v is None else f"{v:.3f}" if v < 10 else f"{v:.1f}"
+
+
+def num(v: float | None) -> str:
+    return "" if v is None else f"{v:,.0f}"
+
+
+def sci(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return "0" if v == 0 else f"{v:.3g}"
+    return str(v)
+
+
+def value(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return "" if v is None else str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+METRIC_NAMES = {"accuracy": "acc", "top1_agreement": "agree", "r2": "R²", "mae": "MAE", "rmse": "RMSE"}
+
+
+def metrics(m: dict | None) -> str:
+    if not m:
+        return ""
+    return " · ".join(f"{METRIC_NAMES[k]} {m[k]:.4g}" for k in METRIC_NAMES if isinstance(m.get(k), float))
+
+
+def deltas(d: dict | None) -> str:
+    if not d:
+        return ""
+    return " · ".join(f"{METRIC_NAMES[k]} {d[k]:+.4g}" for k in METRIC_NAMES if isinstance(d.get(k), float))

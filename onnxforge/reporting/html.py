@@ -1,0 +1,166 @@
+"""report.html: one self-contained file (inline CSS, plots as base64 PNG, no script, no CDN) that opens offline."""
+
+from __future__ import annotations
+
+from html import escape
+
+from onnxforge.reporting import fmt, plots
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
+header{background:#1d2430;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
+header .meta{color:#b8c0cc;margin-top:4px}main{padding:8px 28px 40px;max-width:1280px}
+section{background:#fff;border:1px solid #e1e5ea;border-radius:8px;padding:14px 18px;margin:16px 0}
+h2{font-size:17px;margin:0 0 10px}table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
+th,td{border-bottom:1px solid #e8ebef;padding:4px 10px;text-align:right;white-space:nowrap}
+th{background:#f0f2f5}td.l,th.l{text-align:left}.badge{display:inline-block;padding:2px 10px;border-radius:10px;
+font-weight:600;color:#fff}.pass{background:#2e8540}.fail,.error{background:#c0392b}.info{background:#4c78a8}
+.ok{color:#2e8540;font-weight:600}.bad{color:#c0392b;font-weight:600}img.plot{max-width:100%;display:block;
+margin:8px 0}code{background:#f0f2f5;padding:1px 4px;border-radius:3px}.muted{color:#6b7480}
+"""
+
+
+def _t(cols: list[str], rows: list[list], left: int = 1, last_left: bool = False) -> str:
+    """A table; the first `left` columns (and the last one if last_left) are text, aligned left."""
+    def cls(i: int) -> str:
+        return "l" if i < left or (last_left and i == len(cols) - 1) else ""
+
+    head = "".join(f'<th class="{cls(i)}">{escape(c)}</th>' for i, c in enumerate(cols))
+    body = "".join("<tr>" + "".join(f'<td class="{cls(i)}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(pid: str, b64: str | None, alt: str) -> str:
+    return f'<img class="plot" id="{pid}" alt="{escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else ""
+
+
+def _section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{sid}"><h2>{escape(title)}</h2>{body}</section>'
+
+
+def _ok(v) -> str:
+    return '<span class="ok">yes</span>' if v else '<span class="bad">NO</span>'
+
+
+def render_html(rep: dict, notes_out=None) -> str:
+    e = escape
+    can_plot = plots.available()
+    if not can_plot and notes_out is not None:
+        notes_out.print("[yellow]report.html without plots: matplotlib is missing — pip install "
+                        "'onnxforge[report]'[/yellow]")
+    arts = rep["artifacts"]
+    d = rep["data"]
+    parts = []
+    summary = (f'<p><span class="badge {e(rep["verdict"])}">{e(rep["verdict"])}</span> '
+               f'{len(arts)} artifact(s) · data <code>{e(str(d["eval"]))}</code> ({d["rows"]} rows'
+               f'{", labels <code>" + e(d["labels"]) + "</code>" if d["labels"] else ""})</p>')
+    if rep.get("run"):
+        r = rep["run"]
+        summary += (f'<p class="muted">run <code>{e(str(r["path"]))}</code> · config <code>{e(str(r["config"]))}'
+                    f'</code> · final model <code>{e(str(r["final_model"]))}</code></p>')
+    if not can_plot:
+        summary += '<p class="muted">Plots need matplotlib: pip install \'onnxforge[report]\'.</p>'
+    parts.append(_section("summary", "Summary", summary))
+
+    rows = [[f"<code>{e(a['label'])}</code>", e(a.get("stage") or ""), fmt.size(a["file_bytes"]),
+             f"{a['size_ratio']:.2f}×", f"{a['nodes']:,}", f"{a['params']:,}", e(fmt.opset(a["opset"])),
+             e(fmt.metrics(a.get("metrics"))), e(fmt.deltas(a.get("metric_deltas"))), e(a.get("reference") or "")]
+            for a in arts]
+    if rep.get("native") and rep["native"].get("metrics"):
+        n = rep["native"]
+        rows.insert(0, [f"<code>{e(n['label'])}</code>", "source", "", "", "", "", "", e(fmt.metrics(n["metrics"])),
+                        "", ""])
+    parts.append(_section("artifacts", "Artifacts", _t(
+        ["artifact", "stage", "size", "size vs first", "nodes", "params", "opset", "metrics", "Δ vs reference",
+         "reference"], rows, left=2)))
+    size_png = plots.size_bars([a["label"] for a in arts], [a["file_bytes"] for a in arts],
+                               [a["params"] for a in arts]) if can_plot else None
+    parts.append(_section("size", "Size", _img("plot-size", size_png, "file size per artifact")))
+
+    lat = rep.get("latency")
+    if lat and lat["rows"]:
+        speed = {(r["label"], r["batch"], r["threads"]): r["speedup"] for r in lat["ratios"]}
+        lrows = [[f"<code>{e(r['label'])}</code>", r["batch"], r["threads"], fmt.ms(r["p50_ms"]), fmt.ms(r["p90_ms"]),
+                  fmt.ms(r["p99_ms"]), fmt.ms(r["mean_ms"]), fmt.num(r["rows_per_s"]), r["runs"],
+                  "baseline" if r["label"] == lat["baseline"] else
+                  (f"{speed[(r['label'], r['batch'], r['threads'])]:.2f}×"
+                   if (r["label"], r["batch"], r["threads"]) in speed else "")] for r in lat["rows"]]
+        body = (f'<p class="muted">{lat["warmup"]} warm-up runs, then up to {lat["runs"]} timed runs per setting; '
+                f'speed is relative to <code>{e(str(lat["baseline"]))}</code> in the same run (&gt;1 = faster).</p>'
+                + _t(["engine / artifact", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "mean ms", "rows/s", "runs",
+                      "speed"], lrows)
+                + _img("plot-latency", plots.latency_bars(lat["rows"]) if can_plot else None, "latency per artifact"))
+    else:
+        body = '<p class="muted">Latency not measured (--no-bench).</p>'
+    parts.append(_section("latency", "Latency", body))
+
+    vbody = ""
+    for v in rep["validations"]:
+        vrows = [[e(str(c.get("output"))), c.get("batch", ""), e(str(c.get("kind", ""))), _ok(c.get("pass")),
+                  fmt.sci(c.get("max_abs")), fmt.sci(c.get("max_rel")), fmt.sci(c.get("p99_abs")),
+                  fmt.sci(c.get("min_atol")), fmt.sci(c.get("min_rtol")),
+                  e(f"{c['flips']}/{c['total']} flips" if c.get("kind") == "label" else str(c.get("reason", "")))]
+                 for c in v["comparisons"]]
+        m = v.get("metrics") or {}
+        mline = ""
+        if m.get("candidate"):
+            mline = (f'<p>metrics — candidate: {e(fmt.metrics(m["candidate"]))}; reference: '
+                     f'{e(fmt.metrics(m.get("reference")))}</p>')
+        vbody += (f'<h3>{e(v["stage"])}: <code>{e(str(v.get("model")))}</code> vs {e(str(v.get("reference")))} — '
+                  f'<span class="badge {e(str(v.get("verdict")))}">{e(str(v.get("verdict")))}</span></h3>'
+                  f'<p class="muted">{v.get("rows")} rows from <code>{e(str(v.get("data")))}</code></p>' + _t(
+                      ["output", "batch", "kind", "pass", "max abs", "max rel", "p99 abs", "min atol", "min rtol",
+                       "other"], vrows, last_left=True) + mline)
+    parts.append(_section("validation", "Validation", vbody or '<p class="muted">No validation stage ran.</p>'))
+
+    errs = rep["errors"]
+    if errs:
+        erows = [[f"<code>{e(x['label'])}</code>", e(x["output"]), f"<code>{e(x['reference'])}</code>",
+                  *([fmt.sci(x["max_abs"]), fmt.sci(x["p99_abs"]), fmt.sci(x["mean_abs"]),
+                     f"{x['zeros']:,}/{x['elements']:,}"] if x["kind"] == "float"
+                    else ["", "", "", f"{x['flips']} flips / {x['elements']:,}"])] for x in errs]
+        panels = [x for x in errs if x["kind"] == "float" and x["hist"]["counts"]]
+        ebody = (f'<p class="muted">|candidate − reference| per element on {d["rows"]} rows of '
+                 f'<code>{e(str(d["eval"]))}</code>; histograms in log10 bins.</p>'
+                 + _t(["artifact", "output", "vs", "max abs", "p99 abs", "mean abs", "exact / flips"], erows)
+                 + (_img("plot-errors", plots.error_histograms(panels), "error histograms")
+                    if can_plot and panels else '<p class="muted">All compared elements are exactly equal.</p>'))
+    else:
+        ebody = '<p class="muted">No reference to compare with (a run without a source, or one loose model).</p>'
+    parts.append(_section("errors", "Errors", ebody))
+
+    ops_all = list(dict.fromkeys(op for a in arts for op in a["ops"]))
+    orows = [[e(op), *[a["ops"].get(op, "") for a in arts]] for op in ops_all]
+    parts.append(_section("operators", "Operators", _img(
+        "plot-ops", plots.op_histogram({a["label"]: a["ops"] for a in arts}) if can_plot and ops_all else None,
+        "operator histogram") + _t(["op", *[a["label"] for a in arts]], orows)))
+
+    sbody = ""
+    for sc in rep["stage_changes"]:
+        sbody += f"<h3>{e(sc['stage'])}: before → after</h3>" + _t(
+            ["figure", "before", "after", "after/before"],
+            [[e(r["key"]), e(fmt.value(r["before"])), e(fmt.value(r["after"])),
+              f"{r['ratio']:.3g}" if r["ratio"] is not None else ""] for r in sc["rows"]])
+    if rep["stages"]:
+        sbody += _t(["stage", "status", "verdict", "wall s", "message"],
+                    [[e(s["name"] or ""), e(s.get("status") or ""), e(s.get("verdict") or ""),
+                      f"{s['wall_s']:.2f}" if isinstance(s.get("wall_s"), int | float) else "",
+                      f'<span class="muted">{e((s.get("message") or "")[:300])}</span>'] for s in rep["stages"]],
+                    last_left=True)
+    parts.append(_section("stages", "Stages", sbody or '<p class="muted">Loose models: no pipeline stages.</p>'))
+
+    env = (rep.get("run") or {}).get("versions") or {}
+    ebody = _t(["package", "version"], [[e(k), e(str(v))] for k, v in env.items()]) if env else ""
+    if rep["notes"]:
+        ebody += "<ul>" + "".join(f"<li>{e(n)}</li>" for n in rep["notes"]) + "</ul>"
+    parts.append(_section("environment", "Environment and notes",
+                          ebody or '<p class="muted">Nothing to note.</p>'))
+
+    title = f"onnxforge report: {rep['title']}"
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
+            f'<header><h1>{e(title)}</h1><div class="meta">generated {e(rep["generated"])} by onnxforge '
+            f'{e(rep["onnxforge"])} · schema v{rep["schema_version"]}</div></header><main>{"".join(parts)}</main>'
+            '</body></html>\n')
+

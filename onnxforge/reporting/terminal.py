@@ -1,0 +1,67 @@
+"""The report as rich tables in the terminal."""
+
+from __future__ import annotations
+
+from onnxforge.reporting import fmt
+
+
+def render_terminal(rep: dict, console, brief: bool = False) -> None:
+    from rich.table import Table
+
+    color = {"pass": "green", "fail": "red", "error": "red"}.get(rep["verdict"], "cyan")
+    d = rep["data"]
+    console.print(f"[bold]report {rep['title']}[/bold] · verdict [{color}]{rep['verdict']}[/{color}] · data "
+                  f"{d['eval']} ({d['rows']} rows{', labels ' + d['labels'] if d['labels'] else ''})")
+    t = Table(title="artifacts")
+    for c in ("artifact", "size", "×size", "nodes", "params", "opset", "metric", "Δ vs reference", "reference"):
+        t.add_column(c, justify="left" if c in ("artifact", "reference", "metric", "Δ vs reference") else "right")
+    for a in rep["artifacts"]:
+        t.add_row(a["label"], fmt.size(a["file_bytes"]), f"{a['size_ratio']:.2f}", str(a["nodes"]),
+                  f"{a['params']:,}", fmt.opset(a["opset"]), fmt.metrics(a.get("metrics")),
+                  fmt.deltas(a.get("metric_deltas")), a.get("reference") or "")
+    console.print(t)
+    lat = rep.get("latency")
+    if lat and lat["rows"]:
+        lt = Table(title=f"latency ({lat['runs']} runs max per setting; speed vs {lat['baseline']}, >1 = faster)")
+        for c in ("engine / artifact", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "rows/s", "speed"):
+            lt.add_column(c, justify="left" if c == "engine / artifact" else "right")
+        speed = {(r["label"], r["batch"], r["threads"]): r["speedup"] for r in lat["ratios"]}
+        for r in lat["rows"]:
+            s = speed.get((r["label"], r["batch"], r["threads"]))
+            lt.add_row(r["label"], str(r["batch"]), str(r["threads"]), fmt.ms(r["p50_ms"]), fmt.ms(r["p90_ms"]),
+                       fmt.ms(r["p99_ms"]), fmt.num(r["rows_per_s"]),
+                       "baseline" if r["label"] == lat["baseline"] else (f"{s:.2f}×" if s else ""))
+        console.print(lt)
+    if brief:
+        return
+    for v in rep["validations"]:
+        vt = Table(title=f"{v['stage']}: {v.get('model') or ''} vs {v.get('reference')} — {v.get('verdict')}")
+        for c in ("output", "batch", "kind", "pass", "max abs", "max rel", "p99 abs", "min atol", "min rtol"):
+            vt.add_column(c, justify="left" if c in ("output", "kind") else "right")
+        for c in v["comparisons"]:
+            vt.add_row(str(c.get("output")), str(c.get("batch", "")), str(c.get("kind", "")),
+                       "[green]yes[/green]" if c.get("pass") else "[red]NO[/red]", fmt.sci(c.get("max_abs")),
+                       fmt.sci(c.get("max_rel")), fmt.sci(c.get("p99_abs")), fmt.sci(c.get("min_atol")),
+                       fmt.sci(c.get("min_rtol")))
+        console.print(vt)
+    if rep["errors"]:
+        et = Table(title=f"errors recomputed on {rep['data']['eval']}")
+        for c in ("artifact", "output", "vs", "max abs", "p99 abs", "mean abs", "exact / flips"):
+            et.add_column(c, justify="left" if c in ("artifact", "output", "vs") else "right")
+        for e in rep["errors"]:
+            if e["kind"] == "float":
+                et.add_row(e["label"], e["output"], e["reference"], fmt.sci(e["max_abs"]), fmt.sci(e["p99_abs"]),
+                           fmt.sci(e["mean_abs"]), f"{e['zeros']}/{e['elements']}")
+            else:
+                et.add_row(e["label"], e["output"], e["reference"], "", "", "", f"{e['flips']}/{e['elements']}")
+        console.print(et)
+    for sc in rep["stage_changes"]:
+        ct = Table(title=f"{sc['stage']}: before → after")
+        for c in ("figure", "before", "after", "after/before"):
+            ct.add_column(c, justify="left" if c == "figure" else "right")
+        for r in sc["rows"]:
+            ct.add_row(r["key"], fmt.value(r["before"]), fmt.value(r["after"]),
+                       f"{r['ratio']:.3g}" if r["ratio"] is not None else "")
+        console.print(ct)
+    for n in rep["notes"]:
+        console.print(f"[yellow]note:[/yellow] {n}", markup=True, soft_wrap=True)
