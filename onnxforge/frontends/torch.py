@@ -1,0 +1,542 @@
+"""PyTorch source: a factory plus a state_dict (loaded weights-only), or a torch.export .pt2 file; exported with the
+dynamo exporter (default) or TorchScript, with the config's input/output names and dynamic dims."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import io
+import os
+import re
+import sys
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, ValidationInfo, field_validator
+
+from onnxforge.config import SourceBase
+from onnxforge.errors import UserError
+from onnxforge.frontends.base import Frontend, require
+from onnxforge.registry import register_frontend
+
+DYNAMO_OPSET = 18
+TORCHSCRIPT_MAX_OPSET = 20
+
+
+class TorchSource(SourceBase):
+    framework: Literal["torch"]
+    factory: str | None = Field(None, description="'path/to/file.py:fn' (relative to the YAML) or 'package.module:fn'"
+                                                   " returning the nn.Module; its weights come from `path`")
+    factory_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
+    exporter: Literal["dynamo", "torchscript", "auto"] = Field(
+        "dynamo", description="auto = dynamo, falling back to TorchScript with a warning")
+
+    @field_validator("factory")
+    @classmethod
+    def _resolve_factory(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return None
+        target, sep, fn = v.rpartition(":")
+        if not sep or not target or not fn.isidentifier():
+            raise ValueError("expected 'path/to/file.py:function' or 'package.module:function'")
+        if _is_file_ref(target):
+            base = (info.context or {}).get("base_dir")
+            p = Path(target).expanduser()
+            target = str(p if p.is_absolute() or base is None else Path(base) / p)
+        return f"{target}:{fn}"
+
+
+def _is_file_ref(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or os.sep in target
+
+
+# ------------------------------------------------------------------ what a file is, before anything unpickles it
+
+KINDS = {  # kind → (what it is, the fix)
+    "keras": ("a Keras model file", "use source.framework: keras"),
+    "hdf5": ("an HDF5 file (legacy Keras .h5?)", "re-save it as .keras and use source.framework: keras"),
+    "skops": ("a skops file", "use source.framework: sklearn"),
+    "onnx": ("an ONNX model", "use source.framework: onnx"),
+    "json": ("a JSON file (an XGBoost model?)", "use source.framework: xgboost"),
+    "lightgbm": ("a LightGBM text model", "use source.framework: lightgbm"),
+    "torchscript": ("a TorchScript archive", "save model.state_dict() (plus source.factory) or a torch.export .pt2"),
+    "zip": ("a zip archive that is not a PyTorch file", "point source.path at a state_dict or .pt2 file"),
+}
+
+
+def sniff(path: Path) -> str:
+    """Identify a model file by its content: torch-save | torch-export | torchscript | keras | skops | hdf5 |
+    pickle | onnx | json | lightgbm | zip | unknown. Reads bytes only; never unpickles."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if "config.json" in names and ("metadata.json" in names or "model.weights.h5" in names):
+            return "keras"
+        if "schema.json" in names:
+            return "skops"
+        if any(n.endswith("/models/model.json") or n.endswith("/archive_format") for n in names):
+            return "torch-export"
+        if any("/code/" in n for n in names) or any(n.endswith("/constants.pkl") for n in names):
+            return "torchscript"
+        return "torch-save" if any(n.endswith("/data.pkl") for n in names) else "zip"
+    if head.startswith(b"\x89HDF"):
+        return "hdf5"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"  # a protocol-2+ pickle: legacy torch.save, joblib, plain pickle
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "json"
+    if head.startswith(b"tree"):
+        return "lightgbm"
+    return "unknown"
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence a framework's chatter (prints, C++ logs, warnings) down to the file descriptors: the CLI's stdout
+    carries JSON and its stderr a one-line error, and exporters print progress to both."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of the innermost cause: exporters wrap the real reason in generic 'step 1/3' errors."""
+    seen = 0
+    while e.__cause__ is not None and seen < 10:
+        e, seen = e.__cause__, seen + 1
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {line}"[:300]
+
+
+# ------------------------------------------------------------------ loading
+
+
+@dataclass
+class TorchModel:
+    """What `load` returns: the module (or exported program) plus how the export went, for the metadata."""
+
+    module: Any
+    kind: str  # "module" | "exported"
+    origin: str
+    exporter: str | None = None
+    fallback: str | None = None
+
+    def __call__(self, *args):
+        if self.kind == "exported":  # an ExportedProgram runs through its unlifted module
+            if not hasattr(self, "_runner"):
+                self._runner = self.module.module()
+            return self._runner(*args)
+        return self.module(*args)
+
+
+def _import_factory(spec: str, cfg):
+    target, _, fn = spec.rpartition(":")
+    try:
+        if _is_file_ref(target):
+            path = Path(target)
+            if not path.is_file():
+                raise UserError(f"source.factory: {path} not found — fix the path (relative to the YAML file)")
+            name = f"onnxforge_factory_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
+            mod_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[name] = module
+            mod_spec.loader.exec_module(module)
+        else:
+            extra = _import_paths(cfg)
+            sys.path[:0] = extra
+            try:
+                module = importlib.import_module(target)
+            finally:
+                del sys.path[: len(extra)]
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"source.factory: cannot import '{target}' ({first_line(e)}) — check the module or file "
+                        "path and that its imports are installed") from None
+    factory = getattr(module, fn, None)
+    if not callable(factory):
+        raise UserError(f"source.factory: '{target}' has no function '{fn}' — fix the name after the colon")
+    return factory
+
+
+def _build(cfg):
+    torch = require("torch", "torch")
+    src = cfg.source
+    factory = _import_factory(src.factory, cfg)
+    try:
+        model = factory(**src.factory_args)
+    except Exception as e:
+        raise UserError(f"source.factory {_short(src.factory)} raised {first_line(e)} — fix the factory or "
+                        "source.factory_args") from None
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"source.factory {_short(src.factory)} returned {type(model).__name__}, not a "
+                        "torch.nn.Module — return the model from the factory")
+    return model
+
+
+def _short(factory: str | None) -> str:
+    if not factory:
+        return ""
+    target, _, fn = factory.rpartition(":")
+    return f"{Path(target).name}:{fn}" if _is_file_ref(target) else factory
+
+
+def _state_dict(obj) -> dict | None:
+    """A state_dict, also when wrapped in a training checkpoint ({"state_dict": ...}, {"model_state_dict": ...})."""
+    import torch
+
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                return _state_dict(obj[key])
+    return None
+
+
+def _fit(model, sd: dict, path: Path, factory: str) -> None:
+    own = model.state_dict()
+    if all(k.startswith("module.") for k in sd) and not any(k.startswith("module.") for k in own):
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}  # saved from DataParallel
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {list(sd[k].shape)}≠{list(v.shape)}" for k, v in own.items()
+              if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if items:
+                parts.append(f"{len(items)} {label} ({', '.join(items[:3])}{', ...' if len(items) > 3 else ''})")
+        raise UserError(f"{path.name} does not fit the model from {_short(factory)} ({type(model).__name__}): "
+                        f"{'; '.join(parts)} — point source.path at this model's weights or fix source.factory")
+    model.load_state_dict(sd, strict=True)
+
+
+def _import_paths(cfg) -> list[str]:
+    """Where user code may live: the working directory and the config's folder."""
+    return [str(Path.cwd())] + ([str(cfg.config_path.parent)] if cfg.config_path else [])
+
+
+def _unpickle(torch, path: Path, cfg):
+    extra = _import_paths(cfg)  # the classes a full pickle names must be importable
+    sys.path[:0] = extra
+    try:
+        with quiet():
+            return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"{path.name}: cannot unpickle it ({first_line(e)}) — the classes it names must be "
+                        "importable; or save model.state_dict() and set source.factory") from None
+    finally:
+        del sys.path[: len(extra)]
+
+
+def load_torch(cfg) -> TorchModel:
+    src = cfg.source
+    path = Path(src.path) if src.path else None
+    if path is None:
+        if not src.factory:
+            raise UserError("source: framework torch needs source.factory (and usually source.path with the "
+                            "state_dict) or source.path to a torch.export .pt2 file")
+        return TorchModel(_build(cfg).eval(), "module", _short(src.factory))
+    if not path.is_file():
+        raise UserError(f"source.path: {path} not found — check the path (relative to the YAML file)")
+    kind = sniff(path)
+    if kind in KINDS:
+        what, fix = KINDS[kind]
+        raise UserError(f"{path.name} is {what}, not a PyTorch state_dict or .pt2 — {fix}")
+    if kind == "unknown":
+        raise UserError(f"{path.name} is not a PyTorch file (no torch.save or torch.export archive) — point "
+                        "source.path at a state_dict saved with torch.save(model.state_dict(), ...)")
+    torch = require("torch", "torch")
+    if kind == "torch-export":
+        # torch.export.load falls back to full unpickling for some members, so a .pt2 is as trusted as a pickle
+        if not src.trust_pickle:
+            raise UserError(f"{path.name} is a torch.export program, and torch.export.load may unpickle parts of "
+                            "it (which runs code) — set source.trust_pickle: true if you trust it")
+        try:
+            with quiet():
+                ep = torch.export.load(str(path))
+        except Exception as e:
+            raise UserError(f"{path.name}: cannot load the torch.export program ({first_line(e)}) — re-export it "
+                            "with this torch version") from None
+        return TorchModel(ep, "exported", path.name)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        if not isinstance(e, __import__("pickle").UnpicklingError):
+            raise UserError(f"{path.name}: cannot read it with torch.load ({first_line(e)}) — re-save it with "
+                            "torch.save(model.state_dict(), ...)") from None
+        if not src.trust_pickle:
+            raise UserError(f"{path.name} is a full pickle (it holds Python objects, not just tensors), which runs "
+                            "code when loaded — save model.state_dict() instead, or set source.trust_pickle: true "
+                            "if you trust it") from None
+        obj = _unpickle(torch, path, cfg)
+    if isinstance(obj, torch.nn.Module):
+        return TorchModel(obj.eval(), "module", path.name)
+    sd = _state_dict(obj)
+    if sd is None:
+        raise UserError(f"{path.name} holds a {type(obj).__name__}, not a state_dict of tensors — save "
+                        "model.state_dict()")
+    if not src.factory:
+        raise UserError(f"{path.name} is a state_dict: set source.factory ('file.py:fn' or 'module:fn') to build "
+                        "the model it belongs to")
+    model = _build(cfg)
+    _fit(model, sd, path, src.factory)
+    return TorchModel(model.eval(), "module", f"{_short(src.factory)} + {path.name}")
+
+
+# ------------------------------------------------------------------ export
+
+
+def _specs(cfg):
+    if not cfg.inputs:
+        raise UserError("framework torch needs the input spec: add `inputs: [{name, dtype, shape}]` to the config "
+                        "(or --input name:dtype:dims)")
+    bad = [s.name for s in cfg.inputs if s.dtype == "string"]
+    if bad:
+        raise UserError(f"inputs {bad}: torch models take tensors, not strings — fix the input dtype")
+    return cfg.inputs
+
+
+def _example(specs, batch: int = 2):
+    """Deterministic example inputs for tracing: dynamic dims get size 2 (sizes 0 and 1 are specialized)."""
+    import torch
+
+    from onnxforge.data import NP_DTYPES
+
+    rng = np.random.default_rng(0)
+    out = []
+    for s in specs:
+        shape = [d if isinstance(d, int) else batch for d in s.shape]
+        if s.dtype.startswith(("int", "uint")):
+            arr = rng.integers(int(s.low), max(int(s.high), int(s.low) + 1), size=shape)
+        elif s.dtype == "bool":
+            arr = rng.random(shape) < 0.5
+        else:
+            arr = rng.uniform(s.low, s.high, size=shape)
+        out.append(torch.from_numpy(np.ascontiguousarray(arr, dtype=NP_DTYPES[s.dtype])))
+    return tuple(out)
+
+
+def _flatten(out) -> tuple[list, list[str] | None]:
+    """Model outputs as a flat list of tensors, plus their names when the model returns a dict."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out], None
+    if isinstance(out, dict):
+        return list(out.values()), [str(k) for k in out]
+    from torch.utils._pytree import tree_flatten
+
+    leaves, _ = tree_flatten(out)
+    return [t for t in leaves if isinstance(t, torch.Tensor)], None
+
+
+def _output_names(cfg, n: int, keys: list[str] | None) -> list[str]:
+    if cfg.outputs:
+        if len(cfg.outputs) != n:
+            raise UserError(f"outputs: the config names {len(cfg.outputs)} outputs {cfg.outputs} but the model "
+                            f"returns {n} — list {n} names")
+        return list(cfg.outputs)
+    return keys or (["output"] if n == 1 else [f"output_{i}" for i in range(n)])
+
+
+def _dims(specs):
+    """Per input {axis: name} for its dynamic dims; unnamed (null) dims get '<input>_dim<axis>'."""
+    out = []
+    for s in specs:
+        out.append({i: re.sub(r"\W", "_", d if isinstance(d, str) else f"{s.name}_dim{i}")
+                    for i, d in enumerate(s.shape) if not isinstance(d, int)})
+    return out
+
+
+def _dynamo(native: TorchModel, example, specs, names, opset):
+    import torch
+
+    dims = _dims(specs)
+    kwargs: dict[str, Any] = {}
+    if native.kind == "module" and any(dims):
+        cache: dict[str, Any] = {}  # one Dim object per name: inputs sharing `batch` share the symbol
+        kwargs["dynamic_shapes"] = tuple(
+            {i: cache.setdefault(n, torch.export.Dim(n)) for i, n in d.items()} or None for d in dims)
+    with quiet():
+        program = torch.onnx.export(native.module, example, dynamo=True, verbose=False, external_data=False,
+                                    input_names=[s.name for s in specs], output_names=names,
+                                    opset_version=opset, **kwargs)
+        return program.model_proto
+
+
+def _torchscript(native: TorchModel, example, specs, names, opset):
+    import onnx
+    import torch
+
+    dims = _dims(specs)
+    axes = {s.name: d for s, d in zip(specs, dims, strict=True) if d}
+    if dims and 0 in dims[0]:  # outputs are batch-major like the first input
+        axes.update({n: {0: dims[0][0]} for n in names})
+    buf = io.BytesIO()
+    with quiet():
+        torch.onnx.export(native.module, example, buf, dynamo=False, input_names=[s.name for s in specs],
+                          output_names=names, opset_version=opset, dynamic_axes=axes or None)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def name_dims(model, specs, *, batch_major_outputs: bool = False) -> None:
+    """Give dynamic dims the config's names (exporters invent 's31', 'unk__6'), everywhere the symbol appears.
+    With batch_major_outputs, an output's own symbolic dim 0 becomes the first input's batch name too."""
+    by_name = {i.name: i for i in model.graph.input}
+    mapping: dict[str, str] = {}
+    for s in specs:
+        vi = by_name.get(s.name)
+        if vi is None:
+            continue
+        for d, want in zip(vi.type.tensor_type.shape.dim, s.shape, strict=False):
+            if isinstance(want, str) and d.HasField("dim_param") and d.dim_param != want:
+                mapping.setdefault(d.dim_param, want)
+    first = specs[0].shape[0] if specs and specs[0].shape else None
+    if batch_major_outputs and isinstance(first, str):
+        for o in model.graph.output:
+            dims = o.type.tensor_type.shape.dim
+            if dims and dims[0].HasField("dim_param"):
+                mapping.setdefault(dims[0].dim_param, first)
+    for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in mapping:
+                d.dim_param = mapping[d.dim_param]
+
+
+def _portable(model) -> None:
+    """Drop what depends on where the code lives (stack traces with absolute paths, doc strings), so the same
+    config gives the same bytes on any machine."""
+
+    def clean(graph):
+        for node in graph.node:
+            node.doc_string = ""
+            keep = [(p.key, p.value) for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+            del node.metadata_props[:]
+            for k, v in keep:
+                e = node.metadata_props.add()
+                e.key, e.value = k, v
+            for a in node.attribute:
+                if a.HasField("g"):
+                    clean(a.g)
+                for g in a.graphs:
+                    clean(g)
+
+    model.doc_string = ""
+    clean(model.graph)
+
+
+@register_frontend
+class TorchFrontend(Frontend):
+    name = "torch"
+    Source = TorchSource
+    packages = ("torch", "onnxscript")
+
+    def load(self, cfg) -> TorchModel:
+        return load_torch(cfg)
+
+    def export(self, native: TorchModel, cfg, opset, workdir):
+        torch = require("torch", "torch")
+        specs = _specs(cfg)
+        example = _example(specs)
+        shapes = ", ".join(f"{s.name}{list(s.shape)}:{s.dtype}" for s in specs)
+        try:  # the model must run on the spec's shapes before an exporter gets to fail on them less clearly
+            with torch.no_grad():
+                tensors, keys = _flatten(native(*example))
+        except Exception as e:
+            raise UserError(f"the input spec ({shapes}) does not fit the model: {first_line(e)} — fix `inputs:` "
+                            "(count, order, dtype, shape)") from None
+        if any(_dims(specs)):  # a dim the spec calls dynamic must really be free: try a second size
+            try:
+                with torch.no_grad():
+                    native(*_example(specs, batch=3))
+            except Exception as e:
+                raise UserError(f"the input spec ({shapes}) marks dims dynamic that the model fixes: it fails when "
+                                f"they change size ({first_line(e)}) — give those dims a number in `inputs:`") from None
+        names = _output_names(cfg, len(tensors), keys)
+        exporter = cfg.source.exporter
+        if native.kind == "exported" and exporter == "torchscript":
+            raise UserError("a torch.export .pt2 program can only be exported with the dynamo exporter — set "
+                            "source.exporter: dynamo")
+        if exporter == "torchscript":
+            model = self._torchscript(native, example, specs, names, opset)
+        else:
+            try:
+                model = _dynamo(native, example, specs, names, opset or DYNAMO_OPSET)
+                native.exporter = "dynamo"
+            except Exception as e:
+                reason = first_line(e)
+                if "Constraints violated" in str(e) or "specializ" in str(e):
+                    raise UserError(f"the input spec marks a dim dynamic that the model fixes ({reason}) — give "
+                                    "that dim a number in `inputs:`") from None
+                if exporter == "dynamo" or native.kind == "exported":
+                    raise UserError(f"the dynamo exporter failed ({reason}) — try source.exporter: torchscript "
+                                    "(or auto)") from None
+                warnings.warn(f"dynamo export failed ({reason}); falling back to the TorchScript exporter",
+                              stacklevel=2)
+                native.fallback = reason
+                model = self._torchscript(native, example, specs, names, opset)
+        name_dims(model, specs)
+        _portable(model)
+        return model
+
+    @staticmethod
+    def _torchscript(native, example, specs, names, opset):
+        opset = opset or min(DYNAMO_OPSET, TORCHSCRIPT_MAX_OPSET)
+        if opset > TORCHSCRIPT_MAX_OPSET:
+            raise UserError(f"the TorchScript exporter supports opset ≤ {TORCHSCRIPT_MAX_OPSET} — lower "
+                            "convert.opset or use source.exporter: dynamo")
+        try:
+            model = _torchscript(native, example, specs, names, opset)
+        except Exception as e:
+            raise UserError(f"the TorchScript exporter failed ({first_line(e)}) — try source.exporter: "
+                            "dynamo") from None
+        native.exporter = "torchscript"
+        return model
+
+    def predict(self, native: TorchModel, feeds, cfg):
+        import torch
+
+        specs = _specs(cfg)
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in specs]
+        with torch.no_grad():
+            tensors, keys = _flatten(native(*args))
+        names = _output_names(cfg, len(tensors), keys)
+        return {n: t.detach().cpu().numpy() for n, t in zip(names, tensors, strict=True)}
+
+    def metadata(self, native: TorchModel, cfg):
+        meta = {"torch.model": native.origin, "torch.exporter": native.exporter}
+        if native.fallback:
+            meta["torch.dynamo_failure"] = native.fallback
+        return meta
+
+    def source_files(self, cfg) -> list[Path]:
+        files = [Path(cfg.source.path)] if cfg.source.path else []
+        target = (cfg.source.factory or "").rpartition(":")[0]
+        if target and _is_file_ref(target):
+            files.append(Path(target))
+        return files
