@@ -48,10 +48,10 @@ def render_markdown(rep: dict) -> str:
         rows.append([f"`{a['label']}`", fmt.size(a["file_bytes"]), f"{a['size_ratio']:.2f}×", str(a["nodes"]),
                      f"{a['params']:,}", fmt.opset(a["opset"]), fmt.metrics(a.get("metrics")),
                      fmt.deltas(a.get("metric_deltas")), *lat_cells.get(a["label"], [""] * len(lat_cols))])
-    for lab, cells in lat_cells.items():
-        if lab not in {a["label"] for a in rep["artifacts"]}:
-            nat = rep.get("native") or {}
-            rows.insert(0, [f"`{lab}`", "", "", "", "", "", fmt.metrics(nat.get("metrics")), "", *cells])
+    nat = rep.get("native") or {}
+    if nat.get("metrics") or nat.get("label") in lat_cells:  # the source's own figures, for comparison
+        rows.insert(0, [f"`{nat['label']}`", "", "", "", "", "", fmt.metrics(nat.get("metrics")), "",
+                        *lat_cells.get(nat["label"], [""] * len(lat_cols))])
     out += ["### Artifacts", ""]
     out += _table(["artifact", "size", "size vs first", "nodes", "params", "opset", "metrics", "Δ vs reference",
                    *lat_cols], rows)
