@@ -1,0 +1,183 @@
+"""From a pipeline config to a checked BayesPredictive: posterior, transform, inputs, categories, family
+parameters and outputs, each mismatch reported as one line naming the fix."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+
+from onnxforge.bayes.families import DEFAULT_PARAMS, FAMILIES
+from onnxforge.bayes.posterior import load_posterior
+from onnxforge.bayes.predictive import BayesPredictive, Categorical, load_callable
+from onnxforge.errors import UserError
+
+COUNT_FAMILIES = ("poisson", "negative-binomial", "binomial")
+
+
+def _transform_inputs(fn) -> list[str]:
+    params = list(inspect.signature(fn).parameters.values())
+    if len(params) < 2:
+        raise UserError(f"source.transform: {fn.__name__} must take (xp, params, *inputs) — it takes "
+                        f"{[p.name for p in params]}")
+    return [p.name for p in params[2:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _categoricals(cfg, post, inputs) -> dict[str, Categorical]:
+    s = cfg.source
+    names = {i.name: i for i in inputs}
+    out = {}
+    for name, c in s.categorical.items():
+        if name not in names:
+            raise UserError(f"source.categorical.{name}: no input named '{name}' — inputs are {list(names)}")
+        dim = c.dim or name
+        if dim not in post.coords:
+            raise UserError(f"source.categorical.{name}: the posterior has no dim '{dim}' (dims: "
+                            f"{', '.join(sorted(post.coords)) or 'none'}) — set categorical.{name}.dim")
+        levels = list(post.coords[dim])
+        strings = isinstance(levels[0], str)
+        want = "string" if strings else "int64"
+        if names[name].dtype != want:
+            raise UserError(f"input '{name}': its levels in the posterior are {'strings' if strings else 'integers'}"
+                            f" ({levels[:3]}...) — set its dtype to {want}")
+        if c.policy == "population" and not c.population:
+            raise UserError(f"source.categorical.{name}: policy population needs population: {{var: hyper-mean}}, "
+                            "e.g. {alpha: mu_alpha}")
+        out[name] = Categorical(name, dim, levels, c.policy, dict(c.population))
+    for i in inputs:
+        if i.dtype == "string" and i.name not in out:
+            raise UserError(f"input '{i.name}' is a string input — declare it under source.categorical")
+    return out
+
+
+def _extend_population(post, cats: dict[str, Categorical]) -> dict[str, np.ndarray]:
+    """Append each population value as one more level of the indexed variable (code = number of levels)."""
+    values = dict(post.values)
+    for cat in cats.values():
+        if cat.policy != "population":
+            continue
+        for var, pop in cat.population.items():
+            if var not in values:
+                raise UserError(f"categorical.{cat.input}.population: no posterior variable '{var}' — have "
+                                f"{', '.join(sorted(values))}")
+            dims = post.dims[var]
+            if cat.dim not in dims:
+                raise UserError(f"categorical.{cat.input}.population: '{var}' is not indexed by '{cat.dim}' "
+                                f"(dims {list(dims)})")
+            axis = dims.index(cat.dim)
+            v = values[var]
+            rest = v.shape[:axis] + v.shape[axis + 1:]
+            if isinstance(pop, str):
+                if pop not in post.values:
+                    raise UserError(f"categorical.{cat.input}.population.{var}: no posterior variable '{pop}'")
+                u = post.values[pop]
+                if u.shape != rest:
+                    raise UserError(f"categorical.{cat.input}.population.{var}: '{pop}' has shape "
+                                    f"{list(u.shape)}, needs {list(rest)} ('{var}' without '{cat.dim}')")
+            else:
+                u = np.full(rest, float(pop))
+            values[var] = np.concatenate([v, np.expand_dims(u, axis)], axis=axis)
+    return values
+
+
+def _family_params(cfg, family, post, input_names) -> dict[str, tuple[str, Any]]:
+    s = cfg.source
+    unknown = set(s.params) - set(family.params)
+    if unknown:
+        raise UserError(f"source.params: family {family.name} has no parameter(s) {sorted(unknown)} — it takes "
+                        f"{list(family.params) or 'none'}")
+    out = {}
+    for name in family.params:
+        ref = s.params.get(name, DEFAULT_PARAMS.get(name))
+        if name == "alpha" and name not in s.params:
+            ref = None  # `alpha` is too often an intercept to guess
+        if ref is None:
+            raise UserError(f"source.params.{name}: family {family.name} needs '{name}' — name a posterior "
+                            f"variable, an input or a number, e.g. params: {{{name}: ...}}")
+        if isinstance(ref, int | float):
+            out[name] = ("const", float(ref))
+        elif ref in post.values:
+            if post.values[ref].ndim != 1:
+                raise UserError(f"source.params.{name}: '{ref}' has dims {list(post.dims[ref])}; family "
+                                "parameters must be scalars per sample")
+            out[name] = ("var", ref)
+        elif ref in input_names and name == "n":
+            out[name] = ("input", ref)
+        else:
+            raise UserError(f"source.params.{name}: '{ref}' is not a posterior variable "
+                            f"({', '.join(sorted(post.values))}) — fix the name")
+    if family.name in ("negative-binomial",) and out["alpha"][0] == "input":
+        raise UserError("source.params.alpha must be a posterior variable or a number")
+    if family.name == "binomial" and out["n"][0] == "const" and not float(out["n"][1]).is_integer():
+        raise UserError(f"source.params.n: binomial trials must be a whole number, got {out['n'][1]}")
+    return out
+
+
+def build_predictive(cfg) -> BayesPredictive:
+    s = cfg.source
+    if s.path is None:
+        raise UserError("source.path is required for framework 'pymc' — point it at the posterior .nc file")
+    post = load_posterior(s.path, s.samples)
+    transform = load_callable(s.transform, "transform")
+    builder = load_callable(s.model, "model") if s.model else None
+    wanted = _transform_inputs(transform)
+    if not cfg.inputs:
+        raise UserError(f"inputs: list the transform's inputs {wanted} with dtype and shape, e.g. "
+                        "[{name: X, shape: [batch, 3]}]")
+    names = [i.name for i in cfg.inputs]
+    family = FAMILIES[s.family]
+    fparams = _family_params(cfg, family, post, names)
+    extra = {r for k, r in fparams.values() if k == "input"}
+    if set(wanted) - set(names) or set(names) - set(wanted) - extra:
+        raise UserError(f"inputs {names} differ from the transform's arguments {wanted} — make them the same")
+    cats = _categoricals(cfg, post, cfg.inputs)
+    o = s.outputs
+    kinds = [k for k, on in (("mean", o.mean), ("std", o.std), ("quantiles", bool(o.quantiles)),
+                             ("draws", o.draws > 0)) if on]
+    if not kinds:
+        raise UserError("source.outputs: every output is off — enable mean, std, quantiles or draws")
+    if cfg.outputs is not None and len(cfg.outputs) != len(kinds):
+        raise UserError(f"outputs: {len(cfg.outputs)} name(s) given for {len(kinds)} output(s) {kinds} — list one "
+                        "name each, in that order, or drop `outputs:`")
+    out_names = dict(zip(kinds, cfg.outputs or kinds, strict=True))
+    pred = BayesPredictive(
+        posterior=post, transform=transform, family=family, inputs=list(cfg.inputs), args=wanted, categorical=cats,
+        fparams=fparams, quantiles=list(o.quantiles), want_mean=o.mean, want_std=o.std, n_draws=o.draws,
+        max_count=s.max_count, output_names=out_names, values=_extend_population(post, cats), builder=builder,
+        observed=s.observed)
+    # a dry run records the variables the transform uses and turns shape mismatches into one-line errors
+    pred.mu(pred.encode(pred.dummy_feeds()))
+    pred.used.update(r for k, r in fparams.values() if k == "var")
+    for cat in cats.values():
+        if cat.policy != "population":
+            continue
+        uncovered = [v for v in sorted(pred.used) if cat.dim in post.dims[v] and v not in cat.population]
+        if uncovered:
+            raise UserError(f"categorical.{cat.input}: the transform indexes {uncovered} by '{cat.dim}' but "
+                            f"population gives no value for them — add population: {{{uncovered[0]}: ...}}")
+    return pred
+
+
+def artifact_metadata(pred: BayesPredictive, cfg) -> dict[str, Any]:
+    """metadata_props for the artifact: what validate, predict and a reader need to interpret the outputs."""
+    names = pred.output_names
+    cols: dict[str, list[str]] = {}
+    if "quantiles" in names:
+        cols[names["quantiles"]] = [f"q{q:g}" for q in pred.quantiles]
+    meta: dict[str, Any] = {
+        "stochastic_outputs": [names["draws"]] if "draws" in names else [],
+        "output_columns": cols or None,
+        "bayes": {"family": pred.family.name, "transform": cfg.source.transform.rpartition(":")[2],
+                  "outputs": names, "quantiles": pred.quantiles, "draws": pred.n_draws,
+                  "seed": cfg.source.seed, "params": {k: list(v) for k, v in pred.fparams.items()},
+                  "variables": sorted(pred.used), "posterior": pred.posterior.summary()},
+    }
+    if pred.categorical:
+        meta["categories"] = {c.input: c.levels for c in pred.categorical.values()}
+        meta["unseen_policy"] = {c.input: c.policy for c in pred.categorical.values()}
+    if pred.n_draws and pred.family.name in COUNT_FAMILIES:
+        meta["bayes"]["max_count"] = pred.max_count
+        # exact count draws hold a (rows, draws, support) tensor: keep offline chunks near 256 MB
+        meta["rows_per_chunk"] = max(1, (256 << 20) // (16 * pred.n_draws * (pred.max_count + 1)))
+    return meta

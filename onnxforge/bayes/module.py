@@ -1,0 +1,206 @@
+"""The torch predictive module and its ONNX export.
+
+The module holds the posterior variables the transform uses as float32 buffers shaped (*dims, samples), runs the
+transform with the torch `xp`, and reduces over the sample axis: mean, std (with observation noise), quantiles of
+the expected value (sort + fixed-weight interpolation, numpy's 'linear' method) and, optionally, predictive draws.
+After the torch export, each categorical input gets an in-graph ai.onnx.ml LabelEncoder in front (raw level →
+code), and the draws' random nodes get their seeds.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from onnxforge.bayes.families import log_factorials, negbin_log_rising
+from onnxforge.errors import UserError
+
+ML_OPSET = 3  # ai.onnx.ml LabelEncoder-2: keys_strings/keys_int64s → values_int64s with default_int64
+
+
+def build_module(pred):
+    """A torch.nn.Module computing the predictive outputs of `pred` (a BayesPredictive)."""
+    import torch
+
+    from onnxforge.bayes.shim import torch_xp
+
+    names = sorted(pred.used)
+    s = pred.posterior.samples
+
+    class Predictive(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for i, n in enumerate(names):
+                self.register_buffer(f"post_{i}", torch.from_numpy(pred.values[n].astype(np.float32)))
+            self.fp_kinds = {}
+            for k, (kind, ref) in pred.fparams.items():
+                self.fp_kinds[k] = (kind, ref)
+                if kind == "var":
+                    self.register_buffer(f"fp_{k}", torch.from_numpy(pred.values[ref].astype(np.float32)))
+            if pred.quantiles:
+                pos = np.asarray(pred.quantiles) * (s - 1)
+                lo = np.floor(pos).astype(np.int64)
+                self.register_buffer("q_lo", torch.from_numpy(lo))
+                self.register_buffer("q_hi", torch.from_numpy(np.minimum(lo + 1, s - 1)))
+                self.register_buffer("q_w", torch.from_numpy((pos - lo).astype(np.float32)))
+            self.n_draws = pred.n_draws
+            if pred.n_draws:
+                idx = pred.draw_index()
+                self.register_buffer("draw_idx", torch.from_numpy(idx.astype(np.int64)))
+                self.same_draws = bool(idx.size == s and (idx == np.arange(s)).all())
+                self._tables(pred, idx)
+
+        def _tables(self, pred, idx):
+            fam = pred.family.name
+            if fam not in ("poisson", "negative-binomial", "binomial"):
+                return
+            support = pred.max_count  # counts 0..support-1
+            if fam == "binomial":
+                kind, ref = pred.fparams["n"]
+                support = (int(ref) if kind == "const" else pred.max_count) + 1
+            self.register_buffer("t_k", torch.arange(support, dtype=torch.float32))
+            self.register_buffer("t_log_factorial",
+                                 torch.from_numpy(log_factorials(support - 1).astype(np.float32)))
+            if fam == "negative-binomial":
+                kind, ref = pred.fparams["alpha"]
+                a = pred.values[ref][..., idx] if kind == "var" else np.float64(ref)
+                self.register_buffer("t_log_rising",
+                                     torch.from_numpy(negbin_log_rising(a, support).astype(np.float32)))
+
+        def _fp(self, inputs, draws: bool):
+            out = {}
+            for k, (kind, ref) in self.fp_kinds.items():
+                if kind == "var":
+                    v = getattr(self, f"fp_{k}")
+                    out[k] = v if not draws or self.same_draws else v[..., self.draw_idx]
+                elif kind == "input":
+                    out[k] = inputs[ref]
+                else:
+                    out[k] = float(ref)
+            return out
+
+        def forward(self, *args):
+            from onnxforge.bayes import families
+            from onnxforge.bayes.predictive import Params
+
+            xp = torch_xp()
+            inputs = {}
+            for spec, a in zip(pred.inputs, args, strict=True):
+                if spec.name not in pred.categorical and a.dim() == 1:
+                    a = a.unsqueeze(-1)  # 1-D numeric inputs are (rows, 1) columns, as in numpy
+                inputs[spec.name] = a
+            params = Params({n: getattr(self, f"post_{i}") for i, n in enumerate(names)}, pred.posterior.path)
+            mu = pred.transform(xp, params, **{k: inputs[k] for k in pred.args})
+            rows = args[0].shape[0]
+            mu = mu.expand(rows, s) if tuple(mu.shape) != (rows, s) else mu
+            p = self._fp(inputs, draws=False)
+            m = pred.family.mean(xp, mu, p) + torch.zeros_like(mu)
+            mean = m.mean(-1)
+            outs = []
+            if pred.want_mean:
+                outs.append(mean)
+            if pred.want_std:
+                within = (pred.family.variance(xp, mu, p) + torch.zeros_like(mu)).mean(-1)
+                outs.append(torch.sqrt(within + torch.square(m - mean.unsqueeze(-1)).mean(-1)))
+            if pred.quantiles:
+                srt = torch.sort(m, dim=-1).values
+                lo, hi = srt[:, self.q_lo], srt[:, self.q_hi]
+                outs.append(lo + (hi - lo) * self.q_w)
+            if self.n_draws:
+                mu_d = mu if self.same_draws else mu[:, self.draw_idx]
+                tables = {k[2:]: v for k, v in self.named_buffers() if k.startswith("t_")}
+                outs.append(families.draw(pred.family.name, mu_d, self._fp(inputs, draws=True), tables))
+            return tuple(outs)
+
+    return Predictive().eval()
+
+
+def _example_args(pred, rows: int = 3):
+    import torch
+
+    args = []
+    for spec in pred.inputs:
+        shape = [rows] + [d for d in (spec.shape or ["batch"])[1:]]
+        if any(not isinstance(d, int) for d in shape[1:]):
+            raise UserError(f"input '{spec.name}': only the first (batch) dim may be dynamic, got {spec.shape} — "
+                            "give the other dims as numbers")
+        if spec.name in pred.categorical:
+            args.append(torch.zeros(shape, dtype=torch.int64))
+        else:
+            args.append(torch.zeros(shape, dtype=torch.float32))
+    return tuple(args)
+
+
+def export_onnx(pred, opset: int, seed: int | None):
+    """torch.onnx.export (dynamo) of the module, then categorical encoders and seeded random nodes."""
+    import io
+    import logging
+
+    import torch
+
+    module = build_module(pred)
+    args = _example_args(pred)
+    batch = torch.export.Dim("batch")
+    in_names = [f"{s.name}__code" if s.name in pred.categorical else s.name for s in pred.inputs]
+    out_names = [pred.output_names[k] for k in ("mean", "std", "quantiles", "draws") if k in pred.output_names]
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        buf = io.StringIO()
+        from contextlib import redirect_stdout
+
+        with redirect_stdout(buf):  # the exporter narrates its steps on stdout
+            prog = torch.onnx.export(module, args, dynamo=True, input_names=in_names, output_names=out_names,
+                                     dynamic_shapes=(tuple({0: batch} for _ in args),), opset_version=opset,
+                                     external_data=False, verbose=False, optimize=True)
+    model = prog.model_proto
+    add_encoders(model, pred)
+    if seed is not None:
+        from onnxforge.predict import reseed
+
+        reseed(model, seed)
+    return model
+
+
+def add_encoders(model, pred) -> None:
+    """Raw categorical input → LabelEncoder → code. Unseen levels map to len(levels): under `error` a Gather over
+    arange(len(levels)) then fails at run time (the graph refuses, it never indexes silently); under
+    `population` the code selects the appended population level."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    if not pred.categorical:
+        return
+    g = model.graph
+    new_nodes, new_inputs = [], []
+    for spec in pred.inputs:
+        cat = pred.categorical.get(spec.name)
+        if cat is None:
+            continue
+        code = f"{spec.name}__code"
+        old = next(i for i in g.input if i.name == code)
+        strings = isinstance(cat.levels[0], str)
+        raw = helper.make_tensor_value_info(spec.name, TensorProto.STRING if strings else TensorProto.INT64,
+                                            [d.dim_param or d.dim_value for d in old.type.tensor_type.shape.dim])
+        keys = {"keys_strings": [str(v) for v in cat.levels]} if strings else {
+            "keys_int64s": [int(v) for v in cat.levels]}
+        enc_out = code if cat.policy == "population" else f"{spec.name}__encoded"
+        new_nodes.append(helper.make_node("LabelEncoder", [spec.name], [enc_out], name=f"encode_{spec.name}",
+                                          domain="ai.onnx.ml", values_int64s=list(range(len(cat.levels))),
+                                          default_int64=cat.unseen_code, **keys))
+        if cat.policy == "error":
+            rng = f"{spec.name}__known_codes"
+            g.initializer.append(onnx.numpy_helper.from_array(np.arange(len(cat.levels), dtype=np.int64), rng))
+            new_nodes.append(helper.make_node("Gather", [rng, enc_out], [code], axis=0,
+                                              name=f"refuse_unseen_{spec.name}"))
+        new_inputs.append((old, raw))
+    for old, raw in new_inputs:
+        idx = list(g.input).index(old)
+        g.input.remove(old)
+        g.input.insert(idx, raw)
+    for n in reversed(new_nodes):
+        g.node.insert(0, n)
+    if not any(o.domain == "ai.onnx.ml" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("ai.onnx.ml", ML_OPSET))
+

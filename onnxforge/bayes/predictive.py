@@ -1,0 +1,262 @@
+"""The loaded predictive: posterior + transform + family + categorical encoding, evaluated with numpy.
+
+This numpy evaluation (float64, on the posterior as stored) is the reference the ONNX artifact is validated
+against; the torch module (module.py) is built from the same object, so both see the same parameters.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxforge.bayes.families import Family
+from onnxforge.bayes.posterior import Posterior, thin_index
+from onnxforge.errors import UserError
+
+
+def load_callable(ref: str, what: str) -> Callable:
+    """'path/to/file.py:name' → the function (the file is imported as a module; it is the user's code)."""
+    path_s, _, name = str(ref).rpartition(":")
+    if not path_s or not name:
+        raise UserError(f"source.{what}: expected 'path/file.py:function', got {ref!r}")
+    path = Path(path_s)
+    if not path.is_file():
+        raise UserError(f"source.{what}: file not found: {path} — paths are relative to the config file")
+    mod_name = f"_onnxforge_user_{abs(hash(str(path.resolve())))}"
+    mod = sys.modules.get(mod_name)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        mod = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(mod)
+        except Exception as e:
+            raise UserError(f"source.{what}: importing {path.name} failed ({type(e).__name__}: {e})") from None
+        sys.modules[mod_name] = mod
+    fn = getattr(mod, name, None)
+    if not callable(fn):
+        have = sorted(n for n, v in vars(mod).items() if callable(v) and not n.startswith("_"))
+        raise UserError(f"source.{what}: {path.name} has no function '{name}' — it has: {', '.join(have)}")
+    return fn
+
+
+class Params(Mapping):
+    """The `params` a transform sees: posterior variables by name, recording which ones it used. A name the
+    posterior does not have is the user's error, reported with the names it does have."""
+
+    def __init__(self, values: Mapping[str, Any], path: Path, used: set[str] | None = None):
+        self._values, self._path, self.used = values, path, used if used is not None else set()
+
+    def __getitem__(self, name: str):
+        if name not in self._values:
+            raise UserError(f"the transform asks for posterior variable '{name}' but {self._path.name} has only "
+                            f"{', '.join(sorted(self._values))} — fix the transform or the posterior file")
+        self.used.add(name)
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self):
+        return len(self._values)
+
+
+@dataclass
+class Categorical:
+    input: str
+    dim: str
+    levels: list
+    policy: str  # error | population
+    population: dict[str, str]
+
+    @property
+    def unseen_code(self) -> int:
+        # out of range for `error` (the in-graph guard fails); the appended population level for `population`
+        return len(self.levels)
+
+    def encode(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, unseen mask) for raw levels."""
+        raw = np.asarray(raw).reshape(-1)
+        kind = "str" if isinstance(self.levels[0], str) else "int"
+        keys = raw.astype(str) if kind == "str" else raw
+        lookup = {lv: i for i, lv in enumerate(self.levels)}
+        codes = np.array([lookup.get(k.item() if hasattr(k, "item") else k, -1) for k in keys], dtype=np.int64)
+        unseen = codes < 0
+        codes[unseen] = self.unseen_code
+        return codes, unseen
+
+    def refuse_unseen(self, raw: np.ndarray, unseen: np.ndarray) -> None:
+        if unseen.any():
+            bad = sorted({str(v) for v in np.asarray(raw).reshape(-1)[unseen]})
+            raise UserError(f"input '{self.input}': {int(unseen.sum())} row(s) have levels not in the posterior "
+                            f"({', '.join(bad[:5])}) and the unseen policy is 'error' — known levels: "
+                            f"{', '.join(map(str, self.levels[:10]))}; or set categorical.{self.input}.policy: "
+                            "population")
+
+
+@dataclass
+class BayesPredictive:
+    posterior: Posterior
+    transform: Callable
+    family: Family
+    inputs: list  # TensorSpec, in the config's order (the ONNX input order)
+    args: list[str]  # the transform's input arguments (family-parameter inputs may be extra)
+    categorical: dict[str, Categorical]
+    fparams: dict[str, tuple[str, Any]]  # family parameter → ("var", name) | ("const", float) | ("input", name)
+    quantiles: list[float]
+    want_mean: bool
+    want_std: bool
+    n_draws: int
+    max_count: int
+    output_names: dict[str, str]  # kind (mean|std|quantiles|draws) → ONNX output name
+    used: set[str] = field(default_factory=set)
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # float64, extended with population levels
+    builder: Callable | None = None
+    observed: str = "y"
+
+    # ------------------------------------------------------------------ inputs
+
+    def encode(self, feeds: dict[str, np.ndarray], *, refuse: bool = True) -> dict[str, np.ndarray]:
+        """Raw feeds → the arrays the transform sees: categorical levels become integer codes (unseen levels
+        refused under `error`), numeric arrays become float64 (1-D ones as (rows, 1) columns)."""
+        out = {}
+        for spec in self.inputs:
+            if spec.name not in feeds:
+                raise UserError(f"missing input '{spec.name}' — the transform takes {[s.name for s in self.inputs]}")
+            arr = np.asarray(feeds[spec.name])
+            cat = self.categorical.get(spec.name)
+            if cat is not None:
+                codes, unseen = cat.encode(arr)
+                if refuse and cat.policy == "error":
+                    cat.refuse_unseen(arr, unseen)
+                out[spec.name] = codes
+            else:
+                a = arr.astype(np.float64)
+                out[spec.name] = a.reshape(-1, 1) if a.ndim == 1 else a
+        return out
+
+    def dummy_feeds(self, rows: int = 3) -> dict[str, np.ndarray]:
+        feeds = {}
+        for spec in self.inputs:
+            shape = [rows] + [d if isinstance(d, int) else 1 for d in (spec.shape or ["batch"])[1:]]
+            cat = self.categorical.get(spec.name)
+            feeds[spec.name] = (np.asarray(cat.levels)[np.zeros(shape, dtype=int)] if cat is not None
+                                else np.zeros(shape, dtype=np.float32))
+        return feeds
+
+    # ------------------------------------------------------------------ numpy evaluation
+
+    def mu(self, encoded: dict[str, np.ndarray], values: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """The transform over all posterior samples: (rows, samples)."""
+        from onnxforge.bayes.shim import numpy_xp
+
+        values = self.values if values is None else values
+        rows = len(next(iter(encoded.values())))
+        params = Params(values, self.posterior.path, self.used)
+        with np.errstate(over="ignore", under="ignore"):
+            try:
+                out = self.transform(numpy_xp(), params, **{k: encoded[k] for k in self.args})
+            except UserError:
+                raise
+            except (ValueError, IndexError, TypeError) as e:
+                raise UserError(self._shape_message(encoded, e)) from None
+        out = np.asarray(out, dtype=np.float64)
+        want = (rows, self.posterior.samples)
+        try:
+            return np.broadcast_to(out, want) if out.shape != want else out
+        except ValueError:
+            raise UserError(f"the transform returned shape {list(out.shape)} but needs (rows, samples) = "
+                            f"{list(want)}: {self._shapes(encoded)} — make the input shapes match the posterior "
+                            "dims") from None
+
+    def _shapes(self, encoded) -> str:
+        ins = ", ".join(f"{k} {list(v.shape)}" for k, v in encoded.items())
+        used = self.used or set(self.values)
+        post = ", ".join(f"{k}({','.join(self.posterior.dims[k])}) {list(self.values[k].shape)}"
+                         for k in sorted(used) if k in self.values)
+        return f"inputs {ins}; posterior (dims..., samples) {post}"
+
+    def _shape_message(self, encoded, e: Exception) -> str:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return (f"the transform fails on these shapes ({first}): {self._shapes(encoded)} — make inputs[].shape "
+                "match the posterior dims (e.g. X's columns = the number of levels of beta's dim)")
+
+    def family_params(self, encoded: dict[str, np.ndarray], index: np.ndarray | None = None) -> dict[str, Any]:
+        out = {}
+        for name, (kind, ref) in self.fparams.items():
+            if kind == "var":
+                v = self.values[ref]
+                out[name] = v if index is None else v[..., index]
+            elif kind == "input":
+                out[name] = encoded[ref]
+            else:
+                out[name] = ref
+        return out
+
+    def outputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Deterministic outputs (mean, std, quantiles) in float64: the validation reference."""
+        from onnxforge.bayes.shim import numpy_xp
+
+        xp = numpy_xp()
+        enc = self.encode(feeds)
+        mu = self.mu(enc)
+        p = self.family_params(enc)
+        with np.errstate(all="ignore"):
+            m = np.broadcast_to(self.family.mean(xp, mu, p), mu.shape)
+            mean = m.mean(-1)
+            res = {}
+            if self.want_mean:
+                res[self.output_names["mean"]] = mean
+            if self.want_std:
+                within = np.broadcast_to(self.family.variance(xp, mu, p), mu.shape).mean(-1)
+                res[self.output_names["std"]] = np.sqrt(within + ((m - mean[:, None]) ** 2).mean(-1))
+            if self.quantiles:
+                res[self.output_names["quantiles"]] = np.quantile(m, self.quantiles, axis=-1).T
+        return res
+
+    def draw_index(self) -> np.ndarray:
+        """Which posterior sample each predictive draw uses."""
+        s = self.posterior.samples
+        return thin_index(s, self.n_draws) if self.n_draws <= s else np.arange(self.n_draws) % s
+
+    # ------------------------------------------------------------------ PyMC reference draws
+
+    def sample_pymc(self, feeds: dict[str, np.ndarray], seed: int = 0) -> np.ndarray:
+        """pm.sample_posterior_predictive on the same new data and the same (thinned) posterior: (rows, samples)."""
+        import warnings
+
+        if self.builder is None:
+            raise UserError("the stochastic check needs source.model ('file.py:builder' returning the pm.Model) "
+                            "to run pm.sample_posterior_predictive — set it, or drop outputs.draws")
+        import pymc as pm
+
+        enc = self.encode(feeds)
+        args = {}
+        for spec in self.inputs:
+            cat = self.categorical.get(spec.name)
+            if cat is not None and (enc[spec.name] >= len(cat.levels)).any():
+                raise UserError(f"input '{spec.name}' has levels the PyMC model never saw — "
+                                "pm.sample_posterior_predictive cannot score them; use data with known levels")
+            a = enc[spec.name]
+            args[spec.name] = a.reshape(-1) if (cat is None and a.ndim == 2 and a.shape[1] == 1
+                                                and len(spec.shape or [1]) == 1) else a
+        try:
+            model = self.builder(**args, coords={d: list(c) for d, c in self.posterior.coords.items()})
+        except TypeError as e:
+            raise UserError(f"source.model: calling the builder failed ({e}) — it must accept the transform's "
+                            f"inputs {list(args)} and coords=") from None
+        if self.observed not in model.named_vars:
+            raise UserError(f"source.observed: the PyMC model has no variable '{self.observed}' — it has "
+                            f"{', '.join(sorted(model.named_vars))[:200]}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            idata = pm.sample_posterior_predictive(self.posterior.dataset(), model=model,
+                                                   var_names=[self.observed], random_seed=seed,
+                                                   progressbar=False)
+        draws = idata.posterior_predictive[self.observed].values  # (chain, draw, rows)
+        return draws.reshape(-1, draws.shape[-1]).T.astype(np.float64)

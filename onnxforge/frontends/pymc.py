@@ -1,0 +1,128 @@
+"""PyMC posterior → ONNX predictive: a fitted model's posterior (netcdf) and its mean function (one Python
+transform, written against `xp`) become a graph serving the predictive mean, std, quantiles and draws."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+
+from onnxforge.config import SourceBase, StrictModel
+from onnxforge.frontends.base import Frontend
+from onnxforge.registry import register_frontend
+
+FamilyName = Literal["normal", "bernoulli", "binomial", "poisson", "student-t", "negative-binomial"]
+OUTPUT_KINDS = ("mean", "std", "quantiles", "draws")
+
+
+def _resolve_ref(value: str | None, info: ValidationInfo) -> str | None:
+    # 'file.py:function' with the file relative to the YAML, like every other path in a config
+    if value is None:
+        return None
+    path, sep, name = value.rpartition(":")
+    if not sep or not path or not name.isidentifier():
+        raise ValueError("expected 'path/file.py:function'")
+    base = (info.context or {}).get("base_dir")
+    p = Path(path).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = Path(base) / p
+    return f"{p}:{name}"
+
+
+CodeRef = Annotated[str, AfterValidator(_resolve_ref)]
+
+
+class PymcOutputs(StrictModel):
+    mean: bool = Field(True, description="posterior predictive mean E[y | x]")
+    std: bool = Field(True, description="posterior predictive std, observation noise included")
+    quantiles: list[float] = Field(default_factory=lambda: [0.05, 0.5, 0.95],
+                                   description="posterior quantiles of the expected value E[y | x, θ]")
+    draws: int = Field(0, ge=0, le=100_000, description="predictive draws per row (0 = none); stochastic")
+
+    @field_validator("quantiles")
+    @classmethod
+    def _in_unit(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= q <= 1.0 for q in v):
+            raise ValueError("quantiles must lie in [0, 1]")
+        return v
+
+
+class PymcCategorical(StrictModel):
+    dim: str | None = Field(None, description="posterior dim whose coords are the levels (default: input name)")
+    policy: Literal["error", "population"] = Field(
+        "error", description="unseen level: error (graph and predict refuse) or population (hierarchical mean)")
+    population: dict[str, str | float] = Field(
+        default_factory=dict, description="for `population`: variable indexed by dim → posterior variable "
+                                          "(or number) used for an unseen level, e.g. {alpha: mu_alpha}")
+
+
+class PymcSource(SourceBase):
+    framework: Literal["pymc"]
+    transform: CodeRef = Field(description="'file.py:function' computing the mean: fn(xp, params, **inputs)")
+    model: CodeRef | None = Field(None, description="'file.py:builder' returning the pm.Model (needed only for "
+                                                    "the pm.sample_posterior_predictive draws reference)")
+    observed: str = Field("y", description="the observed variable in the PyMC model")
+    family: FamilyName = "normal"
+    params: dict[str, str | float] = Field(
+        default_factory=dict, description="family parameter → posterior variable, input name, or number, "
+                                          "e.g. {sigma: sigma}, {n: trials}, {alpha: phi}")
+    outputs: PymcOutputs = Field(default_factory=PymcOutputs)
+    samples: int | None = Field(1000, gt=0, description="thin the posterior to at most this many samples")
+    categorical: dict[str, PymcCategorical] = Field(default_factory=dict,
+                                                    description="inputs holding raw category levels")
+    seed: int | None = Field(None, ge=0, description="bake seeds into the random nodes: reproducible draws")
+    max_count: int = Field(64, ge=2, le=4096, description="count families: support [0, max_count) of exact "
+                                                          "inverse-CDF draws")
+
+
+@register_frontend
+class PymcFrontend(Frontend):
+    name = "pymc"
+    Source = PymcSource
+    packages = ("pymc", "pytensor", "arviz", "xarray", "h5netcdf", "torch", "onnxscript")
+    stochastic = True
+    rtol = 1e-5
+    atol = 1e-5
+
+    def load(self, cfg):
+        from onnxforge.bayes.loader import build_predictive
+        from onnxforge.frontends.base import require
+
+        require("xarray", "pymc")
+        require("h5netcdf", "pymc")
+        return build_predictive(cfg)
+
+    def export(self, native, cfg, opset, workdir):
+        from onnxforge.bayes.module import export_onnx
+        from onnxforge.errors import UserError
+        from onnxforge.frontends.base import require
+
+        require("torch", "pymc")
+        require("onnxscript", "pymc")
+        opset = opset or 18
+        if opset < 18:
+            raise UserError(f"convert.opset {opset}: the pymc frontend exports at opset 18-21 — raise it")
+        if native.n_draws and opset > 21:
+            raise UserError(f"convert.opset {opset}: graphs with draws must stay at opset ≤ 21 (onnxruntime's "
+                            "random ops fail at 22+) — use 18-21")
+        return export_onnx(native, opset, cfg.source.seed)
+
+    def predict(self, native, feeds, cfg):
+        return native.outputs(feeds)
+
+    def sample(self, native, feeds, cfg):
+        if not native.n_draws:
+            return {}
+        seed = cfg.source.seed if cfg.source.seed is not None else 0
+        return {native.output_names["draws"]: native.sample_pymc(feeds, seed=seed)}
+
+    def metadata(self, native, cfg):
+        from onnxforge.bayes.loader import artifact_metadata
+
+        return artifact_metadata(native, cfg)
+
+    def source_files(self, cfg):
+        s = cfg.source
+        refs = [Path(r.rpartition(":")[0]) for r in (s.transform, s.model) if r]
+        return [p for p in [s.path, *refs] if p]

@@ -1,0 +1,273 @@
+"""Offline scoring: any ONNX model over a large .csv/.parquet/.npz in chunks, with the artifact that serves online.
+
+Table columns map to model inputs through the `onnxforge.input_spec` metadata the convert stage stamps (each
+spec's `column`/`columns`, else its name), falling back to the graph's own input names. Outputs are written to a
+temporary file beside the destination and renamed into place when every chunk has been scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxforge.errors import UserError
+
+RANDOM_OPS = {"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Multinomial", "Bernoulli"}
+OUT_SUFFIXES = (".parquet", ".csv", ".npz")
+
+
+def _nodes(graph):
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            if a.HasField("g"):
+                yield from _nodes(a.g)
+            for g in a.graphs:
+                yield from _nodes(g)
+
+
+def reseed(model, seed: int) -> int:
+    """Give every random node a seed derived from `seed` and its position: a fresh onnxruntime session then
+    replays the same draws. Seeds differ per node (identical streams would correlate) and are scrambled below
+    2**24 (the attribute is a float; onnxruntime's generator starts poorly from small seeds). Returns the count."""
+    from onnx import helper
+
+    count = 0
+    for node in _nodes(model.graph):
+        if node.op_type not in RANDOM_OPS:
+            continue
+        h = int.from_bytes(hashlib.sha256(f"{seed}:{count}".encode()).digest()[:3], "big") or 1
+        for a in list(node.attribute):
+            if a.name == "seed":
+                node.attribute.remove(a)
+        node.attribute.append(helper.make_attribute("seed", float(h)))
+        count += 1
+    return count
+
+
+def _specs(model) -> list:
+    from onnxforge.config import TensorSpec
+    from onnxforge.data import specs_from_model
+
+    graph_specs = specs_from_model(model)
+    meta = {p.key: p.value for p in model.metadata_props}
+    raw = meta.get("onnxforge.input_spec")
+    if raw:
+        try:
+            specs = [TensorSpec(**d) for d in json.loads(raw)]
+        except Exception:
+            specs = []
+        if [s.name for s in specs] == [s.name for s in graph_specs]:
+            return specs
+    return graph_specs
+
+
+def _read_chunks(path: Path, chunk_rows: int) -> tuple[int | None, Iterator[dict[str, np.ndarray]]]:
+    """(total rows if known, chunks as column → array)."""
+    from onnxforge.data import _column, load_table
+
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise UserError(f"input file not found: {path} — check --input")
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as e:
+            raise UserError(f"{path}: not a readable parquet file ({e})") from None
+
+        def gen():
+            for batch in pf.iter_batches(batch_size=chunk_rows):
+                df = batch.to_pandas()
+                yield {str(c): _column(df[c]) for c in df.columns}
+
+        return pf.metadata.num_rows, gen()
+    if suffix == ".csv":
+        import pandas as pd
+
+        with open(path, "rb") as f:  # a newline count is cheap next to scoring, and gives the bar a total
+            total = max(sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) - 1, 0)
+
+        def gen():
+            try:
+                for df in pd.read_csv(path, chunksize=chunk_rows):
+                    yield {str(c): _column(df[c]) for c in df.columns}
+            except (pd.errors.ParserError, UnicodeDecodeError) as e:
+                raise UserError(f"{path}: cannot parse CSV ({str(e).splitlines()[0]})") from None
+
+        return total, gen()
+    if suffix in (".npz", ".npy"):
+        table = load_table(path)
+        n = {len(v) for v in table.values() if np.ndim(v)}
+        if len(n) != 1:
+            raise UserError(f"{path}: arrays have different row counts {sorted(n)} — one table per file")
+        total = n.pop()
+        return total, ({k: v[i:i + chunk_rows] for k, v in table.items()} for i in range(0, total, chunk_rows))
+    raise UserError(f"{path}: unsupported input format '{suffix}' — use .csv, .parquet, .npz or .npy")
+
+
+def _check_levels(chunk_feeds, meta: dict, offset: int) -> None:
+    """Unseen categories under the `error` policy: refuse with the levels and rows (the graph would fail too)."""
+    cats = json.loads(meta.get("onnxforge.categories", "{}"))
+    policy = json.loads(meta.get("onnxforge.unseen_policy", "{}"))
+    for name, levels in cats.items():
+        if policy.get(name, "error") != "error" or name not in chunk_feeds:
+            continue
+        raw = np.asarray(chunk_feeds[name]).reshape(-1)
+        known = np.asarray([str(v) for v in levels]) if isinstance(levels[0], str) else np.asarray(levels)
+        bad = ~np.isin(raw.astype(str) if known.dtype.kind == "U" else raw, known)
+        if bad.any():
+            rows = (np.flatnonzero(bad) + offset)[:3].tolist()
+            lv = sorted({str(v) for v in raw[bad]})[:5]
+            raise UserError(f"input '{name}': unseen level(s) {lv} at row(s) {rows} and the model's unseen policy "
+                            f"is 'error' — known levels: {', '.join(map(str, levels[:10]))}")
+
+
+def _columns(name: str, arr, names: list[str] | None) -> dict[str, np.ndarray]:
+    if isinstance(arr, list):  # e.g. ZipMap: a list of {label: probability} per row
+        if arr and isinstance(arr[0], dict):
+            keys = list(arr[0])
+            return {f"{name}_{k}": np.asarray([row[k] for row in arr]) for k in keys}
+        arr = np.asarray(arr)
+    arr = np.asarray(arr)
+    if arr.ndim <= 1:
+        return {name: arr.reshape(-1)}
+    flat = arr.reshape(arr.shape[0], -1)
+    labels = names if names and len(names) == flat.shape[1] else [str(j) for j in range(flat.shape[1])]
+    return {f"{name}_{lab}": flat[:, j] for j, lab in enumerate(labels)}
+
+
+class _Writer:
+    """Chunks → one file, written beside the destination under a temporary name and renamed at the end."""
+
+    def __init__(self, path: Path):
+        self.path, self.suffix = path, path.suffix.lower()
+        if self.suffix not in OUT_SUFFIXES:
+            raise UserError(f"{path}: unsupported output format '{path.suffix}' — use .parquet, .csv or .npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self._pq = None
+        self._arrays: dict[str, list] = {}
+        self._first = True
+
+    def write(self, cols: dict[str, np.ndarray], raw: dict[str, Any]) -> None:
+        if self.suffix == ".npz":
+            for k, v in raw.items():
+                self._arrays.setdefault(k, []).append(np.asarray(v))
+            return
+        import pandas as pd
+
+        df = pd.DataFrame(cols)
+        if self.suffix == ".csv":
+            df.to_csv(self.tmp, mode="w" if self._first else "a", header=self._first, index=False)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            if self._pq is None:
+                self._pq = pq.ParquetWriter(str(self.tmp), table.schema)
+            self._pq.write_table(table)
+        self._first = False
+
+    def close(self) -> None:
+        if self._pq is not None:
+            self._pq.close()
+        if self.suffix == ".npz":
+            with open(self.tmp, "wb") as f:
+                np.savez(f, **{k: np.concatenate(v) for k, v in self._arrays.items()})
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if self._pq is not None:
+            try:
+                self._pq.close()
+            except Exception:
+                pass
+        self.tmp.unlink(missing_ok=True)
+
+
+def predict_file(model: str | Path, input: str | Path, output: str | Path, *, chunk_rows: int = 65536,
+                 threads: int | None = None, seed: int | None = None, console=None) -> dict[str, Any]:
+    """Score `input` with `model` chunk by chunk into `output`. Returns rows, seconds, rows/s and what was
+    written. `seed` re-seeds the random nodes of stochastic artifacts (same seed + chunk size → same draws)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from onnxforge import runtime
+    from onnxforge.artifact import load_model
+    from onnxforge.data import feeds_from_table
+
+    model_path, in_path, out_path = Path(model), Path(input), Path(output)
+    if chunk_rows < 1:
+        raise UserError(f"--chunk-rows {chunk_rows}: give a positive number of rows")
+    if out_path.resolve() == in_path.resolve():
+        raise UserError("--output is the input file — choose another path (inputs are never overwritten)")
+    t_start = time.perf_counter()
+    proto = load_model(model_path, what="model")
+    meta = {p.key: p.value for p in proto.metadata_props}
+    reseeded = reseed(proto, seed) if seed is not None else 0
+    hint = meta.get("onnxforge.rows_per_chunk")
+    chunk = min(chunk_rows, int(hint)) if hint and hint.isdigit() else chunk_rows
+    specs = _specs(proto)
+    col_names = json.loads(meta.get("onnxforge.output_columns", "{}") or "{}")
+    try:
+        sess = runtime.session(proto, threads=threads)
+    except Exception as e:
+        raise UserError(f"{model_path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+    out_names = [o.name for o in sess.get_outputs()]
+    total, chunks = _read_chunks(in_path, chunk)
+    writer = _Writer(out_path)
+    rows = n_chunks = 0
+    score_s = 0.0
+    columns: list[str] = []
+    progress = Progress(TextColumn("[bold]scoring[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("rows"), TimeRemainingColumn(), console=console, transient=True,
+                        disable=console is None)
+    try:
+        with progress:
+            task = progress.add_task(in_path.name, total=total)
+            for table in chunks:
+                feeds = feeds_from_table(table, specs)
+                if not feeds or not len(next(iter(feeds.values()))):
+                    continue
+                _check_levels(feeds, meta, rows)
+                t0 = time.perf_counter()
+                try:
+                    res = sess.run(out_names, feeds)
+                except Exception as e:
+                    msg = str(e).split("Status Message:")[-1].strip().splitlines()[0]
+                    raise UserError(f"onnxruntime refused rows {rows}-{rows + len(next(iter(feeds.values()))) - 1}"
+                                    f" of {in_path.name}: {msg}") from None
+                score_s += time.perf_counter() - t0
+                raw = dict(zip(out_names, res, strict=True))
+                cols: dict[str, np.ndarray] = {}
+                for name, arr in raw.items():
+                    cols.update(_columns(name, arr, col_names.get(name)))
+                columns = columns or list(cols)
+                writer.write(cols, raw)
+                n = len(next(iter(feeds.values())))
+                rows += n
+                n_chunks += 1
+                progress.advance(task, n)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    seconds = time.perf_counter() - t_start
+    return {"model": str(model_path), "input": str(in_path), "output": str(out_path), "rows": rows,
+            "chunks": n_chunks, "chunk_rows": chunk, "seconds": seconds, "score_seconds": score_s,
+            "rows_per_s": rows / seconds if seconds > 0 else float("inf"),
+            "score_rows_per_s": rows / score_s if score_s > 0 else float("inf"),
+            "outputs": out_names, "columns": columns, "seed": seed, "reseeded_nodes": reseeded,
+            "threads": threads}
