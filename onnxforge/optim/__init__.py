@@ -1,0 +1,1 @@
+"""Graph optimization passes (ORT offline levels, onnxslim, transformer fusion) and shared measurement helpers."""

@@ -1,0 +1,70 @@
+"""The optimize passes. Each reads one .onnx file and writes another; the stage checks and measures each result.
+
+- simplify: onnxslim (constant folding, dead-node and common-subexpression elimination, standard-op fusions)
+- fusion: onnxruntime.transformers.optimizer for transformer graphs (SkipLayerNormalization, Attention, ... —
+  com.microsoft contrib ops, ORT only)
+- ort-<level>: onnxruntime's own graph optimizer, saved with optimized_model_filepath (basic keeps standard ops;
+  extended/all add contrib ops such as FusedConv/FusedGemm; all also adds hardware-specific layouts)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+# Domains a non-ORT runtime understands: standard ONNX and ONNX-ML.
+STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+
+
+def contrib_ops(path: Path) -> dict[str, int]:
+    """Ops outside the standard domains (e.g. com.microsoft::FusedGemm), with counts."""
+    import onnx
+
+    from onnxforge.inspect import _all_nodes
+
+    m = onnx.load(str(path), load_external_data=False)
+    return dict(Counter(f"{n.domain}::{n.op_type}" for n in _all_nodes(m.graph) if n.domain not in STANDARD_DOMAINS))
+
+
+def simplify(src: Path, dst: Path) -> dict:
+    import onnxslim
+
+    from onnxforge.artifact import save_model
+    from onnxforge.quant.int8 import quiet
+
+    with quiet():
+        model = onnxslim.slim(str(src))
+    save_model(model, dst, run_check=False)
+    return {}
+
+
+def detect_transformer(path: Path) -> str | None:
+    """'bert' for a graph with attention (MatMul → Softmax → MatMul) and layer normalization, else None."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    ops = Counter(n.op_type for n in m.graph.node)
+    has_norm = ops["LayerNormalization"] or ops["SkipLayerNormalization"] or (ops["ReduceMean"] and ops["Sqrt"])
+    return "bert" if ops["Softmax"] and ops["MatMul"] >= 2 and has_norm else None
+
+
+def fuse_transformer(src: Path, dst: Path, model_type: str, num_heads: int = 0, hidden_size: int = 0) -> dict:
+    from onnxruntime.transformers import optimizer
+
+    from onnxforge.artifact import save_model
+    from onnxforge.quant.int8 import quiet
+
+    with quiet():
+        # opt_level=0: python fusions only; onnxruntime's own optimizer is the separate ort-<level> pass
+        om = optimizer.optimize_model(str(src), model_type=model_type, num_heads=num_heads,
+                                      hidden_size=hidden_size, opt_level=0)
+        fused = {k: v for k, v in (om.get_fused_operator_statistics() or {}).items() if v}
+    save_model(om.model, dst, run_check=False)
+    return {"model_type": model_type, "fused": fused}
+
+
+def ort_level(src: Path, dst: Path, level: str) -> dict:
+    from onnxforge import runtime
+
+    runtime.session(Path(src), level=level, threads=1, optimized_path=dst)
+    return {"level": level}

@@ -1,0 +1,83 @@
+"""Figures shared by quantize and optimize: size/nodes/op histogram of a model file, and latency measured
+*interleaved* across models, so a noisy (shared, 2-core) machine slows every candidate alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def model_stats(path: str | Path) -> dict[str, Any]:
+    """file_bytes, nodes and the op histogram of an .onnx file (external data included in the size)."""
+    from onnxforge.artifact import load_model
+    from onnxforge.inspect import summarize
+
+    s = summarize(load_model(path, load_external=False), path)
+    return {"file_bytes": s["file_bytes"], "nodes": s["nodes"], "ops": s["ops"]}
+
+
+def fixed_batch(model_path: str | Path) -> int | None:
+    """The batch size baked into the model's first input, if it is not dynamic."""
+    from onnxforge.artifact import load_model
+
+    m = load_model(model_path, load_external=False)
+    inits = {i.name for i in m.graph.initializer}
+    for i in m.graph.input:
+        if i.name in inits:
+            continue
+        dims = i.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            return int(dims[0].dim_value)
+        return None
+    return None
+
+
+def tile_rows(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """Exactly n rows, repeating the data when it has fewer."""
+    out = {}
+    for k, v in feeds.items():
+        reps = -(-n // max(len(v), 1))
+        out[k] = np.ascontiguousarray(np.concatenate([v] * reps)[:n]) if reps > 1 else np.ascontiguousarray(v[:n])
+    return out
+
+
+def batch_plan(paths: list[str | Path], batch_sizes: list[int]) -> list[int]:
+    """The batch sizes all models can run: a model with a fixed batch dim only runs that one."""
+    fixed = {b for b in (fixed_batch(p) for p in paths) if b}
+    if len(fixed) == 1:
+        return [fixed.pop()]
+    return list(dict.fromkeys(batch_sizes))
+
+
+def latency(models: dict[str, str | Path], feeds: dict[str, np.ndarray], batch_sizes: list[int], *,
+            threads: int = 1, level: str = "all", rounds: int = 3, seconds: float = 0.25,
+            progress=None) -> dict[str, dict[str, float]]:
+    """p50 latency in ms per model per batch size: {name: {"batch1": ms, ...}}. Every round times every model
+    once per batch size (round-robin), and the median over rounds is reported."""
+    from onnxforge import runtime
+    from onnxforge.timing import measure
+
+    sessions = {k: runtime.session(Path(p), threads=threads, level=level) for k, p in models.items()}
+    plan = batch_plan(list(models.values()), batch_sizes)
+    inputs = {b: tile_rows(feeds, b) for b in plan}
+    samples: dict[str, dict[int, list[float]]] = {k: {b: [] for b in plan} for k in models}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            for b in plan:
+                f = inputs[b]
+                r = measure(lambda s=s, f=f: s.run(None, f), runs=400, warmup=5, max_seconds=seconds, rows=b)
+                samples[k][b].append(r["p50_ms"])
+                if progress is not None:
+                    progress()
+    return {k: {f"batch{b}": float(np.median(v)) for b, v in per.items()} for k, per in samples.items()}
+
+
+def speedups(base: dict[str, float], cand: dict[str, float]) -> dict[str, float]:
+    return {k: (base[k] / cand[k]) if cand.get(k) else float("nan") for k in base if k in cand}
+
+
+def geomean(values) -> float:
+    v = [x for x in values if x and x == x and x > 0]
+    return float(np.exp(np.mean(np.log(v)))) if v else float("nan")

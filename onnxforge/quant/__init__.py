@@ -1,0 +1,1 @@
+"""Reduced precision: INT8 via onnxruntime.quantization, FP16, and the accuracy-budget fallback."""

@@ -1,0 +1,222 @@
+"""The accuracy budget: score a reduced-precision model against its float input, rank nodes by sensitivity and
+keep the most sensitive ones in float until the model fits the budget (or nothing is left to quantize)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxforge.quant.int8 import FUSED_ACTIVATIONS, NodeInfo
+
+
+@dataclass
+class Budget:
+    max_accuracy_drop: float | None = None
+    max_error: dict[str, float] = field(default_factory=dict)  # output → max abs error; "*" = every float output
+
+    def limits(self, outputs: list[str]) -> dict[str, float]:
+        out = {o: self.max_error["*"] for o in outputs} if "*" in self.max_error else {}
+        out.update({k: v for k, v in self.max_error.items() if k != "*"})
+        return out
+
+
+class Assessor:
+    """Runs the float model once on the evaluation rows; then scores any candidate against it."""
+
+    def __init__(self, float_path: Path, feeds: dict[str, np.ndarray], labels: np.ndarray | None, budget: Budget):
+        from onnxforge import metrics, runtime
+
+        self.feeds, self.budget = feeds, budget
+        self.ref = runtime.run(runtime.session(Path(float_path)), feeds)
+        self.float_outputs = [k for k, v in self.ref.items() if np.asarray(v).dtype.kind == "f"]
+        self.pred_output, ref_pred, kind = metrics.prediction(self.ref)
+        # without ground truth, the float model's own predictions are the labels: the drop is then 1 - agreement
+        self.against = "labels" if labels is not None else "float model predictions"
+        self.labels = labels if labels is not None else ref_pred
+        self.metric = "accuracy" if kind == "class" else "r2"
+        self.accuracy_float = metrics.accuracy_like(self.ref, self.labels, self.pred_output)
+        self.limits = budget.limits(self.float_outputs)
+        pred = np.asarray(self.ref[self.pred_output])
+        self._scale = (float(pred.astype(np.float64).std()) or 1.0) if pred.dtype.kind == "f" else 1.0
+
+    def __call__(self, path: Path) -> dict[str, Any]:
+        from onnxforge import metrics, runtime
+        from onnxforge.compare import compare
+
+        got = runtime.run(runtime.session(Path(path)), self.feeds)
+        acc = metrics.accuracy_like(got, self.labels, self.pred_output)
+        drop = self.accuracy_float - acc
+        errors = {}
+        for name in self.float_outputs:
+            c = compare(name, self.ref[name], got[name], 0.0, self.limits.get(name, 0.0))
+            errors[name] = {k: c[k] for k in ("max_abs", "mean_abs", "p99_abs") if k in c}
+        ratios = {}
+        if self.budget.max_accuracy_drop is not None:
+            ratios["accuracy_drop"] = _ratio(drop, self.budget.max_accuracy_drop)
+        for name, lim in self.limits.items():
+            ratios[f"max_error[{name}]"] = _ratio(errors[name].get("max_abs", math.inf), lim)
+        worst = max(ratios.items(), key=lambda kv: kv[1]) if ratios else ("", 0.0)
+        pred = np.asarray(got[self.pred_output], dtype=np.float64) if self.pred_output in self.float_outputs else None
+        tiebreak = (float(np.abs(pred - np.asarray(self.ref[self.pred_output], dtype=np.float64)).mean())
+                    / self._scale) if pred is not None else float(drop)
+        return {"accuracy": acc, "accuracy_drop": drop, "errors": errors, "within": all(
+            r <= 1.0 for r in ratios.values()), "score": worst[1], "worst": worst[0], "tiebreak": tiebreak}
+
+    def describe(self, r: dict) -> str:
+        parts = [f"{self.metric} drop {r['accuracy_drop'] * 100:.2f} pt"]
+        for name in self.limits:
+            parts.append(f"{name} max error {r['errors'][name]['max_abs']:.3g}")
+        return ", ".join(parts)
+
+
+def _ratio(value: float, limit: float) -> float:
+    if value <= limit + 1e-12:
+        return value / limit if limit > 0 else 0.0
+    return value / limit if limit > 0 else math.inf
+
+
+def brief(r: dict) -> dict:
+    return {"accuracy": r["accuracy"], "accuracy_drop": r["accuracy_drop"], "within_budget": r["within"],
+            "max_abs": {k: v.get("max_abs") for k, v in r["errors"].items()}}
+
+
+def tensor_ranking(float_path: Path, quant_path: Path, feeds: dict[str, np.ndarray],
+                   nodes: list[NodeInfo]) -> dict[str, float] | None:
+    """Local sensitivity of each node from one run of both models with intermediate tensors exposed: the
+    relative L2 error of the node's output minus the largest error among its inputs (error it adds, not error it
+    inherits). None when the quantized graph no longer names the float tensors (QOperator)."""
+    import onnx
+
+    from onnxforge import runtime
+
+    fm = onnx.load(str(float_path))
+    qm = onnx.load(str(quant_path))
+    q_produced = {o for n in qm.graph.node for o in n.output} | {i.name for i in qm.graph.input}
+    consumers: dict[str, list] = {}
+    for n in fm.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def alias(t: str) -> str | None:
+        # a Conv whose Relu the quantizer fused now writes the Relu's output: follow such single consumers
+        while t not in q_produced and len(consumers.get(t, [])) == 1 and \
+                consumers[t][0].op_type in FUSED_ACTIVATIONS:
+            t = consumers[t][0].output[0]
+        return t if t in q_produced else None
+
+    tensors = {t: alias(t) for n in nodes for t in (*n.inputs, *n.outputs) if t}
+    tensors = {k: v for k, v in tensors.items() if v is not None}
+    outs = {t for n in nodes for t in n.outputs}
+    if sum(1 for t in outs if t in tensors) < max(1, len(outs) // 2):
+        return None
+    names = sorted(set(tensors.values()))
+    for m in (fm, qm):
+        have = {o.name for o in m.graph.output}
+        for t in names:
+            if t not in have:
+                m.graph.output.append(onnx.ValueInfoProto(name=t))
+    try:
+        fr = runtime.run(runtime.session(fm, level="disable"), feeds, names)
+        qr = runtime.run(runtime.session(qm, level="disable"), feeds, names)
+    except Exception:  # e.g. an exposed tensor without type information: fall back to probing
+        return None
+
+    def err(t: str) -> float:
+        a, b = np.asarray(fr[tensors[t]]), np.asarray(qr[tensors[t]])
+        if a.dtype.kind != "f" or a.shape != b.shape:
+            return 0.0
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        return float(np.linalg.norm(b - a) / (np.linalg.norm(a) + 1e-12))
+
+    scores = {}
+    for n in nodes:
+        out_err = max((err(t) for t in n.outputs if t in tensors), default=0.0)
+        in_err = max((err(t) for t in n.inputs if t in tensors), default=0.0)
+        scores[n.name] = out_err - in_err
+    return scores
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    path: Path | None
+    result: dict
+    float_nodes: list[dict]
+    steps: list[dict]
+    method: str | None
+    message: str = ""
+
+
+def fit_budget(build: Callable[[list[str]], Path], assess: Assessor, targets: list[NodeInfo],
+               start: list[str], *, alive: Callable[[Path], bool], method: str = "auto", max_probes: int = 16,
+               float_path: Path | None = None, bar=None) -> Outcome:
+    """Build with `start` excluded; while over budget, keep the most sensitive remaining node(s) in float and
+    rebuild. `probe` re-ranks every step by building each one-more-node-float variant (greedy, exact, O(n²)
+    builds); `tensor` ranks by per-node output error from one run and keeps 1, 2, 4... more nodes float per step.
+    A model in which `alive` finds nothing reduced any more is no result: the search stops before that."""
+    excluded = list(start)
+    path = build(excluded)
+    res = assess(path)
+    steps = [{"float_nodes": list(excluded), **brief(res)}]
+    if res["within"]:
+        return Outcome(True, path, res, [], steps, None)
+    pool = [t for t in targets if t.name not in excluded]
+    chosen = method if method != "auto" else ("probe" if len(pool) <= max_probes else "tensor")
+    kept: list[dict] = []
+    step = 1
+    while pool:
+        picks: list[tuple[NodeInfo, str]] = []
+        nxt: tuple[Path, dict] | None = None
+        ranked = None
+        if chosen == "tensor":
+            scores = tensor_ranking(float_path, path, assess.feeds, pool) if float_path else None
+            if scores is None:
+                chosen = "probe"
+            else:
+                ranked = sorted(pool, key=lambda t: -scores.get(t.name, 0.0))[:step]
+                picks = [(t, f"largest added output error in the reduced model (relative L2 "
+                             f"{scores.get(t.name, 0.0):.3g})") for t in ranked]
+                step *= 2  # large models: a bounded number of rebuilds
+        if chosen == "probe":
+            if bar is not None:
+                bar.grow(len(pool))
+            best = None
+            for t in pool:
+                p = build([*excluded, t.name])
+                r = assess(p) if alive(p) else None
+                if bar is not None:
+                    bar()
+                if r is not None and (best is None or (r["score"], r["tiebreak"]) < (best[2]["score"],
+                                                                                     best[2]["tiebreak"])):
+                    if best is not None:
+                        best[1].unlink(missing_ok=True)
+                    best = (t, p, r)
+                else:
+                    p.unlink(missing_ok=True)
+            if best is None:
+                break  # every remaining node is the last one reduced
+            t, p, r = best
+            picks = [(t, f"keeping it in float: {assess.describe(res)} → {assess.describe(r)}")]
+            nxt = (p, r)
+        excluded += [t.name for t, _ in picks]
+        pool = [t for t in pool if t.name not in excluded]
+        if nxt is None:
+            p = build(excluded)
+            if not alive(p):
+                p.unlink(missing_ok=True)
+                break
+            nxt = (p, assess(p))
+        path.unlink(missing_ok=True)
+        path, res = nxt
+        kept += [{"node": t.name, "op_type": t.op_type, "reason": why, "step": len(steps)} for t, why in picks]
+        steps.append({"float_nodes": list(excluded), **brief(res)})
+        if res["within"]:
+            return Outcome(True, path, res, kept, steps, chosen)
+    return Outcome(False, path, res, kept, steps, chosen,
+                   f"still over budget ({assess.describe(res)}) with {len(kept) + len(start)} nodes kept in float; "
+                   "keeping one more would leave nothing reduced")

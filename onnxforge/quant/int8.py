@@ -1,0 +1,237 @@
+"""INT8 through onnxruntime.quantization: pre-processing, then static (QDQ/QOperator) or dynamic quantization of
+one candidate configuration, with any set of nodes kept in float (the accuracy-budget fallback rebuilds often, so
+calibration ranges are computed once and cached)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Dynamic quantization turns Conv into ConvInteger, which the ORT CPU provider cannot run: never by default, and
+# refused when asked for.
+DYNAMIC_OPS = ("MatMul", "Attention", "LSTM", "EmbedLayerNormalization")
+DYNAMIC_REFUSED = ("Conv", "ConvTranspose")
+# Activations the QDQ quantizer folds into the preceding node (Conv → Relu becomes one quantized output)
+FUSED_ACTIVATIONS = ("Relu", "Clip")
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    mode: str  # static | dynamic
+    quant_format: str = "QDQ"  # QDQ | QOperator (static only)
+    per_channel: bool = False
+    reduce_range: bool = False
+    activation_type: str = "QUInt8"  # static only; dynamic activations are always uint8
+    weight_type: str = "QInt8"
+    op_types: tuple[str, ...] | None = None
+
+    @property
+    def label(self) -> str:
+        if self.mode == "dynamic":
+            parts = ["dynamic", "s8" if self.weight_type == "QInt8" else "u8"]
+        else:
+            a = "u8" if self.activation_type == "QUInt8" else "s8"
+            w = "s8" if self.weight_type == "QInt8" else "u8"
+            parts = ["static", self.quant_format, f"{a}{w}"]
+        parts.append("per-channel" if self.per_channel else "per-tensor")
+        if self.reduce_range:
+            parts.append("reduce-range")
+        if self.op_types:
+            parts.append("ops=" + ",".join(self.op_types))
+        return " ".join(parts)
+
+    def as_dict(self) -> dict:
+        d = {"mode": self.mode, "per_channel": self.per_channel, "reduce_range": self.reduce_range,
+             "weight_type": self.weight_type, "op_types": list(self.op_types) if self.op_types else None}
+        if self.mode == "static":
+            d |= {"quant_format": self.quant_format, "activation_type": self.activation_type}
+        return d
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    op_type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """onnxruntime.quantization logs advice at WARNING/INFO on the root logger; keep the CLI output ours."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+
+
+def preprocess(src: Path, dst: Path) -> str:
+    """ORT's quantization pre-processing (shape inference + basic graph optimization), which makes more nodes
+    quantizable. Symbolic shape inference runs only when plain ONNX shape inference leaves tensors without a
+    shape (it imports torch: seconds). Falls back to the model as is. Unnamed nodes get names, since
+    nodes_to_exclude addresses nodes by name. Returns what was done."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    status = "ok (onnx shape inference)"
+    with quiet():
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+            if _unshaped(dst):
+                try:
+                    quant_pre_process(str(src), str(dst))
+                    status = "ok (symbolic shape inference)"
+                except Exception as e:
+                    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+                    status = f"ok (symbolic shape inference failed: {type(e).__name__})"
+        except Exception as e:
+            shutil.copyfile(src, dst)
+            status = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    name_nodes(dst)
+    return status
+
+
+def _unshaped(path: Path) -> bool:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    known = {v.name for v in (*m.graph.value_info, *m.graph.output) if v.type.tensor_type.HasField("shape")}
+    return any(o and o not in known for n in m.graph.node for o in n.output)
+
+
+def name_nodes(path: Path) -> None:
+    import onnx
+
+    from onnxforge.artifact import save_model
+
+    m = onnx.load(str(path))
+    used = {n.name for n in m.graph.node if n.name}
+    changed = False
+    for i, n in enumerate(m.graph.node):
+        if not n.name:
+            name = f"{n.op_type}_{i}"
+            while name in used:
+                name += "_"
+            n.name = name
+            used.add(name)
+            changed = True
+    if changed:
+        save_model(m, path, run_check=False)
+
+
+def graph_nodes(path: Path) -> list[NodeInfo]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return [NodeInfo(n.name, n.op_type, tuple(n.input), tuple(n.output)) for n in m.graph.node]
+
+
+def effective_op_types(cfg: Int8Config) -> tuple[str, ...] | None:
+    if cfg.op_types:
+        return tuple(cfg.op_types)
+    return DYNAMIC_OPS if cfg.mode == "dynamic" else None  # None: every op ORT can quantize statically
+
+
+def targets(nodes: list[NodeInfo], cfg: Int8Config) -> list[NodeInfo]:
+    """The nodes this configuration can quantize: the candidates for staying float. Pass-through ops count too —
+    in QDQ form their activations are quantized, and that can be where the error comes from."""
+    from onnxruntime.quantization import registry
+
+    ops = effective_op_types(cfg)
+    if ops is None:
+        reg = registry.QDQRegistry if cfg.quant_format == "QDQ" else registry.QLinearOpsRegistry
+        ops = tuple(reg)
+    if cfg.mode == "dynamic":
+        ops = tuple(o for o in ops if o in registry.IntegerOpsRegistry and o not in DYNAMIC_REFUSED)
+        if "MatMul" in ops:
+            ops += ("Gemm",)  # the dynamic quantizer rewrites Gemm as MatMul (+ Add) first
+    return [n for n in nodes if n.op_type in ops]
+
+
+class CalibrationFeeds:
+    """Rows for calibration served in small batches, rewound for every calibration run."""
+
+    def __init__(self, feeds: dict[str, np.ndarray], batch: int = 16):
+        self.feeds, self.batch = feeds, batch
+
+    def reader(self):
+        from onnxruntime.quantization import CalibrationDataReader
+
+        feeds, batch = self.feeds, self.batch
+        n = len(next(iter(feeds.values())))
+
+        class _Reader(CalibrationDataReader):
+            def __init__(self):
+                self._it = iter(range(0, n, batch))
+
+            def get_next(self):
+                i = next(self._it, None)
+                return None if i is None else {k: v[i : i + batch] for k, v in feeds.items()}
+
+        return _Reader()
+
+
+@dataclass
+class Int8Builder:
+    """Builds the quantized model of one configuration with a given set of nodes left in float."""
+
+    pre: Path
+    work: Path
+    cfg: Int8Config
+    calibration: CalibrationFeeds | None = None
+    calibrate_method: str = "MinMax"
+    percentile: float = 99.999
+    tag: str = "c"
+    _n: int = field(default=0, init=False)
+
+    def build(self, exclude: list[str]) -> Path:
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
+
+        self._n += 1
+        out = self.work / f"{self.tag}-{self._n}.onnx"
+        ops = effective_op_types(self.cfg)
+        ops = list(ops) if ops else None
+        wt = getattr(QuantType, self.cfg.weight_type)
+        with quiet():
+            if self.cfg.mode == "dynamic":
+                quantize_dynamic(str(self.pre), str(out), op_types_to_quantize=ops, per_channel=self.cfg.per_channel,
+                                 reduce_range=self.cfg.reduce_range, weight_type=wt,
+                                 nodes_to_exclude=[x for n in exclude for x in (n, f"{n}_MatMul")],
+                                 extra_options={"MatMulConstBOnly": True})
+            else:
+                # calibration ranges depend on the method and op types only: compute once, reuse for every rebuild
+                cache = self.work / f"calib-{self.calibrate_method}-{'_'.join(ops or ['all'])}.json"
+                extra = {"CalibPercentile": self.percentile} if self.calibrate_method == "Percentile" else {}
+                quantize_static(
+                    str(self.pre), str(out),
+                    calibration_data_reader=None if cache.is_file() else self.calibration.reader(),
+                    quant_format=getattr(QuantFormat, self.cfg.quant_format), op_types_to_quantize=ops,
+                    per_channel=self.cfg.per_channel, reduce_range=self.cfg.reduce_range,
+                    activation_type=getattr(QuantType, self.cfg.activation_type), weight_type=wt,
+                    nodes_to_exclude=list(exclude),
+                    calibrate_method=getattr(CalibrationMethod, self.calibrate_method),
+                    extra_options=extra, calibration_cache_path=str(cache))
+        return out
+
+
+def has_int8_weights(path: Path) -> bool:
+    """Whether any weight is still stored in 8 bits (False: the configuration quantized nothing that matters)."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return any(t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) > 0
+               for t in m.graph.initializer)

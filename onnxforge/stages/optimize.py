@@ -1,0 +1,258 @@
+"""optimize: onnxslim simplification, transformer fusion and onnxruntime's offline graph optimization, each pass
+checked numerically against its own input — a pass that changes results is rejected and the stage goes on
+without it. `portable: true` keeps the output to standard ONNX ops."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from onnxforge.config import StrictModel
+from onnxforge.registry import register_stage
+
+
+class OptimizeOptions(StrictModel):
+    level: Literal["none", "basic", "extended", "all"] = Field(
+        "extended", description="onnxruntime offline optimization level (extended/all add com.microsoft ops)")
+    portable: bool = Field(False, description="standard ONNX ops only (no com.microsoft): ORT level capped at "
+                                              "basic, no transformer fusion")
+    simplify: bool = Field(True, description="onnxslim: constant folding, dead nodes, common subexpressions")
+    fusion: str = Field("auto", description="transformer fusion: auto (detect) | off | an onnxruntime.transformers "
+                                            "model type (bert, gpt2, vit, ...)")
+    num_heads: int = Field(0, ge=0, description="fusion: attention heads (0 = detect)")
+    hidden_size: int = Field(0, ge=0, description="fusion: hidden size (0 = detect)")
+    rtol: float = Field(1e-3, ge=0, description="a pass is rejected when |after - before| > atol + rtol·|before|")
+    atol: float = Field(1e-4, ge=0)
+    quantum_steps: float = Field(2.0, ge=0, description="quantized outputs: also allow this many steps of the "
+                                                        "output's quantization scale (integer kernels round)")
+    rows: int = Field(256, gt=0, description="evaluation rows for the comparisons")
+    allow_synthetic: bool = Field(False, description="compare passes on random inputs when no data is configured")
+    allow_more_nodes: bool = Field(False, description="keep a pass even when it leaves more nodes than it got")
+    max_size_growth: float = Field(0.05, ge=0, description="reject a pass that grows the file by more than this "
+                                                           "fraction (e.g. folding quantized weights back to float)")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], description="latency batch sizes")
+    threads: int = Field(1, gt=0, description="intra-op threads for latency")
+    latency_rounds: int = Field(3, gt=0, description="interleaved timing rounds (median reported)")
+
+
+def _feeds(ctx, src: Path, opts: OptimizeOptions) -> tuple[dict, str]:
+    from onnxforge import data
+    from onnxforge.errors import UserError
+
+    d = ctx.cfg.data
+    if d.path is not None or d.synthetic:
+        feeds, prov = ctx.feeds("eval", src)
+    elif opts.allow_synthetic:
+        feeds, prov = data.synthesize(ctx.input_specs(src), min(opts.rows, 64), d.seed), "synthetic"
+    else:
+        raise UserError("optimize compares every pass numerically: give data (data.path or --data FILE), or "
+                        "--set allow_synthetic=true to compare on random inputs")
+    return data.take(feeds, opts.rows), prov
+
+
+def _quantum_atol(path: Path) -> dict[str, float]:
+    """Per-output scale of a DequantizeLinear that produces a graph output (a quantized model's output step)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {t.name: t for t in m.graph.initializer}
+    outs = {o.name for o in m.graph.output}
+    res = {}
+    for n in m.graph.node:
+        if n.op_type == "DequantizeLinear" and n.output[0] in outs and n.input[1] in inits:
+            res[n.output[0]] = float(numpy_helper.to_array(inits[n.input[1]]).max())
+    return res
+
+
+def _check(before: dict, after: dict, opts: OptimizeOptions, quantum: dict[str, float]) -> tuple[bool, dict]:
+    from onnxforge.compare import compare
+
+    out = {}
+    ok = True
+    for name, ref in before.items():
+        if name not in after:
+            return False, {name: {"pass": False, "reason": "output missing"}}
+        atol = opts.atol + opts.quantum_steps * quantum.get(name, 0.0)
+        c = compare(name, ref, after[name], opts.rtol, atol)
+        out[name] = {k: c.get(k) for k in ("pass", "kind", "max_abs", "max_rel", "min_atol", "min_rtol", "flips",
+                                           "reason") if c.get(k) is not None}
+        ok &= bool(c["pass"])
+    return ok, out
+
+
+@register_stage("optimize", OptimizeOptions, produces_model=True,
+                help="graph optimization (onnxslim, transformer fusion, ORT levels); every pass checked")
+def run_optimize(ctx, opts: OptimizeOptions):
+    from onnxforge.optim.inputs import input_model
+
+    if not opts.batch_sizes or any(b <= 0 for b in opts.batch_sizes):
+        from onnxforge.errors import UserError
+
+        raise UserError("optimize.batch_sizes: give positive batch sizes, e.g. [1, 64]")
+    src = input_model(ctx)
+    work = ctx.stage_dir / ".optimize-work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        return _run(ctx, opts, src, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _plan(src: Path, opts: OptimizeOptions, warnings: list[str]) -> list[tuple[str, Any]]:
+    from onnxforge.errors import UserError
+    from onnxforge.optim import passes
+
+    plan: list[tuple[str, Any]] = []
+    if opts.simplify:
+        plan.append(("onnxslim", passes.simplify))
+    fusion = opts.fusion.strip().lower()
+    if fusion not in ("auto", "off", "none", "false"):
+        from onnxruntime.transformers.optimizer import MODEL_TYPES
+
+        if fusion not in MODEL_TYPES:
+            raise UserError(f"optimize.fusion: unknown model type '{opts.fusion}' — use auto, off or one of "
+                            f"{', '.join(sorted(MODEL_TYPES))}")
+    if fusion == "auto":
+        fusion = passes.detect_transformer(src) or "off"
+    if fusion not in ("off", "none", "false"):
+        if opts.portable:
+            warnings.append(f"transformer fusion ({fusion}) skipped: it emits com.microsoft ops (portable: true)")
+        else:
+            plan.append((f"fusion-{fusion}", lambda s, d: passes.fuse_transformer(s, d, fusion, opts.num_heads,
+                                                                                  opts.hidden_size)))
+    level = opts.level
+    if opts.portable and level in ("extended", "all"):
+        warnings.append(f"ORT level {level} lowered to basic: higher levels emit com.microsoft ops (portable: true)")
+        level = "basic"
+    if level == "all":
+        warnings.append("ORT level all writes hardware-specific layouts (NCHWc): run the result on this CPU type")
+    if level != "none":
+        plan.append((f"ort-{level}", lambda s, d: passes.ort_level(s, d, level)))
+    return plan
+
+
+def _run(ctx, opts: OptimizeOptions, src: Path, work: Path):
+    from onnxforge import runtime
+    from onnxforge.artifact import atomic_write_json, load_model, metadata, save_model, stamp
+    from onnxforge.errors import UserError
+    from onnxforge.optim import passes, perf
+    from onnxforge.optim.ui import progress_bar
+    from onnxforge.pipeline import StageResult
+
+    warnings: list[str] = []
+    if opts.portable and (bad := passes.contrib_ops(src)):
+        raise UserError(f"portable: the input already uses non-standard ops {sorted(bad)} — optimize the model "
+                        "before any ORT-specific pass (or quantize with QDQ), or set portable: false")
+    feeds, prov = _feeds(ctx, src, opts)
+    plan = _plan(src, opts, warnings)
+    before = perf.model_stats(src)
+    current = src
+    ref = runtime.run(runtime.session(src, level="disable"), feeds)
+    records: list[dict[str, Any]] = []
+    accepted: dict[str, Path] = {"input": src}
+    with progress_bar(ctx.console, "optimize", len(plan)) as bar:
+        for i, (name, fn) in enumerate(plan):
+            bar.describe(f"optimize: {name}")
+            dst = work / f"{i}-{name}.onnx"
+            rec: dict[str, Any] = {"pass": name, "nodes_before": perf.model_stats(current)["nodes"]}
+            t0 = time.perf_counter()
+            try:
+                rec["info"] = fn(current, dst)
+                got = runtime.run(runtime.session(dst, level="disable"), feeds)
+            except Exception as e:  # a pass that crashes or writes an unloadable model is rejected, not fatal
+                msg = str(e).splitlines()[0][:200] if str(e) else ""
+                rec.update(status="rejected", reason=f"{type(e).__name__}: {msg}",
+                           wall_s=round(time.perf_counter() - t0, 3))
+                warnings.append(f"pass {name} rejected: {rec['reason']}")
+                records.append(rec)
+                bar()
+                continue
+            rec["wall_s"] = round(time.perf_counter() - t0, 3)
+            ok, cmp = _check(ref, got, opts, _quantum_atol(current))
+            stats = perf.model_stats(dst)
+            rec.update(nodes_after=stats["nodes"], ops_after=stats["ops"], file_bytes=stats["file_bytes"],
+                       comparison=cmp)
+            reason = None
+            if not ok:
+                bad = {k: v for k, v in cmp.items() if not v.get("pass")}
+                reason = "changes results beyond tolerance: " + "; ".join(
+                    f"{k} max_abs {v.get('max_abs', float('nan')):.3g} (needs atol ≥ {v.get('min_atol', 0):.3g})"
+                    for k, v in bad.items())
+            elif opts.portable and (bad := passes.contrib_ops(dst)):
+                reason = f"emits non-standard ops {sorted(bad)} (portable: true)"
+            elif stats["file_bytes"] > perf.model_stats(current)["file_bytes"] * (1 + opts.max_size_growth):
+                reason = f"grows the file {perf.model_stats(current)['file_bytes']:,} → {stats['file_bytes']:,} B"
+            elif stats["nodes"] > rec["nodes_before"] and not opts.allow_more_nodes:
+                reason = f"adds nodes ({rec['nodes_before']} → {stats['nodes']})"
+            if reason:
+                rec.update(status="rejected", reason=reason)
+                warnings.append(f"pass {name} rejected: {reason}")
+            else:
+                rec["status"] = "applied"
+                accepted[name] = dst
+                current = dst
+            records.append(rec)
+            bar()
+
+    # timing: every accepted intermediate as written (ORT optimizations off: what the pass itself changed), and
+    # the input vs the result as ORT users run them (default level all)
+    batches = perf.batch_plan([src], opts.batch_sizes)
+    n_meas = opts.latency_rounds * len(batches) * (len(accepted) + 2)
+    with progress_bar(ctx.console, "optimize: timing", n_meas) as bar:
+        raw = perf.latency(accepted, feeds, batches, threads=opts.threads, level="disable",
+                           rounds=opts.latency_rounds, progress=bar)
+        full = perf.latency({"input": src, "output": current}, feeds, batches, threads=opts.threads, level="all",
+                            rounds=opts.latency_rounds, progress=bar)
+    for rec in records:
+        if rec["status"] == "applied":
+            rec["p50_ms_raw"] = raw[rec["pass"]]
+    after = perf.model_stats(current)
+    before |= {"p50_ms": full["input"], "p50_ms_raw": raw["input"]}
+    after |= {"p50_ms": full["output"], "p50_ms_raw": raw[list(accepted)[-1]]}
+    applied = [r["pass"] for r in records if r["status"] == "applied"]
+    rejected = [r["pass"] for r in records if r["status"] == "rejected"]
+    summary = {"before": before, "after": after, "passes": records, "applied": applied, "rejected": rejected,
+               "portable": opts.portable, "contrib_ops": passes.contrib_ops(current), "data": prov,
+               "rows": len(next(iter(feeds.values()))), "tolerance": {"rtol": opts.rtol, "atol": opts.atol},
+               "latency": {"threads": opts.threads, "rounds": opts.latency_rounds,
+                           "p50_ms": "onnxruntime default level (all)",
+                           "p50_ms_raw": "graph as written (optimizations disabled)"},
+               "warnings": warnings}
+    model = load_model(current)
+    stamp(model, **metadata(load_model(src, load_external=False)))
+    stamp(model, optimize={"applied": applied, "rejected": rejected, "portable": opts.portable})
+    out = save_model(model, ctx.stage_dir / "model.onnx")
+    side = atomic_write_json(ctx.stage_dir / "optimize.json", summary)
+    if ctx.console:
+        _render(summary, ctx.console)
+    return StageResult(model=out, summary=summary, files=[side],
+                       message=f"nodes {before['nodes']} → {after['nodes']}; applied {', '.join(applied) or 'none'}"
+                               + (f"; rejected {', '.join(rejected)}" if rejected else ""))
+
+
+def _render(s: dict, console) -> None:
+    from rich.table import Table
+
+    t = Table(title="optimize: passes (each checked against its input)")
+    for col in ("pass", "status", "nodes", "p50 ms raw", "max abs diff", "why"):
+        t.add_column(col)
+    for r in s["passes"]:
+        diff = max((c.get("max_abs") or 0.0 for c in (r.get("comparison") or {}).values()), default=0.0)
+        lat = ", ".join(f"{v:.4f}" for v in (r.get("p50_ms_raw") or {}).values())
+        t.add_row(r["pass"], r["status"], f"{r['nodes_before']} → {r.get('nodes_after', '?')}", lat,
+                  f"{diff:.3g}" if r.get("comparison") else "", (r.get("reason") or "")[:80])
+    console.print(t)
+    b, a = s["before"], s["after"]
+    console.print(f"nodes {b['nodes']} → {a['nodes']}; size {b['file_bytes']:,} → {a['file_bytes']:,} B; p50 ms "
+                  f"(ORT all) {', '.join(f'{k} {v:.4f}' for k, v in b['p50_ms'].items())} → "
+                  f"{', '.join(f'{k} {v:.4f}' for k, v in a['p50_ms'].items())}")
+    if s["contrib_ops"]:
+        console.print(f"contrib ops (onnxruntime only): {s['contrib_ops']}")
+    for w in s["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {w}")
