@@ -1,0 +1,208 @@
+"""Keras 3 source: a .keras file (Sequential or Functional), exported with `model.export(format="onnx")` — not
+`tf2onnx.convert.from_keras`, which fails on Sequential models — then renamed to the config's input/output names."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from onnxforge.config import SourceBase
+from onnxforge.errors import UserError
+from onnxforge.frontends.base import Frontend, require
+from onnxforge.frontends.torch import KINDS, first_line, name_dims, quiet, sniff
+from onnxforge.registry import register_frontend
+
+DEFAULT_OPSET = 18
+MAX_OPSET = 18  # tf2onnx 1.17 knows opsets up to 18
+
+
+class KerasSource(SourceBase):
+    framework: Literal["keras"]
+
+
+def _keras():
+    # TF reads these when its C++ core loads; its import also prints absl/oneDNN lines straight to fd 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    with quiet():
+        keras = require("keras", "keras")
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.get_logger().setLevel("ERROR")
+    return keras
+
+
+def _check_file(path: Path | None) -> Path:
+    if path is None:
+        raise UserError("source.path is required for framework keras — point it at the .keras file")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"source.path: {path} not found — check the path (relative to the YAML file)")
+    kind = sniff(path)
+    if kind == "keras":
+        return path
+    if kind == "hdf5":
+        raise UserError(f"{path.name} is a legacy HDF5 Keras file — load it with Keras and re-save it with "
+                        "model.save('model.keras')")
+    what = {"torch-save": ("a PyTorch file", "use source.framework: torch"),
+            "torch-export": ("a torch.export program", "use source.framework: torch"),
+            "pickle": ("a pickle", "save the model with model.save('model.keras')")}.get(kind) or KINDS.get(kind)
+    what = what or ("not a Keras 3 model file", "save the model with model.save('model.keras')")
+    raise UserError(f"{path.name} is {what[0]}, not a .keras model — {what[1]}")
+
+
+def _out_names(model, cfg) -> list[str]:
+    n = len(model.outputs)
+    if cfg.outputs:
+        if len(cfg.outputs) != n:
+            raise UserError(f"outputs: the config names {len(cfg.outputs)} outputs {cfg.outputs} but the model has "
+                            f"{n} — list {n} names")
+        return list(cfg.outputs)
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) != n:  # a Sequential model: name its output after its last layer
+        names = [model.layers[-1].name] if n == 1 and model.layers else [f"output_{i}" for i in range(n)]
+    return names
+
+
+def _specs(model, cfg):
+    """The config's input spec, checked against the model's inputs; or one read off the model."""
+    from onnxforge.config import TensorSpec
+
+    ins = model.inputs
+    if not cfg.inputs:
+        return [TensorSpec(name=t.name, dtype=str(t.dtype),
+                           shape=[("batch" if i == 0 else f"{t.name}_dim{i}") if d is None else int(d)
+                                  for i, d in enumerate(t.shape)]) for t in ins]
+    if len(cfg.inputs) != len(ins):
+        raise UserError(f"the input spec lists {len(cfg.inputs)} inputs but the model takes {len(ins)} "
+                        f"({', '.join(t.name for t in ins)}) — fix `inputs:`")
+    for s, t in zip(cfg.inputs, ins, strict=True):
+        want = list(t.shape)
+        ok = len(s.shape) == len(want) and all(
+            m is None or (isinstance(d, int) and d == m) for d, m in zip(s.shape, want, strict=True))
+        if not ok or s.dtype != str(t.dtype):
+            model_shape = ["None" if m is None else m for m in want]
+            raise UserError(f"input '{s.name}': the spec says {s.dtype} {list(s.shape)} but the model's input "
+                            f"'{t.name}' is {t.dtype} {model_shape} — fix `inputs:`")
+    return list(cfg.inputs)
+
+
+def _rename(model, mapping: dict[str, str]) -> None:
+    """Rename graph values (inputs, outputs, and every node reference to them)."""
+    def sub(name: str) -> str:
+        return mapping.get(name, name)
+
+    for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        vi.name = sub(vi.name)
+    for node in model.graph.node:
+        node.input[:] = [sub(x) for x in node.input]
+        node.output[:] = [sub(x) for x in node.output]
+
+
+_GENERATED = re.compile(r"__\d+(:\d+)?$")  # tf2onnx's counters: their numbering depends on set order
+
+
+def _canonical(model) -> None:
+    """Make tf2onnx's output byte-stable: its constant de-duplication keeps an arbitrary one of equal constants
+    (named like 'const_starts__25'), so rename generated names by first use and order the initializers."""
+    g = model.graph
+    order: dict[str, int] = {}
+    for node in g.node:
+        for x in node.input:
+            order.setdefault(x, len(order))
+    mapping, k = {}, 0
+    for init in sorted(g.initializer, key=lambda t: order.get(t.name, len(order))):
+        if _GENERATED.search(init.name):
+            k += 1
+            mapping[init.name] = f"const__{k}"
+    _rename(model, mapping)
+    for init in g.initializer:
+        init.name = mapping.get(init.name, init.name)
+    inits = sorted(g.initializer, key=lambda t: (order.get(t.name, len(order)), t.name))
+    copies = [type(t)() for t in inits]
+    for c, t in zip(copies, inits, strict=True):
+        c.CopyFrom(t)
+    del g.initializer[:]
+    g.initializer.extend(copies)
+    dims: dict[str, str] = {}
+    for vi in [*g.input, *g.output, *g.value_info]:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param.startswith("unk__"):
+                d.dim_param = dims.setdefault(d.dim_param, f"unk_{len(dims) + 1}")
+
+
+@register_frontend
+class KerasFrontend(Frontend):
+    name = "keras"
+    Source = KerasSource
+    packages = ("keras", "tensorflow-cpu", "tensorflow", "tf2onnx")
+
+    def load(self, cfg):
+        path = _check_file(cfg.source.path)
+        keras = _keras()
+        try:
+            with quiet():
+                # safe_mode refuses Lambda layers (arbitrary code); trust_pickle lifts it, as for pickles
+                return keras.saving.load_model(str(path), compile=False, safe_mode=not cfg.source.trust_pickle)
+        except Exception as e:
+            msg = first_line(e)
+            fix = ("set source.trust_pickle: true if you trust its Lambda layers" if "safe_mode" in msg
+                   else "register its custom layers or re-save it with this Keras version")
+            raise UserError(f"{path.name}: Keras cannot load it ({msg}) — {fix}") from None
+
+    def export(self, native, cfg, opset, workdir):
+        import onnx
+        import tensorflow as tf
+
+        opset = opset or DEFAULT_OPSET
+        if opset > MAX_OPSET:
+            raise UserError(f"Keras export (tf2onnx) supports opset ≤ {MAX_OPSET} — lower convert.opset")
+        specs = _specs(native, cfg)
+        names = _out_names(native, cfg)
+        sig = [tf.TensorSpec([d if isinstance(d, int) else None for d in s.shape], s.dtype, name=s.name)
+               for s in specs]
+        tmp = Path(tempfile.mkdtemp(prefix=".keras-export-", dir=workdir))
+        try:
+            with quiet():
+                native.export(str(tmp / "model.onnx"), format="onnx", verbose=False, opset_version=opset,
+                              input_signature=sig if len(sig) == 1 else [sig])
+            model = onnx.load(str(tmp / "model.onnx"))
+        except Exception as e:
+            raise UserError(f"Keras ONNX export failed ({first_line(e)}) — check the input spec and that the "
+                            "model's layers have ONNX equivalents") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        got_in = [i.name for i in model.graph.input]
+        got_out = [o.name for o in model.graph.output]
+        if len(got_out) != len(names) or len(got_in) != len(specs):
+            raise UserError(f"the exported graph has inputs {got_in} and outputs {got_out}, expected "
+                            f"{len(specs)} and {len(names)} — check `inputs:`/`outputs:`")
+        _rename(model, dict(zip(got_in, [s.name for s in specs], strict=True))
+                | dict(zip(got_out, names, strict=True)))
+        name_dims(model, specs, batch_major_outputs=True)  # Keras outputs are batch-major by construction
+        _canonical(model)
+        model.doc_string = ""
+        return model
+
+    def predict(self, native, feeds, cfg):
+        keras = _keras()
+        specs = _specs(native, cfg)
+        args = [np.ascontiguousarray(feeds[s.name]) for s in specs]
+        with quiet():
+            out = native(args[0] if len(args) == 1 else args, training=False)
+        if isinstance(out, dict):
+            out = [out[k] for k in (native.output_names or list(out))]
+        outs = list(out) if isinstance(out, list | tuple) else [out]
+        return {n: np.asarray(keras.ops.convert_to_numpy(t)) for n, t in
+                zip(_out_names(native, cfg), outs, strict=True)}
+
+    def metadata(self, native, cfg):
+        return {"keras.model": native.name, "keras.class": type(native).__name__,
+                "keras.backend": _keras().backend.backend()}
