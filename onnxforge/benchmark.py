@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,31 +84,74 @@ def progress_bar(console) -> Iterator[Any]:
 # ------------------------------------------------------------------ measuring
 
 
-def _row(engine: str, label: str, batch: int, threads: int | None, m: dict) -> dict:
-    return {"engine": engine, "label": label, "batch": batch, "threads": threads,
-            **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in m.items()}}
+@dataclass
+class Case:
+    """One thing to time: a callable plus the row it becomes."""
+
+    engine: str
+    label: str
+    batch: int
+    threads: int | None
+    fn: Callable[[], object]
+    extra: dict = field(default_factory=dict)
+    wrap: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    times: list[float] = field(default_factory=list)
 
 
-def bench_onnx(model_path: Path, feeds: dict[str, np.ndarray], *, batches: list[int], threads: list[int | None],
-               runs: int = 100, warmup: int = 10, max_seconds: float = 10.0, providers: list[str] | None = None,
-               label: str | None = None, progress=None, task=None) -> list[dict]:
-    """onnxruntime latency of one model for every (batch, threads) setting: one session per thread count."""
+def stats(times_s: list[float], rows: int) -> dict[str, float]:
+    """The figures of onnxforge.timing.measure, from raw per-call seconds."""
+    ms = np.asarray(times_s) * 1e3
+    p50 = float(np.percentile(ms, 50))
+    return {"p50_ms": p50, "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "runs": int(ms.size),
+            "rows_per_s": rows / (p50 / 1e3) if p50 > 0 else float("inf")}
+
+
+def run_cases(cases: list[Case], *, runs: int, warmup: int, max_seconds: float, rounds: int = 3,
+              progress=None, task=None) -> list[dict]:
+    """Time every case in `rounds` interleaved blocks (A B C, A B C, ...) rather than one after the other, so a
+    noisy neighbour or a clock change hits all of them alike and the ratios stay fair. Each case gets `warmup`
+    untimed calls (and one more at the start of each block), then up to `runs` timed calls in total, stopping a
+    case early after max_seconds but keeping at least min(5, runs) calls."""
+    rounds = max(1, min(rounds, runs))
+    per_round = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+    for c in cases:
+        with c.wrap():
+            for _ in range(warmup):
+                c.fn()
+    for n in per_round:
+        for c in cases:
+            with c.wrap():
+                if warmup:
+                    c.fn()  # the other cases ran in between: re-warm caches, untimed
+                deadline = time.perf_counter() + max_seconds / rounds
+                for i in range(n):
+                    t0 = time.perf_counter()
+                    c.fn()
+                    c.times.append(time.perf_counter() - t0)
+                    if i >= max(1, -(-5 // rounds)) - 1 and time.perf_counter() > deadline:
+                        break
+            if progress is not None:
+                progress.advance(task, 1 / rounds)
+    return [{"engine": c.engine, "label": c.label, "batch": c.batch, "threads": c.threads,
+             **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats(c.times, c.batch).items()},
+             **c.extra} for c in cases]
+
+
+def onnx_cases(model_path: Path, feeds: dict[str, np.ndarray], *, batches: list[int], threads: list[int | None],
+               providers: list[str] | None = None, label: str | None = None) -> list[Case]:
+    """onnxruntime cases of one model for every (batch, threads) setting: one session per thread count."""
     from onnxforge import runtime
-    from onnxforge.timing import measure
 
     label = label or Path(model_path).name
-    rows = []
+    cases = []
     for t in threads:
         sess = runtime.session(Path(model_path), provider_list=providers, threads=t)
         names = [o.name for o in sess.get_outputs()]
         for b in batches:
             batch = tile_rows(feeds, b)
-            m = measure(lambda s=sess, f=batch, n=names: s.run(n, f), runs=runs, warmup=warmup,
-                        max_seconds=max_seconds, rows=b)
-            rows.append(_row(ORT, label, b, t, m))
-            if progress is not None:
-                progress.advance(task)
-    return rows
+            cases.append(Case(ORT, label, b, t, lambda s=sess, f=batch, n=names: s.run(n, f)))
+    return cases
 
 
 @contextlib.contextmanager
@@ -125,24 +170,18 @@ def native_threads(n: int | None):
         torch.set_num_threads(prev)
 
 
-def bench_native(fe, native, cfg, feeds: dict[str, np.ndarray], *, batches: list[int], threads: list[int | None],
-                 runs: int = 100, warmup: int = 10, max_seconds: float = 10.0, progress=None,
-                 task=None) -> list[dict]:
+def native_cases(fe, native, cfg, feeds: dict[str, np.ndarray], *, batches: list[int],
+                 threads: list[int | None]) -> list[Case]:
     """The frontend's own predict (the reference validate uses), timed like the ONNX model."""
-    from onnxforge.timing import measure
-
-    rows = []
-    label = f"{fe.name} (native)"
+    cases = []
     for t in threads:
-        with native_threads(t) as applied:
-            for b in batches:
-                batch = tile_rows(feeds, b)
-                m = measure(lambda f=batch: fe.predict(native, f, cfg), runs=runs, warmup=warmup,
-                            max_seconds=max_seconds, rows=b)
-                rows.append(_row(f"{fe.name} native", label, b, t, m) | {"threads_applied": applied})
-                if progress is not None:
-                    progress.advance(task)
-    return rows
+        applied = t is not None and "torch" in sys.modules  # what native_threads can change
+        for b in batches:
+            batch = tile_rows(feeds, b)
+            cases.append(Case(f"{fe.name} native", f"{fe.name} (native)", b, t,
+                              lambda f=batch: fe.predict(native, f, cfg), {"threads_applied": applied},
+                              wrap=lambda t=t: native_threads(t)))
+    return cases
 
 
 def ratios(rows: list[dict], baseline: str) -> list[dict]:
@@ -172,7 +211,7 @@ def usable_batches(model, batches: list[int]) -> tuple[list[int], list[int]]:
 
 
 def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int, config: Path | None,
-              console=None, warmup: int = 10, max_seconds: float = 10.0) -> dict:
+              console=None, warmup: int = 10, max_seconds: float = 10.0, rounds: int = 3) -> dict:
     """`onnxforge bench`: latency of MODEL per batch and thread setting; with --config also the source's native
     predict (or, for an ONNX source, the source file itself in onnxruntime), with ratios."""
     from onnxforge.artifact import load_model
@@ -205,26 +244,24 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
             native = fe.load(cfg)
         elif cfg.source.path is None or Path(cfg.source.path).resolve() == model.resolve():
             native_kind = None  # the source is this very file: nothing else to compare with
-    settings = len(ok) * len(threads)
-    rows: list[dict] = []
+    cases = onnx_cases(model, feeds, batches=ok, threads=list(threads), providers=providers, label=label)
+    baseline = None
+    if native_kind == "native":
+        native = native_cases(fe, native, cfg, feeds, batches=ok, threads=list(threads))
+        baseline = native[0].label
+        cases = native + cases
+    elif native_kind == "onnx-source":
+        baseline = f"source {Path(cfg.source.path).name}"
+        if baseline == label:
+            baseline = f"source {cfg.source.path}"
+        cases = onnx_cases(Path(cfg.source.path), feeds, batches=ok, threads=list(threads), providers=providers,
+                           label=baseline) + cases
     with progress_bar(console) as prog:
-        task = prog.add_task(f"bench {label}", total=settings * (2 if native_kind else 1))
-        rows += bench_onnx(model, feeds, batches=ok, threads=list(threads), runs=runs, warmup=warmup,
-                           max_seconds=max_seconds, providers=providers, label=label, progress=prog, task=task)
-        baseline = None
-        if native_kind == "native":
-            native_rows = bench_native(fe, native, cfg, feeds, batches=ok, threads=list(threads), runs=runs,
-                                       warmup=warmup, max_seconds=max_seconds, progress=prog, task=task)
-            rows += native_rows
-            baseline = native_rows[0]["label"]
-        elif native_kind == "onnx-source":
-            baseline = f"source {Path(cfg.source.path).name}"
-            if baseline == label:
-                baseline = f"source {cfg.source.path}"
-            rows += bench_onnx(Path(cfg.source.path), feeds, batches=ok, threads=list(threads), runs=runs,
-                               warmup=warmup, max_seconds=max_seconds, providers=providers, label=baseline,
-                               progress=prog, task=task)
-    result = {"model": str(model), "inputs": provenance, "runs": runs, "warmup": warmup, "batches": ok,
+        task = prog.add_task(f"bench {label}", total=len(cases))
+        rows = run_cases(cases, runs=runs, warmup=warmup, max_seconds=max_seconds, rounds=rounds, progress=prog,
+                         task=task)
+    result = {"model": str(model), "inputs": provenance, "runs": runs, "warmup": warmup, "rounds": rounds,
+              "batches": ok,
               "skipped_batches": skipped, "threads": list(threads), "baseline": baseline, "results": rows,
               "ratios": ratios(rows, baseline) if baseline else []}
     if console is not None:

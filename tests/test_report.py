@@ -113,7 +113,11 @@ def chained(work, run):
     man["stages"].append({"name": "quantize", "dir": "04-quantize", "status": "ran", "verdict": "pass",
                           "model": "04-quantize/model.onnx",
                           "inputs": {"01-convert/model.onnx": hashlib.sha256(fp32.read_bytes()).hexdigest()},
-                          "summary": {"mode": "dynamic", "before": before, "after": after}})
+                          "summary": {"mode": "dynamic", "before": before, "after": after,
+                                      "candidates": [{"label": "dynamic", "config": {"per_channel": False},
+                                                      "file_bytes": after["file_bytes"], "fallback": None},
+                                                     {"label": "dynamic per-channel", "config": {"per_channel": True},
+                                                      "file_bytes": None, "fallback": None}]}})
     (d / "manifest.json").write_text(json.dumps(man))
     res = run_cli("report", d, "--json", "--formats", "json,md")
     assert res.code == 0, res.stderr[-2000:]
@@ -244,7 +248,12 @@ def test_chained_run_errors_follow_parent_and_before_after(chained, work):
     assert rows["file_bytes"]["before"] == chained["before"]["file_bytes"]
     assert rows["file_bytes"]["ratio"] == pytest.approx(chained["after"]["file_bytes"] / chained["before"]["file_bytes"])
     assert rows["ops.MatMulInteger"]["before"] is None and rows["ops.MatMulInteger"]["after"] == 2
+    (tb,) = rep["stage_tables"]  # lists of records in a summary become tables; all-empty columns dropped
+    assert (tb["stage"], tb["key"], tb["columns"]) == ("quantize", "candidates",
+                                                       ["label", "config.per_channel", "file_bytes"])
+    assert tb["rows"] == [["dynamic", False, chained["after"]["file_bytes"]], ["dynamic per-channel", True, None]]
     md = (chained["dir"] / "report" / "report.md").read_text()
+    assert "<details><summary>quantize: candidates (2 rows)</summary>" in md
     assert "### quantize: before → after" in md
     assert re.search(rf"\| file_bytes \| {chained['before']['file_bytes']:,} \| {chained['after']['file_bytes']:,} \|", md)
     assert not (chained["dir"] / "report" / "report.html").exists()  # --formats json,md

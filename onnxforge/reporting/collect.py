@@ -242,7 +242,8 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
                  "labels": label_key},
         "native": native_info, "artifacts": artifacts, "latency": latency, "errors": errors,
         "validations": _validations(man, {a.label for a in src.artifacts}),
-        "stage_changes": _stage_changes(man), "stages": _stages(man), "notes": src.notes, "files": {},
+        "stage_changes": _stage_changes(man), "stage_tables": _stage_tables(man), "stages": _stages(man),
+        "notes": src.notes, "files": {},
     }
     return clean(report)
 
@@ -272,30 +273,35 @@ def _reference_of(a: Artifact, outputs, native_info, native_out):
 
 
 def _latency(runnable, feeds, opts, src: Sources, fe, native, native_info, console) -> dict:
-    from onnxforge.benchmark import bench_native, bench_onnx, progress_bar, ratios, usable_batches
+    from onnxforge.benchmark import native_cases, onnx_cases, progress_bar, ratios, run_cases, usable_batches
 
     threads = list(opts.threads)
-    plan = [(a, usable_batches(p, opts.batches)[0]) for a, p in runnable]
-    with_native = fe is not None and fe.name != "onnx" and native_info is not None and opts.native
-    total = sum(len(b) for _, b in plan) * len(threads) + (len(opts.batches) * len(threads) if with_native else 0)
-    rows: list[dict] = []
     providers = src.cfg.runtime.providers if src.cfg is not None else None
-    kw = {"runs": opts.runs, "warmup": opts.warmup, "max_seconds": opts.max_seconds}
+    cases = []
+    if fe is not None and fe.name != "onnx" and native_info is not None:  # an ONNX source is the convert output
+        cases += native_cases(fe, native, src.cfg, feeds, batches=list(opts.batches), threads=threads)
+    for a, proto in runnable:
+        cases += onnx_cases(a.path, feeds, batches=usable_batches(proto, opts.batches)[0], threads=threads,
+                            providers=providers, label=a.label)
     with progress_bar(console) as prog:
-        task = prog.add_task("report: latency", total=max(total, 1))
-        if with_native:
-            try:
-                rows += bench_native(fe, native, src.cfg, feeds, batches=list(opts.batches), threads=threads,
-                                     progress=prog, task=task, **kw)
-            except Exception as e:
-                src.notes.append(f"native latency not measured ({type(e).__name__}: {str(e)[:160]})")
-        for a, batches in plan:
-            prog.update(task, description=f"report: latency of {a.label}")
-            rows += bench_onnx(a.path, feeds, batches=batches, threads=threads, providers=providers,
-                               label=a.label, progress=prog, task=task, **kw)
+        task = prog.add_task("report: latency", total=max(len(cases), 1))
+        try:
+            rows = run_cases(cases, runs=opts.runs, warmup=opts.warmup, max_seconds=opts.max_seconds,
+                             rounds=opts.rounds, progress=prog, task=task)
+        except Exception as e:
+            if not cases or not cases[0].engine.endswith("native"):
+                raise
+            # a native predict that cannot take these batches must not cost the ONNX figures
+            src.notes.append(f"native latency not measured ({type(e).__name__}: {str(e)[:160]})")
+            cases = [c for c in cases if not c.engine.endswith("native")]
+            for c in cases:
+                c.times.clear()
+            rows = run_cases(cases, runs=opts.runs, warmup=opts.warmup, max_seconds=opts.max_seconds,
+                             rounds=opts.rounds)
     baseline = rows[0]["label"] if rows else None
-    return {"baseline": baseline, "runs": opts.runs, "warmup": opts.warmup, "batches": list(opts.batches),
-            "threads": threads, "rows": rows, "ratios": ratios(rows, baseline) if baseline else []}
+    return {"baseline": baseline, "runs": opts.runs, "warmup": opts.warmup, "rounds": opts.rounds,
+            "batches": list(opts.batches), "threads": threads, "rows": rows,
+            "ratios": ratios(rows, baseline) if baseline else []}
 
 
 # ------------------------------------------------------------------ from the manifest
@@ -368,4 +374,23 @@ def _stage_changes(man: dict) -> list[dict]:
             rows.append({"key": k, "before": bv, "after": av,
                          "ratio": (av / bv) if num and bv else None})
         out.append({"stage": s.get("name"), "verdict": s.get("verdict"), "rows": rows})
+    return out
+
+
+def _stage_tables(man: dict, max_rows: int = 40, max_cols: int = 16) -> list[dict]:
+    """A stage summary's lists of records (e.g. quantize's measured candidates) as tables: one column per scalar
+    figure (nested dicts flattened with dots), columns that are empty in every row left out."""
+    out = []
+    for s in man.get("stages", []):
+        if s.get("name") == "report":  # our own summary: its figures are the report itself
+            continue
+        for key, val in (s.get("summary") or {}).items():
+            if key in ("comparisons", "inputs", "outputs") or not isinstance(val, list) or not val or not all(isinstance(v, dict)
+                                                                                         for v in val):
+                continue
+            flat = [_flatten(v) for v in val[:max_rows]]
+            cols = [c for c in dict.fromkeys(k for f in flat for k in f) if any(f.get(c) is not None for f in flat)]
+            out.append({"stage": s.get("name"), "key": key, "columns": cols[:max_cols],
+                        "rows": [[f.get(c) for c in cols[:max_cols]] for f in flat],
+                        "truncated": len(val) > max_rows or len(cols) > max_cols})
     return out

@@ -14,11 +14,14 @@ def size(n: int | None) -> str:
     return f"{n} B"
 
 
-def opset(d: dict | None) -> str:
+def opset(d: dict | None, ops: dict | None = None) -> str:
+    """'18' or '18, com.microsoft 1'; with the op histogram, only the domains some node uses (quantizers import
+    every domain they know)."""
     if not d:
         return ""
     main = d.get("ai.onnx")
-    rest = [f"{k} {v}" for k, v in d.items() if k != "ai.onnx"]
+    used = None if ops is None else {op.split("::")[0] for op in ops if "::" in op}
+    rest = [f"{k} {v}" for k, v in d.items() if k != "ai.onnx" and (used is None or k in used)]
     return ", ".join(([str(main)] if main is not None else []) + rest)
 
 

@@ -16,7 +16,7 @@ th,td{border-bottom:1px solid #e8ebef;padding:4px 10px;text-align:right;white-sp
 th{background:#f0f2f5}td.l,th.l{text-align:left}.badge{display:inline-block;padding:2px 10px;border-radius:10px;
 font-weight:600;color:#fff}.pass{background:#2e8540}.fail,.error{background:#c0392b}.info{background:#4c78a8}
 .ok{color:#2e8540;font-weight:600}.bad{color:#c0392b;font-weight:600}img.plot{max-width:100%;display:block;
-margin:8px 0}code{background:#f0f2f5;padding:1px 4px;border-radius:3px}.muted{color:#6b7480}
+margin:8px 0}.scroll{overflow-x:auto}code{background:#f0f2f5;padding:1px 4px;border-radius:3px}.muted{color:#6b7480}
 """
 
 
@@ -28,7 +28,7 @@ def _t(cols: list[str], rows: list[list], left: int = 1, last_left: bool = False
     head = "".join(f'<th class="{cls(i)}">{escape(c)}</th>' for i, c in enumerate(cols))
     body = "".join("<tr>" + "".join(f'<td class="{cls(i)}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
                    for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _img(pid: str, b64: str | None, alt: str) -> str:
@@ -64,7 +64,7 @@ def render_html(rep: dict, notes_out=None) -> str:
     parts.append(_section("summary", "Summary", summary))
 
     rows = [[f"<code>{e(a['label'])}</code>", e(a.get("stage") or ""), fmt.size(a["file_bytes"]),
-             f"{a['size_ratio']:.2f}×", f"{a['nodes']:,}", f"{a['params']:,}", e(fmt.opset(a["opset"])),
+             f"{a['size_ratio']:.2f}×", f"{a['nodes']:,}", f"{a['params']:,}", e(fmt.opset(a["opset"], a["ops"])),
              e(fmt.metrics(a.get("metrics"))), e(fmt.deltas(a.get("metric_deltas"))), e(a.get("reference") or "")]
             for a in arts]
     if rep.get("native") and rep["native"].get("metrics"):
@@ -142,8 +142,11 @@ def render_html(rep: dict, notes_out=None) -> str:
             ["figure", "before", "after", "after/before"],
             [[e(r["key"]), e(fmt.value(r["before"])), e(fmt.value(r["after"])),
               f"{r['ratio']:.3g}" if r["ratio"] is not None else ""] for r in sc["rows"]])
+    for tb in rep["stage_tables"]:
+        sbody += (f"<h3>{e(str(tb['stage']))}: {e(tb['key'])}{' (truncated)' if tb['truncated'] else ''}</h3>"
+                  + _t(tb["columns"], [[e(fmt.value(v)) for v in r] for r in tb["rows"]], left=1))
     if rep["stages"]:
-        sbody += _t(["stage", "status", "verdict", "wall s", "message"],
+        sbody += "<h3>Stage runs</h3>" + _t(["stage", "status", "verdict", "wall s", "message"],
                     [[e(s["name"] or ""), e(s.get("status") or ""), e(s.get("verdict") or ""),
                       f"{s['wall_s']:.2f}" if isinstance(s.get("wall_s"), int | float) else "",
                       f'<span class="muted">{e((s.get("message") or "")[:300])}</span>'] for s in rep["stages"]],

@@ -46,7 +46,7 @@ def render_markdown(rep: dict) -> str:
     rows = []
     for a in rep["artifacts"]:
         rows.append([f"`{a['label']}`", fmt.size(a["file_bytes"]), f"{a['size_ratio']:.2f}×", str(a["nodes"]),
-                     f"{a['params']:,}", fmt.opset(a["opset"]), fmt.metrics(a.get("metrics")),
+                     f"{a['params']:,}", fmt.opset(a["opset"], a["ops"]), fmt.metrics(a.get("metrics")),
                      fmt.deltas(a.get("metric_deltas")), *lat_cells.get(a["label"], [""] * len(lat_cols))])
     nat = rep.get("native") or {}
     if nat.get("metrics") or nat.get("label") in lat_cells:  # the source's own figures, for comparison
@@ -81,6 +81,10 @@ def render_markdown(rep: dict) -> str:
         out += _table(["figure", "before", "after", "after/before"],
                       [[r["key"], fmt.value(r["before"]), fmt.value(r["after"]),
                         f"{r['ratio']:.3g}" if r["ratio"] is not None else ""] for r in sc["rows"]])
+    for tb in rep["stage_tables"]:  # wide tables (e.g. quantize candidates) folded away
+        out += [f"<details><summary>{tb['stage']}: {tb['key']} ({len(tb['rows'])} rows)</summary>", ""]
+        out += _table(tb["columns"], [[fmt.value(v) for v in r] for r in tb["rows"]])
+        out += ["</details>", ""]
     if rep["stages"]:
         out += ["### Stages", ""]
         out += _table(["stage", "status", "verdict", "wall s", "message"],

@@ -17,7 +17,7 @@ def render_terminal(rep: dict, console, brief: bool = False) -> None:
         t.add_column(c, justify="left" if c in ("artifact", "reference", "metric", "Δ vs reference") else "right")
     for a in rep["artifacts"]:
         t.add_row(a["label"], fmt.size(a["file_bytes"]), f"{a['size_ratio']:.2f}", str(a["nodes"]),
-                  f"{a['params']:,}", fmt.opset(a["opset"]), fmt.metrics(a.get("metrics")),
+                  f"{a['params']:,}", fmt.opset(a["opset"], a["ops"]), fmt.metrics(a.get("metrics")),
                   fmt.deltas(a.get("metric_deltas")), a.get("reference") or "")
     console.print(t)
     lat = rep.get("latency")
@@ -63,5 +63,12 @@ def render_terminal(rep: dict, console, brief: bool = False) -> None:
             ct.add_row(r["key"], fmt.value(r["before"]), fmt.value(r["after"]),
                        f"{r['ratio']:.3g}" if r["ratio"] is not None else "")
         console.print(ct)
+    for tb in rep["stage_tables"]:
+        tt = Table(title=f"{tb['stage']}: {tb['key']}" + (" (truncated)" if tb["truncated"] else ""))
+        for c in tb["columns"]:
+            tt.add_column(c)
+        for r in tb["rows"]:
+            tt.add_row(*[fmt.value(v) for v in r])
+        console.print(tt)
     for n in rep["notes"]:
         console.print(f"[yellow]note:[/yellow] {n}", markup=True, soft_wrap=True)

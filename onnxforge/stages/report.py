@@ -22,6 +22,7 @@ class ReportOptions(StrictModel):
     runs: int = Field(50, gt=0, description="timed runs per setting")
     warmup: int = Field(5, ge=0, description="untimed runs before timing")
     max_seconds: float = Field(2.0, gt=0, description="time budget per setting (at least 5 runs are kept)")
+    rounds: int = Field(3, gt=0, description="interleaved rounds: every model is timed in each, so drift hits all")
     max_rows: int | None = Field(1000, gt=0, description="rows of the data used for errors and accuracy")
     native: bool = Field(True, description="load the source model as the reference for the first artifact")
 
