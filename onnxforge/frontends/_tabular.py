@@ -1,0 +1,566 @@
+"""What the scikit-learn, XGBoost and LightGBM frontends share: recognizing and safely loading model files, input
+schemas from the config, skl2onnx conversion with automatically chosen opsets, and native reference predictions.
+
+Not a registered frontend itself (the leading underscore keeps the registry from importing it as one).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from onnxforge.config import SourceBase, TensorSpec
+from onnxforge.errors import UserError, one_line
+from onnxforge.frontends.base import Frontend, dist_version, refuse_pickle, require
+
+BOOSTER_MAX_OPSET = 15  # onnxmltools 1.16 refuses a higher target_opset for XGBoost and LightGBM
+BOOSTER_MAX_ML_OPSET = 3  # ... and ai.onnx.ml above 3
+# skops types trusted without asking: estimator classes of the libraries we convert (never functions)
+SAFE_PREFIXES = ("sklearn.", "xgboost.sklearn.", "xgboost.core.Booster", "lightgbm.sklearn.",
+                 "lightgbm.basic.Booster", "numpy.", "scipy.sparse.")
+CLASSIFIER_OUTPUTS = ("label", "probabilities")
+VALUE_OUTPUTS = ("variable",)
+
+
+class TabularSource(SourceBase):
+    trusted_types: list[str] = Field(default_factory=list, description="skops types to trust beyond the built-in "
+                                     "allowlist (scikit-learn, XGBoost and LightGBM estimator classes)")
+
+
+class BoosterSource(TabularSource):
+    task: Literal["auto", "classifier", "regressor"] = Field(
+        "auto", description="native model files: classifier or regressor (auto: from the model's objective)")
+
+
+# ------------------------------------------------------------------ what kind of file is this?
+
+KINDS = {  # kind → (description, framework that reads it)
+    "skops": ("a skops file", "sklearn"), "pickle": ("a pickle/joblib file", "sklearn"),
+    "xgboost-json": ("an XGBoost JSON model", "xgboost"), "xgboost-ubj": ("an XGBoost UBJSON model", "xgboost"),
+    "lightgbm": ("a LightGBM text model", "lightgbm"), "torch": ("a PyTorch file", "torch"),
+    "keras": ("a Keras file", "keras"), "hdf5": ("an HDF5 (legacy Keras) file", "keras"),
+    "onnx": ("an ONNX file", "onnx"),
+}
+
+
+def sniff(path: Path) -> str:
+    """Recognize a model file by its content (the suffix only breaks ties)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            return "unknown"
+        if "schema.json" in names:
+            return "skops"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        if "config.json" in names:
+            return "keras"
+        return "zip"
+    if head[:1] == b"\x80" or path.suffix.lower() in (".pkl", ".pickle", ".joblib"):
+        return "pickle"
+    if head.startswith((b"tree\n", b"tree\r\n")):
+        return "lightgbm"
+    if head.startswith(b"{") and b"learner" in head[:256]:
+        # JSON: {"learner": ...; UBJSON: {L<int64 length>learner ...
+        return "xgboost-json" if head[1:].lstrip(b" \t\r\n")[:1] == b'"' else "xgboost-ubj"
+    if head.startswith(b"\x89HDF"):
+        return "hdf5"
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    return "unknown"
+
+
+def wrong_file(path: Path, kind: str, wanted: str) -> UserError:
+    desc, fw = KINDS.get(kind, ("not a model file onnxforge recognizes", None))
+    fix = f"use source.framework: {fw}" if fw else f"give {wanted}"
+    return UserError(f"{path.name} is {desc}, not {wanted} — {fix}")
+
+
+def model_path(cfg) -> Path:
+    path = cfg.source.path
+    if path is None:
+        raise UserError(f"source.path is required for framework '{cfg.source.framework}' — point it at the model file")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file not found: {path} — check source.path")
+    return path
+
+
+# ------------------------------------------------------------------ safe loading of sklearn-API objects
+
+
+def _known_safe(name: str) -> bool:
+    """An allowlisted prefix that names a class (functions such as builtins.eval are never implied)."""
+    if not name.startswith(SAFE_PREFIXES):
+        return False
+    module, _, attr = name.rpartition(".")
+    try:
+        return isinstance(getattr(importlib.import_module(module), attr), type)
+    except Exception:
+        return False
+
+
+def load_skops(path: Path, source) -> Any:
+    sio = require("skops.io", "sklearn")
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as e:
+        raise UserError(f"{path.name}: not a readable skops file ({one_line(e)[:200]}) — re-save it with "
+                        "skops.io.dump") from None
+    refused = [t for t in untrusted if t not in source.trusted_types and not _known_safe(t)]
+    if refused and not source.trust_pickle:
+        raise UserError(f"{path.name} holds types onnxforge does not trust by default ({', '.join(refused[:6])}) — "
+                        "list them under source.trusted_types if you trust them")
+    try:
+        return sio.load(path, trusted=untrusted)
+    except Exception as e:
+        raise UserError(f"{path.name}: skops cannot load it ({type(e).__name__}: {one_line(e)[:200]}) — check the "
+                        "library versions it was saved with") from None
+
+
+def load_estimator(path: Path, source, wanted: str) -> Any:
+    """A skops file, or a pickle/joblib file only when the config trusts pickles."""
+    kind = sniff(path)
+    if kind == "skops":
+        return load_skops(path, source)
+    if kind == "pickle":
+        refuse_pickle(path, source.trust_pickle)
+        joblib = require("joblib", "sklearn")
+        try:
+            return joblib.load(path)
+        except Exception as e:
+            raise UserError(f"{path.name}: cannot unpickle it ({type(e).__name__}: {one_line(e)[:200]}) — check "
+                            "the library versions it was saved with") from None
+    raise wrong_file(path, kind, wanted)
+
+
+# ------------------------------------------------------------------ estimator structure
+
+
+def parts(est) -> list:
+    """The estimator and every estimator nested in it (Pipeline steps, ColumnTransformer transformers, ...)."""
+    found = [est]
+    if hasattr(est, "get_params"):
+        try:
+            params = est.get_params(deep=True)
+        except Exception:
+            params = {}
+        found += [v for v in params.values() if hasattr(v, "fit") and not isinstance(v, type)]
+    for attr in ("transformers_", "estimators_"):
+        for item in getattr(est, attr, None) or []:
+            obj = item[1] if isinstance(item, tuple) else item
+            if hasattr(obj, "fit"):
+                found += parts(obj)
+    return found
+
+
+def final_estimator(est):
+    while hasattr(est, "steps"):
+        est = est.steps[-1][1]
+    return est
+
+
+def uses(est, package: str) -> bool:
+    return any(type(p).__module__.split(".")[0] == package for p in parts(est))
+
+
+def task_of(est) -> str:
+    from sklearn.base import is_classifier, is_regressor
+
+    if is_classifier(est):
+        return "classifier"
+    if is_regressor(est) or hasattr(est, "predict"):
+        return "regressor"
+    if hasattr(est, "transform"):
+        return "transformer"
+    raise UserError(f"{type(est).__name__} has neither predict nor transform — give a fitted estimator or pipeline")
+
+
+def describe(est) -> str:
+    if hasattr(est, "steps"):
+        return f"Pipeline({', '.join(describe(s) for _, s in est.steps)})"
+    if hasattr(est, "transformers"):
+        return f"ColumnTransformer({', '.join(describe(t) for _, t, _ in est.transformers if not isinstance(t, str))})"
+    return type(est).__name__
+
+
+def _column_transformer(est):
+    """The ColumnTransformer that receives the raw inputs (first step of a pipeline), if any."""
+    while hasattr(est, "steps"):
+        est = est.steps[0][1]
+    return est if hasattr(est, "transformers_") else None
+
+
+def classes_of(est) -> list | None:
+    classes = getattr(est, "classes_", None)
+    if classes is None:
+        classes = getattr(final_estimator(est), "classes_", None)
+    return None if classes is None else np.asarray(classes).tolist()
+
+
+# ------------------------------------------------------------------ input schema
+
+
+def _fmt_shape(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"  # no [..]: the CLI prints errors as rich markup
+
+
+def _width(spec) -> int | None:
+    if len(spec.shape) != 2:
+        raise UserError(f"input '{spec.name}' has shape {_fmt_shape(spec.shape)} — tabular models take 2-D inputs: "
+                        "(batch, 1) per column or (batch, k) for a matrix")
+    w = spec.shape[1]
+    return w if isinstance(w, int) else (len(spec.columns) if spec.columns else None)
+
+
+def default_specs(n_features: int | None, what: str) -> list:
+    if not n_features:
+        raise UserError(f"cannot tell how many features {what} takes — declare inputs: in the config")
+    return [TensorSpec(name="input", dtype="float32", shape=["batch", n_features])]
+
+
+def _encoded_kind(trans) -> str | None:
+    """'string' or 'number' for an encoder's fitted categories; None for a numeric transformer."""
+    cats = getattr(trans, "categories_", None)
+    if cats is None:
+        return None
+    return "string" if any(np.asarray(c).dtype.kind in "OUS" for c in cats) else "number"
+
+
+def check_specs(est, specs, n_features: int | None, what: str) -> None:
+    """Refuse an input spec that cannot feed this model (before the converter fails obscurely)."""
+    names = getattr(est, "feature_names_in_", None) if hasattr(est, "n_features_in_") else None
+    ct = _column_transformer(est)
+    by_name = ct is not None and names is not None and any(
+        isinstance(c, str) for _, _, cols in ct.transformers_ for c in np.atleast_1d(cols))
+    if by_name:
+        given = {s.name for s in specs}
+        if any((_width(s) or 1) != 1 for s in specs) or given != {str(n) for n in names}:
+            missing = [str(n) for n in names if str(n) not in given]
+            extra = sorted(given - {str(n) for n in names})
+            raise UserError(f"the input spec does not match {what}: it selects columns by name, so declare one "
+                            f"input per column, each of shape (batch, 1) (missing {missing[:8]}, unknown {extra[:8]})"
+                            " — fix inputs: in the config")
+        dtypes = {s.name: s.dtype for s in specs}
+        for tname, trans, cols in ct.transformers_:
+            kind = "skip" if isinstance(trans, str) else _encoded_kind(trans)
+            for c in np.atleast_1d(cols):
+                dt = dtypes.get(str(c))
+                if kind == "skip" or dt is None:
+                    continue
+                if kind == "string" and dt != "string":
+                    raise UserError(f"input '{c}' is {dt} but '{tname}' encodes it as text categories — "
+                                    f"declare it dtype: string")
+                if kind != "string" and dt == "string":
+                    raise UserError(f"input '{c}' is a string but '{tname}' treats it as numbers — declare it "
+                                    "dtype: float32 or int64")
+        return
+    if len(specs) != 1:
+        raise UserError(f"{what} takes one matrix input, but the input spec declares {len(specs)} inputs — declare "
+                        f"one input of shape (batch, {n_features or 'k'}) with columns: listing the table columns")
+    spec = specs[0]
+    width = _width(spec)
+    if spec.dtype == "string":
+        raise UserError(f"input '{spec.name}' is a string input but {what} takes numbers — declare dtype: float32")
+    if n_features and width is not None and width != n_features:
+        raise UserError(f"input '{spec.name}' has {width} features, shape {_fmt_shape(spec.shape)}, but {what} "
+                        f"expects {n_features} — fix its shape/columns in the config")
+    if names is not None and spec.columns and [str(n) for n in names] != list(spec.columns):
+        raise UserError(f"input '{spec.name}': columns {list(spec.columns)[:6]}... differ from the model's feature "
+                        f"names {[str(n) for n in names][:6]}... — list the model's columns in its order")
+
+
+def native_input(est, feeds: dict[str, np.ndarray], specs):
+    """The same values the ONNX model gets, shaped as the native model expects (a DataFrame when it was fitted
+    with column names). Dtypes are kept: the reference is the native model on the very same tensors."""
+    names = getattr(est, "feature_names_in_", None) if hasattr(est, "n_features_in_") else None
+    arrays = [np.asarray(feeds[s.name]).reshape(len(feeds[s.name]), -1) for s in specs]
+    if names is None:
+        return arrays[0] if len(arrays) == 1 else np.hstack(arrays)
+    import pandas as pd
+
+    names = [str(n) for n in names]
+    if len(specs) == 1 and arrays[0].shape[1] == len(names):
+        return pd.DataFrame(arrays[0], columns=names)
+    cols = {s.name: (a[:, 0].astype(str) if a.dtype == object else a[:, 0]) for s, a in zip(specs, arrays, strict=True)}
+    return pd.DataFrame(cols)[names]
+
+
+def specs_for(cfg, est, n_features: int | None, what: str) -> list:
+    specs = list(cfg.inputs) or default_specs(n_features, what)
+    check_specs(est, specs, n_features, what)
+    return specs
+
+
+def output_names(task: str, cfg) -> list[str]:
+    default = list(CLASSIFIER_OUTPUTS if task == "classifier" else VALUE_OUTPUTS)
+    if not cfg.outputs:
+        return default
+    if len(cfg.outputs) != len(default):
+        raise UserError(f"outputs: lists {len(cfg.outputs)} names but a {task} has {len(default)} outputs "
+                        f"({', '.join(default)}) — list {len(default)} names or drop outputs:")
+    return list(cfg.outputs)
+
+
+# ------------------------------------------------------------------ conversion
+
+
+def register_boosters(est) -> None:
+    """Teach skl2onnx the XGBoost/LightGBM estimators found in `est` (onnxmltools' converters)."""
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    cls_opts = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+    if uses(est, "xgboost"):
+        import xgboost
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+
+        update_registered_converter(xgboost.XGBClassifier, "XGBoostXGBClassifier",
+                                    calculate_linear_classifier_output_shapes, convert_xgboost, options=cls_opts)
+        update_registered_converter(xgboost.XGBRegressor, "XGBoostXGBRegressor",
+                                    calculate_linear_regressor_output_shapes, convert_xgboost)
+    if uses(est, "lightgbm"):
+        import lightgbm
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+
+        update_registered_converter(lightgbm.LGBMClassifier, "LightGbmLGBMClassifier",
+                                    calculate_linear_classifier_output_shapes, convert_lightgbm, options=cls_opts)
+        update_registered_converter(lightgbm.LGBMRegressor, "LightGbmLGBMRegressor",
+                                    calculate_linear_regressor_output_shapes, convert_lightgbm,
+                                    options={"split": None})
+
+
+def plan_opset(requested: int | None, booster: bool) -> tuple[int | dict[str, int], int | None]:
+    """(target_opset for the converter, opset to upgrade to afterwards or None). Boosters get an explicit
+    ai.onnx.ml version: the one released with that opset, capped at what onnxmltools writes."""
+    import onnx
+    from skl2onnx import get_latest_tested_opset_version
+
+    cap = BOOSTER_MAX_OPSET if booster else min(get_latest_tested_opset_version(), onnx.defs.onnx_opset_version())
+    at, upgrade = ((requested or cap), None) if requested is None or requested <= cap else (cap, requested)
+    if not booster:
+        return at, upgrade
+    ml = max((row[3] for row in onnx.helper.VERSION_TABLE if row[2] <= at), default=1)
+    return {"": at, "ai.onnx.ml": min(ml, BOOSTER_MAX_ML_OPSET)}, upgrade
+
+
+def _skl_type(spec, mltools: bool = False):
+    if mltools:
+        from onnxmltools.convert.common import data_types as t
+    else:
+        from skl2onnx.common import data_types as t
+    types = {"float32": "FloatTensorType", "float64": "DoubleTensorType", "int64": "Int64TensorType",
+             "int32": "Int32TensorType", "string": "StringTensorType", "bool": "BooleanTensorType"}
+    if spec.dtype not in types or not hasattr(t, types[spec.dtype]):
+        raise UserError(f"input '{spec.name}': dtype {spec.dtype} is not supported for tabular models — use "
+                        "float32, float64, int64 or string")
+    return getattr(t, types[spec.dtype])([d if isinstance(d, int) else None for d in spec.shape])
+
+
+def initial_types(specs, mltools: bool = False) -> list:
+    return [(s.name, _skl_type(s, mltools)) for s in specs]
+
+
+def convert_estimator(est, specs, opset, what: str):
+    """skl2onnx conversion of any sklearn-API estimator: tensors, not ZipMap, for classifier probabilities, and
+    StandardScaler dividing like sklearn (multiplying by 1/scale flips tree splits for some rows)."""
+    skl2onnx = require("skl2onnx", "sklearn")
+    from sklearn.preprocessing import StandardScaler
+
+    register_boosters(est)
+    options: dict[Any, dict] = {StandardScaler: {"div": "div"}}
+    if task_of(est) == "classifier":
+        options[id(final_estimator(est))] = {"zipmap": False}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return skl2onnx.convert_sklearn(est, initial_types=initial_types(specs), options=options,
+                                            target_opset=opset)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"skl2onnx cannot convert {what} ({type(e).__name__}: {one_line(e)[:240]}) — check inputs: "
+                        "against the model, or use a supported estimator") from None
+
+
+def fix_lightgbm_thresholds(model, boosters) -> dict[str, int]:
+    """LightGBM compares x <= t in double; ONNX stores t as float32, rounded to nearest. When float32(t) > t, an
+    input exactly equal to float32(t) goes left in ONNX and right in LightGBM. For float32 inputs, x <= t holds iff
+    x <= (largest float32 <= t): store that instead. The doubles come from the boosters' own dumps, matched by
+    (feature, float32 threshold); a key shared by thresholds on both sides of their rounding is left alone."""
+    below: dict[tuple[int, float], set[bool]] = {}
+    for booster in boosters:
+        for tree in booster.dump_model()["tree_info"]:
+            stack = [tree["tree_structure"]]
+            while stack:
+                n = stack.pop()
+                if "split_feature" not in n:
+                    continue
+                stack += [n["left_child"], n["right_child"]]
+                if n.get("decision_type") == "<=":
+                    t = float(n["threshold"])
+                    f = float(np.float32(t))
+                    below.setdefault((int(n["split_feature"]), f), set()).add(f > t)
+    fixed = ambiguous = 0
+    for node in model.graph.node:
+        if node.domain != "ai.onnx.ml" or not node.op_type.startswith("TreeEnsemble"):
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "nodes_values" not in attrs:
+            continue
+        values, feats, modes = attrs["nodes_values"].floats, attrs["nodes_featureids"].ints, attrs["nodes_modes"].strings
+        for i in range(len(values)):
+            if modes[i] != b"BRANCH_LEQ":
+                continue
+            v = np.float32(values[i])
+            side = below.get((int(feats[i]), float(v)))
+            if side == {True}:
+                values[i] = float(np.nextafter(v, np.float32(-np.inf)))
+                fixed += 1
+            elif side == {True, False}:
+                ambiguous += 1
+    return {"fixed": fixed, "ambiguous": ambiguous}
+
+
+def _normalize_opsets(model) -> None:
+    """Converters sometimes list a domain twice; keep one entry per domain, the highest version."""
+    best: dict[str, int] = {}
+    for o in model.opset_import:
+        dom = "" if o.domain == "ai.onnx" else o.domain
+        best[dom] = max(best.get(dom, 0), o.version)
+    del model.opset_import[:]
+    for dom, ver in sorted(best.items()):
+        model.opset_import.add(domain=dom, version=ver)
+
+
+def _rename_outputs(model, names: list[str]) -> None:
+    graph = model.graph
+    old = [o.name for o in graph.output]
+    if len(old) != len(names):
+        raise UserError(f"outputs: lists {len(names)} names but the converted model has {len(old)} outputs "
+                        f"({', '.join(old)}) — fix outputs:")
+    mapping = {o: n for o, n in zip(old, names, strict=True) if o != n}
+    if not mapping:
+        return
+    taken = {v for node in graph.node for v in (*node.input, *node.output)} | {i.name for i in graph.input}
+    clash = [n for n in mapping.values() if n in taken and n not in mapping]
+    if clash:
+        raise UserError(f"output name {clash[0]} is already used inside the model — choose other outputs: names")
+
+    def sub(seq):
+        for i, v in enumerate(seq):
+            if v in mapping:
+                seq[i] = mapping[v]
+
+    for node in graph.node:
+        sub(node.input)
+        sub(node.output)
+    for o in graph.output:
+        o.name = mapping.get(o.name, o.name)
+
+
+def finish(model, specs, names: list[str], upgrade_to: int | None, notes: dict[str, Any]):
+    """Normalize what converters leave behind: one opset per domain (upgraded if asked beyond the converter's cap),
+    the config's output names, and the batch dimension named on every output."""
+    import onnx
+
+    from onnxforge.artifact import stamp
+
+    _normalize_opsets(model)
+    if upgrade_to is not None:
+        current = next(o.version for o in model.opset_import if o.domain == "")
+        try:
+            model = onnx.version_converter.convert_version(model, upgrade_to)
+        except Exception as e:
+            raise UserError(f"exported at opset {current} (the converter's cap) but onnx cannot upgrade it to "
+                            f"{upgrade_to} ({one_line(e)[:160]}) — drop convert.opset or choose ≤ {current}") from None
+        _normalize_opsets(model)
+        notes["opset_upgraded_from"] = current
+    _rename_outputs(model, names)
+    batch = specs[0].shape[0] if specs and isinstance(specs[0].shape[0], str) else "batch"
+    by_name = {s.name: s for s in specs}
+    for value in (*model.graph.input, *model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        spec = by_name.get(value.name)
+        for i, d in enumerate(dims):  # converters leave dynamic dims unnamed (or, for some outputs, wrong)
+            want = spec.shape[i] if spec is not None and i < len(spec.shape) else (batch if i == 0 else None)
+            if isinstance(want, str):
+                d.Clear()
+                d.dim_param = want
+    opsets = {(o.domain or "ai.onnx"): o.version for o in model.opset_import}
+    stamp(model, opsets=opsets, **{f"convert.{k}": v for k, v in notes.items()})
+    return model
+
+
+# ------------------------------------------------------------------ the shared frontend
+
+
+class SklearnAPIFrontend(Frontend):
+    """Any fitted estimator with the scikit-learn API (Pipelines included), from skops or trusted pickle files."""
+
+    extra: ClassVar[str] = "sklearn"
+    wanted: ClassVar[str] = "a scikit-learn model (.skops, or a pickle with trust_pickle: true)"
+
+    def versions(self) -> dict[str, str]:
+        # the boosters' versions matter only when the model used them (they are imported lazily, on demand)
+        extra = [p for p, mod in (("xgboost-cpu", "xgboost"), ("xgboost", "xgboost"), ("lightgbm", "lightgbm"),
+                                  ("onnxmltools", "onnxmltools")) if mod in sys.modules]
+        return {p: v for p in (*self.packages, *extra) if (v := dist_version(p))}
+
+    def load(self, cfg):
+        return load_estimator(model_path(cfg), cfg.source, self.wanted)
+
+    def what(self, est, cfg) -> str:
+        return f"{describe(est)} from {Path(cfg.source.path).name}"
+
+    def n_features(self, est) -> int | None:
+        return getattr(est, "n_features_in_", None)
+
+    def specs(self, est, cfg) -> list:
+        return specs_for(cfg, est, self.n_features(est), self.what(est, cfg))
+
+    def export(self, native, cfg, opset, workdir):
+        specs = self.specs(native, cfg)
+        booster = uses(native, "xgboost") or uses(native, "lightgbm")
+        at, upgrade = plan_opset(opset, booster)
+        model = convert_estimator(native, specs, at, self.what(native, cfg))
+        notes: dict[str, Any] = {}
+        if uses(native, "lightgbm"):
+            notes["lightgbm_thresholds"] = fix_lightgbm_thresholds(
+                model, [p.booster_ for p in parts(native) if type(p).__module__.startswith("lightgbm")])
+        if booster:
+            notes["opset_cap"] = f"{BOOSTER_MAX_OPSET} (onnxmltools' limit for XGBoost/LightGBM)"
+        return finish(model, specs, output_names(task_of(native), cfg), upgrade, notes)
+
+    def predict(self, native, feeds, cfg):
+        specs = self.specs(native, cfg)
+        X = native_input(native, feeds, specs)
+        task = task_of(native)
+        names = output_names(task, cfg)
+        if task == "classifier":
+            out = {names[0]: np.asarray(native.predict(X))}
+            if hasattr(native, "predict_proba"):  # e.g. SVC(probability=False) has none: labels are still checked
+                out[names[1]] = np.asarray(native.predict_proba(X))
+            return out
+        return {names[0]: np.asarray(native.predict(X) if task == "regressor" else native.transform(X))}
+
+    def metadata(self, native, cfg):
+        task = task_of(native)
+        meta: dict[str, Any] = {"task": task, "estimator": describe(native)}
+        if task == "classifier":
+            meta["classes"] = classes_of(native)
+        return meta

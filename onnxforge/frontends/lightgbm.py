@@ -1,0 +1,138 @@
+"""LightGBM: native text model files (classifiers and regressors, converted by onnxmltools at opset ≤ 15) and sklearn
+Pipelines holding an LGBMClassifier/LGBMRegressor. Thresholds are re-rounded so float32 inputs split exactly as in
+LightGBM (see fix_lightgbm_thresholds)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from onnxforge.errors import UserError, one_line
+from onnxforge.frontends._tabular import (
+    BOOSTER_MAX_OPSET,
+    BoosterSource,
+    SklearnAPIFrontend,
+    describe,
+    finish,
+    fix_lightgbm_thresholds,
+    initial_types,
+    load_estimator,
+    model_path,
+    native_input,
+    output_names,
+    plan_opset,
+    sniff,
+    uses,
+    wrong_file,
+)
+from onnxforge.frontends.base import require
+from onnxforge.registry import register_frontend
+
+REGRESSION_OBJECTIVES = ("regression", "quantile", "huber", "poisson", "gamma", "tweedie")
+
+
+class LightGBMSource(BoosterSource):
+    framework: Literal["lightgbm"]
+
+
+@dataclass
+class NativeBooster:
+    """A lightgbm.Booster read from a text model file, with what its objective says."""
+
+    booster: Any
+    task: str
+    objective: str
+    num_class: int
+    name: str
+
+
+def task_for(objective: str, asked: str, name: str) -> str:
+    if objective == "binary" or objective == "multiclass":
+        task = "classifier"
+    elif objective.startswith(REGRESSION_OBJECTIVES):
+        task = "regressor"
+    else:
+        raise UserError(f"{name}: LightGBM objective '{objective}' has no exact ONNX converter — supported: binary, "
+                        f"multiclass, {', '.join(REGRESSION_OBJECTIVES)}")
+    if asked != "auto" and asked != task:
+        raise UserError(f"source.task is {asked} but {name} was trained with objective '{objective}', a {task} — "
+                        f"set task: {task} (or auto)")
+    return task
+
+
+@register_frontend
+class LightGBMFrontend(SklearnAPIFrontend):
+    name = "lightgbm"
+    Source = LightGBMSource
+    packages = ("lightgbm", "onnxmltools", "skl2onnx", "scikit-learn")
+    extra = "lightgbm"
+    wanted = "a LightGBM model (text model file, or a .skops Pipeline holding one)"
+
+    def load(self, cfg):
+        path = model_path(cfg)
+        kind = sniff(path)
+        if kind in ("skops", "pickle"):
+            est = load_estimator(path, cfg.source, self.wanted)
+            if not uses(est, "lightgbm"):
+                raise UserError(f"{path.name} holds {describe(est)}, which has no LightGBM model — use "
+                                "source.framework: sklearn")
+            return est
+        if kind != "lightgbm":
+            raise wrong_file(path, kind, self.wanted)
+        lgb = require("lightgbm", "lightgbm")
+        try:
+            booster = lgb.Booster(model_file=str(path))
+            dump = booster.dump_model(num_iteration=0)
+        except Exception as e:
+            raise UserError(f"{path.name}: LightGBM cannot read it ({one_line(e)[:200]}) — re-save it with "
+                            "booster.save_model('model.txt')") from None
+        objective = str(dump.get("objective", "")).split(" ")[0]
+        task = task_for(objective, cfg.source.task, path.name)
+        return NativeBooster(booster, task, objective, int(dump.get("num_class", 1)), path.name)
+
+    def n_features(self, est) -> int | None:
+        return est.booster.num_feature() if isinstance(est, NativeBooster) else super().n_features(est)
+
+    def what(self, est, cfg) -> str:
+        return f"LightGBM {est.objective} model {est.name}" if isinstance(est, NativeBooster) else super().what(est, cfg)
+
+    def export(self, native, cfg, opset, workdir):
+        if not isinstance(native, NativeBooster):
+            return super().export(native, cfg, opset, workdir)
+        onnxmltools = require("onnxmltools", "lightgbm")
+        specs = self.specs(native, cfg)
+        at, upgrade = plan_opset(opset, booster=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = onnxmltools.convert_lightgbm(native.booster, initial_types=initial_types(specs, mltools=True),
+                                                     zipmap=False, target_opset=at[""])
+        except Exception as e:
+            raise UserError(f"onnxmltools cannot convert {self.what(native, cfg)} ({type(e).__name__}: "
+                            f"{one_line(e)[:240]}) — check inputs: against the model") from None
+        notes = {"lightgbm_thresholds": fix_lightgbm_thresholds(model, [native.booster]),
+                 "opset_cap": f"{BOOSTER_MAX_OPSET} (onnxmltools' limit for XGBoost/LightGBM)"}
+        return finish(model, specs, output_names(native.task, cfg), upgrade, notes)
+
+    def predict(self, native, feeds, cfg):
+        if not isinstance(native, NativeBooster):
+            return super().predict(native, feeds, cfg)
+        X = native_input(native, feeds, self.specs(native, cfg))
+        raw = np.asarray(native.booster.predict(X))
+        names = output_names(native.task, cfg)
+        if native.task != "classifier":
+            return {names[0]: raw}
+        proba = np.column_stack([1 - raw, raw]) if raw.ndim == 1 else raw
+        # LGBMClassifier.predict: argmax of the probabilities (a tie goes to the first class)
+        return {names[0]: proba.argmax(1).astype(np.int64), names[1]: proba}
+
+    def metadata(self, native, cfg):
+        if not isinstance(native, NativeBooster):
+            return super().metadata(native, cfg)
+        meta: dict[str, Any] = {"task": native.task, "estimator": "lightgbm.Booster", "objective": native.objective}
+        if native.task == "classifier":
+            meta["classes"] = list(range(max(native.num_class, 2)))
+        return meta
