@@ -134,7 +134,7 @@ def _eval_data(src: Sources, data: Path | None, first_model, max_rows: int | Non
     if path is None:
         if cfg is not None and cfg.data.synthetic:
             return d.synthesize(specs, cfg.data.synthetic_rows, cfg.data.seed), None, "synthetic", None
-        src.notes.append("no data file: errors are measured on synthetic inputs (give --data FILE)")
+        src.notes.append("no data file: outputs, errors and agreement use synthetic inputs, no accuracy (give --data FILE)")
         return d.synthesize(specs, 64, 0), None, "synthetic", None
     table = d.load_table(path)
     feeds = d.feeds_from_table(table, specs, cfg.data.rows if cfg is not None else None)
@@ -193,7 +193,9 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
     feeds, labels, provenance, label_key = _eval_data(src, data, protos[0], opts.max_rows)
     native_fe, native, native_out, native_info = None, None, None, None
     if src.native is not None and opts.native:
-        native_fe, native, native_out, native_info = _native(src, feeds, labels)
+        native_fe, native, native_out, native_info = _native(src, feeds)
+        if native_info is not None:
+            native_info["metrics"] = _metrics(_without(native_out, _stochastic(protos[0])), labels)
 
     outputs: dict[str, dict | None] = {}
     artifacts, errors = [], []
@@ -211,7 +213,12 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
             src.notes.append(f"{a.label}: onnxruntime could not run it ({type(e).__name__}: "
                              f"{str(e).splitlines()[0][:160] if str(e) else ''})")
         ref_label, ref_out = _reference_of(a, outputs, native_info, native_out)
-        got = outputs[a.label]
+        stochastic = _stochastic(proto)
+        got = _without(outputs[a.label], stochastic)
+        ref_out = _without(ref_out, stochastic)
+        if stochastic:
+            src.notes.append(f"{a.label}: stochastic outputs {sorted(stochastic)} have no element-wise errors or "
+                             "task metrics here (validate compares them as distributions)")
         if got is not None and ref_out is not None:
             errors += compare_outputs(a.label, ref_label, ref_out, got)
         m = _metrics(got, labels, ref_out)
@@ -222,7 +229,8 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
             "file_bytes": info["file_bytes"], "size_ratio": info["file_bytes"] / base_bytes,
             "nodes": info["nodes"], "params": info["params"], "initializer_bytes": info["initializer_bytes"],
             "ir_version": info["ir_version"], "opset": info["opset"], "producer": info["producer"],
-            "inputs": info["inputs"], "outputs": info["outputs"], "ops": info["ops"], "ran": got is not None,
+            "inputs": info["inputs"], "outputs": info["outputs"], "ops": info["ops"],
+            "ran": outputs[a.label] is not None,
             "metrics": m, "metric_deltas": _deltas(m, ref_metrics.get(ref_label)) if ref_label else None,
         })
 
@@ -248,7 +256,17 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
     return clean(report)
 
 
-def _native(src: Sources, feeds, labels):
+def _stochastic(proto) -> set[str]:
+    """Outputs holding random draws: they differ element by element by design (validate compares them as
+    distributions), so they get no element-wise errors or task metrics here."""
+    meta = {p.key: p.value for p in proto.metadata_props}
+    try:
+        return set(json.loads(meta.get("onnxforge.stochastic_outputs") or "[]"))
+    except (json.JSONDecodeError, TypeError):
+        return set()
+
+
+def _native(src: Sources, feeds):
     """Load the source model and predict on the report's data: the reference for the first artifact."""
     try:
         fe, native = src.native()
@@ -261,7 +279,13 @@ def _native(src: Sources, feeds, labels):
     except Exception as e:  # a frontend bug must not cost the user the whole report
         src.notes.append(f"native predict failed ({type(e).__name__}: {str(e)[:160]})")
         return fe, native, None, {"label": label, "framework": fe.name, "metrics": None}
-    return fe, native, out, {"label": label, "framework": fe.name, "metrics": _metrics(out, labels)}
+    return fe, native, out, {"label": label, "framework": fe.name, "metrics": None}
+
+
+def _without(outs: dict | None, names: set[str]) -> dict | None:
+    if outs is None or not names:
+        return outs
+    return {k: v for k, v in outs.items() if k not in names} or None
 
 
 def _reference_of(a: Artifact, outputs, native_info, native_out):
