@@ -26,6 +26,7 @@ class Family:
     mean: Callable  # (xp, mu, p) -> E[y | theta]
     variance: Callable  # (xp, mu, p) -> Var[y | theta]
     pymc: str  # the PyMC distribution, for documentation and error messages
+    variance_uses_mu: bool = True  # False: Var[y | theta] depends on the noise parameters only
 
 
 def _t_var(xp, mu, p):
@@ -35,9 +36,9 @@ def _t_var(xp, mu, p):
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("normal", ("sigma",), False, lambda xp, mu, p: mu, lambda xp, mu, p: p["sigma"] ** 2 + 0 * mu,
-           "pm.Normal(mu, sigma)"),
+           "pm.Normal(mu, sigma)", variance_uses_mu=False),
     Family("student-t", ("nu", "sigma"), False, lambda xp, mu, p: xp.where(p["nu"] > 1, mu, math.nan), _t_var,
-           "pm.StudentT(nu, mu, sigma)"),
+           "pm.StudentT(nu, mu, sigma)", variance_uses_mu=False),
     Family("bernoulli", (), True, lambda xp, mu, p: mu, lambda xp, mu, p: mu * (1 - mu), "pm.Bernoulli(p=mu)"),
     Family("binomial", ("n",), True, lambda xp, mu, p: p["n"] * mu, lambda xp, mu, p: p["n"] * mu * (1 - mu),
            "pm.Binomial(n, p=mu)"),

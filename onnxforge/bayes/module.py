@@ -38,6 +38,9 @@ def build_module(pred):
                 self.fp_kinds[k] = (kind, ref)
                 if kind == "var":
                     self.register_buffer(f"fp_{k}", torch.from_numpy(pred.values[ref].astype(np.float32)))
+            self.within = None
+            if pred.want_std and not pred.family.variance_uses_mu:
+                self.within = float(pred.within_variance())
             if pred.quantiles:
                 pos = np.asarray(pred.quantiles) * (s - 1)
                 lo = np.floor(pos).astype(np.int64)
@@ -95,17 +98,23 @@ def build_module(pred):
             rows = args[0].shape[0]
             mu = mu.expand(rows, s) if tuple(mu.shape) != (rows, s) else mu
             p = self._fp(inputs, draws=False)
-            m = pred.family.mean(xp, mu, p) + torch.zeros_like(mu)
+            m = pred.family.mean(xp, mu, p)
+            m = m.expand_as(mu) if m.shape != mu.shape else m
             mean = m.mean(-1)
             outs = []
             if pred.want_mean:
                 outs.append(mean)
             if pred.want_std:
-                within = (pred.family.variance(xp, mu, p) + torch.zeros_like(mu)).mean(-1)
+                if self.within is not None:  # noise variance independent of mu: its sample mean is a constant
+                    within = self.within
+                else:
+                    v = pred.family.variance(xp, mu, p)
+                    within = (v.expand_as(mu) if v.shape != mu.shape else v).mean(-1)
                 outs.append(torch.sqrt(within + torch.square(m - mean.unsqueeze(-1)).mean(-1)))
             if pred.quantiles:
-                srt = torch.sort(m, dim=-1).values
-                lo, hi = srt[:, self.q_lo], srt[:, self.q_hi]
+                srt = torch.topk(m, s, dim=-1, largest=False, sorted=True).values
+                lo = torch.index_select(srt, 1, self.q_lo)
+                hi = torch.index_select(srt, 1, self.q_hi)
                 outs.append(lo + (hi - lo) * self.q_w)
             if self.n_draws:
                 mu_d = mu if self.same_draws else mu[:, self.draw_idx]

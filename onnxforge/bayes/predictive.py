@@ -82,10 +82,13 @@ class Categorical:
     def encode(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(codes, unseen mask) for raw levels."""
         raw = np.asarray(raw).reshape(-1)
-        kind = "str" if isinstance(self.levels[0], str) else "int"
-        keys = raw.astype(str) if kind == "str" else raw
-        lookup = {lv: i for i, lv in enumerate(self.levels)}
-        codes = np.array([lookup.get(k.item() if hasattr(k, "item") else k, -1) for k in keys], dtype=np.int64)
+        levels = np.asarray(self.levels)
+        keys = raw.astype(str) if levels.dtype.kind == "U" else raw
+        order = np.argsort(levels, kind="stable")
+        pos = np.searchsorted(levels[order], keys)
+        pos = np.minimum(pos, len(levels) - 1)
+        hit = levels[order][pos] == keys
+        codes = np.where(hit, order[pos], -1).astype(np.int64)
         unseen = codes < 0
         codes[unseen] = self.unseen_code
         return codes, unseen
@@ -158,7 +161,7 @@ class BayesPredictive:
         values = self.values if values is None else values
         rows = len(next(iter(encoded.values())))
         params = Params(values, self.posterior.path, self.used)
-        with np.errstate(over="ignore", under="ignore"):
+        with np.errstate(all="ignore"):
             try:
                 out = self.transform(numpy_xp(), params, **{k: encoded[k] for k in self.args})
             except UserError:
@@ -177,9 +180,13 @@ class BayesPredictive:
     def _shapes(self, encoded) -> str:
         ins = ", ".join(f"{k} {list(v.shape)}" for k, v in encoded.items())
         used = self.used or set(self.values)
-        post = ", ".join(f"{k}({','.join(self.posterior.dims[k])}) {list(self.values[k].shape)}"
-                         for k in sorted(used) if k in self.values)
-        return f"inputs {ins}; posterior (dims..., samples) {post}"
+        parts = []
+        for k in sorted(used):
+            if k in self.values:
+                dims = ", ".join(f"{d}={n}" for d, n in zip(self.posterior.dims[k], self.values[k].shape, strict=False))
+                parts.append(f"{k}({dims})")
+        post = ", ".join(parts)
+        return f"inputs {ins}; posterior {post} (+ a trailing axis of {self.posterior.samples} samples)"
 
     def _shape_message(self, encoded, e: Exception) -> str:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -218,6 +225,15 @@ class BayesPredictive:
             if self.quantiles:
                 res[self.output_names["quantiles"]] = np.quantile(m, self.quantiles, axis=-1).T
         return res
+
+    def within_variance(self) -> float:
+        """Mean over samples of Var[y | theta], for families whose noise variance does not depend on mu."""
+        from onnxforge.bayes.shim import numpy_xp
+
+        mu = np.zeros((1, self.posterior.samples))
+        with np.errstate(all="ignore"):
+            v = self.family.variance(numpy_xp(), mu, self.family_params({}))
+        return float(np.broadcast_to(v, mu.shape).mean())
 
     def draw_index(self) -> np.ndarray:
         """Which posterior sample each predictive draw uses."""
