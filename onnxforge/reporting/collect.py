@@ -186,53 +186,33 @@ def _deltas(m: dict | None, ref: dict | None) -> dict | None:
 
 def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None) -> dict:
     from onnxforge import __version__
-    from onnxforge.artifact import load_model, sha256_file
-    from onnxforge.inspect import summarize
+    from onnxforge.artifact import load_model
+    from onnxforge.benchmark import progress_bar
 
     protos = [load_model(a.path) for a in src.artifacts]
     feeds, labels, provenance, label_key = _eval_data(src, data, protos[0], opts.max_rows)
     native_fe, native, native_out, native_info = None, None, None, None
-    if src.native is not None and opts.native:
-        native_fe, native, native_out, native_info = _native(src, feeds)
-        if native_info is not None:
-            native_info["metrics"] = _metrics(_without(native_out, _stochastic(protos[0])), labels)
-
     outputs: dict[str, dict | None] = {}
     artifacts, errors = [], []
-    base_bytes = None
     ref_metrics: dict[str, dict | None] = {}
-    if native_info:
-        ref_metrics[native_info["label"]] = native_info.get("metrics")
-    for a, proto in zip(src.artifacts, protos, strict=True):
-        info = summarize(proto, a.path)
-        base_bytes = base_bytes or info["file_bytes"]
-        try:
-            outputs[a.label] = _run_model(a.path, proto, feeds, src.cfg)
-        except Exception as e:  # e.g. ops this onnxruntime cannot run: still report size and ops
-            outputs[a.label] = None
-            src.notes.append(f"{a.label}: onnxruntime could not run it ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:160] if str(e) else ''})")
-        ref_label, ref_out = _reference_of(a, outputs, native_info, native_out)
-        stochastic = _stochastic(proto)
-        got = _without(outputs[a.label], stochastic)
-        ref_out = _without(ref_out, stochastic)
-        if stochastic:
-            src.notes.append(f"{a.label}: stochastic outputs {sorted(stochastic)} have no element-wise errors or "
-                             "task metrics here (validate compares them as distributions)")
-        if got is not None and ref_out is not None:
-            errors += compare_outputs(a.label, ref_label, ref_out, got)
-        m = _metrics(got, labels, ref_out)
-        ref_metrics.setdefault(a.label, _metrics(got, labels))
-        artifacts.append({
-            "label": a.label, "path": str(a.path.relative_to(src.run_dir) if src.run_dir else a.path),
-            "stage": a.stage, "parent": a.parent, "reference": ref_label, "sha256": sha256_file(a.path),
-            "file_bytes": info["file_bytes"], "size_ratio": info["file_bytes"] / base_bytes,
-            "nodes": info["nodes"], "params": info["params"], "initializer_bytes": info["initializer_bytes"],
-            "ir_version": info["ir_version"], "opset": info["opset"], "producer": info["producer"],
-            "inputs": info["inputs"], "outputs": info["outputs"], "ops": info["ops"],
-            "ran": outputs[a.label] is not None,
-            "metrics": m, "metric_deltas": _deltas(m, ref_metrics.get(ref_label)) if ref_label else None,
-        })
+    with_native = src.native is not None and opts.native
+    with progress_bar(console) as prog:
+        task = prog.add_task("report: outputs on the data", total=len(protos) + with_native)
+        if with_native:
+            prog.update(task, description="report: loading the source model")
+            native_fe, native, native_out, native_info = _native(src, feeds)
+            if native_info is not None:
+                native_info["metrics"] = _metrics(_without(native_out, _stochastic(protos[0])), labels)
+                ref_metrics[native_info["label"]] = native_info["metrics"]
+            prog.advance(task)
+        for a, proto in zip(src.artifacts, protos, strict=True):
+            prog.update(task, description=f"report: {a.label}")
+            art, errs = _measure(a, proto, feeds, labels, src, outputs, ref_metrics, native_info, native_out)
+            base = artifacts[0]["file_bytes"] if artifacts else art["file_bytes"]
+            art["size_ratio"] = art["file_bytes"] / base if base else 1.0
+            artifacts.append(art)
+            errors += errs
+            prog.advance(task)
 
     latency = None
     if bench:
@@ -254,6 +234,40 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
         "notes": src.notes, "files": {},
     }
     return clean(report)
+
+
+def _measure(a: Artifact, proto, feeds, labels, src: Sources, outputs: dict, ref_metrics: dict, native_info,
+             native_out) -> tuple[dict, list]:
+    """One artifact's own figures, its outputs on the data, and its errors/metrics against its reference."""
+    from onnxforge.artifact import sha256_file
+    from onnxforge.inspect import summarize
+
+    info = summarize(proto, a.path)
+    try:
+        outputs[a.label] = _run_model(a.path, proto, feeds, src.cfg)
+    except Exception as e:  # e.g. ops this onnxruntime cannot run: still report size and ops
+        outputs[a.label] = None
+        src.notes.append(f"{a.label}: onnxruntime could not run it ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160] if str(e) else ''})")
+    ref_label, ref_out = _reference_of(a, outputs, native_info, native_out)
+    stochastic = _stochastic(proto)
+    got, ref_out = _without(outputs[a.label], stochastic), _without(ref_out, stochastic)
+    if stochastic:
+        src.notes.append(f"{a.label}: stochastic outputs {sorted(stochastic)} have no element-wise errors or "
+                         "task metrics here (validate compares them as distributions)")
+    errors = compare_outputs(a.label, ref_label, ref_out, got) if got is not None and ref_out is not None else []
+    m = _metrics(got, labels, ref_out)
+    ref_metrics.setdefault(a.label, _metrics(got, labels))
+    return {
+        "label": a.label, "path": str(a.path.relative_to(src.run_dir) if src.run_dir else a.path),
+        "stage": a.stage, "parent": a.parent, "reference": ref_label, "sha256": sha256_file(a.path),
+        "file_bytes": info["file_bytes"], "size_ratio": 1.0,
+        "nodes": info["nodes"], "params": info["params"], "initializer_bytes": info["initializer_bytes"],
+        "ir_version": info["ir_version"], "opset": info["opset"], "producer": info["producer"],
+        "inputs": info["inputs"], "outputs": info["outputs"], "ops": info["ops"],
+        "ran": outputs[a.label] is not None,
+        "metrics": m, "metric_deltas": _deltas(m, ref_metrics.get(ref_label)) if ref_label else None,
+    }, errors
 
 
 def _stochastic(proto) -> set[str]:
