@@ -382,6 +382,8 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
         warnings.append(f"shipping an INT8 model slower than float ({_fmt_speed(chosen['speedup'])}) because "
                         "allow_slower: true")
     out = _save(src, chosen, summary, ctx.stage_dir / "model.onnx")
+    after.update(perf.model_stats(out))  # the shipped file, metadata included
+    summary["size_ratio"] = before["file_bytes"] / max(after["file_bytes"], 1)
     side = atomic_write_json(ctx.stage_dir / "quantize.json", summary)
     if ctx.console:
         _render(summary, ctx.console)
