@@ -24,7 +24,7 @@ BOOSTER_MAX_OPSET = 15  # onnxmltools 1.16 refuses a higher target_opset for XGB
 BOOSTER_MAX_ML_OPSET = 3  # ... and ai.onnx.ml above 3
 # skops types trusted without asking: estimator classes of the libraries we convert (never functions)
 SAFE_PREFIXES = ("sklearn.", "xgboost.sklearn.", "xgboost.core.Booster", "lightgbm.sklearn.",
-                 "lightgbm.basic.Booster", "numpy.", "scipy.sparse.")
+                 "lightgbm.basic.Booster", "numpy.", "scipy.sparse.", "collections.OrderedDict")
 CLASSIFIER_OUTPUTS = ("label", "probabilities")
 VALUE_OUTPUTS = ("variable",)
 
@@ -127,6 +127,41 @@ def load_skops(path: Path, source) -> Any:
     except Exception as e:
         raise UserError(f"{path.name}: skops cannot load it ({type(e).__name__}: {one_line(e)[:200]}) — check the "
                         "library versions it was saved with") from None
+
+
+def skops_packages(path: Path) -> set[str]:
+    """Top-level packages of the objects in a skops file, read from its schema without constructing anything."""
+    import json
+
+    found: set[str] = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("__module__"), str):
+                found.add(node["__module__"].split(".")[0])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            walk(json.loads(z.read("schema.json")))
+    except (zipfile.BadZipFile, KeyError, ValueError):
+        pass
+    return found
+
+
+def load_estimator_with(path: Path, source, wanted: str, package: str, label: str) -> Any:
+    """A skops/pickle file that must hold a `package` model somewhere (e.g. a Pipeline ending in XGBClassifier)."""
+    if sniff(path) == "skops" and package not in skops_packages(path):  # checked before constructing anything
+        raise UserError(f"{path.name} holds no {label} model — use source.framework: sklearn")
+    est = load_estimator(path, source, wanted)
+    if not uses(est, package):
+        raise UserError(f"{path.name} holds {describe(est)}, which has no {label} model — use "
+                        "source.framework: sklearn")
+    return est
 
 
 def load_estimator(path: Path, source, wanted: str) -> Any:

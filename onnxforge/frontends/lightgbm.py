@@ -15,17 +15,15 @@ from onnxforge.frontends._tabular import (
     BOOSTER_MAX_OPSET,
     BoosterSource,
     SklearnAPIFrontend,
-    describe,
     finish,
     fix_lightgbm_thresholds,
     initial_types,
-    load_estimator,
+    load_estimator_with,
     model_path,
     native_input,
     output_names,
     plan_opset,
     sniff,
-    uses,
     wrong_file,
 )
 from onnxforge.frontends.base import require
@@ -75,11 +73,7 @@ class LightGBMFrontend(SklearnAPIFrontend):
         path = model_path(cfg)
         kind = sniff(path)
         if kind in ("skops", "pickle"):
-            est = load_estimator(path, cfg.source, self.wanted)
-            if not uses(est, "lightgbm"):
-                raise UserError(f"{path.name} holds {describe(est)}, which has no LightGBM model — use "
-                                "source.framework: sklearn")
-            return est
+            return load_estimator_with(path, cfg.source, self.wanted, "lightgbm", "LightGBM")
         if kind != "lightgbm":
             raise wrong_file(path, kind, self.wanted)
         lgb = require("lightgbm", "lightgbm")

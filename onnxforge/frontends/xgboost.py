@@ -10,11 +10,9 @@ from onnxforge.errors import UserError, one_line
 from onnxforge.frontends._tabular import (
     BoosterSource,
     SklearnAPIFrontend,
-    describe,
-    load_estimator,
+    load_estimator_with,
     model_path,
     sniff,
-    uses,
     wrong_file,
 )
 from onnxforge.frontends.base import require
@@ -53,11 +51,7 @@ class XGBoostFrontend(SklearnAPIFrontend):
         path = model_path(cfg)
         kind = sniff(path)
         if kind in ("skops", "pickle"):
-            est = load_estimator(path, cfg.source, self.wanted)
-            if not uses(est, "xgboost"):
-                raise UserError(f"{path.name} holds {describe(est)}, which has no XGBoost model — use "
-                                "source.framework: sklearn")
-            return est
+            return load_estimator_with(path, cfg.source, self.wanted, "xgboost", "XGBoost")
         if kind not in ("xgboost-json", "xgboost-ubj"):
             raise wrong_file(path, kind, self.wanted)
         xgb = require("xgboost", "xgboost")
