@@ -34,7 +34,8 @@ def _png(fig) -> str:
 
 
 def _short(label: str, n: int = 28) -> str:
-    return label if len(label) <= n else "…" + label[-(n - 1):]
+    label = label if len(label) <= n else "…" + label[-(n - 1):]
+    return label.replace("$", r"\$")  # a "$" pair would start matplotlib mathtext
 
 
 def size_bars(labels: list[str], file_bytes: list[int], params: list[int]) -> str:
@@ -92,6 +93,7 @@ def op_histogram(ops_by_label: dict[str, dict[str, int]], top: int = 18) -> str:
         for op, n in ops.items():
             total[op] = max(total.get(op, 0), n)
     names = sorted(total, key=lambda o: (-total[o], o))[:top]
+    shown = [_short(o, 40) for o in names]
     labels = list(ops_by_label)
     k = max(len(labels), 1)
     fig = _figure(7.5, 0.8 + 0.32 * max(len(names), 2) * max(1, k / 2))
@@ -101,7 +103,7 @@ def op_histogram(ops_by_label: dict[str, dict[str, int]], top: int = 18) -> str:
         ys = [j + i * h for j in range(len(names))]
         ax.barh(ys, [ops_by_label[lab].get(o, 0) for o in names], height=h, label=_short(lab),
                 color=PALETTE[i % len(PALETTE)])
-    ax.set_yticks([j + (k - 1) * h / 2 for j in range(len(names))], names)
+    ax.set_yticks([j + (k - 1) * h / 2 for j in range(len(names))], shown)
     ax.invert_yaxis()
     ax.set_xlabel("nodes")
     ax.set_title("Operators" + (f" (top {top})" if len(total) > top else ""))
@@ -125,7 +127,7 @@ def error_histograms(panels: list[dict], max_panels: int = 8) -> str:
         ax.set_xlabel("log10 |error|")
         ax.set_ylabel("elements")
         zeros = f", {p['zeros']:,} exact" if p.get("zeros") else ""
-        ax.set_title(f"{_short(p['label'], 30)} · {p['output']}\nvs {_short(p['reference'], 30)}{zeros}",
+        ax.set_title(f"{_short(p['label'], 30)} · {_short(p['output'])}\nvs {_short(p['reference'], 30)}{zeros}",
                      fontsize=9)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
