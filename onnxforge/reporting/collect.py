@@ -231,7 +231,7 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
         "native": native_info, "artifacts": artifacts, "latency": latency, "errors": errors,
         "validations": _validations(man, {a.label for a in src.artifacts}),
         "stage_changes": _stage_changes(man), "stage_tables": _stage_tables(man), "stages": _stages(man),
-        "notes": src.notes, "files": {},
+        "environment": _environment(), "notes": src.notes, "files": {},
     }
     return clean(report)
 
@@ -343,6 +343,17 @@ def _latency(runnable, feeds, opts, src: Sources, fe, native, native_info, conso
 
 
 # ------------------------------------------------------------------ from the manifest
+
+
+def _environment() -> dict:
+    """Where the latency was measured: it means little without the machine."""
+    import os
+    import platform
+
+    from onnxforge.pipeline import versions
+
+    return {"versions": versions(), "machine": platform.machine(), "system": platform.system(),
+            "cpus": os.cpu_count()}
 
 
 def _run_info(src: Sources) -> dict:

@@ -153,8 +153,10 @@ def render_html(rep: dict, notes_out=None) -> str:
                     last_left=True)
     parts.append(_section("stages", "Stages", sbody or '<p class="muted">Loose models: no pipeline stages.</p>'))
 
-    env = (rep.get("run") or {}).get("versions") or {}
-    ebody = _t(["package", "version"], [[e(k), e(str(v))] for k, v in env.items()]) if env else ""
+    envd = rep["environment"]
+    env = envd["versions"] | ((rep.get("run") or {}).get("versions") or {})  # the run's own versions win
+    ebody = (f'<p>{e(envd["system"])} {e(envd["machine"])}, {envd["cpus"]} CPUs (where this report measured '
+             'latency)</p>' + _t(["package", "version"], [[e(k), e(str(v))] for k, v in env.items()]))
     if rep["notes"]:
         ebody += "<ul>" + "".join(f"<li>{e(n)}</li>" for n in rep["notes"]) + "</ul>"
     parts.append(_section("environment", "Environment and notes",

@@ -39,7 +39,8 @@ def render_markdown(rep: dict) -> str:
     lat = rep.get("latency") or {}
     out.append(f"_{len(rep['artifacts'])} artifact(s) · data: `{d['eval']}` ({d['rows']} rows"
                f"{', labels `' + d['labels'] + '`' if d['labels'] else ''})"
-               + (f" · latency: {lat['threads'][0]} thread(s), ratios vs `{lat['baseline']}`" if lat else "")
+               + (f" · latency: {lat['threads'][0]} thread(s) on {rep['environment']['cpus']} CPUs, ratios vs "
+                  f"`{lat['baseline']}`" if lat else "")
                + f" · onnxforge {rep['onnxforge']}_")
     out.append("")
     lat_cols, lat_cells = _latency_cells(rep)
