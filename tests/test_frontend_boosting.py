@@ -183,6 +183,42 @@ def test_lightgbm_double_thresholds_exact_for_float32(tmp_path):
     assert json.loads(meta["onnxforge.convert.lightgbm_thresholds"])["fixed"] > 0
 
 
+def _train_other(kind: str, path: Path):
+    """Small native models with objectives the fixtures do not cover, trained here; returns (X, library predict)."""
+    import lightgbm as lgb
+    import xgboost as xgb
+    from sklearn.datasets import load_breast_cancer, load_wine
+
+    X, y = (load_breast_cancer if kind == "xgb-binary" else load_wine)(return_X_y=True)
+    X = X.astype(np.float32)
+    if kind == "xgb-binary":
+        xgb.XGBClassifier(n_estimators=8, max_depth=3, n_jobs=1).fit(X, y).save_model(path)
+    elif kind == "xgb-softmax":  # the raw Booster API: no sklearn attributes in the file
+        xgb.train({"objective": "multi:softmax", "num_class": 3, "max_depth": 2, "nthread": 1},
+                  xgb.DMatrix(X, label=y), 6).save_model(path)
+    else:
+        lgb.LGBMClassifier(n_estimators=8, num_leaves=6, n_jobs=1, verbose=-1).fit(X, y).booster_.save_model(path)
+    if kind.startswith("xgb"):
+        m = xgb.XGBClassifier()
+        m.load_model(path)
+        return X, m.predict(X), m.predict_proba(X)
+    proba = lgb.Booster(model_file=str(path)).predict(X)
+    return X, proba.argmax(1), proba
+
+
+@pytest.mark.parametrize("kind, framework, file", [("xgb-binary", "xgboost", "m.json"),
+                                                    ("xgb-softmax", "xgboost", "m.ubj"),
+                                                    ("lgbm-multiclass", "lightgbm", "m.txt")])
+def test_other_native_objectives(tmp_path, kind, framework, file):
+    X, labels, proba = _train_other(kind, tmp_path / file)
+    cfg = {"name": kind, "source": {"framework": framework, "path": str(tmp_path / file)}}  # inputs inferred
+    *_, model = frontend_export(cfg, tmp_path)
+    full, one = ort_run(model, X)
+    np.testing.assert_array_equal(full["label"], labels)
+    np.testing.assert_allclose(full["probabilities"], proba, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(one["probabilities"], proba[:BATCH1_ROWS], rtol=0, atol=1e-5)
+
+
 def test_lightgbm_inside_pipeline(tmp_path):
     import lightgbm as lgb
     import skops.io as sio

@@ -3,6 +3,7 @@ XGBClassifier/XGBRegressor (converted by skl2onnx with onnxmltools' registered c
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Literal
 
@@ -12,6 +13,7 @@ from onnxforge.frontends._tabular import (
     SklearnAPIFrontend,
     load_estimator_with,
     model_path,
+    parts,
     sniff,
     wrong_file,
 )
@@ -37,6 +39,10 @@ def task_for(objective: str, asked: str, name: str) -> str:
         raise UserError(f"source.task is {asked} but {name} was trained with objective '{objective}', a {task} — "
                         f"set task: {task} (or auto)")
     return task
+
+
+def _softmax(est) -> bool:
+    return type(est).__name__ == "XGBClassifier" and est.get_xgb_params().get("objective") == "multi:softmax"
 
 
 @register_frontend
@@ -66,6 +72,16 @@ class XGBoostFrontend(SklearnAPIFrontend):
         est = (xgb.XGBClassifier if task == "classifier" else xgb.XGBRegressor)()
         est.load_model(str(path))
         return est
+
+    def export(self, native, cfg, opset, workdir):
+        # multi:softmax: onnxmltools would emit raw margins as "probabilities", but XGBClassifier.predict_proba
+        # gives their softmax (and predict their argmax), exactly as multi:softprob: convert a copy as softprob
+        if any(_softmax(p) for p in parts(native)):
+            native = copy.deepcopy(native)
+            for p in parts(native):
+                if _softmax(p):
+                    p.set_params(objective="multi:softprob")
+        return super().export(native, cfg, opset, workdir)
 
     def metadata(self, native, cfg):
         meta = super().metadata(native, cfg)
