@@ -167,10 +167,13 @@ def _metrics(outputs, labels, reference=None) -> dict | None:
     if not outputs or (labels is None and reference is None):
         return None
     n = len(next(iter(outputs.values())))
+    lab = None if labels is None else labels[:n]
     try:
-        return task_metrics(outputs, None if labels is None else labels[:n],
-                            None if reference is None else {k: v[:n] for k, v in reference.items()})
-    except (ValueError, IndexError, TypeError):
+        try:
+            return task_metrics(outputs, lab, None if reference is None else {k: v[:n] for k, v in reference.items()})
+        except KeyError:  # the reference names its outputs differently: no agreement figure
+            return task_metrics(outputs, lab) if lab is not None else None
+    except (ValueError, IndexError, TypeError, KeyError):
         return None  # outputs that are no prediction (e.g. embeddings) have no task metric
 
 

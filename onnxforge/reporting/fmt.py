@@ -64,3 +64,13 @@ def deltas(d: dict | None) -> str:
     if not d:
         return ""
     return " · ".join(f"{METRIC_NAMES[k]} {d[k]:+.4g}" for k in METRIC_NAMES if isinstance(d.get(k), float))
+
+
+def comparison_other(c: dict) -> str:
+    """The figures of a validation comparison that are not float errors: label flips, distribution checks."""
+    if c.get("kind") == "label":
+        return f"{c.get('flips')}/{c.get('total')} flips"
+    if c.get("kind") == "distribution" and "max_z" in c:
+        return (f"max z {c['max_z']:.2f}; mean off in {c.get('mean_fail_rows')}/{c.get('rows')} rows, "
+                f"quantiles off in {c.get('quantile_fail_rows')}/{c.get('rows')}")
+    return str(c.get("reason") or "")

@@ -100,7 +100,7 @@ def render_html(rep: dict, notes_out=None) -> str:
         vrows = [[e(str(c.get("output"))), c.get("batch", ""), e(str(c.get("kind", ""))), _ok(c.get("pass")),
                   fmt.sci(c.get("max_abs")), fmt.sci(c.get("max_rel")), fmt.sci(c.get("p99_abs")),
                   fmt.sci(c.get("min_atol")), fmt.sci(c.get("min_rtol")),
-                  e(f"{c['flips']}/{c['total']} flips" if c.get("kind") == "label" else str(c.get("reason", "")))]
+                  e(fmt.comparison_other(c))]
                  for c in v["comparisons"]]
         m = v.get("metrics") or {}
         mline = ""

@@ -60,8 +60,7 @@ def render_markdown(rep: dict) -> str:
         vrows = []
         for v in rep["validations"]:
             for c in v["comparisons"]:
-                figs = (f"{c.get('flips')}/{c.get('total')} flips" if c.get("kind") == "label"
-                        else c.get("reason", "") if "max_abs" not in c else "")
+                figs = fmt.comparison_other(c)
                 vrows.append([v["stage"], f"`{v.get('model') or ''}`", str(c.get("output")), str(c.get("batch", "")),
                               "✅" if c.get("pass") else "❌", fmt.sci(c.get("max_abs")), fmt.sci(c.get("p99_abs")),
                               fmt.sci(c.get("min_atol")), fmt.sci(c.get("min_rtol")), figs])

@@ -36,13 +36,13 @@ def render_terminal(rep: dict, console, brief: bool = False) -> None:
         return
     for v in rep["validations"]:
         vt = Table(title=f"{v['stage']}: {v.get('model') or ''} vs {v.get('reference')} — {v.get('verdict')}")
-        for c in ("output", "batch", "kind", "pass", "max abs", "max rel", "p99 abs", "min atol", "min rtol"):
-            vt.add_column(c, justify="left" if c in ("output", "kind") else "right")
+        for c in ("output", "batch", "kind", "pass", "max abs", "max rel", "p99 abs", "min atol", "min rtol", "other"):
+            vt.add_column(c, justify="left" if c in ("output", "kind", "other") else "right")
         for c in v["comparisons"]:
             vt.add_row(str(c.get("output")), str(c.get("batch", "")), str(c.get("kind", "")),
                        "[green]yes[/green]" if c.get("pass") else "[red]NO[/red]", fmt.sci(c.get("max_abs")),
                        fmt.sci(c.get("max_rel")), fmt.sci(c.get("p99_abs")), fmt.sci(c.get("min_atol")),
-                       fmt.sci(c.get("min_rtol")))
+                       fmt.sci(c.get("min_rtol")), fmt.comparison_other(c))
         console.print(vt)
     if rep["errors"]:
         et = Table(title=f"errors recomputed on {rep['data']['eval']}")
