@@ -440,3 +440,36 @@ def test_bench_cli_fixed_batch_and_bad_runs(work, tmp_path):
     assert out["batches"] == [4] and out["skipped_batches"] == [1]
     assert "fixed batch of 4" in res.stderr
     assert "at least 1" in assert_one_line_error(run_cli("bench", work / "cnn.onnx", "--runs", "0"), 2)
+
+
+# ------------------------------------------------------------------ classifier outputs: labels, ZipMap
+
+
+def test_classifier_label_flips_and_zipmap_match_sklearn(tmp_path):
+    """Two scikit-learn classifiers (and a ZipMap variant) as loose models: label flips and accuracy are the ones
+    sklearn's own predict gives; sequence-of-map outputs get no element-wise figures instead of a crash."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    x = x.astype(np.float32)
+    a = LogisticRegression(max_iter=500).fit(x, y)
+    b = LogisticRegression(C=0.02, max_iter=500).fit(x, y)  # strongly regularized: some labels differ
+    (tmp_path / "a.onnx").write_bytes(to_onnx(a, x[:1], options={"zipmap": False}).SerializeToString())
+    (tmp_path / "b.onnx").write_bytes(to_onnx(b, x[:1], options={"zipmap": False}).SerializeToString())
+    (tmp_path / "a_zip.onnx").write_bytes(to_onnx(a, x[:1]).SerializeToString())
+    np.savez(tmp_path / "iris.npz", X=x, label=y)
+    res = run_cli("report", "a.onnx", "b.onnx", "a_zip.onnx", "--data", "iris.npz", "--no-bench", "--json",
+                  cwd=tmp_path)
+    assert res.code == 0, res.stderr
+    rep = res.json()
+    flips = int((a.predict(x) != b.predict(x)).sum())
+    assert flips > 0
+    err = {(e["label"], e["output"]): e for e in rep["errors"]}
+    assert err[("b.onnx", "label")]["kind"] == "label" and err[("b.onnx", "label")]["flips"] == flips
+    assert not any(lab == "a_zip.onnx" for lab, _ in err)  # renamed outputs and a ZipMap: nothing comparable
+    acc = {art["label"]: art["metrics"]["accuracy"] for art in rep["artifacts"]}
+    assert acc == pytest.approx({"a.onnx": a.score(x, y), "b.onnx": b.score(x, y), "a_zip.onnx": a.score(x, y)})
+    assert rep["artifacts"][1]["metric_deltas"]["accuracy"] == pytest.approx(b.score(x, y) - a.score(x, y))
+    assert rep["artifacts"][1]["metrics"]["top1_agreement"] == pytest.approx(1 - flips / len(y))
