@@ -290,6 +290,9 @@ def _native(src: Sources, feeds):
     except UserError as e:
         src.notes.append(f"native reference unavailable: {e}")
         return None, None, None, None
+    except Exception as e:  # a frontend bug must not cost the user the whole report either
+        src.notes.append(f"native reference unavailable ({type(e).__name__}: {str(e)[:160]})")
+        return None, None, None, None
     label = f"{fe.name} (native)"
     try:
         out = {k: np.asarray(v) for k, v in fe.predict(native, feeds, src.cfg).items()}
