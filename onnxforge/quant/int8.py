@@ -160,7 +160,14 @@ class CalibrationFeeds:
     """Rows for calibration served in small batches, rewound for every calibration run."""
 
     def __init__(self, feeds: dict[str, np.ndarray], batch: int = 16):
+        import hashlib
+
         self.feeds, self.batch = feeds, batch
+        h = hashlib.sha1()
+        for k in sorted(feeds):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(feeds[k]).tobytes())
+        self.digest = h.hexdigest()[:12]
 
     def reader(self):
         from onnxruntime.quantization import CalibrationDataReader
@@ -214,7 +221,8 @@ class Int8Builder:
                                  extra_options={"MatMulConstBOnly": True})
             else:
                 # calibration ranges depend on the method and op types only: compute once, reuse for every rebuild
-                cache = self.work / f"calib-{self.calibrate_method}-{'_'.join(ops or ['all'])}.json"
+                key = f"{self.pre.stem}-{self.calibration.digest}-{self.calibrate_method}-{'_'.join(ops or ['all'])}"
+                cache = self.work / f"calib-{key}.json"
                 extra = {"CalibPercentile": self.percentile} if self.calibrate_method == "Percentile" else {}
                 quantize_static(
                     str(self.pre), str(out),
