@@ -473,3 +473,19 @@ def test_classifier_label_flips_and_zipmap_match_sklearn(tmp_path):
     assert acc == pytest.approx({"a.onnx": a.score(x, y), "b.onnx": b.score(x, y), "a_zip.onnx": a.score(x, y)})
     assert rep["artifacts"][1]["metric_deltas"]["accuracy"] == pytest.approx(b.score(x, y) - a.score(x, y))
     assert rep["artifacts"][1]["metrics"]["top1_agreement"] == pytest.approx(1 - flips / len(y))
+
+
+def test_failed_stage_reason_leads_the_markdown(run, tmp_path):
+    d = tmp_path / "failed"
+    shutil.copytree(run["dir"], d)
+    man = json.loads((d / "manifest.json").read_text())
+    man["verdict"] = "fail"
+    man["stages"].insert(2, {"name": "quantize", "dir": "03-quantize", "status": "ran", "verdict": "fail",
+                             "message": "quantize: accuracy drop 0.03 over the budget 0.01"})
+    (d / "manifest.json").write_text(json.dumps(man))
+    res = run_cli("report", d, "--no-bench", "--formats", "md,html")
+    assert res.code == 0, res.stderr  # reporting a failed run is not itself a failure
+    lines = (d / "report" / "report.md").read_text().splitlines()
+    assert lines[0] == "## onnxforge report: report-demo — ❌ fail"
+    assert "**quantize failed:** quantize: accuracy drop 0.03 over the budget 0.01" in lines[:6]
+    assert "quantize fail:</span> quantize: accuracy drop 0.03" in (d / "report" / "report.html").read_text()

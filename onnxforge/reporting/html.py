@@ -59,6 +59,10 @@ def render_html(rep: dict, notes_out=None) -> str:
         r = rep["run"]
         summary += (f'<p class="muted">run <code>{e(str(r["path"]))}</code> · config <code>{e(str(r["config"]))}'
                     f'</code> · final model <code>{e(str(r["final_model"]))}</code></p>')
+    for s in rep["stages"]:
+        if s.get("verdict") in ("fail", "error"):
+            summary += (f'<p><span class="bad">{e(str(s["name"]))} {e(str(s["verdict"]))}:</span> '
+                        f'{e((s.get("message") or "")[:500])}</p>')
     if not can_plot:
         summary += '<p class="muted">Plots need matplotlib: pip install \'onnxforge[report]\'.</p>'
     parts.append(_section("summary", "Summary", summary))

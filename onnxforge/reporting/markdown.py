@@ -43,6 +43,9 @@ def render_markdown(rep: dict) -> str:
                   f"`{lat['baseline']}`" if lat else "")
                + f" · onnxforge {rep['onnxforge']}_")
     out.append("")
+    for s in rep["stages"]:  # the reason a CI job failed belongs at the top of its comment
+        if s.get("verdict") in ("fail", "error"):
+            out += [f"**{s['name']} {s['verdict']}ed:** {(s.get('message') or '').replace(chr(10), ' ')[:500]}", ""]
     lat_cols, lat_cells = _latency_cells(rep)
     rows = []
     for a in rep["artifacts"]:
