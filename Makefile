@@ -27,7 +27,7 @@ demo: install fixtures
 	$(BIN)/onnxforge report runs/demo --out runs/demo/report
 	@echo "report: runs/demo/report/report.html (also report.md, report.json)"
 
-test: install fixtures
+test: install fixtures chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install fixtures

@@ -18,8 +18,9 @@ class OnnxFrontend(Frontend):
     name = "onnx"
     Source = OnnxSource
     packages = ("onnx", "onnxruntime")
+    # ORT's optimized kernels differ from the unoptimized reference by ~1e-6 on conv models
     rtol = 1e-4
-    atol = 1e-6
+    atol = 1e-5
 
     def load(self, cfg):
         from onnxforge.artifact import check, load_model
