@@ -313,7 +313,7 @@ def load_torch(cfg) -> TorchModel:
 
 def _specs(cfg):
     if not cfg.inputs:
-        raise UserError("framework torch needs the input spec: add `inputs: [{name, dtype, shape}]` to the config "
+        raise UserError("framework torch needs the input spec — add `inputs: [{name, dtype, shape}]` to the config "
                         "(or --input name:dtype:dims)")
     bad = [s.name for s in cfg.inputs if s.dtype == "string"]
     if bad:
