@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field
 
 from onnxforge.config import StrictModel
@@ -153,7 +154,7 @@ def _run(ctx, opts: OptimizeOptions, src: Path, work: Path):
     plan = _plan(src, opts, warnings)
     before = perf.model_stats(src)
     current = src
-    ref = runtime.run(runtime.session(src, level="disable"), feeds)
+    original = ref = runtime.run(runtime.session(src, level="disable"), feeds)  # ref: the current pass's input
     records: list[dict[str, Any]] = []
     accepted: dict[str, Path] = {"input": src}
     with progress_bar(ctx.console, "optimize", len(plan)) as bar:
@@ -175,6 +176,10 @@ def _run(ctx, opts: OptimizeOptions, src: Path, work: Path):
                 continue
             rec["wall_s"] = round(time.perf_counter() - t0, 3)
             ok, cmp = _check(ref, got, opts, _quantum_atol(current))
+            rec["max_abs_vs_original"] = max((float(np.max(np.abs(np.asarray(got[k], dtype=np.float64) -
+                                                                  np.asarray(v, dtype=np.float64))))
+                                              for k, v in original.items() if np.asarray(v).dtype.kind == "f"
+                                              and k in got and np.shape(got[k]) == np.shape(v)), default=0.0)
             stats = perf.model_stats(dst)
             rec.update(nodes_after=stats["nodes"], ops_after=stats["ops"], file_bytes=stats["file_bytes"],
                        comparison=cmp)
@@ -196,7 +201,7 @@ def _run(ctx, opts: OptimizeOptions, src: Path, work: Path):
             else:
                 rec["status"] = "applied"
                 accepted[name] = dst
-                current = dst
+                current, ref = dst, got
             records.append(rec)
             bar()
 

@@ -227,9 +227,12 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
     # ---- what to try
     calib_feeds, calib_prov = None, None
     if opts.mode == "fp16":
-        nodes = int8.graph_nodes(src)
-        plans = [("fp16", None, fp16.Fp16Builder(src, work, opts.keep_io_types, opts.op_block_list),
-                  fp16.targets(nodes, opts.op_block_list), src)]
+        named = work / "named.onnx"  # node_block_list addresses nodes by name
+        shutil.copyfile(src, named)
+        int8.name_nodes(named)
+        nodes = int8.graph_nodes(named)
+        plans = [("fp16", None, fp16.Fp16Builder(named, work, opts.keep_io_types, opts.op_block_list),
+                  fp16.targets(nodes, opts.op_block_list), named)]
     else:
         pre = work / "preprocessed.onnx"
         if opts.preprocess:
