@@ -284,22 +284,37 @@ def test_pickle_refused_without_trust_pickle(tmp_path, cli):
     assert "reg.pkl is a pickle/joblib file" in line and "trust_pickle: true" in line
 
 
+def spec_config(config: str, inputs: list[dict]) -> dict:
+    cfg = yaml.safe_load((CONFIGS / f"{config}.yaml").read_text())
+    cfg["source"]["path"] = str((CONFIGS / cfg["source"]["path"]).resolve())
+    cfg["data"]["path"] = str((CONFIGS / cfg["data"]["path"]).resolve())
+    cfg["inputs"] = inputs
+    return cfg
+
+
+def test_input_spec_not_matching_model_cli(tmp_path):
+    cfg = spec_config("xgboost_classifier", [{"name": "input", "shape": ["batch", 12], "column": "x"}])
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    line = assert_one_line_error(run_cli("run", tmp_path / "c.yaml", cwd=tmp_path))
+    assert "has 12 features" in line and "expects 13" in line
+
+
+# the same check in-process for the other variants (the CLI's one-line, exit-2 rendering is shown above)
 @pytest.mark.parametrize("config, inputs, needle", [
-    ("xgboost_classifier", [{"name": "input", "shape": ["batch", 12], "column": "x"}], "has 12 features"),
     ("lightgbm_regressor", [{"name": "input", "shape": ["batch", 11], "column": "x"}], "expects 10"),
     ("lightgbm_classifier", [{"name": "input", "dtype": "string", "shape": ["batch", 10], "columns": NUMERIC}],
      "is a string input"),
     ("xgboost_pipeline", [{"name": "input", "shape": ["batch", 10], "columns": NUMERIC[::-1]}],
      "differ from the model's feature names"),
+    ("xgboost_regressor", [{"name": "input", "shape": ["batch", 2, 5], "column": "x"}], "2-D inputs"),
 ])
 def test_input_spec_not_matching_model(tmp_path, config, inputs, needle):
-    cfg = yaml.safe_load((CONFIGS / f"{config}.yaml").read_text())
-    cfg["source"]["path"] = str((CONFIGS / cfg["source"]["path"]).resolve())
-    cfg["data"]["path"] = str((CONFIGS / cfg["data"]["path"]).resolve())
-    cfg["inputs"] = inputs
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    res = run_cli("run", tmp_path / "c.yaml", cwd=tmp_path)
-    assert needle in assert_one_line_error(res)
+    from onnxforge.errors import UserError
+
+    cfg = spec_config(config, inputs)
+    with pytest.raises(UserError) as err:
+        frontend_export({k: cfg[k] for k in ("name", "source", "inputs")}, tmp_path)
+    assert needle in str(err.value) and "\n" not in str(err.value)
 
 
 def test_task_contradicting_objective(tmp_path, cli):

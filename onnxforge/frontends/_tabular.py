@@ -306,8 +306,15 @@ def check_specs(est, specs, n_features: int | None, what: str) -> None:
                         f"one input of shape (batch, {n_features or 'k'}) with columns: listing the table columns")
     spec = specs[0]
     width = _width(spec)
-    if spec.dtype == "string":
+    first = est
+    while hasattr(first, "steps"):
+        first = first.steps[0][1]
+    text = _encoded_kind(first) == "string"  # e.g. Pipeline(OneHotEncoder, ...) fitted on a string matrix
+    if spec.dtype == "string" and not text:
         raise UserError(f"input '{spec.name}' is a string input but {what} takes numbers — declare dtype: float32")
+    if text and spec.dtype != "string":
+        raise UserError(f"input '{spec.name}' is {spec.dtype} but {what} encodes text categories — declare "
+                        "dtype: string")
     if n_features and width is not None and width != n_features:
         raise UserError(f"input '{spec.name}' has {width} features, shape {_fmt_shape(spec.shape)}, but {what} "
                         f"expects {n_features} — fix its shape/columns in the config")
