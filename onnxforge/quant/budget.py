@@ -141,6 +141,22 @@ def tensor_ranking(float_path: Path, quant_path: Path, feeds: dict[str, np.ndarr
     return scores
 
 
+class NoAssess:
+    """No evaluation data: nothing to score, every model is 'within' (and the summary says it was not checked)."""
+
+    feeds: dict = {}
+    metric = against = None
+    accuracy_float = float("nan")
+
+    def __call__(self, path):
+        return {"accuracy": float("nan"), "accuracy_drop": 0.0, "errors": {}, "within": True, "score": 0.0,
+                "worst": "", "tiebreak": 0.0}
+
+    def describe(self, r):
+        return "not measured"
+
+
+
 @dataclass
 class Outcome:
     ok: bool

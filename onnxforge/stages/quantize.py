@@ -98,87 +98,6 @@ def _check_options(opts: QuantizeOptions) -> None:
         raise UserError("quantize.batch_sizes: give positive batch sizes, e.g. [1, 64]")
 
 
-class _NoAssess:
-    """No evaluation data: nothing to score, every model is 'within' (and the summary says it was not checked)."""
-
-    feeds: dict = {}
-    metric = against = None
-    accuracy_float = float("nan")
-
-    def __call__(self, path):
-        return {"accuracy": float("nan"), "accuracy_drop": 0.0, "errors": {}, "within": True, "score": 0.0,
-                "worst": "", "tiebreak": 0.0}
-
-    def describe(self, r):
-        return "not measured"
-
-
-def _calibration(ctx, src: Path, opts, warnings: list[str], required: bool):
-    """(feeds, provenance) for calibration, or (None, reason) when there is none and it is not required."""
-    from onnxforge import data
-    from onnxforge.errors import UserError
-
-    d = ctx.cfg.data
-    feeds, prov = None, None
-    if d.calibration or d.path:
-        feeds, prov = ctx.feeds("calibration", src)
-    elif d.synthetic or opts.allow_synthetic_calibration:
-        if not opts.allow_synthetic_calibration:
-            raise UserError("static quantization on synthetic (random) data is refused — give calibration data "
-                            "(data.calibration or --data FILE), or set allow_synthetic_calibration: true")
-        feeds, prov = data.synthesize(ctx.input_specs(src), max(opts.calibration_rows, 64), d.seed), "synthetic"
-    if feeds is None:
-        if required:
-            raise UserError("static quantization needs calibration data — set data.calibration (or data.path), "
-                            "or pass --data FILE (random data only with allow_synthetic_calibration: true)")
-        return None, "no calibration data"
-    if prov == "synthetic":
-        if not opts.allow_synthetic_calibration:
-            raise UserError("static quantization on synthetic (random) data is refused — give calibration data "
-                            "(data.calibration or --data FILE), or set allow_synthetic_calibration: true")
-        warnings.append("calibrated on SYNTHETIC random inputs (allow_synthetic_calibration: true): activation "
-                        "ranges may not match real data")
-    n = data.n_rows(feeds)
-    idx = __import__("numpy").random.default_rng(d.seed).permutation(n)[: opts.calibration_rows]
-    return {k: v[idx] for k, v in feeds.items()}, prov
-
-
-def _evaluation(ctx, src: Path, opts, warnings: list[str]):
-    """(feeds, provenance, labels) for the budget; feeds None when no data is configured."""
-    from onnxforge import data
-    from onnxforge.errors import UserError
-
-    d = ctx.cfg.data
-    if d.path is None:
-        budget_set = bool({"max_accuracy_drop", "max_error"} & opts.model_fields_set) and (
-            opts.max_accuracy_drop is not None or opts.max_error)
-        if budget_set:
-            raise UserError("quantize: an accuracy budget needs evaluation data — set data.path (or --data FILE)")
-        warnings.append("accuracy NOT measured: no evaluation data (set data.path or --data FILE)")
-        return None, None, None
-    feeds, prov = ctx.feeds("eval", src)
-    labels = ctx.labels()
-    if opts.eval_rows:
-        feeds = data.take(feeds, opts.eval_rows)
-        labels = labels[: opts.eval_rows] if labels is not None else None
-    if d.calibration is None or Path(d.calibration).resolve() == Path(d.path).resolve():
-        if opts.mode in ("auto", "static"):
-            warnings.append("the budget is checked on the calibration data itself (optimistic): give held-out "
-                            "data in data.path and calibration rows in data.calibration")
-    return feeds, prov, labels
-
-
-def _latency_feeds(ctx, src: Path, eval_feeds, calib_feeds):
-    from onnxforge import data
-
-    if eval_feeds is not None:
-        return eval_feeds, "eval data"
-    if calib_feeds is not None:
-        return calib_feeds, "calibration data"
-    # timing does not depend on the values: random inputs are fine here (never for calibration or accuracy)
-    return data.synthesize(ctx.input_specs(src), 64, ctx.cfg.data.seed), "synthetic (timing only)"
-
-
 def _fmt_speed(spd: dict) -> str:
     return ", ".join(f"{v:.2f}× at {k}" for k, v in spd.items())
 
@@ -204,14 +123,15 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
     from onnxforge.optim.ui import progress_bar
     from onnxforge.pipeline import StageResult
     from onnxforge.quant import budget as qb
+    from onnxforge.quant import feeds as qfeeds
     from onnxforge.quant import fp16, int8
 
     src = input_model(ctx)
     warnings: list[str] = []
     before = perf.model_stats(src)
-    eval_feeds, eval_prov, labels = _evaluation(ctx, src, opts, warnings)
+    eval_feeds, eval_prov, labels = qfeeds.evaluation(ctx, src, opts, warnings)
     assess = (qb.Assessor(src, eval_feeds, labels, qb.Budget(opts.max_accuracy_drop, opts.max_error))
-              if eval_feeds is not None else _NoAssess())
+              if eval_feeds is not None else qb.NoAssess())
     if eval_feeds is not None:
         unknown = sorted(set(opts.max_error) - set(assess.float_outputs) - {"*"})
         if unknown:
@@ -245,7 +165,7 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
         if opts.mode == "auto":
             raw = ([c.model_dump() for c in opts.candidates] if opts.candidates else None)
             needs_static = raw is None or any(c["mode"] == "static" for c in raw)
-            calib_feeds, calib_prov = _calibration(ctx, src, opts, warnings, required=raw is not None and needs_static)
+            calib_feeds, calib_prov = qfeeds.calibration(ctx, src, opts, warnings, required=raw is not None and needs_static)
             if raw is None:
                 raw = _default_candidates(calib_feeds is not None, any(n.op_type == "Conv" for n in nodes))
                 if calib_feeds is None:
@@ -253,7 +173,7 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
             cfgs = [_int8_config(CandidateOptions(**c), c["mode"]) for c in raw]
         else:
             if opts.mode == "static":
-                calib_feeds, calib_prov = _calibration(ctx, src, opts, warnings, required=True)
+                calib_feeds, calib_prov = qfeeds.calibration(ctx, src, opts, warnings, required=True)
             cfgs = [_int8_config(opts, opts.mode)]
         calib = int8.CalibrationFeeds(calib_feeds) if calib_feeds is not None else None
         plans = [(c.label, c, int8.Int8Builder(pre, work, c, calib, opts.calibrate_method, opts.percentile,
@@ -270,7 +190,7 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
     alive = fp16.has_fp16_weights if opts.mode == "fp16" else int8.has_int8_weights
 
     # ---- phase 1: every candidate as is, scored and timed in the same rounds as the float model
-    lat_feeds, lat_prov = _latency_feeds(ctx, src, eval_feeds, calib_feeds)
+    lat_feeds, lat_prov = qfeeds.latency_feeds(ctx, src, eval_feeds, calib_feeds)
     candidates: list[dict] = []
     with progress_bar(ctx.console, "quantize: candidates", len(plans)) as bar:
         for label, cfg, builder, tg, _ in plans:
