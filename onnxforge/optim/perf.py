@@ -51,31 +51,45 @@ def batch_plan(paths: list[str | Path], batch_sizes: list[int]) -> list[int]:
     return list(dict.fromkeys(batch_sizes))
 
 
+class Timings(dict):
+    """{model: {"batch1": p50 ms, ...}} (median over rounds), with the per-round samples kept for paired ratios."""
+
+    samples: dict[str, dict[str, list[float]]]
+
+    def speedup(self, base: str, cand: str) -> dict[str, float]:
+        """base/cand per batch size: the median of per-round ratios. Each round times the models back to back,
+        so a shared machine's slow spells hit both sides of a ratio alike."""
+        out = {}
+        for b, xs in self.samples[base].items():
+            ys = self.samples[cand][b]
+            out[b] = float(np.median([x / y for x, y in zip(xs, ys, strict=True) if y > 0]))
+        return out
+
+
 def latency(models: dict[str, str | Path], feeds: dict[str, np.ndarray], batch_sizes: list[int], *,
             threads: int = 1, level: str = "all", rounds: int = 3, seconds: float = 0.25,
-            progress=None) -> dict[str, dict[str, float]]:
-    """p50 latency in ms per model per batch size: {name: {"batch1": ms, ...}}. Every round times every model
-    once per batch size (round-robin), and the median over rounds is reported."""
+            progress=None) -> Timings:
+    """p50 latency in ms per model per batch size. Every round times every model once per batch size, models
+    back to back (alternating order between rounds); the median over rounds is reported."""
     from onnxforge import runtime
     from onnxforge.timing import measure
 
     sessions = {k: runtime.session(Path(p), threads=threads, level=level) for k, p in models.items()}
     plan = batch_plan(list(models.values()), batch_sizes)
     inputs = {b: tile_rows(feeds, b) for b in plan}
-    samples: dict[str, dict[int, list[float]]] = {k: {b: [] for b in plan} for k in models}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            for b in plan:
-                f = inputs[b]
-                r = measure(lambda s=s, f=f: s.run(None, f), runs=400, warmup=5, max_seconds=seconds, rows=b)
-                samples[k][b].append(r["p50_ms"])
+    samples: dict[str, dict[str, list[float]]] = {k: {f"batch{b}": [] for b in plan} for k in models}
+    names = list(sessions)
+    for r in range(rounds):
+        for b in plan:
+            for k in names if r % 2 == 0 else names[::-1]:
+                s, f = sessions[k], inputs[b]
+                res = measure(lambda s=s, f=f: s.run(None, f), runs=400, warmup=5, max_seconds=seconds, rows=b)
+                samples[k][f"batch{b}"].append(res["p50_ms"])
                 if progress is not None:
                     progress()
-    return {k: {f"batch{b}": float(np.median(v)) for b, v in per.items()} for k, per in samples.items()}
-
-
-def speedups(base: dict[str, float], cand: dict[str, float]) -> dict[str, float]:
-    return {k: (base[k] / cand[k]) if cand.get(k) else float("nan") for k in base if k in cand}
+    out = Timings({k: {b: float(np.median(v)) for b, v in per.items()} for k, per in samples.items()})
+    out.samples = samples
+    return out
 
 
 def geomean(values) -> float:

@@ -215,7 +215,7 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
         lat = perf.latency(models, lat_feeds, batches, threads=opts.threads, rounds=opts.latency_rounds,
                            progress=bar)
     for c in live:
-        c["p50_ms"], c["speedup"] = lat[c["label"]], perf.speedups(lat["float"], lat[c["label"]])
+        c["p50_ms"], c["speedup"] = lat[c["label"]], lat.speedup("float", c["label"])
     before["p50_ms"] = lat["float"]
     summary["latency"] = {"threads": opts.threads, "data": lat_prov, "rounds": opts.latency_rounds}
 
@@ -250,7 +250,7 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
             with progress_bar(ctx.console, "quantize: re-timing", opts.latency_rounds * 2 * len(batches)) as bar:
                 lat2 = perf.latency({"float": src, "q": out.path}, lat_feeds, batches, threads=opts.threads,
                                     rounds=opts.latency_rounds, progress=bar)
-            c["p50_ms"], c["speedup"] = lat2["q"], perf.speedups(lat2["float"], lat2["q"])
+            c["p50_ms"], c["speedup"] = lat2["q"], lat2.speedup("float", "q")
             before["p50_ms"] = lat2["float"]  # ratios always compare timings from the same rounds
             if not fast_enough(c["speedup"]):
                 c.update(status="rejected", reason=f"within budget with {len(out.float_nodes)} nodes in float, but "
