@@ -162,8 +162,12 @@ def export_onnx(pred, opset: int, seed: int | None):
         with redirect_stdout(buf):  # the exporter narrates its steps on stdout
             prog = torch.onnx.export(module, args, dynamo=True, input_names=in_names, output_names=out_names,
                                      dynamic_shapes=(tuple({0: batch} for _ in args),), opset_version=opset,
-                                     external_data=False, verbose=False, optimize=True)
-    model = prog.model_proto
+                                     external_data=False, verbose=False, optimize=False)
+    # the exporter's own optimize pass costs seconds; onnxscript's optimizer on the proto does the same folding
+    # (constants, shape arithmetic) in tens of milliseconds
+    import onnxscript.optimizer
+
+    model = onnxscript.optimizer.optimize(prog.model_proto)
     add_encoders(model, pred)
     if seed is not None:
         from onnxforge.predict import reseed
