@@ -106,29 +106,46 @@ def _rename(model, mapping: dict[str, str]) -> None:
         node.output[:] = [sub(x) for x in node.output]
 
 
-_GENERATED = re.compile(r"__\d+(:\d+)?$")  # tf2onnx's counters: their numbering depends on set order
+_GENERATED = re.compile(r"^(.*?)__(\d+)((?::\d+)?)$")  # tf2onnx's counters: 'Transpose__58:0', 'const_axes__11'
 
 
 def _canonical(model) -> None:
-    """Make tf2onnx's output byte-stable: its constant de-duplication keeps an arbitrary one of equal constants
-    (named like 'const_starts__25'), so rename generated names by first use and order the initializers."""
+    """Make tf2onnx's output byte-stable. Its counters (node names, values) are numbered in set-iteration order, and
+    its constant de-duplication keeps an arbitrary one of equal constants ('const_starts__25' one run,
+    'const_axes__11' the next). Renumber every generated name by first use in node order, call generated constants
+    'const__N', and order the initializers by first use."""
     g = model.graph
+    inits = {t.name for t in g.initializer}
+    ids: dict[str, str] = {}
+    mapping: dict[str, str] = {}
+
+    def visit(name: str) -> None:
+        m = _GENERATED.match(name)
+        if not m or name in mapping:
+            return
+        key = f"{m.group(1)}__{m.group(2)}"
+        if key not in ids:
+            ids[key] = f"{'const' if name in inits else m.group(1)}__{len(ids) + 1}"
+        mapping[name] = ids[key] + m.group(3)
+
     order: dict[str, int] = {}
     for node in g.node:
         for x in node.input:
             order.setdefault(x, len(order))
-    mapping, k = {}, 0
-    for init in sorted(g.initializer, key=lambda t: order.get(t.name, len(order))):
-        if _GENERATED.search(init.name):
-            k += 1
-            mapping[init.name] = f"const__{k}"
+            visit(x)
+        for x in node.output:
+            visit(x)
+        visit(node.name)
+    for t in sorted(g.initializer, key=lambda t: order.get(t.name, len(order))):
+        visit(t.name)
     _rename(model, mapping)
-    for init in g.initializer:
-        init.name = mapping.get(init.name, init.name)
-    inits = sorted(g.initializer, key=lambda t: (order.get(t.name, len(order)), t.name))
-    copies = [type(t)() for t in inits]
-    for c, t in zip(copies, inits, strict=True):
+    for node in g.node:
+        node.name = mapping.get(node.name, node.name)
+    ordered = sorted(g.initializer, key=lambda t: (order.get(t.name, len(order)), mapping.get(t.name, t.name)))
+    copies = [type(t)() for t in ordered]
+    for c, t in zip(copies, ordered, strict=True):
         c.CopyFrom(t)
+        c.name = mapping.get(t.name, t.name)
     del g.initializer[:]
     g.initializer.extend(copies)
     dims: dict[str, str] = {}
