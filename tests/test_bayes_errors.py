@@ -1,0 +1,118 @@
+"""pymc frontend, bad input: one line, exit 2, naming the problem and the fix — from the real CLI for the four
+cases the issue names, in-process for the rest of the config checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import assert_one_line_error
+
+from onnxforge.config import parse_config
+from onnxforge.errors import UserError
+from onnxforge.registry import frontend
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {
+    "name": "bad",
+    "source": {"framework": "pymc", "path": str(ROOT / "fixtures/pymc/linear.nc"),
+               "transform": f"{ROOT / 'fixtures/pymc_models.py'}:linear_mu"},
+    "inputs": [{"name": "X", "dtype": "float32", "shape": ["batch", 3]}],
+    "stages": {"convert": {}},
+}
+
+
+def write(tmp: Path, name: str, *, source=None, inputs=None) -> Path:
+    cfg = {**BASE, "source": {**BASE["source"], **(source or {})}, "inputs": inputs or BASE["inputs"]}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def test_netcdf_without_posterior_group(tmp_path, cli):
+    import xarray as xr
+
+    xr.Dataset({"y": (("obs",), np.arange(5.0))}).to_netcdf(tmp_path / "obs.nc", engine="h5netcdf",
+                                                              group="observed_data")
+    res = cli("convert", "--config", write(tmp_path, "nopost", source={"path": "obs.nc"}), "-o",
+              tmp_path / "m.onnx")
+    line = assert_one_line_error(res)
+    assert "no 'posterior' group" in line and "to_netcdf" in line
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_transform_asks_for_a_missing_variable(tmp_path, cli):
+    (tmp_path / "mu.py").write_text("def mu(xp, params, X):\n    return params['alpha'] + X @ params['gamma']\n")
+    res = cli("convert", "--config", write(tmp_path, "missing", source={"transform": "mu.py:mu"}), "-o",
+              tmp_path / "m.onnx")
+    line = assert_one_line_error(res)
+    assert "'gamma'" in line and "alpha, beta, sigma" in line
+
+
+def test_shape_mismatch_between_posterior_dims_and_inputs(tmp_path, cli):
+    res = cli("convert", "--config", write(tmp_path, "shape", inputs=[{"name": "X", "shape": ["batch", 4]}]),
+              "-o", tmp_path / "m.onnx")
+    line = assert_one_line_error(res)
+    assert "X [3, 4]" in line and "beta(feature=3)" in line and "inputs[].shape" in line
+
+
+def test_unseen_category_under_error_policy_refused_at_predict(tmp_path, cli):
+    import pandas as pd
+
+    from onnxforge.config import read_yaml
+    from onnxforge.pipeline import run_pipeline
+
+    path = ROOT / "configs" / "pymc_hier.yaml"
+    raw, lines = read_yaml(path)
+    raw["source"].update(categorical={"group": {"policy": "error"}}, outputs={"draws": 0})
+    raw.update(stages={"convert": {}}, run_dir=str(tmp_path))
+    cfg = parse_config(raw, path, lines)
+    model = cfg.run_path / run_pipeline(cfg)["final_model"]
+    df = pd.DataFrame({"x": [0.1, 0.2, 0.3], "group": ["setosa", "atlantica", "virginica"]})
+    df.to_csv(tmp_path / "in.csv", index=False)
+    res = cli("predict", model, "--input", tmp_path / "in.csv", "--output", tmp_path / "out.parquet")
+    line = assert_one_line_error(res)
+    assert "atlantica" in line and "row(s) [1]" in line and "'error'" in line
+    assert not (tmp_path / "out.parquet").exists() and not list(tmp_path.glob(".out.parquet*"))
+    df.iloc[[0, 2]].to_csv(tmp_path / "ok.csv", index=False)  # known levels score fine
+    ok = cli("predict", model, "--input", tmp_path / "ok.csv", "--output", tmp_path / "out.parquet")
+    assert ok.code == 0, ok.stderr
+    assert len(pd.read_parquet(tmp_path / "out.parquet")) == 2
+
+
+@pytest.mark.parametrize(("source", "inputs", "needle"), [
+    ({"transform": f"{ROOT / 'fixtures/pymc_models.py'}:nope"}, None, "no function 'nope'"),
+    ({}, [{"name": "Z", "shape": ["batch", 3]}], "differ from the transform's arguments"),
+    ({"family": "negative-binomial"}, None, "params.alpha"),
+    ({"family": "student-t"}, None, "'nu' is not a posterior variable"),
+    ({"params": {"sigma": "tau"}}, None, "'tau' is not a posterior variable"),
+    ({"params": {"sigma": "sigma", "phi": "x"}}, None, "no parameter(s) ['phi']"),
+    ({"categorical": {"X": {}}}, None, "no dim 'X'"),
+    ({"outputs": {"mean": False, "std": False, "quantiles": []}}, None, "every output is off"),
+], ids=["transform-name", "input-names", "negbin-alpha", "t-nu", "sigma-var", "unknown-param", "cat-dim",
+        "no-outputs"])
+def test_config_mismatches_are_user_errors(source, inputs, needle):
+    raw = {**BASE, "source": {**BASE["source"], **source}, "inputs": inputs or BASE["inputs"]}
+    with pytest.raises(UserError) as e:
+        frontend("pymc").load(parse_config(raw))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_opset_above_21_with_draws_is_refused():
+    raw = {**BASE, "source": {**BASE["source"], "outputs": {"draws": 10}}}
+    cfg = parse_config(raw)
+    fe = frontend("pymc")
+    with pytest.raises(UserError, match="opset ≤ 21"):
+        fe.export(fe.load(cfg), cfg, 22, None)
+
+
+def test_cli_import_stays_light():
+    """Registering the pymc frontend (schema building) must not import torch, pymc or xarray."""
+    code = ("import sys; from onnxforge.config import json_schema; json_schema(); import onnxforge.cli; "
+            "print(','.join(m for m in ('torch', 'pymc', 'pytensor', 'xarray', 'arviz') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
