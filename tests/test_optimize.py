@@ -37,9 +37,11 @@ def feeds() -> dict[str, dict]:
     return {"cnn": {"input": te["input"]}, "mlp": {"x": te["x"]}, "block": {"x": x}}
 
 
-def optimize(model: Path, out: Path, *args) -> dict:
+def optimize(model: Path, out: Path, *args, timed: bool = False) -> dict:
+    """Run the stage; pass timing (hardware-dependent) is off unless `timed` — its own test forces the outcome."""
     data = ["--set", "allow_synthetic=true"] if "block" in model.name else ["--data", TEST]
-    res = run_cli("optimize", model, "-o", out, *data, "--set", "latency_rounds=1", *args, "--json")
+    timing = [] if timed else ["--set", "min_pass_speedup=0"]
+    res = run_cli("optimize", model, "-o", out, *data, "--set", "latency_rounds=1", *timing, *args, "--json")
     assert res.code == 0, res.stderr
     return res.json()["result"]
 
@@ -103,6 +105,19 @@ def test_a_pass_beyond_tolerance_is_rejected_and_the_stage_goes_on(models, feeds
     assert set(domains(out)) <= set(STANDARD)
 
 
+def test_a_pass_slower_than_its_input_is_rejected(models, feeds, tmp_path):
+    """Each pass is timed against its input (paired rounds): with a 5× speedup required, none qualifies, every
+    pass is rejected as slower, and the stage still writes its (unchanged) input."""
+    out = tmp_path / "s.onnx"
+    s = optimize(models["mlp"], out, "--set", "min_pass_speedup=5", "--set", "pass_timing_rounds=2", timed=True)
+    assert s["applied"] == [] and s["rejected"] == ["onnxslim", "ort-extended"]
+    for p in s["passes"]:
+        assert p["reason"].startswith("slower than its input") and set(p["speedup"]) == {"batch1", "batch64"}
+        assert all(0.2 < v < 5 for v in p["speedup"].values())
+    assert s["after"]["nodes"] == s["before"]["nodes"]
+    np.testing.assert_array_equal(run_model(out, feeds["mlp"]), run_model(models["mlp"], feeds["mlp"]))
+
+
 def test_refusals(models, tmp_path):
     res = run_cli("optimize", models["cnn"], "-o", tmp_path / "x.onnx")
     assert "allow_synthetic" in assert_one_line_error(res, 2)
@@ -120,7 +135,7 @@ def test_quantize_then_optimize_pipeline(models, feeds, tmp_path):
     quantization steps, and held-out accuracy stays within a point of the float model."""
     cfg = write_config(tmp_path / "p.yaml", models["cnn"], {
         "quantize": {"mode": "static", "allow_slower": True, "latency_rounds": 1},
-        "optimize": {"latency_rounds": 1}}, name="qo")
+        "optimize": {"latency_rounds": 1, "min_pass_speedup": 0}}, name="qo")
     res = run_cli("run", cfg, "--json")
     assert res.code == 0, res.stderr
     man = res.json()["result"]

@@ -32,6 +32,11 @@ class OptimizeOptions(StrictModel):
                                                         "output's quantization scale (integer kernels round)")
     rows: int = Field(256, gt=0, description="evaluation rows for the comparisons")
     allow_synthetic: bool = Field(False, description="compare passes on random inputs when no data is configured")
+    min_pass_speedup: float = Field(0.95, ge=0, description="keep a pass only if its output is at least this many "
+                                    "times as fast as its input at every batch size (paired timing, ORT default "
+                                    "level; as written when portable); 0 = do not time passes")
+    pass_timing_rounds: int = Field(9, gt=0, description="paired timing rounds per pass (repeated once when "
+                                                         "the pass looks slower)")
     allow_more_nodes: bool = Field(False, description="keep a pass even when it leaves more nodes than it got")
     max_size_growth: float = Field(0.05, ge=0, description="reject a pass that grows the file by more than this "
                                                            "fraction (e.g. folding quantized weights back to float)")
@@ -157,6 +162,7 @@ def _run(ctx, opts: OptimizeOptions, src: Path, work: Path):
     original = ref = runtime.run(runtime.session(src, level="disable"), feeds)  # ref: the current pass's input
     records: list[dict[str, Any]] = []
     accepted: dict[str, Path] = {"input": src}
+    batches = perf.batch_plan([src], opts.batch_sizes)
     with progress_bar(ctx.console, "optimize", len(plan)) as bar:
         for i, (name, fn) in enumerate(plan):
             bar.describe(f"optimize: {name}")
@@ -195,6 +201,14 @@ def _run(ctx, opts: OptimizeOptions, src: Path, work: Path):
                 reason = f"grows the file {perf.model_stats(current)['file_bytes']:,} → {stats['file_bytes']:,} B"
             elif stats["nodes"] > rec["nodes_before"] and not opts.allow_more_nodes:
                 reason = f"adds nodes ({rec['nodes_before']} → {stats['nodes']})"
+            elif opts.min_pass_speedup > 0:
+                # how the model will run: ORT at its default level, or as written for other runtimes (portable)
+                rec["speedup"] = perf.pass_speedup(current, dst, feeds, batches, threshold=opts.min_pass_speedup,
+                                                   threads=opts.threads, rounds=opts.pass_timing_rounds,
+                                                   level="disable" if opts.portable else "all")
+                if any(v < opts.min_pass_speedup for v in rec["speedup"].values()):
+                    reason = "slower than its input (" + ", ".join(
+                        f"{v:.2f}× at {k}" for k, v in rec["speedup"].items()) + ")"
             if reason:
                 rec.update(status="rejected", reason=reason)
                 warnings.append(f"pass {name} rejected: {reason}")
@@ -207,7 +221,6 @@ def _run(ctx, opts: OptimizeOptions, src: Path, work: Path):
 
     # timing: every accepted intermediate as written (ORT optimizations off: what the pass itself changed), and
     # the input vs the result as ORT users run them (default level all)
-    batches = perf.batch_plan([src], opts.batch_sizes)
     n_meas = opts.latency_rounds * len(batches) * (len(accepted) + 2)
     with progress_bar(ctx.console, "optimize: timing", n_meas) as bar:
         raw = perf.latency(accepted, feeds, batches, threads=opts.threads, level="disable",
