@@ -12,10 +12,10 @@ import typer
 
 from onnxforge import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="onnxforge: convert, validate, quantize, optimize and report ONNX artifacts.\n\n"
                        "Exit codes: 0 ok · 1 a check failed · 2 bad input · 3 internal error.")
-config_app = typer.Typer(no_args_is_help=True, help="The pipeline config: its JSON Schema, and checking a file.")
+config_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The pipeline config: its JSON Schema, and checking a file.")
 app.add_typer(config_app, name="config")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable result on stdout; human text on stderr")]
