@@ -232,7 +232,7 @@ def validate(model: Annotated[Path | None, typer.Argument(help="the .onnx to che
 @command
 def quantize(model: Annotated[Path | None, typer.Argument(help="the float .onnx")] = None,
              output: OutOpt = None, config: ConfigOpt = None,
-             mode: Annotated[str | None, typer.Option(help="dynamic | static | fp16")] = None,
+             mode: Annotated[str | None, typer.Option(help="auto (default) | static | dynamic | fp16")] = None,
              data: DataOpt = None,
              labels: Annotated[str | None, typer.Option(help="labels key/column (for accuracy budgets)")] = None,
              max_accuracy_drop: Annotated[float | None, typer.Option(help="e.g. 0.005 = half a point")] = None,
@@ -250,9 +250,12 @@ def optimize(model: Annotated[Path | None, typer.Argument(help="the .onnx to opt
              portable: Annotated[bool | None, typer.Option("--portable/--no-portable",
                                                            help="standard ONNX ops only")] = None,
              data: DataOpt = None,
+             synthetic: Annotated[bool, typer.Option(help="compare passes on inputs synthesized from the input "
+                                                          "spec when no data is given")] = False,
              sets: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
     """Graph optimization (ORT levels, simplification, transformer fusion); each pass checked numerically."""
-    _stage("optimize", model, output, config, {"level": level, "portable": portable}, sets, as_json,
+    _stage("optimize", model, output, config, {"level": level, "portable": portable,
+                                               "allow_synthetic": synthetic or None}, sets, as_json,
            data=_data_flags(data))
 
 
