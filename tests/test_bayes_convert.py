@@ -134,7 +134,7 @@ def test_seeded_draws_replay_and_reseed_changes_them(built):
 
 
 def test_thinning_is_recorded_and_still_exact(tmp_path):
-    cfg, model_path = convert("logistic", tmp_path, samples=120, outputs={"draws": 0})
+    cfg, model_path = convert("logistic", tmp_path, samples=120, outputs={"draws": 0, "quantiles": [0.0, 0.3, 1.0]})
     model = onnx.load(str(model_path))
     bayes = json.loads({p.key: p.value for p in model.metadata_props}["onnxforge.bayes"])
     assert bayes["posterior"]["samples"] == 120 and bayes["posterior"]["thinned"]

@@ -47,6 +47,7 @@ def build_module(pred):
                 self.register_buffer("q_lo", torch.from_numpy(lo))
                 self.register_buffer("q_hi", torch.from_numpy(np.minimum(lo + 1, s - 1)))
                 self.register_buffer("q_w", torch.from_numpy((pos - lo).astype(np.float32)))
+                self.q_k = int(min(lo.max() + 1, s - 1)) + 1
             self.n_draws = pred.n_draws
             if pred.n_draws:
                 idx = pred.draw_index()
@@ -112,7 +113,8 @@ def build_module(pred):
                     within = (v.expand_as(mu) if v.shape != mu.shape else v).mean(-1)
                 outs.append(torch.sqrt(within + torch.square(m - mean.unsqueeze(-1)).mean(-1)))
             if pred.quantiles:
-                srt = torch.topk(m, s, dim=-1, largest=False, sorted=True).values
+                # only the order statistics up to the highest one needed are sorted
+                srt = torch.topk(m, self.q_k, dim=-1, largest=False, sorted=True).values
                 lo = torch.index_select(srt, 1, self.q_lo)
                 hi = torch.index_select(srt, 1, self.q_hi)
                 outs.append(lo + (hi - lo) * self.q_w)
