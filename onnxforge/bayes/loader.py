@@ -168,6 +168,8 @@ def artifact_metadata(pred: BayesPredictive, cfg) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "stochastic_outputs": [names["draws"]] if "draws" in names else [],
         "output_columns": cols or None,
+        # the point prediction, for task metrics (a [rows, Q] quantiles output is not a class-score matrix)
+        "prediction_output": names.get("mean"),
         "bayes": {"family": pred.family.name, "transform": cfg.source.transform.rpartition(":")[2],
                   "outputs": names, "quantiles": pred.quantiles, "draws": pred.n_draws,
                   "seed": cfg.source.seed, "params": {k: list(v) for k, v in pred.fparams.items()},
