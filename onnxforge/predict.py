@@ -164,7 +164,10 @@ class _Writer:
     def write(self, cols: dict[str, np.ndarray], raw: dict[str, Any]) -> None:
         if self.suffix == ".npz":
             for k, v in raw.items():
-                self._arrays.setdefault(k, []).append(np.asarray(v))
+                # maps (ZipMap) become one array per key, strings fixed-width: an .npz must load without pickle
+                parts = _columns(k, v, None) if isinstance(v, list) else {k: np.asarray(v)}
+                for name, arr in parts.items():
+                    self._arrays.setdefault(name, []).append(arr.astype(str) if arr.dtype == object else arr)
             return
         import pandas as pd
 

@@ -157,3 +157,19 @@ def test_json_result_is_machine_readable(work, cli):
     assert info["reseeded_nodes"] == 1 and info["seed"] == 1 and info["outputs"][-1] == "draws"
     with np.load(tmp / "j.npz") as z:
         assert z["draws"].shape == (len(work["hdf"]), 50) and z["quantiles"].shape == (len(work["hdf"]), 3)
+
+
+def test_string_outputs_to_npz_load_without_pickle(tmp_path):
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    g = h.make_graph([h.make_node("LabelEncoder", ["x"], ["y"], domain="ai.onnx.ml", keys_int64s=[0, 1],
+                                  values_strings=["a", "b"], default_string="?")], "labels",
+                     [h.make_tensor_value_info("x", T.INT64, ["N"])], [h.make_tensor_value_info("y", T.STRING, ["N"])])
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 18), h.make_opsetid("ai.onnx.ml", 3)]),
+              tmp_path / "m.onnx")
+    np.savez(tmp_path / "x.npz", x=np.array([0, 1, 5, 1]))
+    assert predict_file(tmp_path / "m.onnx", tmp_path / "x.npz", tmp_path / "y.npz", chunk_rows=3)["chunks"] == 2
+    with np.load(tmp_path / "y.npz", allow_pickle=False) as z:
+        assert z["y"].tolist() == ["a", "b", "?", "b"]
