@@ -174,3 +174,34 @@ def test_unseen_level_error_policy_graph_refuses(tmp_path):
     native = frontend("pymc").load(cfg)
     with pytest.raises(UserError, match="unheard-of"):
         native.outputs({"x": x, "group": np.array(["setosa", "unheard-of"], dtype=object)})
+
+
+def test_integer_category_levels_encode_in_graph(tmp_path):
+    """Integer coords (store ids 10/20/30, deliberately not 0..2) are raw int64 inputs encoded in-graph."""
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    ds = xr.Dataset({"effect": (("chain", "draw", "store"), rng.normal([1.0, 2.0, 3.0], 0.1, (2, 50, 3))),
+                     "slope": (("chain", "draw"), rng.normal(0.5, 0.1, (2, 50)))},
+                    coords={"chain": [0, 1], "draw": np.arange(50), "store": [30, 10, 20]})
+    ds.to_netcdf(tmp_path / "post.nc", engine="h5netcdf", group="posterior")
+    (tmp_path / "t.py").write_text("def mu(xp, params, x, store):\n"
+                                   "    return params['effect'][store] + params['slope'] * x\n")
+    raw = {"name": "stores", "run_dir": str(tmp_path),
+           "source": {"framework": "pymc", "path": "post.nc", "transform": "t.py:mu",
+                      "params": {"sigma": 0.3}, "categorical": {"store": {"policy": "error"}}},
+           "inputs": [{"name": "x", "shape": ["batch"]}, {"name": "store", "dtype": "int64", "shape": ["batch"]}],
+           "stages": {"convert": {}}}
+    cfg = parse_config(raw, tmp_path / "p.yaml")
+    model = cfg.run_path / run_pipeline(cfg)["final_model"]
+    feeds = {"x": np.array([0.0, 1.0, 2.0], np.float32), "store": np.array([10, 20, 30], np.int64)}
+    got = run(session(model), feeds)
+    ref = frontend("pymc").load(cfg).outputs(feeds)
+    for key in ref:
+        np.testing.assert_allclose(got[key], ref[key], **TOL)
+    # store 30 is the first level in the file: its effect (≈1) applies, not the level order's third
+    np.testing.assert_allclose(got["mean"], [2.0, 3.5, 2.0], atol=0.1)
+    assert json.loads({p.key: p.value for p in onnx.load(str(model)).metadata_props}["onnxforge.categories"]) == {
+        "store": [30, 10, 20]}
+    with pytest.raises(Exception, match="out of data bounds"):
+        session(model).run(None, {"x": feeds["x"], "store": np.array([10, 40, 20], np.int64)})
