@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
+POINT_NAMES = ("mean", "prediction", "variable", "value")
+
+
+def hint(model) -> str | None:
+    """The output a model declares as its prediction (metadata `onnxforge.prediction_output`)."""
+    return next((p.value for p in model.metadata_props if p.key == "onnxforge.prediction_output"), None)
+
 
 def prediction(outputs: dict[str, np.ndarray], name: str | None = None) -> tuple[str, np.ndarray, str]:
-    """(output name, prediction, kind) with kind 'class' or 'value'. A label output wins; else a [N, C>1] float
-    output is argmaxed; else the first float output is a regression value."""
+    """(output name, prediction, kind) with kind 'class' or 'value'. A label output wins; then an output named like
+    a point prediction (mean, prediction, variable); else a [N, C>1] float output is argmaxed; else the first float
+    output is a regression value. Models may name theirs in `onnxforge.prediction_output` metadata."""
     items = list(outputs.items()) if name is None else [(name, outputs[name])]
     for n, a in items:
         if np.asarray(a).dtype.kind in "iuUSOb":
             return n, np.asarray(a).reshape(len(a), -1)[:, 0] if np.asarray(a).ndim > 1 else np.asarray(a), "class"
+    for n, a in items:
+        if n in POINT_NAMES and np.asarray(a).dtype.kind == "f":
+            return n, np.asarray(a, dtype=np.float64).reshape(len(a), -1)[:, 0], "value"
     for n, a in items:
         a = np.asarray(a)
         if a.ndim == 2 and a.shape[1] > 1:

@@ -192,8 +192,9 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     det_got = {k: got_full[k] for k in det_ref}
     task = {}
     if det_got:
-        task = {"candidate": metrics.task_metrics(det_got, labels, det_ref),
-                "reference": metrics.task_metrics(det_ref, labels)}
+        name = metrics.hint(model) if metrics.hint(model) in det_got else None
+        task = {"candidate": metrics.task_metrics(det_got, labels, det_ref, name=name),
+                "reference": metrics.task_metrics(det_ref, labels, name=name)}
     failing = sorted({c["output"] for c in comparisons if not c["pass"]})
     return {"verdict": "fail" if failing else "pass", "failing": failing, "reference": ref_desc,
             "against": opts.against, "data": provenance, "rows": rows, "structural": st,
