@@ -2,7 +2,7 @@
 
 The module holds the posterior variables the transform uses as float32 buffers shaped (*dims, samples), runs the
 transform with the torch `xp`, and reduces over the sample axis: mean, std (with observation noise), quantiles of
-the expected value (sort + fixed-weight interpolation, numpy's 'linear' method) and, optionally, predictive draws.
+the expected value (exact order statistics from two small TopKs on the quantile's smaller side + fixed-weight
 After the torch export, each categorical input gets an in-graph ai.onnx.ml LabelEncoder in front (raw level →
 code), and the draws' random nodes get their seeds.
 """
@@ -42,12 +42,8 @@ def build_module(pred):
             if pred.want_std and not pred.family.variance_uses_mu:
                 self.within = float(pred.within_variance())
             if pred.quantiles:
-                pos = np.asarray(pred.quantiles) * (s - 1)
-                lo = np.floor(pos).astype(np.int64)
-                self.register_buffer("q_lo", torch.from_numpy(lo))
-                self.register_buffer("q_hi", torch.from_numpy(np.minimum(lo + 1, s - 1)))
-                self.register_buffer("q_w", torch.from_numpy((pos - lo).astype(np.float32)))
-                self.q_k = int(min(lo.max() + 1, s - 1)) + 1
+                self.q_plan = quantile_plan(pred.quantiles, s)
+                self.register_buffer("q_w", torch.from_numpy(np.asarray([w for *_, w in self.q_plan], np.float32)))
             self.n_draws = pred.n_draws
             if pred.n_draws:
                 idx = pred.draw_index()
@@ -113,11 +109,7 @@ def build_module(pred):
                     within = (v.expand_as(mu) if v.shape != mu.shape else v).mean(-1)
                 outs.append(torch.sqrt(within + torch.square(m - mean.unsqueeze(-1)).mean(-1)))
             if pred.quantiles:
-                # only the order statistics up to the highest one needed are sorted
-                srt = torch.topk(m, self.q_k, dim=-1, largest=False, sorted=True).values
-                lo = torch.index_select(srt, 1, self.q_lo)
-                hi = torch.index_select(srt, 1, self.q_hi)
-                outs.append(lo + (hi - lo) * self.q_w)
+                outs.append(exact_quantiles(m, self.q_plan, self.q_w))
             if self.n_draws:
                 mu_d = mu if self.same_draws else mu[:, self.draw_idx]
                 tables = {k[2:]: v for k, v in self.named_buffers() if k.startswith("t_")}
@@ -125,6 +117,48 @@ def build_module(pred):
             return tuple(outs)
 
     return Predictive().eval()
+
+
+def quantile_plan(quantiles, s: int) -> list[tuple[bool, int, bool, float]]:
+    """How to get each quantile (numpy's 'linear' method: x[lo] + (x[hi] - x[lo]) * w with pos = q (s - 1),
+    lo = floor(pos), hi = lo + 1) exactly without a sort: (lower, k, pair, w). `lower`: take the k = hi + 1
+    smallest samples (then x[hi] is their max, x[lo] their second largest), else the k = s - lo largest (x[lo]
+    their min, x[hi] their second smallest), whichever set is smaller. `pair` is False when only x[lo] is
+    needed (w = 0, or lo is the last sample)."""
+    plan = []
+    for q in quantiles:
+        pos = float(q) * (s - 1)
+        lo = min(int(np.floor(pos)), s - 1)
+        w = pos - lo
+        pair = w > 0 and lo + 1 < s
+        hi = lo + 1 if pair else lo
+        lower = hi + 1 <= s - lo
+        k = hi + 1 if lower else s - lo
+        plan.append((lower, k, pair and k >= 2, float(w) if pair else 0.0))
+    return plan
+
+
+def exact_quantiles(m, plan, w):
+    """Quantiles of m (rows, samples) over its last axis, per `quantile_plan`; w: the plan's weights as a
+    float32 tensor. Exported, each quantile is two TopKs: the k samples on the quantile's smaller side
+    (unsorted), then its two order statistics from that small set — exact, and far cheaper in onnxruntime than
+    sorting up to the highest one needed."""
+    import torch
+
+    los, his = [], []
+    for lower, k, pair, _ in plan:
+        near = torch.topk(m, k, dim=-1, largest=not lower, sorted=False).values
+        if not pair:
+            v = near.amax(-1, keepdim=True) if lower else near.amin(-1, keepdim=True)
+            los.append(v)
+            his.append(v)
+            continue
+        two = torch.topk(near, 2, dim=-1, largest=lower, sorted=True).values
+        first, second = two[:, 0:1], two[:, 1:2]  # lower side: (x[hi], x[lo]); upper side: (x[lo], x[hi])
+        los.append(second if lower else first)
+        his.append(first if lower else second)
+    lo, hi = torch.cat(los, 1), torch.cat(his, 1)
+    return lo + (hi - lo) * w
 
 
 def _example_args(pred, rows: int = 3):
