@@ -55,7 +55,7 @@ def torch_xp() -> SimpleNamespace:
     return SimpleNamespace(
         name="torch", exp=torch.exp, log=torch.log, log1p=torch.log1p, expm1=torch.expm1, sqrt=torch.sqrt,
         abs=torch.abs, tanh=torch.tanh, sin=torch.sin, cos=torch.cos, sigmoid=torch.sigmoid,
-        softplus=torch.nn.functional.softplus, square=torch.square, power=torch.pow,
+        softplus=torch.nn.functional.softplus, square=lambda a: a * a, power=torch.pow,
         maximum=lambda a, b: torch.maximum(a, _t(b, a)), minimum=lambda a, b: torch.minimum(a, _t(b, a)),
         clip=lambda a, lo=None, hi=None: torch.clamp(a, lo, hi), where=where, matmul=torch.matmul,
         dot=lambda a, b: torch.tensordot(a, b, dims=([a.dim() - 1], [0])), take=lambda a, idx: a[idx],
