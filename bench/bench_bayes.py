@@ -63,10 +63,8 @@ class NumpyAlt:
         mu = p.transform(self.xp, self.params, X=X)
         mean = mu.mean(-1)
         d = mu - mean[:, None]
-        if self.normal:
-            out = [mean, np.sqrt(self.within + np.einsum("ij,ij->i", d, d) / mu.shape[1])]
-        else:  # bernoulli: E[p(1-p)] + Var(p) = E[p](1 - E[p]), the same identity the artifact uses
-            out = [mean, np.sqrt(mean * (1 - mean))]
+        within = self.within if self.normal else (mu * (1 - mu)).mean(-1)
+        out = [mean, np.sqrt(within + np.einsum("ij,ij->i", d, d) / mu.shape[1])]
         if p.quantiles:
             srt = np.sort(mu, axis=-1)
             lo = srt[:, self.lo]
@@ -94,10 +92,8 @@ def pytensor_alt(pred):
     s = pred.posterior.samples
     mean = mu.mean(-1)
     normal = pred.family.name == "normal"
-    if normal:
-        outs = [mean, pt.sqrt(np.float32(pred.within_variance()) + pt.sqr(mu - mean[:, None]).mean(-1))]
-    else:  # bernoulli: the same E[p](1 - E[p]) identity the artifact uses
-        outs = [mean, pt.sqrt(mean * (1 - mean))]
+    within = np.float32(pred.within_variance()) if normal else (mu * (1 - mu)).mean(-1)
+    outs = [mean, pt.sqrt(within + pt.sqr(mu - mean[:, None]).mean(-1))]
     if pred.quantiles:
         pos = np.asarray(pred.quantiles) * (s - 1)
         lo = np.floor(pos).astype(np.int64)

@@ -101,11 +101,7 @@ def build_module(pred):
             outs = []
             if pred.want_mean:
                 outs.append(mean)
-            if pred.want_std and pred.family.name == "bernoulli":
-                # law of total variance for a 0/1 outcome: E[p(1-p)] + Var(p) = E[p](1 - E[p]), exactly; three
-                # tiny nodes on (rows,) instead of two more passes over (rows, samples)
-                outs.append(torch.sqrt(mean * (1.0 - mean)))
-            elif pred.want_std:
+            if pred.want_std:
                 if self.within is not None:  # noise variance independent of mu: its sample mean is a constant
                     within = self.within
                 else:
