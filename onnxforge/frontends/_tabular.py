@@ -18,6 +18,7 @@ from pydantic import Field
 
 from onnxforge.config import SourceBase, TensorSpec
 from onnxforge.errors import UserError, one_line
+from onnxforge.frontends._files import sniff, wrong_file
 from onnxforge.frontends.base import Frontend, dist_version, refuse_pickle, require
 
 BOOSTER_MAX_OPSET = 15  # onnxmltools 1.16 refuses a higher target_opset for XGBoost and LightGBM
@@ -37,54 +38,6 @@ class TabularSource(SourceBase):
 class BoosterSource(TabularSource):
     task: Literal["auto", "classifier", "regressor"] = Field(
         "auto", description="native model files: classifier or regressor (auto: from the model's objective)")
-
-
-# ------------------------------------------------------------------ what kind of file is this?
-
-KINDS = {  # kind → (description, framework that reads it)
-    "skops": ("a skops file", "sklearn"), "pickle": ("a pickle/joblib file", "sklearn"),
-    "xgboost-json": ("an XGBoost JSON model", "xgboost"), "xgboost-ubj": ("an XGBoost UBJSON model", "xgboost"),
-    "lightgbm": ("a LightGBM text model", "lightgbm"), "torch": ("a PyTorch file", "torch"),
-    "keras": ("a Keras file", "keras"), "hdf5": ("an HDF5 (legacy Keras) file", "keras"),
-    "onnx": ("an ONNX file", "onnx"),
-}
-
-
-def sniff(path: Path) -> str:
-    """Recognize a model file by its content (the suffix only breaks ties)."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except zipfile.BadZipFile:
-            return "unknown"
-        if "schema.json" in names:
-            return "skops"
-        if any(n.endswith("data.pkl") for n in names):
-            return "torch"
-        if "config.json" in names:
-            return "keras"
-        return "zip"
-    if head[:1] == b"\x80" or path.suffix.lower() in (".pkl", ".pickle", ".joblib"):
-        return "pickle"
-    if head.startswith((b"tree\n", b"tree\r\n")):
-        return "lightgbm"
-    if head.startswith(b"{") and b"learner" in head[:256]:
-        # JSON: {"learner": ...; UBJSON: {L<int64 length>learner ...
-        return "xgboost-json" if head[1:].lstrip(b" \t\r\n")[:1] == b'"' else "xgboost-ubj"
-    if head.startswith(b"\x89HDF"):
-        return "hdf5"
-    if path.suffix.lower() == ".onnx":
-        return "onnx"
-    return "unknown"
-
-
-def wrong_file(path: Path, kind: str, wanted: str) -> UserError:
-    desc, fw = KINDS.get(kind, ("not a model file onnxforge recognizes", None))
-    fix = f"use source.framework: {fw}" if fw else f"give {wanted}"
-    return UserError(f"{path.name} is {desc}, not {wanted} — {fix}")
 
 
 def model_path(cfg) -> Path:

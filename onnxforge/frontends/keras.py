@@ -14,8 +14,9 @@ import numpy as np
 
 from onnxforge.config import SourceBase
 from onnxforge.errors import UserError
+from onnxforge.frontends._export import first_line, name_dims, quiet
+from onnxforge.frontends._files import sniff, wrong_file
 from onnxforge.frontends.base import Frontend, require
-from onnxforge.frontends.torch import KINDS, first_line, name_dims, quiet, sniff
 from onnxforge.registry import register_frontend
 
 DEFAULT_OPSET = 18
@@ -51,11 +52,8 @@ def _check_file(path: Path | None) -> Path:
     if kind == "hdf5":
         raise UserError(f"{path.name} is a legacy HDF5 Keras file — load it with Keras and re-save it with "
                         "model.save('model.keras')")
-    what = {"torch-save": ("a PyTorch file", "use source.framework: torch"),
-            "torch-export": ("a torch.export program", "use source.framework: torch"),
-            "pickle": ("a pickle", "save the model with model.save('model.keras')")}.get(kind) or KINDS.get(kind)
-    what = what or ("not a Keras 3 model file", "save the model with model.save('model.keras')")
-    raise UserError(f"{path.name} is {what[0]}, not a .keras model — {what[1]}")
+    resave = "save the model with model.save('model.keras')" if kind in ("pickle", "unknown") else None
+    raise wrong_file(path, kind, "a .keras model", resave)
 
 
 def _out_names(model, cfg) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from onnxforge.errors import UserError, one_line
+from onnxforge.frontends._files import sniff, wrong_file
 from onnxforge.frontends._tabular import (
     BOOSTER_MAX_OPSET,
     BoosterSource,
@@ -23,8 +24,6 @@ from onnxforge.frontends._tabular import (
     native_input,
     output_names,
     plan_opset,
-    sniff,
-    wrong_file,
 )
 from onnxforge.frontends.base import require
 from onnxforge.registry import register_frontend

@@ -3,16 +3,13 @@ dynamo exporter (default) or TorchScript, with the config's input/output names a
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import io
 import os
 import re
 import sys
-import tempfile
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +19,8 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from onnxforge.config import SourceBase
 from onnxforge.errors import UserError
+from onnxforge.frontends._export import first_line, name_dims, quiet
+from onnxforge.frontends._files import sniff, wrong_file
 from onnxforge.frontends.base import Frontend, require
 from onnxforge.registry import register_frontend
 
@@ -54,81 +53,6 @@ class TorchSource(SourceBase):
 
 def _is_file_ref(target: str) -> bool:
     return target.endswith(".py") or "/" in target or os.sep in target
-
-
-# ------------------------------------------------------------------ what a file is, before anything unpickles it
-
-KINDS = {  # kind → (what it is, the fix)
-    "keras": ("a Keras model file", "use source.framework: keras"),
-    "hdf5": ("an HDF5 file (legacy Keras .h5?)", "re-save it as .keras and use source.framework: keras"),
-    "skops": ("a skops file", "use source.framework: sklearn"),
-    "onnx": ("an ONNX model", "use source.framework: onnx"),
-    "json": ("a JSON file (an XGBoost model?)", "use source.framework: xgboost"),
-    "lightgbm": ("a LightGBM text model", "use source.framework: lightgbm"),
-    "torchscript": ("a TorchScript archive", "save model.state_dict() (plus source.factory) or a torch.export .pt2"),
-    "zip": ("a zip archive that is not a PyTorch file", "point source.path at a state_dict or .pt2 file"),
-}
-
-
-def sniff(path: Path) -> str:
-    """Identify a model file by its content: torch-save | torch-export | torchscript | keras | skops | hdf5 |
-    pickle | onnx | json | lightgbm | zip | unknown. Reads bytes only; never unpickles."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-        if "config.json" in names and ("metadata.json" in names or "model.weights.h5" in names):
-            return "keras"
-        if "schema.json" in names:
-            return "skops"
-        if any(n.endswith("/models/model.json") or n.endswith("/archive_format") for n in names):
-            return "torch-export"
-        if any("/code/" in n for n in names) or any(n.endswith("/constants.pkl") for n in names):
-            return "torchscript"
-        return "torch-save" if any(n.endswith("/data.pkl") for n in names) else "zip"
-    if head.startswith(b"\x89HDF"):
-        return "hdf5"
-    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
-        return "pickle"  # a protocol-2+ pickle: legacy torch.save, joblib, plain pickle
-    if path.suffix.lower() == ".onnx":
-        return "onnx"
-    if head.lstrip()[:1] in (b"{", b"["):
-        return "json"
-    if head.startswith(b"tree"):
-        return "lightgbm"
-    return "unknown"
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence a framework's chatter (prints, C++ logs, warnings) down to the file descriptors: the CLI's stdout
-    carries JSON and its stderr a one-line error, and exporters print progress to both."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = (os.dup(1), os.dup(2))
-    with tempfile.TemporaryFile() as sink, warnings.catch_warnings(), \
-            contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of the innermost cause: exporters wrap the real reason in generic 'step 1/3' errors."""
-    seen = 0
-    while e.__cause__ is not None and seen < 10:
-        e, seen = e.__cause__, seen + 1
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    return f"{type(e).__name__}: {line}"[:300]
 
 
 # ------------------------------------------------------------------ loading
@@ -264,9 +188,8 @@ def load_torch(cfg) -> TorchModel:
     if not path.is_file():
         raise UserError(f"source.path: {path} not found — check the path (relative to the YAML file)")
     kind = sniff(path)
-    if kind in KINDS:
-        what, fix = KINDS[kind]
-        raise UserError(f"{path.name} is {what}, not a PyTorch state_dict or .pt2 — {fix}")
+    if kind not in ("torch-save", "torch-export", "pickle", "unknown"):
+        raise wrong_file(path, kind, "a PyTorch state_dict or .pt2")
     if kind == "unknown":
         raise UserError(f"{path.name} is not a PyTorch file (no torch.save or torch.export archive) — point "
                         "source.path at a state_dict saved with torch.save(model.state_dict(), ...)")
@@ -402,30 +325,6 @@ def _torchscript(native: TorchModel, example, specs, names, opset):
         torch.onnx.export(native.module, example, buf, dynamo=False, input_names=[s.name for s in specs],
                           output_names=names, opset_version=opset, dynamic_axes=axes or None)
     return onnx.load_from_string(buf.getvalue())
-
-
-def name_dims(model, specs, *, batch_major_outputs: bool = False) -> None:
-    """Give dynamic dims the config's names (exporters invent 's31', 'unk__6'), everywhere the symbol appears.
-    With batch_major_outputs, an output's own symbolic dim 0 becomes the first input's batch name too."""
-    by_name = {i.name: i for i in model.graph.input}
-    mapping: dict[str, str] = {}
-    for s in specs:
-        vi = by_name.get(s.name)
-        if vi is None:
-            continue
-        for d, want in zip(vi.type.tensor_type.shape.dim, s.shape, strict=False):
-            if isinstance(want, str) and d.HasField("dim_param") and d.dim_param != want:
-                mapping.setdefault(d.dim_param, want)
-    first = specs[0].shape[0] if specs and specs[0].shape else None
-    if batch_major_outputs and isinstance(first, str):
-        for o in model.graph.output:
-            dims = o.type.tensor_type.shape.dim
-            if dims and dims[0].HasField("dim_param"):
-                mapping.setdefault(dims[0].dim_param, first)
-    for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
-        for d in vi.type.tensor_type.shape.dim:
-            if d.HasField("dim_param") and d.dim_param in mapping:
-                d.dim_param = mapping[d.dim_param]
 
 
 def _portable(model) -> None:

@@ -8,14 +8,13 @@ import json
 from typing import Literal
 
 from onnxforge.errors import UserError, one_line
+from onnxforge.frontends._files import sniff, wrong_file
 from onnxforge.frontends._tabular import (
     BoosterSource,
     SklearnAPIFrontend,
     load_estimator_with,
     model_path,
     parts,
-    sniff,
-    wrong_file,
 )
 from onnxforge.frontends.base import require
 from onnxforge.registry import register_frontend
