@@ -24,8 +24,7 @@ fixtures: install
 
 demo: install fixtures
 	$(BIN)/onnxforge run configs/demo.yaml
-	$(BIN)/onnxforge report runs/demo --out runs/demo/report
-	@echo "report: runs/demo/report/report.html (also report.md, report.json)"
+	@echo "run folder: runs/demo (manifest.json); report: runs/demo/05-report/report.html (also .md, .json)"
 
 test: install fixtures chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
