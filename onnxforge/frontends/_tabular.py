@@ -163,6 +163,14 @@ def uses(est, package: str) -> bool:
     return any(type(p).__module__.split(".")[0] == package for p in parts(est))
 
 
+def confirm_task(task: str, asked: str, objective: str, name: str) -> str:
+    """A booster's task comes from its objective; a `source.task` that contradicts it is a config error."""
+    if asked != "auto" and asked != task:
+        raise UserError(f"source.task is {asked} but {name} was trained with objective '{objective}', a {task} — "
+                        f"set task: {task} (or auto)")
+    return task
+
+
 def task_of(est) -> str:
     from sklearn.base import is_classifier, is_regressor
 

@@ -16,6 +16,7 @@ from onnxforge.frontends._tabular import (
     BOOSTER_MAX_OPSET,
     BoosterSource,
     SklearnAPIFrontend,
+    confirm_task,
     finish,
     fix_lightgbm_thresholds,
     initial_types,
@@ -54,10 +55,7 @@ def task_for(objective: str, asked: str, name: str) -> str:
     else:
         raise UserError(f"{name}: LightGBM objective '{objective}' has no exact ONNX converter — supported: binary, "
                         f"multiclass, {', '.join(REGRESSION_OBJECTIVES)}")
-    if asked != "auto" and asked != task:
-        raise UserError(f"source.task is {asked} but {name} was trained with objective '{objective}', a {task} — "
-                        f"set task: {task} (or auto)")
-    return task
+    return confirm_task(task, asked, objective, name)
 
 
 @register_frontend

@@ -12,6 +12,7 @@ from onnxforge.frontends._files import sniff, wrong_file
 from onnxforge.frontends._tabular import (
     BoosterSource,
     SklearnAPIFrontend,
+    confirm_task,
     load_estimator_with,
     model_path,
     parts,
@@ -34,10 +35,7 @@ def task_for(objective: str, asked: str, name: str) -> str:
     else:
         raise UserError(f"{name}: XGBoost objective '{objective}' has no ONNX converter — supported: "
                         f"{', '.join(CLASSIFIER_OBJECTIVES)}, reg:*, count:poisson")
-    if asked != "auto" and asked != task:
-        raise UserError(f"source.task is {asked} but {name} was trained with objective '{objective}', a {task} — "
-                        f"set task: {task} (or auto)")
-    return task
+    return confirm_task(task, asked, objective, name)
 
 
 def _softmax(est) -> bool:
