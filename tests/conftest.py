@@ -42,6 +42,21 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+def run_examples(cases, workdir: Path) -> dict:
+    """`onnxforge run` of each example config (convert + validate) once, into a scratch folder:
+    case → (case, result, run folder, sha256 of the converted model or None)."""
+    import hashlib
+
+    out = {}
+    for case in cases:
+        res = run_cli("run", CONFIGS / f"{case}.yaml", "--until", "validate", "--json", cwd=workdir)
+        run = workdir / "runs" / case.replace("_", "-")
+        model = run / "01-convert/model.onnx"
+        digest = hashlib.sha256(model.read_bytes()).hexdigest() if res.code == 0 else None
+        out[case] = (case, res, run, digest)
+    return out
+
+
 def assert_one_line_error(res: Result, code: int = 2) -> str:
     assert res.code == code, (res.code, res.stdout, res.stderr)
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout, res.stderr

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import CONFIGS, FIXTURES, assert_one_line_error, run_cli
+from conftest import CONFIGS, FIXTURES, assert_one_line_error, run_cli, run_examples
 
 TEST = FIXTURES / "data/digits_test.npz"
 CASES = {  # config → (model file, input name, data key, outputs)
@@ -61,13 +61,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(workdir) -> dict:
-    """`onnxforge run` of each example config (convert + validate) once, into a scratch folder."""
-    out = {}
-    for case in CASES:
-        res = run_cli("run", CONFIGS / f"{case}.yaml", "--until", "validate", "--json", cwd=workdir)
-        run = workdir / "runs" / case.replace("_", "-")
-        out[case] = (case, res, run, sha256(run / "01-convert/model.onnx") if res.code == 0 else None)
-    return out
+    return run_examples(CASES, workdir)
 
 
 @pytest.fixture(params=sorted(CASES))

@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import CONFIGS, FIXTURES, ROOT, assert_one_line_error, run_cli
+from conftest import CONFIGS, FIXTURES, ROOT, assert_one_line_error, run_cli, run_examples
 
 if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repo root on sys.path
     sys.path.insert(0, str(ROOT))
@@ -59,13 +59,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(workdir) -> dict:
-    """`onnxforge run` of each example config (convert + validate) once, into a scratch folder."""
-    out = {}
-    for case in CASES:
-        res = run_cli("run", CONFIGS / f"{case}.yaml", "--until", "validate", "--json", cwd=workdir)
-        run = workdir / "runs" / case.replace("_", "-")
-        out[case] = (case, res, run, sha256(run / "01-convert/model.onnx") if res.code == 0 else None)
-    return out
+    return run_examples(CASES, workdir)
 
 
 @pytest.fixture(params=sorted(CASES))
