@@ -14,32 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from onnxforge.data import fixed_batch, tile_rows
+
 ORT = "onnxruntime"
 
 
 # ------------------------------------------------------------------ inputs
-
-
-def tile_rows(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    """Exactly n rows per input: the first n, or the data repeated when it has fewer rows than n."""
-    out = {}
-    for k, v in feeds.items():
-        v = np.asarray(v)
-        idx = np.arange(n) % max(len(v), 1)
-        out[k] = np.ascontiguousarray(v[idx])
-    return out
-
-
-def fixed_batch(model) -> int | None:
-    """The batch size a model's inputs pin (an int first dim shared by every input), or None when it is free."""
-    inits = {i.name for i in model.graph.initializer}
-    dims = set()
-    for inp in model.graph.input:
-        if inp.name in inits:
-            continue
-        shape = inp.type.tensor_type.shape.dim
-        dims.add(shape[0].dim_value if shape and shape[0].HasField("dim_value") else None)
-    return dims.pop() if len(dims) == 1 and None not in dims else None
 
 
 def feeds_for(model, *, cfg=None, data: Path | None = None, rows: int = 64, seed: int = 0):

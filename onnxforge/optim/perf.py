@@ -18,34 +18,12 @@ def model_stats(path: str | Path) -> dict[str, Any]:
     return {"file_bytes": s["file_bytes"], "nodes": s["nodes"], "ops": s["ops"]}
 
 
-def fixed_batch(model_path: str | Path) -> int | None:
-    """The batch size baked into the model's first input, if it is not dynamic."""
-    from onnxforge.artifact import load_model
-
-    m = load_model(model_path, load_external=False)
-    inits = {i.name for i in m.graph.initializer}
-    for i in m.graph.input:
-        if i.name in inits:
-            continue
-        dims = i.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value"):
-            return int(dims[0].dim_value)
-        return None
-    return None
-
-
-def tile_rows(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    """Exactly n rows, repeating the data when it has fewer."""
-    out = {}
-    for k, v in feeds.items():
-        reps = -(-n // max(len(v), 1))
-        out[k] = np.ascontiguousarray(np.concatenate([v] * reps)[:n]) if reps > 1 else np.ascontiguousarray(v[:n])
-    return out
-
-
 def batch_plan(paths: list[str | Path], batch_sizes: list[int]) -> list[int]:
     """The batch sizes all models can run: a model with a fixed batch dim only runs that one."""
-    fixed = {b for b in (fixed_batch(p) for p in paths) if b}
+    from onnxforge.artifact import load_model
+    from onnxforge.data import fixed_batch
+
+    fixed = {b for b in (fixed_batch(load_model(p, load_external=False)) for p in paths) if b}
     if len(fixed) == 1:
         return [fixed.pop()]
     return list(dict.fromkeys(batch_sizes))
@@ -72,6 +50,7 @@ def latency(models: dict[str, str | Path], feeds: dict[str, np.ndarray], batch_s
     """p50 latency in ms per model per batch size. Every round times every model once per batch size, models
     back to back (alternating order between rounds); the median over rounds is reported."""
     from onnxforge import runtime
+    from onnxforge.data import tile_rows
     from onnxforge.timing import measure
 
     sessions = {k: runtime.session(Path(p), threads=threads, level=level) for k, p in models.items()}

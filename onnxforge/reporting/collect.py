@@ -149,11 +149,10 @@ def _eval_data(src: Sources, data: Path | None, first_model, max_rows: int | Non
 def _run_model(path: Path, proto, feeds: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
     from onnxforge import data as d
     from onnxforge import runtime
-    from onnxforge.benchmark import fixed_batch
 
     sess = runtime.session(Path(path), provider_list=cfg.runtime.providers if cfg is not None else None,
                            threads=cfg.runtime.threads if cfg is not None else None)
-    size = fixed_batch(proto)
+    size = d.fixed_batch(proto)
     if size is None:
         return runtime.run(sess, feeds)
     n = d.n_rows(feeds) // size * size  # a fixed-batch model scores whole batches only

@@ -122,11 +122,6 @@ def _stochastic_outputs(model, opts) -> list[str]:
     return json.loads(meta.get("onnxforge.stochastic_outputs", "[]"))
 
 
-def _fixed_batch(sess) -> int | None:
-    dims = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int)}
-    return dims.pop() if len(dims) == 1 else None
-
-
 def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     from onnxforge import data, metrics, runtime
     from onnxforge.compare import compare, distribution
@@ -147,7 +142,7 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     out_names = [o.name for o in sess.get_outputs()]
     comparisons: list[dict] = []
     got_full = None
-    fixed = _fixed_batch(sess)
+    fixed = data.fixed_batch(model)
     for bs in ([fixed] if fixed else opts.batch_sizes):
         n = min(rows, opts.batch1_rows) if bs == 1 else rows
         size = bs or n
