@@ -121,6 +121,13 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
     """Run every stage in cfg.stages order. Returns the manifest; raises CheckFailed (after writing the manifest)
     when a check failed, UserError for bad input."""
     run_path = cfg.run_path
+    order = cfg.stages.order
+    if until:
+        if until not in order:
+            raise UserError(f"stage '{until}' is not in the config's stages ({', '.join(order)}) — add it")
+        order = order[: order.index(until) + 1]
+        if only_models:
+            order = [s for s in order if STAGES[s].produces_model or s == until]
     run_path.mkdir(parents=True, exist_ok=True)
     mpath = run_path / MANIFEST
     old = {}
@@ -137,13 +144,6 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
         "config_sha256": _hash_json(cfg.model_dump(mode="json")), "started": datetime.now(UTC).isoformat(),
         "versions": versions(fe.versions()), "stages": [], "verdict": "pass", "final_model": None,
     }
-    order = cfg.stages.order
-    if until:
-        if until not in order:
-            raise UserError(f"stage '{until}' is not in the config's stages ({', '.join(order)}) — add it")
-        order = order[: order.index(until) + 1]
-        if only_models:
-            order = [s for s in order if STAGES[s].produces_model or s == until]
     ctx_shared: dict[str, Any] = {}
     current: Path | None = None
     source_model: Path | None = None

@@ -86,6 +86,12 @@ def test_config_errors_are_one_line_exit_2(project, cli, text, needle):
     assert not (project / "runs").exists()
 
 
+def test_unknown_until_stage_writes_nothing(project, cli):
+    line = assert_one_line_error(cli("run", project / "p.yaml", "--until", "quantize"))
+    assert "stage 'quantize' is not in the config's stages (convert, validate)" in line
+    assert not (project / "runs").exists()
+
+
 def test_missing_files_exit_2(project, cli):
     assert "config file not found" in assert_one_line_error(cli("run", project / "nope.yaml"))
     (project / "p.yaml").write_text(PIPELINE.format(name="x", model="missing.onnx", data="data.npz"))
