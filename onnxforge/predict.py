@@ -190,6 +190,7 @@ class _Writer:
         if self.suffix == ".npz":
             with open(self.tmp, "wb") as f:
                 np.savez(f, **{k: np.concatenate(v) for k, v in self._arrays.items()})
+        os.chmod(self.tmp, 0o644)  # mkstemp makes 0600; scores are meant to be shared, like artifact's JSON
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
