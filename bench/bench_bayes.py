@@ -1,10 +1,12 @@
 """PyMC posterior → ONNX: latency of the artifact in onnxruntime against warm `pm.sample_posterior_predictive` and
 the best pure-Python alternatives built from the same transform (numpy over the float32 posterior; a compiled
-PyTensor function), at 1 and 1000 rows, all measured in this run and interleaved round by round.
+PyTensor function, C and numba backends), at 1 and 1000 rows, all measured in this run and interleaved round by
+round. The artifact is called through a bound call (`onnxforge.serve.Predictor.bind`) and, for comparison, plain
+`sess.run`.
 
 Three artifacts per model, because their costs differ: mean+std; mean+std+quantiles (exact order statistics:
-two onnxruntime TopKs per quantile on its smaller side); mean+std+500 predictive draws. Every alternative computes the same outputs and is checked
-against the artifact before it is timed.
+two onnxruntime TopKs per quantile on its smaller side); mean+std+500 predictive draws. Every alternative computes
+the same outputs and is checked against the artifact before it is timed.
 """
 
 from __future__ import annotations
@@ -77,8 +79,9 @@ class NumpyAlt:
         return out
 
 
-def pytensor_alt(pred):
-    """The same transform with the PyTensor xp over constant posterior tensors, compiled once (C backend)."""
+def pytensor_alt(pred, mode: str = "FAST_RUN"):
+    """The same transform with the PyTensor xp over constant posterior tensors, compiled once: mode FAST_RUN (the C
+    backend) or NUMBA."""
     import pytensor
     import pytensor.tensor as pt
     from pytensor.tensor.random.utils import RandomStream
@@ -106,7 +109,7 @@ def pytensor_alt(pred):
             outs.append(mu + params["sigma"] * rs.normal(0.0, 1.0, size=mu.shape, dtype="float32"))
         else:
             outs.append(pt.cast(rs.uniform(0.0, 1.0, size=mu.shape, dtype="float32") < mu, "float32"))
-    fn = pytensor.function([X], outs)
+    fn = pytensor.function([X], outs, mode=mode)
     fn.trust_input = True
     return fn
 
@@ -136,6 +139,13 @@ def _check(name, got, want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+def _bound_call(call, X):
+    """One request through a bound call: the rows in, run, the output arrays out (read in place)."""
+    call.inputs["X"][...] = X
+    call()
+    return call.outputs
+
+
 def _session(model, threads: int | None):
     import onnxruntime as ort
 
@@ -161,7 +171,8 @@ def _timed(fns: dict, rows: int) -> dict[str, float]:
 
 
 def _call_floors() -> dict[str, float]:
-    """What one call costs from Python with (almost) no work: an Identity graph vs an identity PyTensor function."""
+    """What one call costs from Python with (almost) no work: an Identity graph (sess.run, Predictor) vs an identity
+    PyTensor function."""
     import pytensor
     import pytensor.tensor as pt
     from onnx import TensorProto, helper
@@ -169,23 +180,32 @@ def _call_floors() -> dict[str, float]:
     g = helper.make_graph([helper.make_node("Identity", ["X"], ["Y"])], "floor",
                           [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 3])],
                           [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 3])])
-    sess = _session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), 1)
+    from onnxforge.serve import Predictor
+
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.zeros((1, 3), np.float32)
+    sess, pred = _session(model, 1), Predictor(model, threads=1)
+    call = pred.bind({"X": x})
     X = pt.matrix("X", dtype="float32")
     fn = pytensor.function([X], [X + 0])
     fn.trust_input = True
-    x = np.zeros((1, 3), np.float32)
-    raw = sess._sess
-    t = _timed({"ort": (lambda: sess.run(["Y"], {"X": x}), 2000),
-                "ort_raw": (lambda: raw.run(["Y"], {"X": x}, None), 2000), "pt": (lambda: fn(x), 2000)}, 1)
-    return {"ort": t["ort"], "ort_c_binding": t["ort_raw"], "pytensor": t["pt"]}
+    nb = pytensor.function([X], [X + 0], mode="NUMBA")
+    nb.trust_input = True
+    t = _timed({"ort": (lambda: sess.run(["Y"], {"X": x}), 2000), "predictor": (lambda: pred({"X": x}), 2000),
+                "bound": (lambda: _bound_call(call, x), 2000), "pt": (lambda: fn(x), 2000),
+                "nb": (lambda: nb(x), 2000)}, 1)
+    return {"ort": t["ort"], "predictor": t["predictor"], "bound_call": t["bound"], "pytensor": t["pt"],
+            "pytensor_numba": t["nb"]}
 
 
 def run() -> list[dict]:
     from onnxforge.bayes.module import export_onnx
+    from onnxforge.serve import Predictor
 
     logging.getLogger("pymc").setLevel(logging.ERROR)
     rng = np.random.default_rng(0)
     rows_out, setup_rows, data = [], [], []
+    cpus = __import__("os").cpu_count()
     for name, family in MODELS:
         t0 = time.perf_counter()
         preds = {a: _predictive(name, o)[2] for a, o in ARTIFACTS}
@@ -197,76 +217,86 @@ def run() -> list[dict]:
             t1 = time.perf_counter()
             model = export_onnx(pred, 18, seed=0)
             exports[a] = time.perf_counter() - t1
-            sessions[a] = (_session(model, 1), _session(model, None))
+            sessions[a] = (_session(model, 1), Predictor(model, threads=1), Predictor(model, threads=None))
         t1 = time.perf_counter()
         pts = {a: pytensor_alt(pred) for a, pred in preds.items()}
         pt_compile = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        nbs = {a: pytensor_alt(pred, "NUMBA") for a, pred in preds.items()}
+        nb_compile = time.perf_counter() - t1
         nps = {a: NumpyAlt(pred) for a, pred in preds.items()}
         psp, psp_first = {}, {}
         for n in ROWS:
             psp[n], psp_first[n] = _psp(full, Xs[n])
         for n in ROWS:
             X = Xs[n]
-            heavy = n > 1
+            runs = 15 if n > 1 else 1000
             fns = {("psp", None): (psp[n], 3)}
             for a in preds:
-                s1, sall = sessions[a]
+                s1, p1, pall = sessions[a]
                 feed = {"X": X}
                 names = [o.name for o in s1.get_outputs()]  # pre-resolved, as a server would
                 want = s1.run(names, feed)
+                b1, ball = p1.bind(feed), pall.bind(feed)  # bound for this batch shape, once, as a server would
+                b1()
+                _check(f"{name} {a} bound call", list(b1.outputs.values()), want)
                 _check(f"{name} {a} numpy", nps[a](X), want)
                 _check(f"{name} {a} pytensor", pts[a](X), want)
-                fns[("ort", a)] = (lambda s=s1, f=feed, o=names: s.run(o, f), 15 if heavy else 1000)
-                # the C binding sess.run wraps (skips the Python-side feed checks): the floor a Python server
-                # can reach; C/C++/C#/Java callers use the C API directly
-                fns[("ort_raw", a)] = (lambda s=s1._sess, f=feed, o=names: s.run(o, f, None),
-                                       15 if heavy else 1000)
-                fns[("ort_all", a)] = (lambda s=sall, f=feed, o=names: s.run(o, f), 15 if heavy else 1000)
-                fns[("numpy", a)] = (lambda f=nps[a], x=X: f(x), 15 if heavy else 1000)
-                fns[("pytensor", a)] = (lambda f=pts[a], x=X: f(x), 15 if heavy else 1000)
+                _check(f"{name} {a} pytensor numba", nbs[a](X), want)
+                fns[("ort", a)] = (lambda b=b1, x=X: _bound_call(b, x), runs)
+                fns[("ort_run", a)] = (lambda s=s1, f=feed, o=names: s.run(o, f), runs)
+                fns[("ort_all", a)] = (lambda b=ball, x=X: _bound_call(b, x), runs)
+                fns[("numpy", a)] = (lambda f=nps[a], x=X: f(x), runs)
+                fns[("pytensor", a)] = (lambda f=pts[a], x=X: f(x), runs)
+                fns[("numba", a)] = (lambda f=nbs[a], x=X: f(x), runs)
             t = _timed(fns, n)
             for a in preds:
-                best_py = min(t[("numpy", a)], t[("pytensor", a)])
-                which = "numpy" if t[("numpy", a)] <= t[("pytensor", a)] else "pytensor"
-                rows_out.append([f"{name} ({family})", n, a, t[("ort", a)], t[("ort_raw", a)], t[("ort_all", a)],
-                                 t[("numpy", a)], t[("pytensor", a)], t[("psp", None)],
+                alts = {"numpy": t[("numpy", a)], "pytensor": t[("pytensor", a)], "pytensor numba": t[("numba", a)]}
+                which = min(alts, key=alts.get)
+                best_py = alts[which]
+                rows_out.append([f"{name} ({family})", n, a, t[("ort", a)], t[("ort_run", a)], t[("ort_all", a)],
+                                 t[("numpy", a)], t[("pytensor", a)], t[("numba", a)], t[("psp", None)],
                                  t[("psp", None)] / t[("ort", a)], best_py / t[("ort", a)],
-                                 best_py / t[("ort_raw", a)], which])
+                                 best_py / t[("ort_run", a)], which])
                 data.append({"model": name, "family": family, "rows": n, "artifact": a,
-                             "ort_1thread_ms": t[("ort", a)], "ort_1thread_c_binding_ms": t[("ort_raw", a)],
-                             "ort_all_cores_ms": t[("ort_all", a)],
-                             "numpy_ms": t[("numpy", a)], "pytensor_ms": t[("pytensor", a)],
+                             "ort_bound_call_1thread_ms": t[("ort", a)], "ort_run_1thread_ms": t[("ort_run", a)],
+                             "ort_bound_call_all_cores_ms": t[("ort_all", a)],
+                             "numpy_ms": t[("numpy", a)], "pytensor_c_ms": t[("pytensor", a)],
+                             "pytensor_numba_ms": t[("numba", a)],
                              "psp_ms": t[("psp", None)], "speedup_vs_psp": t[("psp", None)] / t[("ort", a)],
                              "speedup_vs_best_python": best_py / t[("ort", a)],
-                             "speedup_vs_best_python_c_binding": best_py / t[("ort_raw", a)], "best_python": which})
+                             "speedup_vs_best_python_session_run": best_py / t[("ort_run", a)], "best_python": which})
         setup_rows.append([f"{name} ({family})", full.posterior.samples, exports["mean+std+draws"] * 1e3,
-                           pt_compile * 1e3, psp_first[1] * 1e3, (time.perf_counter() - t0)])
+                           pt_compile * 1e3, nb_compile * 1e3, psp_first[1] * 1e3, (time.perf_counter() - t0)])
     floors = _call_floors()
-    cpus = __import__("os").cpu_count()
     return [
         {"title": "PyMC posterior → ONNX predictive: p50 latency (ms), same run, interleaved",
-         "columns": ["model", "rows", "artifact outputs", "onnxruntime 1 thread",
-                     "onnxruntime 1 thread, C binding", f"onnxruntime {cpus} threads",
-                     "numpy", "pytensor (compiled)", "pm.sample_posterior_predictive (warm)",
-                     "× faster than PSP", "× vs best Python (>1: ORT faster)", "× vs best Python, C binding",
+         "columns": ["model", "rows", "artifact outputs", "onnxruntime bound call, 1 thread",
+                     "onnxruntime sess.run, 1 thread", f"onnxruntime bound call, {cpus} threads",
+                     "numpy", "pytensor (C)", "pytensor (numba)", "pm.sample_posterior_predictive (warm)",
+                     "× faster than PSP", "× vs best Python (>1: ORT faster)", "× vs best Python, sess.run",
                      "best Python"],
          "rows": rows_out,
          "notes": ("Artifacts: mean+std; mean+std+quantiles [0.05, 0.5, 0.95] of E[y|x, θ] (exact: per quantile, "
-                   "a TopK of the samples on its smaller side, then a TopK of 2 from those); mean+std+draws (500 predictive draws per row). PSP always "
-                   "returns 500 draws per row (its cost does not depend on the summary asked for). numpy / pytensor "
-                   "run the same transform over the same float32 posterior and are checked against the artifact's "
-                   "outputs before timing. onnxruntime: `sess.run(output_names, feed)` with the names "
-                   "resolved once; 'C binding': `sess._sess.run(...)`, the call sess.run wraps, without its "
-                   "Python-side feed checks. numpy / pytensor: pre-built, float32 inputs, pytensor with "
-                   "trust_input=True. Ratios use onnxruntime at 1 thread."),
+                   "a TopK of the samples on its smaller side, then a TopK of 2 from those); mean+std+draws (500 "
+                   "predictive draws per row). PSP always returns 500 draws per row (its cost does not depend on "
+                   "the summary asked for). numpy / pytensor run the same transform over the same float32 posterior "
+                   "and are checked against the artifact's outputs before timing. onnxruntime bound call: "
+                   "`onnxforge.serve.Predictor(model).bind(example)` once, then per request: rows copied into the "
+                   "bound input array, the call, outputs read from the bound arrays; sess.run: `InferenceSession.run(output_names, feed)` with the names resolved once. "
+                   "numpy: the fastest numpy spelling (scipy expit, einsum, np.sort). pytensor: pre-compiled "
+                   "functions called with float32 inputs and trust_input=True, C backend (FAST_RUN, pip install: "
+                   "no BLAS link) and numba backend (mode='NUMBA'). Ratios use onnxruntime at 1 thread; best "
+                   "Python is the fastest of numpy and both pytensor backends in that row."),
          "data": data},
         {"title": "PyMC predictive: one-off costs (ms)",
-         "columns": ["model", "posterior samples", "ONNX export (+draws)", "pytensor compile (3 fns)",
-                     "PSP first call (1 row)", "bench wall s"],
+         "columns": ["model", "posterior samples", "ONNX export (+draws)", "pytensor C compile (3 fns)",
+                     "pytensor numba compile (3 fns)", "PSP first call (1 row)", "bench wall s"],
          "rows": setup_rows,
-         "notes": (f"Call floor from Python (1 row, no work): onnxruntime Identity graph {floors['ort'] * 1e3:.1f} µs "
-                   f"({floors['ort_c_binding'] * 1e3:.1f} µs through the C binding), "
-                   f"PyTensor identity function {floors['pytensor'] * 1e3:.1f} µs — at 1 row most of the artifact's "
+         "notes": (f"Call floor from Python (1 row, an Identity graph / identity function): onnxruntime sess.run "
+                   f"{floors['ort'] * 1e3:.1f} µs, onnxforge Predictor {floors['predictor'] * 1e3:.1f} µs, "
+                   f"bound call {floors['bound_call'] * 1e3:.1f} µs; PyTensor function {floors['pytensor'] * 1e3:.1f} "
+                   f"µs (C), {floors['pytensor_numba'] * 1e3:.1f} µs (numba) — at 1 row most of any candidate's "
                    "latency is this fixed cost."),
          "data": {"call_floor_ms": floors}},
     ]

@@ -5,6 +5,8 @@ At one row the work of a small artifact (a posterior predictive, a tree ensemble
 arrays. `Predictor` keeps, per input shape, numpy buffers bound to the session once (inputs and outputs, through
 an IOBinding); a call copies the rows into the input buffers, runs, and hands back the output buffers (copied
 unless `copy=False`). Inputs it cannot bind in place (strings) go through `session.run`, same results.
+For the tightest loop, `Predictor.bind(example)` returns a `BoundCall`: write rows into its `inputs` arrays, call
+it, read its `outputs` arrays — no per-call Python bookkeeping at all.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ class _Bound:
 
         first = sess.run(names, feeds)  # output shapes and dtypes for these input shapes
         self.binding = sess.io_binding()
-        self.inputs = {k: np.ascontiguousarray(v).copy() for k, v in feeds.items()}
-        for k, buf in self.inputs.items():
+        self.inputs = [np.ascontiguousarray(v).copy() for v in feeds.values()]
+        for k, buf in zip(feeds, self.inputs, strict=True):
             self.binding.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(buf))
         self.outputs = [np.empty_like(np.ascontiguousarray(a)) for a in first]
         for k, buf in zip(names, self.outputs, strict=True):
@@ -41,6 +43,28 @@ class _Bound:
 
 
 _UNBINDABLE: Any = object()
+
+
+class BoundCall:
+    """One set of input shapes, bound: fill `inputs[name][...]`, call, read `outputs[name]` (overwritten by the
+    next call)."""
+
+    def __init__(self, session, bound: _Bound, input_names: list[str], output_names: list[str]):
+        self.inputs = dict(zip(input_names, bound.inputs, strict=True))
+        self.outputs = dict(zip(output_names, bound.outputs, strict=True))
+        raw = getattr(session, "_sess", None)
+        if raw is not None:  # see Predictor._run
+            ib = bound.binding._iobinding
+            self._go = lambda: raw.run_with_iobinding(ib, None)
+        else:
+            self._go = lambda: session.run_with_iobinding(bound.binding)
+
+    def __call__(self) -> None:
+        try:
+            self._go()
+        except Exception as e:
+            raise UserError(f"onnxruntime refused the bound call ({str(e).splitlines()[0][:160]}) — outputs whose "
+                            "shape depends on the data cannot be bound; call the Predictor with feeds instead") from e
 
 
 class Predictor:
@@ -60,52 +84,78 @@ class Predictor:
         self.session = runtime.session(Path(model) if isinstance(model, str) else model, provider_list=providers,
                                        threads=threads)
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
+        self.input_names = list(self.input_types)
+        self.dtypes = [None if t not in _NUMPY else np.dtype(_NUMPY[t]) for t in self.input_types.values()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.bindable = all(t in _NUMPY for t in self.input_types.values())
+        self.bindable = None not in self.dtypes
         self.max_shapes = max_shapes
-        self._bound: OrderedDict[tuple, _Bound] = OrderedDict()
+        self._bound: OrderedDict[tuple, Any] = OrderedDict()
+        self._last_key: tuple | None = None
+        self._last: Any = None
         # the C binding under InferenceSession.run_with_iobinding: the Python wrapper adds a run-options lookup and
         # a WebGPU capture check that cost more than a small artifact's whole run
         self._run = getattr(self.session, "_sess", None)
 
-    def _feeds(self, feeds: Mapping[str, Any] | None, kw: dict[str, Any]) -> dict[str, np.ndarray]:
-        given = {**(feeds or {}), **kw}
-        missing = [k for k in self.input_types if k not in given]
-        extra = [k for k in given if k not in self.input_types]
-        if missing or extra:
+    def _feeds(self, feeds: Mapping[str, Any] | None, kw: dict[str, Any]) -> list[np.ndarray]:
+        given = {**feeds, **kw} if feeds and kw else feeds or kw
+        try:
+            arrays = [given[k] for k in self.input_names]
+        except KeyError:
+            arrays = None
+        if arrays is None or len(given) != len(arrays):
+            missing = [k for k in self.input_names if k not in given]
+            extra = [k for k in given if k not in self.input_types]
             raise UserError(f"inputs do not match the model: missing {missing}, unknown {extra} — the model takes "
-                            f"{list(self.input_types)}")
-        out = {}
-        for k, t in self.input_types.items():
-            dtype = _NUMPY.get(t)
-            out[k] = np.asarray(given[k], dtype=dtype) if dtype is not None else np.asarray(given[k])
-        return out
+                            f"{self.input_names}")
+        for i, dtype in enumerate(self.dtypes):
+            a = arrays[i]
+            if type(a) is not np.ndarray or (dtype is not None and a.dtype is not dtype and a.dtype != dtype):
+                arrays[i] = np.asarray(a, dtype=dtype)
+        return arrays
+
+    def bind(self, feeds: Mapping[str, Any] | None = None, /, **kw: Any) -> BoundCall:
+        """Buffers bound for the shapes of this example (its values are the first contents of the inputs)."""
+        arrays = self._feeds(feeds, kw)
+        if not self.bindable:
+            raise UserError(f"inputs {[k for k, d in zip(self.input_names, self.dtypes, strict=True) if d is None]} "
+                            "are not numeric and cannot be bound — call the Predictor with feeds instead")
+        bound = _Bound(self.session, dict(zip(self.input_names, arrays, strict=True)), self.output_names)
+        return BoundCall(self.session, bound, self.input_names, self.output_names)
+
+    def _plain(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.output_names, dict(zip(self.input_names, arrays, strict=True)))
+        return dict(zip(self.output_names, outs, strict=True))
 
     def __call__(self, feeds: Mapping[str, Any] | None = None, /, *, copy: bool = True,
                  **kw: Any) -> dict[str, np.ndarray]:
         arrays = self._feeds(feeds, kw)
         if not self.bindable:
-            return dict(zip(self.output_names, self.session.run(self.output_names, arrays), strict=True))
-        key = tuple((k, a.shape) for k, a in arrays.items())
-        bound = self._bound.get(key)
-        if bound is None:
-            bound = _Bound(self.session, arrays, self.output_names)
-            self._bound[key] = bound
-            if len(self._bound) > self.max_shapes:
-                self._bound.popitem(last=False)
-            return dict(zip(self.output_names, bound.first, strict=True))
-        self._bound.move_to_end(key)
+            return self._plain(arrays)
+        key = tuple([a.shape for a in arrays])
+        if key == self._last_key:  # the common case in a server: the same batch size again
+            bound = self._last
+        else:
+            bound = self._bound.get(key)
+            if bound is None:
+                bound = _Bound(self.session, dict(zip(self.input_names, arrays, strict=True)), self.output_names)
+                self._bound[key] = bound
+                if len(self._bound) > self.max_shapes:
+                    self._bound.popitem(last=False)
+                self._last_key, self._last = key, bound
+                return dict(zip(self.output_names, bound.first, strict=True))
+            self._bound.move_to_end(key)
+            self._last_key, self._last = key, bound
         if bound is _UNBINDABLE:
-            return dict(zip(self.output_names, self.session.run(self.output_names, arrays), strict=True))
-        for k, a in arrays.items():
-            bound.inputs[k][...] = a
+            return self._plain(arrays)
+        for buf, a in zip(bound.inputs, arrays):  # noqa: B905 - same length by construction (hot path)
+            buf[...] = a
         try:
             if self._run is not None:
                 self._run.run_with_iobinding(bound.binding._iobinding, None)
             else:
                 self.session.run_with_iobinding(bound.binding)
         except Exception:  # output shapes that depend on the data cannot use fixed buffers
-            self._bound[key] = _UNBINDABLE
-            return dict(zip(self.output_names, self.session.run(self.output_names, arrays), strict=True))
+            self._bound[key] = self._last = _UNBINDABLE
+            return self._plain(arrays)
         outs = [a.copy() for a in bound.outputs] if copy else bound.outputs
         return dict(zip(self.output_names, outs, strict=True))

@@ -65,3 +65,31 @@ def test_bad_calls_are_user_errors(tmp_path):
     pred = Predictor(linear())
     with pytest.raises(UserError, match="missing \\['x'\\], unknown \\['X'\\]"):
         pred(X=np.ones((1, 4), np.float32))
+
+
+def test_bound_call_writes_outputs_in_place():
+    model = linear()
+    pred = Predictor(model)
+    x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    call = pred.bind(x=np.zeros((3, 4), np.float32))
+    y = call.outputs["y"]
+    for scale in (1.0, -2.0, 0.5):
+        call.inputs["x"][...] = scale * x
+        call()
+        assert call.outputs["y"] is y  # the same buffer, rewritten
+        want = _ref(model, {"x": scale * x})
+        np.testing.assert_array_equal(y, want["y"])
+        np.testing.assert_array_equal(call.outputs["label"], want["label"])
+
+
+def test_bound_call_refuses_strings_and_data_dependent_shapes():
+    g = h.make_graph([h.make_node("Identity", ["s"], ["t"])], "s", [h.make_tensor_value_info("s", T.STRING, [1])],
+                     [h.make_tensor_value_info("t", T.STRING, [1])])
+    with pytest.raises(UserError, match="not numeric"):
+        Predictor(h.make_model(g, opset_imports=[h.make_opsetid("", 17)])).bind(s=np.array(["a"]))
+    g = h.make_graph([h.make_node("NonZero", ["x"], ["nz"])], "nz", [h.make_tensor_value_info("x", T.FLOAT, [4])],
+                     [h.make_tensor_value_info("nz", T.INT64, [1, "n"])])
+    call = Predictor(h.make_model(g, opset_imports=[h.make_opsetid("", 17)])).bind(x=np.ones(4, np.float32))
+    call.inputs["x"][...] = [0, 1, 0, 0]
+    with pytest.raises(UserError, match="depends on the data"):
+        call()

@@ -2,9 +2,9 @@
 
 The module holds the posterior variables the transform uses as float32 buffers shaped (*dims, samples), runs the
 transform with the torch `xp`, and reduces over the sample axis: mean, std (with observation noise), quantiles of
-the expected value (exact order statistics from two small TopKs on the quantile's smaller side + fixed-weight
-After the torch export, each categorical input gets an in-graph ai.onnx.ml LabelEncoder in front (raw level →
-code), and the draws' random nodes get their seeds.
+the expected value (exact order statistics from two small TopKs on the quantile's smaller side, then fixed-weight
+interpolation), and predictive draws. After the torch export, each categorical input gets an in-graph ai.onnx.ml
+LabelEncoder in front (raw level → code), and the draws' random nodes get their seeds.
 """
 
 from __future__ import annotations
