@@ -63,8 +63,8 @@ class BoundCall:
         try:
             self._go()
         except Exception as e:
-            raise UserError(f"onnxruntime refused the bound call ({str(e).splitlines()[0][:160]}) — outputs whose "
-                            "shape depends on the data cannot be bound; call the Predictor with feeds instead") from e
+            raise UserError(f"onnxruntime refused the bound call ({str(e).splitlines()[0][:160]}) — fix the inputs, "
+                            "or, if an output's shape depends on the data, call the Predictor with feeds") from e
 
 
 class Predictor:
@@ -142,7 +142,8 @@ class Predictor:
                 if len(self._bound) > self.max_shapes:
                     self._bound.popitem(last=False)
                 self._last_key, self._last = key, bound
-                return dict(zip(self.output_names, bound.first, strict=True))
+                first, bound.first = bound.first, None  # not kept: the buffers hold the shapes
+                return dict(zip(self.output_names, first, strict=True))
             self._bound.move_to_end(key)
             self._last_key, self._last = key, bound
         if bound is _UNBINDABLE:
@@ -154,8 +155,9 @@ class Predictor:
                 self._run.run_with_iobinding(bound.binding._iobinding, None)
             else:
                 self.session.run_with_iobinding(bound.binding)
-        except Exception:  # output shapes that depend on the data cannot use fixed buffers
-            self._bound[key] = self._last = _UNBINDABLE
-            return self._plain(arrays)
+        except Exception:
+            result = self._plain(arrays)  # raises the model's own error when the inputs are at fault
+            self._bound[key] = self._last = _UNBINDABLE  # else the fixed buffers were: a data-dependent shape
+            return result
         outs = [a.copy() for a in bound.outputs] if copy else bound.outputs
         return dict(zip(self.output_names, outs, strict=True))

@@ -11,7 +11,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 
 from onnxforge.errors import UserError
-from onnxforge.serve import Predictor
+from onnxforge.serve import Predictor, _Bound
 from tests.onnx_models import linear
 
 
@@ -91,5 +91,18 @@ def test_bound_call_refuses_strings_and_data_dependent_shapes():
                      [h.make_tensor_value_info("nz", T.INT64, [1, "n"])])
     call = Predictor(h.make_model(g, opset_imports=[h.make_opsetid("", 17)])).bind(x=np.ones(4, np.float32))
     call.inputs["x"][...] = [0, 1, 0, 0]
-    with pytest.raises(UserError, match="depends on the data"):
+    with pytest.raises(UserError, match="shape depends on the data"):
         call()
+
+
+def test_model_errors_propagate_and_keep_the_binding():
+    """An input the model itself refuses (index out of range) raises onnxruntime's error; the shape stays bound."""
+    g = h.make_graph([h.make_node("Gather", ["table", "i"], ["y"], axis=0)], "g",
+                     [h.make_tensor_value_info("i", T.INT64, ["n"])], [h.make_tensor_value_info("y", T.FLOAT, ["n"])],
+                     [onnx.numpy_helper.from_array(np.arange(3, dtype=np.float32), "table")])
+    pred = Predictor(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+    np.testing.assert_array_equal(pred(i=[0, 2])["y"], [0.0, 2.0])
+    with pytest.raises(Exception, match="out of bounds|indices"):
+        pred(i=[0, 7])
+    assert isinstance(pred._bound[((2,),)], _Bound)  # still bound, not demoted to session.run
+    np.testing.assert_array_equal(pred(i=[2, 1])["y"], [2.0, 1.0])
