@@ -171,8 +171,8 @@ def _timed(fns: dict, rows: int) -> dict[str, float]:
 
 
 def _call_floors() -> dict[str, float]:
-    """What one call costs from Python with (almost) no work: an Identity graph (sess.run, Predictor) vs an identity
-    PyTensor function."""
+    """What one call costs from Python with (almost) no work: an Identity graph (sess.run, Predictor call, bound
+    call) vs an identity PyTensor function (C and numba backends)."""
     import pytensor
     import pytensor.tensor as pt
     from onnx import TensorProto, helper
