@@ -20,9 +20,16 @@ import numpy as np
 
 from onnxforge.errors import UserError
 
-_NUMPY = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-          "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16, "tensor(int8)": np.int8,
-          "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+
+def _numpy_dtype(ort_type: str) -> np.dtype | None:
+    """The numpy dtype of an onnxruntime input type such as 'tensor(float)'; None for what cannot be bound in place
+    (strings, types onnxforge.data does not read)."""
+    from onnx import TensorProto
+
+    from onnxforge.data import NP_DTYPES, ONNX_TO_DTYPE
+
+    name = ONNX_TO_DTYPE.get(getattr(TensorProto, ort_type.removeprefix("tensor(").rstrip(")").upper(), -1))
+    return None if name in (None, "string") else np.dtype(NP_DTYPES[name])
 
 
 class _Bound:
@@ -40,6 +47,14 @@ class _Bound:
         for k, buf in zip(names, self.outputs, strict=True):
             self.binding.bind_ortvalue_output(k, ort.OrtValue.ortvalue_from_numpy(buf))
         self.first = first
+        raw = getattr(sess, "_sess", None)
+        if raw is not None:
+            # the C binding under InferenceSession.run_with_iobinding: the Python wrapper adds a run-options lookup
+            # and a WebGPU capture check that cost more than a small artifact's whole run
+            ib = self.binding._iobinding
+            self.run = lambda: raw.run_with_iobinding(ib, None)
+        else:
+            self.run = lambda: sess.run_with_iobinding(self.binding)
 
 
 _UNBINDABLE: Any = object()
@@ -49,19 +64,14 @@ class BoundCall:
     """One set of input shapes, bound: fill `inputs[name][...]`, call, read `outputs[name]` (overwritten by the
     next call)."""
 
-    def __init__(self, session, bound: _Bound, input_names: list[str], output_names: list[str]):
+    def __init__(self, bound: _Bound, input_names: list[str], output_names: list[str]):
         self.inputs = dict(zip(input_names, bound.inputs, strict=True))
         self.outputs = dict(zip(output_names, bound.outputs, strict=True))
-        raw = getattr(session, "_sess", None)
-        if raw is not None:  # see Predictor._run
-            ib = bound.binding._iobinding
-            self._go = lambda: raw.run_with_iobinding(ib, None)
-        else:
-            self._go = lambda: session.run_with_iobinding(bound.binding)
+        self._run = bound.run
 
     def __call__(self) -> None:
         try:
-            self._go()
+            self._run()
         except Exception as e:
             raise UserError(f"onnxruntime refused the bound call ({str(e).splitlines()[0][:160]}) — fix the inputs, "
                             "or, if an output's shape depends on the data, call the Predictor with feeds") from e
@@ -85,16 +95,13 @@ class Predictor:
                                        threads=threads)
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
         self.input_names = list(self.input_types)
-        self.dtypes = [None if t not in _NUMPY else np.dtype(_NUMPY[t]) for t in self.input_types.values()]
+        self.dtypes = [_numpy_dtype(t) for t in self.input_types.values()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.bindable = None not in self.dtypes
         self.max_shapes = max_shapes
         self._bound: OrderedDict[tuple, Any] = OrderedDict()
         self._last_key: tuple | None = None
         self._last: Any = None
-        # the C binding under InferenceSession.run_with_iobinding: the Python wrapper adds a run-options lookup and
-        # a WebGPU capture check that cost more than a small artifact's whole run
-        self._run = getattr(self.session, "_sess", None)
 
     def _feeds(self, feeds: Mapping[str, Any] | None, kw: dict[str, Any]) -> list[np.ndarray]:
         given = {**feeds, **kw} if feeds and kw else feeds or kw
@@ -120,7 +127,7 @@ class Predictor:
             raise UserError(f"inputs {[k for k, d in zip(self.input_names, self.dtypes, strict=True) if d is None]} "
                             "are not numeric and cannot be bound — call the Predictor with feeds instead")
         bound = _Bound(self.session, dict(zip(self.input_names, arrays, strict=True)), self.output_names)
-        return BoundCall(self.session, bound, self.input_names, self.output_names)
+        return BoundCall(bound, self.input_names, self.output_names)
 
     def _plain(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, dict(zip(self.input_names, arrays, strict=True)))
@@ -151,10 +158,7 @@ class Predictor:
         for buf, a in zip(bound.inputs, arrays):  # noqa: B905 - same length by construction (hot path)
             buf[...] = a
         try:
-            if self._run is not None:
-                self._run.run_with_iobinding(bound.binding._iobinding, None)
-            else:
-                self.session.run_with_iobinding(bound.binding)
+            bound.run()
         except Exception:
             result = self._plain(arrays)  # raises the model's own error when the inputs are at fault
             self._bound[key] = self._last = _UNBINDABLE  # else the fixed buffers were: a data-dependent shape
