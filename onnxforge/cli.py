@@ -363,14 +363,22 @@ def config_schema(debug: DebugOpt = False):
 @command
 def config_check(config: Annotated[Path, typer.Argument(help="pipeline YAML")], as_json: JsonOpt = False,
                  debug: DebugOpt = False):
-    """Validate a pipeline YAML without running it."""
+    """Validate a pipeline YAML without running it; list the code it would run (a config that names code is code)."""
+    from onnxforge.code_trust import code_refs
     from onnxforge.config import load_config
 
     cfg = load_config(config)
+    code = code_refs(cfg)
     if as_json:
-        _emit({"ok": True, "name": cfg.name, "framework": cfg.source.framework, "stages": cfg.stages.order})
-    else:
-        _out(False).print(f"[green]ok[/green] {config}: {cfg.source.framework} → {' → '.join(cfg.stages.order)}")
+        _emit({"ok": True, "name": cfg.name, "framework": cfg.source.framework, "stages": cfg.stages.order,
+               "runs_code": [c.as_dict() for c in code], "trust_pickle": cfg.source.trust_pickle})
+        return
+    con = _out(False)
+    con.print(f"[green]ok[/green] {config}: {cfg.source.framework} → {' → '.join(cfg.stages.order)}")
+    for c in code:
+        con.print(f"runs code: {c.field} = {c.ref} ({c.trusted_by})", soft_wrap=True, markup=False)
+    if cfg.source.trust_pickle:
+        con.print("loads pickles: source.trust_pickle is true")
 
 
 def main() -> None:

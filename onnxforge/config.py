@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from onnxforge.errors import UserError
+from onnxforge.code_trust import check_code_trust
+from onnxforge.errors import UserError, one_line
 from onnxforge.registry import FRONTENDS, STAGES, load_plugins
 
 
@@ -64,6 +65,8 @@ class SourceBase(StrictModel):
     framework: str
     path: RelPath | None = Field(None, description="the model file")
     trust_pickle: bool = Field(False, description="allow pickle/joblib files (they run code when loaded)")
+    trust_code: bool = Field(False, description="allow code the config names (factory, transform, model) from an "
+                             "installed module or a file outside the config's folder")
 
 
 class DataConfig(StrictModel):
@@ -155,23 +158,51 @@ def _line_map(text: str) -> dict[tuple, int]:
                 walk(v, (*path, i))
 
     try:
-        walk(yaml.compose(text, Loader=yaml.SafeLoader), ())
+        walk(yaml.compose(text, Loader=_NoAliasLoader), ())
     except yaml.YAMLError:
         pass
     return lines
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a pipeline config is a page of YAML; anything larger is refused before parsing
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader without aliases: nested `*refs` (a "billion laughs" bomb) expand a few hundred bytes into
+    gigabytes, in the loader and again in anything that walks the result."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"aliases are not allowed (*{event.anchor})",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    """YAML → Python with no tags that construct objects and no aliases."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 — a SafeLoader subclass
 
 
 def read_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path} — check the path")
-    text = path.read_text()
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(f"{path}: {size:,} bytes is not a pipeline config (the limit is {MAX_CONFIG_BYTES:,}) — "
+                        "point at the YAML file")
     try:
-        data = yaml.safe_load(text)  # safe_load: python/object tags are refused, never constructed
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (not UTF-8) — point at the pipeline YAML") from None
+    try:
+        data = safe_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', None) or e}) — fix the syntax") from None
+        fix = "write the values out instead of *aliases" if "aliases" in str(e) else "fix the syntax"
+        raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', None) or one_line(e)}) — {fix}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: the config must be a YAML mapping (name:, source:, stages: ...)")
     return data, _line_map(text)
@@ -250,6 +281,7 @@ def parse_config(data: dict, path: Path | None = None, lines: dict | None = None
     for name in cfg.stages.order:
         if name not in STAGES:  # unreachable with extra=forbid, kept as a guard for plugins
             raise UserError(f"unknown stage '{name}'")
+    check_code_trust(cfg)
     return cfg
 
 

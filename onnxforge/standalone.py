@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from onnxforge.config import parse_config, read_yaml, slug
+from onnxforge.config import parse_config, read_yaml, safe_yaml, slug
 from onnxforge.errors import UserError
 from onnxforge.registry import STAGES
 
@@ -24,7 +24,7 @@ def parse_sets(sets: list[str] | None) -> dict[str, Any]:
             raise UserError(f"--set {item!r}: expected key=value, e.g. --set per_channel=true")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw else None
+            value = safe_yaml(raw) if raw else None
         except yaml.YAMLError:
             value = raw
         cur = out

@@ -23,9 +23,6 @@ from onnxforge.frontends.base import Frontend, dist_version, refuse_pickle, requ
 
 BOOSTER_MAX_OPSET = 15  # onnxmltools 1.16 refuses a higher target_opset for XGBoost and LightGBM
 BOOSTER_MAX_ML_OPSET = 3  # ... and ai.onnx.ml above 3
-# skops types trusted without asking: estimator classes of the libraries we convert (never functions)
-SAFE_PREFIXES = ("sklearn.", "xgboost.sklearn.", "xgboost.core.Booster", "lightgbm.sklearn.",
-                 "lightgbm.basic.Booster", "numpy.", "scipy.sparse.", "collections.OrderedDict")
 CLASSIFIER_OUTPUTS = ("label", "probabilities")
 VALUE_OUTPUTS = ("variable",)
 
@@ -53,15 +50,59 @@ def model_path(cfg) -> Path:
 # ------------------------------------------------------------------ safe loading of sklearn-API objects
 
 
-def _known_safe(name: str) -> bool:
-    """An allowlisted prefix that names a class (functions such as builtins.eval are never implied)."""
-    if not name.startswith(SAFE_PREFIXES):
-        return False
+# skops types trusted without asking. A name in a .skops file is only a string: it is trusted when the object it
+# imports IS that class (its own __module__ + __qualname__; re-exports such as `…fcompiler.gnu.Popen` or
+# `sklearn.datasets._covtype.GzipFile` are refused) and the class is an estimator of the libraries we convert, or
+# one of the inert data holders those estimators keep. Functions are never trusted without `trusted_types`.
+SKOPS_PACKAGES = ("sklearn", "xgboost", "lightgbm")  # only these are imported to resolve a name
+SKOPS_EXACT = {"numpy.dtype", "collections.OrderedDict", "xgboost.core.Booster", "lightgbm.basic.Booster",
+               "sklearn.utils._bunch.Bunch"}
+SKOPS_BASES = (  # (module, class): subclasses of these, defined in SKOPS_PACKAGES, are trusted
+    ("sklearn.base", "BaseEstimator"),
+    ("sklearn.tree._tree", "Tree"),
+    ("sklearn.ensemble._hist_gradient_boosting.predictor", "TreePredictor"),
+    ("sklearn.neighbors._binary_tree", "BinaryTree64"),
+    ("sklearn.neighbors._kd_tree", "KDTree"),
+    ("sklearn.neighbors._ball_tree", "BallTree"),
+    ("sklearn.metrics._dist_metrics", "DistanceMetric64"),
+    ("sklearn.metrics._dist_metrics", "DistanceMetric32"),
+    ("sklearn.neural_network._stochastic_optimizers", "BaseOptimizer"),
+)
+
+
+def _resolve_class(name: str) -> type | None:
+    """The class `name` denotes, if it is defined (not merely imported) under that very name; imports nothing
+    outside SKOPS_PACKAGES and the standard modules of SKOPS_EXACT."""
     module, _, attr = name.rpartition(".")
+    if module.split(".")[0] not in (*SKOPS_PACKAGES, "numpy", "collections"):
+        return None
     try:
-        return isinstance(getattr(importlib.import_module(module), attr), type)
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
     except Exception:
-        return False
+        return None
+    if not isinstance(obj, type) or f"{obj.__module__}.{obj.__qualname__}" != name:
+        return None
+    return obj
+
+
+def _bases() -> tuple[type, ...]:
+    found = []
+    for module, attr in SKOPS_BASES:
+        try:
+            found.append(getattr(importlib.import_module(module), attr))
+        except Exception:  # moved in another release: that base is simply not trusted
+            continue
+    return tuple(found)
+
+
+def _known_safe(name: str) -> bool:
+    if name in SKOPS_EXACT:
+        return _resolve_class(name) is not None
+    cls = _resolve_class(name)
+    return (cls is not None and cls.__module__.split(".")[0] in SKOPS_PACKAGES
+            and issubclass(cls, _bases()))
 
 
 def load_skops(path: Path, source) -> Any:

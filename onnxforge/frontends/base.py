@@ -58,6 +58,10 @@ class Frontend:
         """Extra metadata_props (e.g. class labels)."""
         return {}
 
+    def code(self, cfg) -> dict[str, str]:
+        """Code the config names that loading runs, {field: 'file.py:fn' | 'module:fn'} (see code_trust)."""
+        return {}
+
     def source_files(self, cfg) -> list[Path]:
         """Files whose content defines the model (hashed for the cache and the metadata)."""
         return [cfg.source.path] if cfg.source.path else []

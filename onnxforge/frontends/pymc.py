@@ -122,6 +122,9 @@ class PymcFrontend(Frontend):
 
         return artifact_metadata(native, cfg)
 
+    def code(self, cfg) -> dict[str, str]:
+        return {f"source.{k}": v for k in ("transform", "model") if (v := getattr(cfg.source, k))}
+
     def source_files(self, cfg):
         s = cfg.source
         refs = [Path(r.rpartition(":")[0]) for r in (s.transform, s.model) if r]

@@ -6,10 +6,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import io
-import os
 import re
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
+from onnxforge.code_trust import is_file_ref
 from onnxforge.config import SourceBase
 from onnxforge.errors import UserError
 from onnxforge.frontends._export import first_line, name_dims, quiet
@@ -44,15 +45,11 @@ class TorchSource(SourceBase):
         target, sep, fn = v.rpartition(":")
         if not sep or not target or not fn.isidentifier():
             raise ValueError("expected 'path/to/file.py:function' or 'package.module:function'")
-        if _is_file_ref(target):
+        if is_file_ref(target):
             base = (info.context or {}).get("base_dir")
             p = Path(target).expanduser()
             target = str(p if p.is_absolute() or base is None else Path(base) / p)
         return f"{target}:{fn}"
-
-
-def _is_file_ref(target: str) -> bool:
-    return target.endswith(".py") or "/" in target or os.sep in target
 
 
 # ------------------------------------------------------------------ loading
@@ -79,7 +76,7 @@ class TorchModel:
 def _import_factory(spec: str, cfg):
     target, _, fn = spec.rpartition(":")
     try:
-        if _is_file_ref(target):
+        if is_file_ref(target):
             path = Path(target)
             if not path.is_file():
                 raise UserError(f"source.factory: {path} not found — fix the path (relative to the YAML file)")
@@ -89,12 +86,8 @@ def _import_factory(spec: str, cfg):
             sys.modules[name] = module
             mod_spec.loader.exec_module(module)
         else:
-            extra = _import_paths(cfg)
-            sys.path[:0] = extra
-            try:
+            with _import_path(cfg):
                 module = importlib.import_module(target)
-            finally:
-                del sys.path[: len(extra)]
     except UserError:
         raise
     except Exception as e:
@@ -125,7 +118,7 @@ def _short(factory: str | None) -> str:
     if not factory:
         return ""
     target, _, fn = factory.rpartition(":")
-    return f"{Path(target).name}:{fn}" if _is_file_ref(target) else factory
+    return f"{Path(target).name}:{fn}" if is_file_ref(target) else factory
 
 
 def _state_dict(obj) -> dict | None:
@@ -159,22 +152,28 @@ def _fit(model, sd: dict, path: Path, factory: str) -> None:
     model.load_state_dict(sd, strict=True)
 
 
-def _import_paths(cfg) -> list[str]:
-    """Where user code may live: the working directory and the config's folder."""
-    return [str(Path.cwd())] + ([str(cfg.config_path.parent)] if cfg.config_path else [])
+@contextmanager
+def _import_path(cfg):
+    """User packages may live beside the config: its folder goes at the END of sys.path, so it never shadows an
+    installed or standard-library module (the working directory is never added)."""
+    extra = str(cfg.config_path.parent) if cfg.config_path else None
+    added = extra is not None and extra not in sys.path
+    if added:
+        sys.path.append(extra)
+    try:
+        yield
+    finally:
+        if added and extra in sys.path:
+            sys.path.remove(extra)
 
 
 def _unpickle(torch, path: Path, cfg):
-    extra = _import_paths(cfg)  # the classes a full pickle names must be importable
-    sys.path[:0] = extra
     try:
-        with quiet():
+        with _import_path(cfg), quiet():  # the classes a full pickle names must be importable
             return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as e:
         raise UserError(f"{path.name}: cannot unpickle it ({first_line(e)}) — the classes it names must be "
                         "importable; or save model.state_dict() and set source.factory") from None
-    finally:
-        del sys.path[: len(extra)]
 
 
 def load_torch(cfg) -> TorchModel:
@@ -433,9 +432,12 @@ class TorchFrontend(Frontend):
             meta["torch.dynamo_failure"] = native.fallback
         return meta
 
+    def code(self, cfg) -> dict[str, str]:
+        return {"source.factory": cfg.source.factory} if cfg.source.factory else {}
+
     def source_files(self, cfg) -> list[Path]:
         files = [Path(cfg.source.path)] if cfg.source.path else []
         target = (cfg.source.factory or "").rpartition(":")[0]
-        if target and _is_file_ref(target):
+        if target and is_file_ref(target):
             files.append(Path(target))
         return files
