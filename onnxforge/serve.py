@@ -211,7 +211,7 @@ class Predictor:
             raise UserError(f"input '{name}' has type {self.input_types[name]}, which Predictor does not feed — "
                             "score it with onnxruntime directly")
         if isinstance(want, str):
-            if k == "U" or (k == "O" and all(type(v) is str for v in a.flat)):
+            if k == "U" or (k == "O" and all(isinstance(v, str) for v in a.flat)):  # np.str_ too
                 return self._string_lengths(name, a)
             fix = "decode them to str" if k == "S" else "pass the category levels as str"
             raise UserError(f"input '{name}' takes strings; got {_what(a)} — {fix}")
