@@ -321,12 +321,19 @@ def report(targets: Annotated[list[Path], typer.Argument(help="a run folder, or 
            out: Annotated[Path | None, typer.Option("--out", help="folder for report.{json,md,html}")] = None,
            formats: Annotated[str, typer.Option(help="comma list of json,md,html")] = "json,md,html",
            bench: Annotated[bool, typer.Option("--bench/--no-bench", help="measure latency")] = True,
-           data: DataOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
-    """Size, ops, params, validation verdicts, accuracy deltas and latency: terminal, JSON, Markdown, HTML."""
+           data: DataOpt = None,
+           config: Annotated[Path | None, typer.Option(
+               "--config", "-c", help="your pipeline YAML: its data, inputs and runtime (the run folder's own "
+               "config is never read)")] = None,
+           native: Annotated[bool, typer.Option(
+               "--native", help="also load --config's source model as the reference (runs the code it names)")] = False,
+           as_json: JsonOpt = False, debug: DebugOpt = False):
+    """Size, ops, params, validation verdicts, accuracy deltas and latency: terminal, JSON, Markdown, HTML.
+    Reads a run folder without running anything it names."""
     from onnxforge.report import build_report
 
     res = build_report(targets, out=out, formats=[f.strip() for f in formats.split(",") if f.strip()],
-                       bench=bench, data=data, console=_out(as_json))
+                       bench=bench, data=data, console=_out(as_json), config=config, native=native)
     if as_json:
         _emit(res)
 

@@ -18,6 +18,7 @@ from onnxforge.artifact import atomic_write_json, sha256_file
 from onnxforge.errors import CheckFailed, UserError
 from onnxforge.frontends.base import dist_version
 from onnxforge.registry import STAGES, frontend
+from onnxforge.reporting.paths import scrub, shown
 
 MANIFEST = "manifest.json"
 
@@ -69,8 +70,8 @@ class StageContext:
         d = self.cfg.data
         path = d.calibration if which == "calibration" and d.calibration else d.path
         specs = self.input_specs(model_path)
-        if path is not None:
-            return data.feeds_from_table(data.load_table(path), specs, d.rows), str(path)
+        if path is not None:  # provenance goes into manifest/report files: no absolute path
+            return data.feeds_from_table(data.load_table(path), specs, d.rows), shown(path, *path_bases(self.cfg))
         if d.synthetic:
             return data.synthesize(specs, d.synthetic_rows, d.seed), "synthetic"
         raise UserError("no data for checks: set data.path (or data.synthetic: true to allow synthesized inputs)")
@@ -86,6 +87,11 @@ class StageContext:
             raise UserError(f"data.labels: no '{d.labels}' in {d.path} — available: {', '.join(sorted(table))}")
         y = table[d.labels]
         return y[: d.rows] if d.rows else y
+
+
+def path_bases(cfg) -> list:
+    """Folders that paths written into the run folder are shown relative to (see reporting.paths)."""
+    return [cfg.run_path, cfg.config_path.parent if cfg.config_path else None, Path.cwd()]
 
 
 def _hash_json(obj: Any) -> str:
@@ -140,10 +146,12 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
     common = cfg.model_dump(mode="json", exclude={"stages", "run_dir"})
     common["_files"] = _files_hashes([*fe.source_files(cfg), cfg.data.path, cfg.data.calibration])
     manifest: dict[str, Any] = {
-        "onnxforge": __version__, "name": cfg.name, "config": str(cfg.config_path or ""),
+        "onnxforge": __version__, "name": cfg.name,
+        "config": shown(cfg.config_path, Path.cwd()) if cfg.config_path else "",  # informational: never loaded back
         "config_sha256": _hash_json(cfg.model_dump(mode="json")), "started": datetime.now(UTC).isoformat(),
         "versions": versions(fe.versions()), "stages": [], "verdict": "pass", "final_model": None,
     }
+    bases = path_bases(cfg)  # stage summaries and messages lose this machine's absolute paths
     ctx_shared: dict[str, Any] = {}
     current: Path | None = None
     source_model: Path | None = None
@@ -166,6 +174,7 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
         cached = old.get(name)
         if name != "report" and cached and cached.get("key") == key and _outputs_intact(cached, run_path):
             entry.update({k: cached[k] for k in ("verdict", "summary", "outputs", "model", "message") if k in cached})
+            entry.update(scrub({k: entry[k] for k in ("summary", "message") if k in entry}, *bases))  # older runs
             entry.update(status="cached", wall_s=0.0)
             if console:
                 console.print(f"[dim]• {name}: unchanged, cached[/dim]")
@@ -182,14 +191,16 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
                 res = StageResult(verdict="fail", message=str(e),
                                   summary=e.result if isinstance(e.result, dict) else {})
             except UserError as e:
-                entry.update(status="error", verdict="error", message=str(e), wall_s=time.perf_counter() - t0)
+                entry.update(status="error", verdict="error", message=scrub(str(e), *bases),
+                             wall_s=time.perf_counter() - t0)
                 manifest["stages"].append(entry)
                 manifest["verdict"] = "error"
                 atomic_write_json(mpath, manifest)
                 raise
             entry["wall_s"] = round(time.perf_counter() - t0, 4)
             outs = [p for p in ([res.model] if res.model else []) + list(res.files) if p and Path(p).is_file()]
-            entry.update(status="ran", verdict=res.verdict, summary=res.summary, message=res.message,
+            entry.update(status="ran", verdict=res.verdict, summary=scrub(res.summary, *bases),
+                         message=scrub(res.message, *bases),
                          outputs={str(Path(p).relative_to(run_path)): sha256_file(p) for p in outs},
                          model=str(res.model.relative_to(run_path)) if res.model else None)
         if entry.get("model"):

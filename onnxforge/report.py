@@ -9,9 +9,14 @@ FORMATS = {"json": "report.json", "md": "report.md", "html": "report.html"}
 
 
 def build_report(targets: list[Path], *, out: Path | None = None, formats: list[str] | tuple = ("json", "md", "html"),
-                 bench: bool = True, data: Path | None = None, console=None, options=None, ctx=None) -> dict:
+                 bench: bool = True, data: Path | None = None, console=None, options=None, ctx=None,
+                 config: Path | None = None, native: bool = False) -> dict:
     """Report on a run folder (its manifest names the artifacts) or on loose .onnx files (the first one is the
-    baseline the others are compared with). Writes the requested formats into `out` and returns the report."""
+    baseline the others are compared with). Writes the requested formats into `out` and returns the report.
+
+    A run folder is only read: no code it (or the config its manifest names) points at is run. The source model
+    is the native reference only inside a live run (ctx) or when the caller passes its own `config` and
+    `native=True`, since loading it runs the code that config names."""
     from onnxforge.artifact import atomic_write_json, atomic_write_text
     from onnxforge.errors import UserError
     from onnxforge.reporting import collect
@@ -26,14 +31,27 @@ def build_report(targets: list[Path], *, out: Path | None = None, formats: list[
         raise UserError("report: give a run folder or one or more .onnx files")
     if data is not None and not Path(data).is_file():
         raise UserError(f"--data {data}: file not found — check the path")
+    if native and config is None and ctx is None:
+        raise UserError("--native needs --config CONFIG.yaml: the config whose source model to load")
+    cfg = None
+    if ctx is None and config is not None:
+        from onnxforge.config import load_config
+
+        cfg = load_config(config)
     if len(targets) == 1 and targets[0].is_dir():
         src = collect.from_run(targets[0], ctx)
-        out = Path(out) if out is not None else targets[0] / "report"
+        if out is None:  # a symlinked report/ in a foreign run folder must not redirect our writes
+            out = targets[0] / "report"
+            if out.is_symlink() or (out.exists() and not out.is_dir()):
+                raise UserError(f"{out}: a symlink or a file, not the run's report folder — give one with --out FOLDER")
     elif any(t.is_dir() for t in targets):
         raise UserError("report: give one run folder, or .onnx files — not both")
     else:
         src = collect.from_models(targets)
         out = Path(out) if out is not None else Path.cwd()
+    if ctx is None:
+        collect.with_config(src, cfg, native)
+    out = Path(out)
     report = collect.collect(src, opts, bench=bench, data=Path(data) if data else None, console=console)
     report["files"] = {f: FORMATS[f] for f in dict.fromkeys(formats)}
     out.mkdir(parents=True, exist_ok=True)

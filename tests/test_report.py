@@ -119,7 +119,8 @@ def chained(work, run):
                                                      {"label": "dynamic per-channel", "config": {"per_channel": True},
                                                       "file_bytes": None, "fallback": None}]}})
     (d / "manifest.json").write_text(json.dumps(man))
-    res = run_cli("report", d, "--json", "--formats", "json,md")
+    # --config for the data (the run folder's own config is never read); no --native: no source model needed
+    res = run_cli("report", d, "--json", "--formats", "json,md", "--config", work / "demo.yaml")
     assert res.code == 0, res.stderr[-2000:]
     return {"dir": d, "report": res.json(), "before": before, "after": after}
 
@@ -191,7 +192,8 @@ def test_accuracy_matches_torch(run, loose, work):
     ref = json.loads((work / "torch_accuracy.json").read_text())
     tol = 1.0 / ref["rows"]  # at most one argmax flip between torch and onnxruntime
     (art,) = run["report"]["artifacts"]
-    assert run["report"]["data"] == {"eval": str(DATA), "rows": ref["rows"], "labels": "label"}
+    # the data file relative to the working directory (the CLI ran in ROOT): no absolute path in a report
+    assert run["report"]["data"] == {"eval": DATA.relative_to(ROOT).as_posix(), "rows": ref["rows"], "labels": "label"}
     assert abs(art["metrics"]["accuracy"] - ref["accuracy"]) <= tol
     assert abs(run["report"]["native"]["metrics"]["accuracy"] - ref["accuracy"]) <= tol
     assert art["metrics"]["top1_agreement"] >= 1 - tol
@@ -413,7 +415,7 @@ def test_bench_cli_native_torch(work, tmp_path):
     cfg = tmp_path / "torch.yaml"
     cfg.write_text(f"""
 name: bench-torch
-source: {{framework: torch, factory: {FIXTURES / 'torch_models.py'}:digits_cnn,
+source: {{framework: torch, factory: {FIXTURES / 'torch_models.py'}:digits_cnn, trust_code: true,
          path: {FIXTURES / 'torch' / 'digits_cnn.pt'}}}
 inputs: [{{name: input, dtype: float32, shape: [batch, 1, 8, 8]}}]
 outputs: [logits]

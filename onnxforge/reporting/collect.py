@@ -15,6 +15,7 @@ import numpy as np
 
 from onnxforge.errors import UserError
 from onnxforge.reporting.errors import clean, compare_outputs
+from onnxforge.reporting.paths import inside, quoted, scrub, shown
 
 SCHEMA_VERSION = 1
 LABEL_KEYS = ("label", "labels", "y", "target")
@@ -43,57 +44,72 @@ class Sources:
 # ------------------------------------------------------------------ where the artifacts come from
 
 
-def from_run(run_dir: Path, ctx=None) -> Sources:
-    """A run folder: its manifest names the artifacts; its config (the stage's, or the file the manifest names)
-    gives the data and the source for the native reference."""
+MAX_MANIFEST_BYTES = 64 << 20  # far above any manifest onnxforge writes; a bigger one is not ours
+SKIPPED = ("native-model figures skipped: `onnxforge report` runs no code named by a run folder or its config; "
+           "to compare with the source model, pass --config CONFIG.yaml --native (runs the code the config names)")
+
+
+def read_manifest(run_dir: Path) -> dict:
+    """The run folder's manifest, as untrusted input: confined to the folder, size-capped, shape-checked."""
     mpath = Path(run_dir) / "manifest.json"
     if not mpath.is_file():
         raise UserError(f"{run_dir}: no manifest.json — give a run folder (runs/NAME) or .onnx files")
+    inside(Path(run_dir), "manifest.json", "the manifest")  # a symlink to a file elsewhere is not read
+    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        raise UserError(f"{mpath}: {mpath.stat().st_size >> 20} MiB, larger than any manifest onnxforge writes "
+                        "— rerun `onnxforge run`")
     try:
         manifest = json.loads(mpath.read_text())
-        stages = list(manifest["stages"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        stages = manifest["stages"]
+        if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+            raise TypeError("stages")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{mpath}: not a readable manifest ({type(e).__name__}) — rerun `onnxforge run`") from None
+    return manifest
+
+
+def from_run(run_dir: Path, ctx=None) -> Sources:
+    """A run folder: its manifest names the artifacts. Inside a live run (ctx) the run's config gives the data and
+    the native reference; from the command line only --config/--native do (see with_config)."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    stages = list(manifest["stages"])
     notes: list[str] = []
     if ctx is not None:  # the stage runs before its own entry is written; earlier ones are in the manifest
         seen = {s.get("name") for s in stages}
         stages += [e for n, e in ctx.results.items() if n not in seen]
         manifest["stages"] = stages
-    cfg = ctx.cfg if ctx is not None else _config_of(manifest, notes)
     arts: list[Artifact] = []
     by_path: dict[str, str] = {}
     for s in stages:
         rel = s.get("model")
-        if not rel or rel in by_path:
+        if not rel:
             continue
-        path = Path(run_dir) / rel
+        path = inside(run_dir, rel, f"stage {quoted(s.get('name'), 40)} names model")
+        if rel in by_path:
+            continue
         if not path.is_file():
             notes.append(f"{rel} (stage {s.get('name')}) is missing from the run folder")
             continue
-        parent = next((by_path[p] for p in (s.get("inputs") or {}) if p in by_path), None)
+        parent = next((by_path[p] for p in _dict(s.get("inputs")) if p in by_path), None)
         by_path[rel] = rel
         arts.append(Artifact(rel, path, s.get("name"), parent))
     if not arts:
         raise UserError(f"{run_dir}: the run has no model artifact yet — run its convert stage first")
-    native = None
-    if cfg is not None:
-        native = (lambda: (ctx.frontend, ctx.native())) if ctx is not None else _native_loader(cfg)
-    return Sources("run", arts, manifest, cfg, Path(run_dir), native, notes)
+    src = Sources("run", arts, manifest, None, run_dir, None, notes)
+    if ctx is not None:
+        src.cfg, src.native = ctx.cfg, (lambda: (ctx.frontend, ctx.native()))
+    return src
 
 
-def _config_of(manifest: dict, notes: list[str]):
-    from onnxforge.config import load_config
-
-    path = manifest.get("config")
-    if not path or not Path(path).is_file():
-        notes.append(f"the run's config ({path or 'unknown'}) is not available: no native reference, data "
-                     "only from --data")
-        return None
-    try:
-        return load_config(path)
-    except UserError as e:
-        notes.append(f"the run's config could not be read ({e}): no native reference")
-        return None
+def with_config(src: Sources, cfg, native: bool) -> Sources:
+    """The user's own --config: its data, inputs and runtime; with --native also its source model, which runs the
+    code the config names (a torch factory, a PyMC transform, a pickle) — hence opt-in."""
+    src.cfg = cfg
+    src.native = _native_loader(cfg) if cfg is not None and native else None
+    if src.native is None and (src.kind == "run" or cfg is not None):
+        src.notes.append(SKIPPED)
+    return src
 
 
 def _native_loader(cfg):
@@ -113,7 +129,9 @@ def from_models(paths: list[Path]) -> Sources:
         if Path(p).suffix.lower() != ".onnx":
             raise UserError(f"{p}: not an .onnx file — give a run folder or .onnx files")
     names = [Path(p).name for p in paths]
-    labels = names if len(set(names)) == len(names) else [str(p) for p in paths]
+    if len(set(names)) != len(names):  # relative to the working directory: no absolute path in a label
+        names = [shown(p, Path.cwd()) for p in paths]
+    labels = names if len(set(names)) == len(names) else [f"{n} #{i + 1}" for i, n in enumerate(names)]
     # the first file is the baseline every other one is compared with
     arts = [Artifact(lab, Path(p), None, labels[0] if i else None) for i, (lab, p) in enumerate(
         zip(labels, paths, strict=True))]
@@ -134,7 +152,8 @@ def _eval_data(src: Sources, data: Path | None, first_model, max_rows: int | Non
     if path is None:
         if cfg is not None and cfg.data.synthetic:
             return d.synthesize(specs, cfg.data.synthetic_rows, cfg.data.seed), None, "synthetic", None
-        src.notes.append("no data file: outputs, errors and agreement use synthetic inputs, no accuracy (give --data FILE)")
+        src.notes.append("no data file: outputs, errors and agreement use synthetic inputs, no accuracy (give --data "
+                         "FILE, or --config CONFIG.yaml for the run's data)")
         return d.synthesize(specs, 64, 0), None, "synthetic", None
     table = d.load_table(path)
     feeds = d.feeds_from_table(table, specs, cfg.data.rows if cfg is not None else None)
@@ -143,7 +162,13 @@ def _eval_data(src: Sources, data: Path | None, first_model, max_rows: int | Non
     key = key or next((k for k in LABEL_KEYS if k in table and k not in used), None)
     rows = d.n_rows(feeds) if not max_rows else min(d.n_rows(feeds), max_rows)
     labels = np.asarray(table[key])[:rows] if key is not None and len(table[key]) >= rows else None
-    return d.take(feeds, rows), labels, str(path), key if labels is not None else None
+    return d.take(feeds, rows), labels, shown(path, *_bases(src)), key if labels is not None else None
+
+
+def _bases(src: Sources) -> list:
+    """Folders a path in the report is shown relative to (see reporting.paths)."""
+    cfg_dir = src.cfg.config_path.parent if src.cfg is not None and src.cfg.config_path else None
+    return [src.run_dir, cfg_dir, Path.cwd()]
 
 
 def _run_model(path: Path, proto, feeds: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
@@ -225,7 +250,7 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
     report = {
         "schema": "onnxforge.report", "schema_version": SCHEMA_VERSION, "onnxforge": __version__,
         "generated": datetime.now(UTC).isoformat(timespec="seconds"), "kind": src.kind,
-        "title": man.get("name") or ", ".join(a.label for a in src.artifacts)[:120],
+        "title": _text(man.get("name")) or ", ".join(a.label for a in src.artifacts)[:120],
         "verdict": man.get("verdict", "info") if src.kind == "run" else "info",
         "run": _run_info(src) if src.kind == "run" else None,
         "data": {"eval": provenance, "rows": len(next(iter(feeds.values()))) if feeds else 0,
@@ -235,7 +260,7 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
         "stage_changes": _stage_changes(man), "stage_tables": _stage_tables(man), "stages": _stages(man),
         "environment": _environment(), "notes": src.notes, "files": {},
     }
-    return clean(report)
+    return scrub(clean(report), *_bases(src))  # no absolute path of this machine leaves in a report
 
 
 def _measure(a: Artifact, proto, feeds, labels, src: Sources, outputs: dict, ref_metrics: dict, native_info,
@@ -261,7 +286,7 @@ def _measure(a: Artifact, proto, feeds, labels, src: Sources, outputs: dict, ref
     m = _metrics(got, labels, ref_out)
     ref_metrics.setdefault(a.label, _metrics(got, labels))
     return {
-        "label": a.label, "path": str(a.path.relative_to(src.run_dir) if src.run_dir else a.path),
+        "label": a.label, "path": a.path.relative_to(src.run_dir).as_posix() if src.run_dir else shown(a.path, Path.cwd()),
         "stage": a.stage, "parent": a.parent, "reference": ref_label, "sha256": sha256_file(a.path),
         "file_bytes": info["file_bytes"], "size_ratio": 1.0,
         "nodes": info["nodes"], "params": info["params"], "initializer_bytes": info["initializer_bytes"],
@@ -363,9 +388,20 @@ def _environment() -> dict:
 
 def _run_info(src: Sources) -> dict:
     m = src.manifest or {}
-    return {"name": m.get("name"), "path": str(src.run_dir), "config": m.get("config") or None,
-            "verdict": m.get("verdict"), "started": m.get("started"), "finished": m.get("finished"),
-            "final_model": m.get("final_model"), "versions": m.get("versions") or {}}
+    versions = m.get("versions") if isinstance(m.get("versions"), dict) else {}
+    return {"name": _text(m.get("name")), "path": shown(src.run_dir, Path.cwd()),
+            "config": _text(m.get("config")) or None, "verdict": _text(m.get("verdict")),
+            "started": _text(m.get("started")), "finished": _text(m.get("finished")),
+            "final_model": _text(m.get("final_model")), "versions": {str(k): str(v) for k, v in versions.items()}}
+
+
+def _dict(v) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
+def _text(v) -> str | None:
+    """A manifest field meant to be a string (a tampered one may hold anything)."""
+    return None if v is None else v if isinstance(v, str) else json.dumps(v, default=str)[:200]
 
 
 def _scalars(d: dict, limit: int = 16) -> dict:
@@ -379,26 +415,31 @@ def _scalars(d: dict, limit: int = 16) -> dict:
 def _stages(man: dict) -> list[dict]:
     out = []
     for s in man.get("stages", []):
-        out.append({"name": s.get("name"), "dir": s.get("dir"), "status": s.get("status"),
-                    "verdict": s.get("verdict"), "wall_s": s.get("wall_s"), "model": s.get("model"),
-                    "message": (s.get("message") or "")[:500],
-                    "figures": _scalars(s.get("summary") or {})})
+        wall = s.get("wall_s")
+        out.append({"name": _text(s.get("name")), "dir": _text(s.get("dir")), "status": _text(s.get("status")),
+                    "verdict": _text(s.get("verdict")), "model": _text(s.get("model")),
+                    "wall_s": wall if isinstance(wall, int | float) and not isinstance(wall, bool) else None,
+                    "message": (_text(s.get("message")) or "")[:500],
+                    "figures": _scalars(_dict(s.get("summary")))})
     return out
 
 
 def _validations(man: dict, labels: set[str]) -> list[dict]:
     out = []
     for s in man.get("stages", []):
-        summ = s.get("summary") or {}
+        summ = _dict(s.get("summary"))
         if not isinstance(summ.get("comparisons"), list):
             continue
-        ins = list((s.get("inputs") or {}).keys())
+        ins = list(_dict(s.get("inputs")))
         model = ins[0] if s.get("name") == "validate" and ins else (s.get("model") or (ins[0] if ins else None))
-        out.append({"stage": s.get("name"), "model": model, "known_artifact": model in labels,
-                    "verdict": summ.get("verdict", s.get("verdict")), "reference": summ.get("reference"),
-                    "against": summ.get("against"), "rows": summ.get("rows"), "data": summ.get("data"),
+        model = _text(model)
+        rows = summ.get("rows")
+        out.append({"stage": _text(s.get("name")), "model": model, "known_artifact": model in labels,
+                    "verdict": _text(summ.get("verdict", s.get("verdict"))), "reference": _text(summ.get("reference")),
+                    "against": _text(summ.get("against")), "rows": rows if isinstance(rows, int) else None,
+                    "data": _text(summ.get("data")),
                     "comparisons": [c for c in summ["comparisons"] if isinstance(c, dict)],
-                    "metrics": summ.get("metrics") or {}})
+                    "metrics": _dict(summ.get("metrics"))})
     return out
 
 
@@ -417,7 +458,7 @@ def _stage_changes(man: dict) -> list[dict]:
     """quantize/optimize summaries carry `before`/`after` dicts: one row per figure present in either."""
     out = []
     for s in man.get("stages", []):
-        summ = s.get("summary") or {}
+        summ = _dict(s.get("summary"))
         if not (isinstance(summ.get("before"), dict) and isinstance(summ.get("after"), dict)):
             continue
         b, a = _flatten(summ["before"]), _flatten(summ["after"])
@@ -427,7 +468,7 @@ def _stage_changes(man: dict) -> list[dict]:
             num = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (bv, av))
             rows.append({"key": k, "before": bv, "after": av,
                          "ratio": (av / bv) if num and bv else None})
-        out.append({"stage": s.get("name"), "verdict": s.get("verdict"), "rows": rows})
+        out.append({"stage": _text(s.get("name")), "verdict": _text(s.get("verdict")), "rows": rows})
     return out
 
 
@@ -438,13 +479,13 @@ def _stage_tables(man: dict, max_rows: int = 40, max_cols: int = 16) -> list[dic
     for s in man.get("stages", []):
         if s.get("name") == "report":  # our own summary: its figures are the report itself
             continue
-        for key, val in (s.get("summary") or {}).items():
+        for key, val in _dict(s.get("summary")).items():
             if key in ("comparisons", "inputs", "outputs") or not isinstance(val, list) or not val or not all(isinstance(v, dict)
                                                                                          for v in val):
                 continue
             flat = [_flatten(v) for v in val[:max_rows]]
             cols = [c for c in dict.fromkeys(k for f in flat for k in f) if any(f.get(c) is not None for f in flat)]
-            out.append({"stage": s.get("name"), "key": key, "columns": cols[:max_cols],
+            out.append({"stage": _text(s.get("name")), "key": key, "columns": cols[:max_cols],
                         "rows": [[f.get(c) for c in cols[:max_cols]] for f in flat],
                         "truncated": len(val) > max_rows or len(cols) > max_cols})
     return out

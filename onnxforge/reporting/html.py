@@ -1,4 +1,7 @@
-"""report.html: one self-contained file (inline CSS, plots as base64 PNG, no script, no CDN) that opens offline."""
+"""report.html: one self-contained file (inline CSS, plots as base64 PNG, no script, no CDN) that opens offline.
+
+Every value comes from files a run folder holds (the manifest may have been tampered with), so all text is escaped
+where it enters the page: table cells are escaped unless built here as `Html`, f-strings escape each field."""
 
 from __future__ import annotations
 
@@ -20,31 +23,58 @@ margin:8px 0}.scroll{overflow-x:auto}code{background:#f0f2f5;padding:1px 4px;bor
 """
 
 
-def _t(cols: list[str], rows: list[list], left: int = 1, last_left: bool = False) -> str:
-    """A table; the first `left` columns (and the last one if last_left) are text, aligned left."""
+class Html(str):
+    """Markup built by this module from escaped parts: the one kind of cell `_t` does not escape."""
+
+
+def e(v) -> Html:
+    """Any value as page text (quotes too, so it is safe in an attribute)."""
+    return Html(escape("" if v is None else str(v), quote=True))
+
+
+def _code(v) -> Html:
+    return Html(f"<code>{e(v)}</code>")
+
+
+def _cell(v) -> str:
+    return v if isinstance(v, Html) else e(v)
+
+
+def _t(cols: list, rows: list[list], left: int = 1, last_left: bool = False) -> Html:
+    """A table; the first `left` columns (and the last one if last_left) are text, aligned left. Every header and
+    cell is escaped unless it is `Html`."""
     def cls(i: int) -> str:
         return "l" if i < left or (last_left and i == len(cols) - 1) else ""
 
-    head = "".join(f'<th class="{cls(i)}">{escape(c)}</th>' for i, c in enumerate(cols))
-    body = "".join("<tr>" + "".join(f'<td class="{cls(i)}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
+    head = "".join(f'<th class="{cls(i)}">{e(c)}</th>' for i, c in enumerate(cols))
+    body = "".join("<tr>" + "".join(f'<td class="{cls(i)}">{_cell(c)}</td>' for i, c in enumerate(r)) + "</tr>"
                    for r in rows)
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _img(pid: str, b64: str | None, alt: str) -> str:
-    return f'<img class="plot" id="{pid}" alt="{escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else ""
+    return (f'<img class="plot" id="{e(pid)}" alt="{e(alt)}" src="data:image/png;base64,{e(b64)}">'
+            if b64 else "")
 
 
 def _section(sid: str, title: str, body: str) -> str:
-    return f'<section id="{sid}"><h2>{escape(title)}</h2>{body}</section>'
+    return f'<section id="{e(sid)}"><h2>{e(title)}</h2>{body}</section>'
 
 
-def _ok(v) -> str:
-    return '<span class="ok">yes</span>' if v else '<span class="bad">NO</span>'
+def _ok(v) -> Html:
+    return Html('<span class="ok">yes</span>' if v else '<span class="bad">NO</span>')
+
+
+def _badge(verdict) -> Html:
+    cls = verdict if verdict in ("pass", "fail", "error", "info") else "info"  # a class name from our own list
+    return Html(f'<span class="badge {cls}">{e(verdict)}</span>')
+
+
+def _muted(text) -> Html:
+    return Html(f'<span class="muted">{e(text)}</span>')
 
 
 def render_html(rep: dict, notes_out=None) -> str:
-    e = escape
     can_plot = plots.available()
     if not can_plot and notes_out is not None:
         notes_out.print("[yellow]report.html without plots: matplotlib is missing — pip install "
@@ -52,29 +82,26 @@ def render_html(rep: dict, notes_out=None) -> str:
     arts = rep["artifacts"]
     d = rep["data"]
     parts = []
-    summary = (f'<p><span class="badge {e(rep["verdict"])}">{e(rep["verdict"])}</span> '
-               f'{len(arts)} artifact(s) · data <code>{e(str(d["eval"]))}</code> ({d["rows"]} rows'
-               f'{", labels <code>" + e(d["labels"]) + "</code>" if d["labels"] else ""})</p>')
+    summary = (f'<p>{_badge(rep["verdict"])} {e(len(arts))} artifact(s) · data {_code(d["eval"])} ({e(d["rows"])} rows'
+               f'{", labels " + _code(d["labels"]) if d["labels"] else ""})</p>')
     if rep.get("run"):
         r = rep["run"]
-        summary += (f'<p class="muted">run <code>{e(str(r["path"]))}</code> · config <code>{e(str(r["config"]))}'
-                    f'</code> · final model <code>{e(str(r["final_model"]))}</code></p>')
+        summary += (f'<p class="muted">run {_code(r["path"])} · config {_code(r["config"])} · final model '
+                    f'{_code(r["final_model"])}</p>')
     for s in rep["stages"]:
         if s.get("verdict") in ("fail", "error"):
-            summary += (f'<p><span class="bad">{e(str(s["name"]))} {e(str(s["verdict"]))}:</span> '
+            summary += (f'<p><span class="bad">{e(s["name"])} {e(s["verdict"])}:</span> '
                         f'{e((s.get("message") or "")[:500])}</p>')
     if not can_plot:
         summary += '<p class="muted">Plots need matplotlib: pip install \'onnxforge[report]\'.</p>'
     parts.append(_section("summary", "Summary", summary))
 
-    rows = [[f"<code>{e(a['label'])}</code>", e(a.get("stage") or ""), fmt.size(a["file_bytes"]),
-             f"{a['size_ratio']:.2f}×", f"{a['nodes']:,}", f"{a['params']:,}", e(fmt.opset(a["opset"], a["ops"])),
-             e(fmt.metrics(a.get("metrics"))), e(fmt.deltas(a.get("metric_deltas"))), e(a.get("reference") or "")]
-            for a in arts]
+    rows = [[_code(a["label"]), a.get("stage") or "", fmt.size(a["file_bytes"]), f"{a['size_ratio']:.2f}×",
+             f"{a['nodes']:,}", f"{a['params']:,}", fmt.opset(a["opset"], a["ops"]), fmt.metrics(a.get("metrics")),
+             fmt.deltas(a.get("metric_deltas")), a.get("reference") or ""] for a in arts]
     if rep.get("native") and rep["native"].get("metrics"):
         n = rep["native"]
-        rows.insert(0, [f"<code>{e(n['label'])}</code>", "source", "", "", "", "", "", e(fmt.metrics(n["metrics"])),
-                        "", ""])
+        rows.insert(0, [_code(n["label"]), "source", "", "", "", "", "", fmt.metrics(n["metrics"]), "", ""])
     parts.append(_section("artifacts", "Artifacts", _t(
         ["artifact", "stage", "size", "size vs first", "nodes", "params", "opset", "metrics", "Δ vs reference",
          "reference"], rows, left=2)))
@@ -85,13 +112,13 @@ def render_html(rep: dict, notes_out=None) -> str:
     lat = rep.get("latency")
     if lat and lat["rows"]:
         speed = {(r["label"], r["batch"], r["threads"]): r["speedup"] for r in lat["ratios"]}
-        lrows = [[f"<code>{e(r['label'])}</code>", r["batch"], r["threads"], fmt.ms(r["p50_ms"]), fmt.ms(r["p90_ms"]),
+        lrows = [[_code(r["label"]), r["batch"], r["threads"], fmt.ms(r["p50_ms"]), fmt.ms(r["p90_ms"]),
                   fmt.ms(r["p99_ms"]), fmt.ms(r["mean_ms"]), fmt.num(r["rows_per_s"]), r["runs"],
                   "baseline" if r["label"] == lat["baseline"] else
                   (f"{speed[(r['label'], r['batch'], r['threads'])]:.2f}×"
                    if (r["label"], r["batch"], r["threads"]) in speed else "")] for r in lat["rows"]]
-        body = (f'<p class="muted">{lat["warmup"]} warm-up runs, then up to {lat["runs"]} timed runs per setting; '
-                f'speed is relative to <code>{e(str(lat["baseline"]))}</code> in the same run (&gt;1 = faster).</p>'
+        body = (f'<p class="muted">{e(lat["warmup"])} warm-up runs, then up to {e(lat["runs"])} timed runs per '
+                f'setting; speed is relative to {_code(lat["baseline"])} in the same run (&gt;1 = faster).</p>'
                 + _t(["engine / artifact", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "mean ms", "rows/s", "runs",
                       "speed"], lrows)
                 + _img("plot-latency", plots.latency_bars(lat["rows"]) if can_plot else None, "latency per artifact"))
@@ -101,32 +128,31 @@ def render_html(rep: dict, notes_out=None) -> str:
 
     vbody = ""
     for v in rep["validations"]:
-        vrows = [[e(str(c.get("output"))), c.get("batch", ""), e(str(c.get("kind", ""))), _ok(c.get("pass")),
+        vrows = [[c.get("output"), c.get("batch", ""), c.get("kind", ""), _ok(c.get("pass")),
                   fmt.sci(c.get("max_abs")), fmt.sci(c.get("max_rel")), fmt.sci(c.get("p99_abs")),
-                  fmt.sci(c.get("min_atol")), fmt.sci(c.get("min_rtol")),
-                  e(fmt.comparison_other(c))]
+                  fmt.sci(c.get("min_atol")), fmt.sci(c.get("min_rtol")), _other(c)]
                  for c in v["comparisons"]]
         m = v.get("metrics") or {}
         mline = ""
         if m.get("candidate"):
-            mline = (f'<p>metrics — candidate: {e(fmt.metrics(m["candidate"]))}; reference: '
-                     f'{e(fmt.metrics(m.get("reference")))}</p>')
-        vbody += (f'<h3>{e(v["stage"])}: <code>{e(str(v.get("model")))}</code> vs {e(str(v.get("reference")))} — '
-                  f'<span class="badge {e(str(v.get("verdict")))}">{e(str(v.get("verdict")))}</span></h3>'
-                  f'<p class="muted">{v.get("rows")} rows from <code>{e(str(v.get("data")))}</code></p>' + _t(
+            mline = (f'<p>metrics — candidate: {e(_safe(fmt.metrics, m["candidate"]))}; reference: '
+                     f'{e(_safe(fmt.metrics, m.get("reference")))}</p>')
+        vbody += (f'<h3>{e(v["stage"])}: {_code(v.get("model"))} vs {e(v.get("reference"))} — '
+                  f'{_badge(v.get("verdict"))}</h3>'
+                  f'<p class="muted">{e(v.get("rows"))} rows from {_code(v.get("data"))}</p>' + _t(
                       ["output", "batch", "kind", "pass", "max abs", "max rel", "p99 abs", "min atol", "min rtol",
                        "other"], vrows, last_left=True) + mline)
     parts.append(_section("validation", "Validation", vbody or '<p class="muted">No validation stage ran.</p>'))
 
     errs = rep["errors"]
     if errs:
-        erows = [[f"<code>{e(x['label'])}</code>", e(x["output"]), f"<code>{e(x['reference'])}</code>",
+        erows = [[_code(x["label"]), x["output"], _code(x["reference"]),
                   *([fmt.sci(x["max_abs"]), fmt.sci(x["p99_abs"]), fmt.sci(x["mean_abs"]),
                      f"{x['zeros']:,}/{x['elements']:,}"] if x["kind"] == "float"
                     else ["", "", "", f"{x['flips']} flips / {x['elements']:,}"])] for x in errs]
         panels = [x for x in errs if x["kind"] == "float" and x["hist"]["counts"]]
-        ebody = (f'<p class="muted">|candidate − reference| per element on {d["rows"]} rows of '
-                 f'<code>{e(str(d["eval"]))}</code>; histograms in log10 bins.</p>'
+        ebody = (f'<p class="muted">|candidate − reference| per element on {e(d["rows"])} rows of '
+                 f'{_code(d["eval"])}; histograms in log10 bins.</p>'
                  + _t(["artifact", "output", "vs", "max abs", "p99 abs", "mean abs", "exact / flips"], erows)
                  + (_img("plot-errors", plots.error_histograms(panels), "error histograms")
                     if can_plot and panels else '<p class="muted">All compared elements are exactly equal.</p>'))
@@ -135,7 +161,7 @@ def render_html(rep: dict, notes_out=None) -> str:
     parts.append(_section("errors", "Errors", ebody))
 
     ops_all = list(dict.fromkeys(op for a in arts for op in a["ops"]))
-    orows = [[e(op), *[a["ops"].get(op, "") for a in arts]] for op in ops_all]
+    orows = [[op, *[a["ops"].get(op, "") for a in arts]] for op in ops_all]
     parts.append(_section("operators", "Operators", _img(
         "plot-ops", plots.op_histogram({a["label"]: a["ops"] for a in arts}) if can_plot and ops_all else None,
         "operator histogram") + _t(["op", *[a["label"] for a in arts]], orows)))
@@ -144,23 +170,23 @@ def render_html(rep: dict, notes_out=None) -> str:
     for sc in rep["stage_changes"]:
         sbody += f"<h3>{e(sc['stage'])}: before → after</h3>" + _t(
             ["figure", "before", "after", "after/before"],
-            [[e(r["key"]), e(fmt.value(r["before"])), e(fmt.value(r["after"])),
+            [[r["key"], fmt.value(r["before"]), fmt.value(r["after"]),
               f"{r['ratio']:.3g}" if r["ratio"] is not None else ""] for r in sc["rows"]])
     for tb in rep["stage_tables"]:
-        sbody += (f"<h3>{e(str(tb['stage']))}: {e(tb['key'])}{' (truncated)' if tb['truncated'] else ''}</h3>"
-                  + _t(tb["columns"], [[e(fmt.value(v)) for v in r] for r in tb["rows"]], left=1))
+        sbody += (f"<h3>{e(tb['stage'])}: {e(tb['key'])}{' (truncated)' if tb['truncated'] else ''}</h3>"
+                  + _t(tb["columns"], [[fmt.value(v) for v in r] for r in tb["rows"]], left=1))
     if rep["stages"]:
         sbody += "<h3>Stage runs</h3>" + _t(["stage", "status", "verdict", "wall s", "message"],
-                    [[e(s["name"] or ""), e(s.get("status") or ""), e(s.get("verdict") or ""),
+                    [[s["name"] or "", s.get("status") or "", s.get("verdict") or "",
                       f"{s['wall_s']:.2f}" if isinstance(s.get("wall_s"), int | float) else "",
-                      f'<span class="muted">{e((s.get("message") or "")[:300])}</span>'] for s in rep["stages"]],
+                      _muted((s.get("message") or "")[:300])] for s in rep["stages"]],
                     last_left=True)
     parts.append(_section("stages", "Stages", sbody or '<p class="muted">Loose models: no pipeline stages.</p>'))
 
     envd = rep["environment"]
     env = envd["versions"] | ((rep.get("run") or {}).get("versions") or {})  # the run's own versions win
-    ebody = (f'<p>{e(envd["system"])} {e(envd["machine"])}, {envd["cpus"]} CPUs (where this report measured '
-             'latency)</p>' + _t(["package", "version"], [[e(k), e(str(v))] for k, v in env.items()]))
+    ebody = (f'<p>{e(envd["system"])} {e(envd["machine"])}, {e(envd["cpus"])} CPUs (where this report measured '
+             'latency)</p>' + _t(["package", "version"], [[k, v] for k, v in env.items()]))
     if rep["notes"]:
         ebody += "<ul>" + "".join(f"<li>{e(n)}</li>" for n in rep["notes"]) + "</ul>"
     parts.append(_section("environment", "Environment and notes",
@@ -170,6 +196,17 @@ def render_html(rep: dict, notes_out=None) -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
             f'<header><h1>{e(title)}</h1><div class="meta">generated {e(rep["generated"])} by onnxforge '
-            f'{e(rep["onnxforge"])} · schema v{rep["schema_version"]}</div></header><main>{"".join(parts)}</main>'
+            f'{e(rep["onnxforge"])} · schema v{e(rep["schema_version"])}</div></header><main>{"".join(parts)}</main>'
             '</body></html>\n')
 
+
+def _safe(f, *args) -> str:
+    """A manifest figure through a formatter; a tampered value of the wrong type shows as text, not a crash."""
+    try:
+        return f(*args)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return " ".join(map(str, args))
+
+
+def _other(c: dict) -> str:
+    return _safe(fmt.comparison_other, c)

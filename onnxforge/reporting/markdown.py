@@ -1,16 +1,49 @@
-"""report.md: short enough for a CI comment (GitHub caps comments at 65,536 characters), tables first."""
+"""report.md: short enough for a CI comment (GitHub caps comments at 65,536 characters), tables first.
+
+The comment is rendered by GitHub, and its values come from the run folder (the manifest may have been tampered
+with): every value is escaped so it stays text — no raw HTML, no link, image or autolink, no heading or emphasis.
+Table cells are escaped unless built here as `Md`; identifiers go in code spans that nothing can close early."""
 
 from __future__ import annotations
+
+import html
+import re
 
 from onnxforge.reporting import fmt
 
 LIMIT = 60_000
 VERDICT = {"pass": "✅ pass", "fail": "❌ fail", "error": "❌ error", "info": "ℹ️ info"}
 
+_META = re.compile(r"[\\`*\[\]<>#!|~&$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")  # intraword `_` is no emphasis
+_AUTOLINK = re.compile(r"(?i)(?<=[a-z0-9])(:)(?=//)|(?<=www)(\.)|(@)")  # GitHub links bare URLs, www. and e-mails
 
-def _table(cols: list[str], rows: list[list[str]]) -> list[str]:
-    esc = [[str(c).replace("|", "\\|").replace("\n", " ") for c in r] for r in rows]
-    return ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|",
+
+class Md(str):
+    """Markdown built here from escaped parts: the one kind of cell `_table` does not escape."""
+
+
+def text(v) -> Md:
+    """Any value as Markdown text on one line."""
+    s = " ".join(("" if v is None else str(v)).split())
+    s = _META.sub(lambda m: "\\" + m.group(0), s)
+    return Md(_AUTOLINK.sub(lambda m: "\\" + m.group(0), s))
+
+
+def code(v, table: bool = True) -> Md:
+    """A code span: its fence is longer than any backtick run inside, so the value cannot close it."""
+    s = " ".join(("" if v is None else str(v)).split())
+    if not s:
+        return Md("")
+    fence = "`" * (max((len(r) for r in re.findall("`+", s)), default=0) + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    if table:  # GFM splits table cells at `|` even inside code spans, unless escaped
+        s = s.replace("|", "\\|")
+    return Md(f"{fence}{pad}{s}{pad}{fence}")
+
+
+def _table(cols: list, rows: list[list]) -> list[str]:
+    esc = [[c if isinstance(c, Md) else text(c) for c in r] for r in rows]
+    return ["| " + " | ".join(text(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|",
             *("| " + " | ".join(r) + " |" for r in esc), ""]
 
 
@@ -35,26 +68,26 @@ def _latency_cells(rep: dict) -> tuple[list[str], dict[str, list[str]]]:
 
 def render_markdown(rep: dict) -> str:
     d = rep["data"]
-    out = [f"## onnxforge report: {rep['title']} — {VERDICT.get(rep['verdict'], rep['verdict'])}", ""]
+    out = [f"## onnxforge report: {text(rep['title'])} — {text(VERDICT.get(rep['verdict'], rep['verdict']))}", ""]
     lat = rep.get("latency") or {}
-    out.append(f"_{len(rep['artifacts'])} artifact(s) · data: `{d['eval']}` ({d['rows']} rows"
-               f"{', labels `' + d['labels'] + '`' if d['labels'] else ''})"
+    out.append(f"_{len(rep['artifacts'])} artifact(s) · data: {code(d['eval'], False)} ({d['rows']} rows"
+               f"{', labels ' + code(d['labels'], False) if d['labels'] else ''})"
                + (f" · latency: {lat['threads'][0]} thread(s) on {rep['environment']['cpus']} CPUs, ratios vs "
-                  f"`{lat['baseline']}`" if lat else "")
-               + f" · onnxforge {rep['onnxforge']}_")
+                  f"{code(lat['baseline'], False)}" if lat else "")
+               + f" · onnxforge {text(rep['onnxforge'])}_")
     out.append("")
     for s in rep["stages"]:  # the reason a CI job failed belongs at the top of its comment
         if s.get("verdict") in ("fail", "error"):
-            out += [f"**{s['name']} {s['verdict']}ed:** {(s.get('message') or '').replace(chr(10), ' ')[:500]}", ""]
+            out += [f"**{text(s['name'])} {text(s['verdict'])}ed:** {text((s.get('message') or '')[:500])}", ""]
     lat_cols, lat_cells = _latency_cells(rep)
     rows = []
     for a in rep["artifacts"]:
-        rows.append([f"`{a['label']}`", fmt.size(a["file_bytes"]), f"{a['size_ratio']:.2f}×", str(a["nodes"]),
+        rows.append([code(a["label"]), fmt.size(a["file_bytes"]), f"{a['size_ratio']:.2f}×", str(a["nodes"]),
                      f"{a['params']:,}", fmt.opset(a["opset"], a["ops"]), fmt.metrics(a.get("metrics")),
                      fmt.deltas(a.get("metric_deltas")), *lat_cells.get(a["label"], [""] * len(lat_cols))])
     nat = rep.get("native") or {}
     if nat.get("metrics") or nat.get("label") in lat_cells:  # the source's own figures, for comparison
-        rows.insert(0, [f"`{nat['label']}`", "", "", "", "", "", fmt.metrics(nat.get("metrics")), "",
+        rows.insert(0, [code(nat["label"]), "", "", "", "", "", fmt.metrics(nat.get("metrics")), "",
                         *lat_cells.get(nat["label"], [""] * len(lat_cols))])
     out += ["### Artifacts", ""]
     out += _table(["artifact", "size", "size vs first", "nodes", "params", "opset", "metrics", "Δ vs reference",
@@ -63,16 +96,15 @@ def render_markdown(rep: dict) -> str:
         vrows = []
         for v in rep["validations"]:
             for c in v["comparisons"]:
-                figs = fmt.comparison_other(c)
-                vrows.append([v["stage"], f"`{v.get('model') or ''}`", str(c.get("output")), str(c.get("batch", "")),
-                              "✅" if c.get("pass") else "❌", fmt.sci(c.get("max_abs")), fmt.sci(c.get("p99_abs")),
-                              fmt.sci(c.get("min_atol")), fmt.sci(c.get("min_rtol")), figs])
-        refs = "; ".join(f"{v['stage']}: {v.get('reference')}" for v in rep["validations"])
+                vrows.append([v["stage"], code(v.get("model") or ""), c.get("output"), c.get("batch", ""),
+                              Md("✅" if c.get("pass") else "❌"), fmt.sci(c.get("max_abs")), fmt.sci(c.get("p99_abs")),
+                              fmt.sci(c.get("min_atol")), fmt.sci(c.get("min_rtol")), _other(c)])
+        refs = "; ".join(f"{text(v['stage'])}: {text(v.get('reference'))}" for v in rep["validations"])
         out += ["### Validation", "", f"Reference — {refs}", ""]
         out += _table(["stage", "model", "output", "batch", "pass", "max abs", "p99 abs", "min atol", "min rtol",
                        "other"], vrows)
     if rep["errors"]:
-        erows = [[f"`{e['label']}`", e["output"], f"`{e['reference']}`",
+        erows = [[code(e["label"]), e["output"], code(e["reference"]),
                   *([fmt.sci(e["max_abs"]), fmt.sci(e["p99_abs"]), fmt.sci(e["mean_abs"])] if e["kind"] == "float"
                     else ["", "", ""]),
                   f"{e['flips']} flips" if e["kind"] == "label" else f"{e['zeros']}/{e['elements']} exact"]
@@ -80,12 +112,14 @@ def render_markdown(rep: dict) -> str:
         out += ["### Errors (recomputed)", ""]
         out += _table(["artifact", "output", "vs", "max abs", "p99 abs", "mean abs", "exact / flips"], erows)
     for sc in rep["stage_changes"]:
-        out += [f"### {sc['stage']}: before → after", ""]
+        out += [f"### {text(sc['stage'])}: before → after", ""]
         out += _table(["figure", "before", "after", "after/before"],
                       [[r["key"], fmt.value(r["before"]), fmt.value(r["after"]),
                         f"{r['ratio']:.3g}" if r["ratio"] is not None else ""] for r in sc["rows"]])
     for tb in rep["stage_tables"]:  # wide tables (e.g. quantize candidates) folded away
-        out += [f"<details><summary>{tb['stage']}: {tb['key']} ({len(tb['rows'])} rows)</summary>", ""]
+        # an HTML block: Markdown is not parsed inside it, so its text is HTML-escaped instead
+        summary = html.escape(f"{tb['stage']}: {tb['key']} ({len(tb['rows'])} rows)")
+        out += [f"<details><summary>{' '.join(summary.split())}</summary>", ""]
         out += _table(tb["columns"], [[fmt.value(v) for v in r] for r in tb["rows"]])
         out += ["</details>", ""]
     if rep["stages"]:
@@ -95,8 +129,15 @@ def render_markdown(rep: dict) -> str:
                         f"{s['wall_s']:.2f}" if isinstance(s.get("wall_s"), int | float) else "",
                         (s.get("message") or "")[:160]] for s in rep["stages"]])
     if rep["notes"]:
-        out += ["### Notes", "", *(f"- {n}" for n in rep["notes"]), ""]
-    text = "\n".join(out)
-    if len(text) > LIMIT:  # keep the comment postable; the full figures are in report.json
-        text = text[:LIMIT].rsplit("\n", 1)[0] + "\n\n_… truncated; see report.json for every figure._\n"
-    return text
+        out += ["### Notes", "", *(f"- {text(n)}" for n in rep["notes"]), ""]
+    text_ = "\n".join(out)
+    if len(text_) > LIMIT:  # keep the comment postable; the full figures are in report.json
+        text_ = text_[:LIMIT].rsplit("\n", 1)[0] + "\n\n_… truncated; see report.json for every figure._\n"
+    return text_
+
+
+def _other(c: dict) -> str:
+    try:
+        return fmt.comparison_other(c)
+    except (TypeError, ValueError, KeyError):  # a tampered figure of the wrong type shows as text, not a crash
+        return str(c.get("reason") or "")

@@ -229,9 +229,10 @@ def render(result: dict, console) -> None:
 def run_validate(ctx, opts: ValidateOptions):
     from onnxforge.artifact import atomic_write_json
     from onnxforge.errors import CheckFailed
-    from onnxforge.pipeline import StageResult
+    from onnxforge.pipeline import StageResult, path_bases
+    from onnxforge.reporting.paths import scrub
 
-    result = validate_model(ctx, opts)
+    result = scrub(validate_model(ctx, opts), *path_bases(ctx.cfg))  # validation.json names no absolute path
     out = atomic_write_json(ctx.stage_dir / "validation.json", result)
     if ctx.console:
         render(result, ctx.console)
