@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -81,6 +82,15 @@ def save_model(model, path: str | Path, *, run_check: bool = True) -> Path:
     return path
 
 
+@functools.cache
+def file_mode() -> int:
+    """The mode a plain open() would give a new file (0666 less the umask): mkstemp's 0600 would hide shared
+    reports, a fixed 0644 would ignore a user's stricter umask. Read once: os.umask can only be read by setting it."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +98,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports and manifests are meant to be shared
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = {
     "name": "bad",
     "source": {"framework": "pymc", "path": str(ROOT / "fixtures/pymc/linear.nc"),
-               "transform": f"{ROOT / 'fixtures/pymc_models.py'}:linear_mu"},
+               "transform": f"{ROOT / 'fixtures/pymc_models.py'}:linear_mu", "trust_code": True},
     "inputs": [{"name": "X", "dtype": "float32", "shape": ["batch", 3]}],
     "stages": {"convert": {}},
 }

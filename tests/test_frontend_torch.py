@@ -274,7 +274,7 @@ def test_run_config_with_misfit_weights_is_exit_2(tmp_path):
     cfg = tmp_path / "bad.yaml"
     shutil.copy(FIXTURES / "torch/digits_mlp.pt", tmp_path / "weights.pt")
     cfg.write_text(f"""name: bad
-source: {{framework: torch, factory: {FIXTURES / 'torch_models.py'}:digits_cnn, path: weights.pt}}
+source: {{framework: torch, factory: {FIXTURES / 'torch_models.py'}:digits_cnn, path: weights.pt, trust_code: true}}
 inputs: [{{name: input, shape: [batch, 1, 8, 8]}}]
 data: {{path: {TEST}}}
 stages: {{convert: {{}}, validate: {{}}}}

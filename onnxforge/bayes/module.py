@@ -205,7 +205,10 @@ def export_onnx(pred, opset: int, seed: int | None):
     # (constants, shape arithmetic) in tens of milliseconds
     import onnxscript.optimizer
 
+    from onnxforge.frontends._export import strip_provenance
+
     model = onnxscript.optimizer.optimize(prog.model_proto)
+    strip_provenance(model)  # stack traces name this machine's paths
     add_encoders(model, pred)
     if seed is not None:
         from onnxforge.predict import reseed

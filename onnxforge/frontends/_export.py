@@ -68,3 +68,27 @@ def name_dims(model, specs, *, batch_major_outputs: bool = False) -> None:
         for d in vi.type.tensor_type.shape.dim:
             if d.HasField("dim_param") and d.dim_param in mapping:
                 d.dim_param = mapping[d.dim_param]
+
+
+def strip_provenance(model) -> None:
+    """Drop what depends on where the exporting code lives (torch's per-node stack traces hold absolute paths;
+    doc strings), so an artifact leaks no machine paths and the same config gives the same bytes anywhere."""
+
+    def clean(nodes):
+        for node in nodes:
+            node.doc_string = ""
+            keep = [(p.key, p.value) for p in node.metadata_props if not p.key.endswith("stack_trace")]
+            del node.metadata_props[:]
+            for k, v in keep:
+                e = node.metadata_props.add()
+                e.key, e.value = k, v
+            for a in node.attribute:
+                if a.HasField("g"):
+                    clean(a.g.node)
+                for g in a.graphs:
+                    clean(g.node)
+
+    model.doc_string = ""
+    clean(model.graph.node)
+    for fn in model.functions:
+        clean(fn.node)

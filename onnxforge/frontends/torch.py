@@ -20,7 +20,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from onnxforge.code_trust import is_file_ref
 from onnxforge.config import SourceBase
 from onnxforge.errors import UserError
-from onnxforge.frontends._export import first_line, name_dims, quiet
+from onnxforge.frontends._export import first_line, name_dims, quiet, strip_provenance
 from onnxforge.frontends._files import sniff, wrong_file
 from onnxforge.frontends.base import Frontend, require
 from onnxforge.registry import register_frontend
@@ -326,28 +326,6 @@ def _torchscript(native: TorchModel, example, specs, names, opset):
     return onnx.load_from_string(buf.getvalue())
 
 
-def _portable(model) -> None:
-    """Drop what depends on where the code lives (stack traces with absolute paths, doc strings), so the same
-    config gives the same bytes on any machine."""
-
-    def clean(graph):
-        for node in graph.node:
-            node.doc_string = ""
-            keep = [(p.key, p.value) for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
-            del node.metadata_props[:]
-            for k, v in keep:
-                e = node.metadata_props.add()
-                e.key, e.value = k, v
-            for a in node.attribute:
-                if a.HasField("g"):
-                    clean(a.g)
-                for g in a.graphs:
-                    clean(g)
-
-    model.doc_string = ""
-    clean(model.graph)
-
-
 @register_frontend
 class TorchFrontend(Frontend):
     name = "torch"
@@ -399,7 +377,7 @@ class TorchFrontend(Frontend):
                 native.fallback = reason
                 model = self._torchscript(native, example, specs, names, opset)
         name_dims(model, specs)
-        _portable(model)
+        strip_provenance(model)
         return model
 
     @staticmethod
