@@ -5,7 +5,8 @@ Synthetic inputs are made from the input spec only when the caller says the user
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,47 +20,27 @@ ONNX_TO_DTYPE = {1: "float32", 11: "float64", 10: "float16", 7: "int64", 6: "int
 SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 
 
-def load_table(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a data file into named columns/arrays. Never unpickles (object arrays are refused)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file not found: {path} — check the path")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            return {"": np.load(path, allow_pickle=False)}
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        if suffix in (".csv", ".parquet"):
-            import pandas as pd
+def load_table(path: str | Path) -> Mapping[str, np.ndarray]:
+    """Named columns/arrays of a data file, read lazily: only the columns a caller indexes are read, each after a
+    check of what it costs in memory (onnxforge.limits). Never unpickles (object arrays are refused)."""
+    from onnxforge.tables import open_table
 
-            df = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
-            return {str(c): _column(df[c]) for c in df.columns}
-    except UserError:
-        raise
-    except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise UserError(f"{path}: holds pickled object arrays, which onnxforge never loads — save strings "
-                            "as fixed-width unicode (arr.astype(str))") from None
-        raise UserError(f"{path}: cannot read data ({e})") from None
-    except Exception as e:
-        raise UserError(f"{path}: cannot read data ({type(e).__name__}: {e})") from None
-    raise UserError(f"{path}: unsupported data format '{suffix}' — use one of {', '.join(SUFFIXES)}")
+    return open_table(path)
 
 
 def _column(series) -> np.ndarray:
-    arr = series.to_numpy()
-    if arr.dtype == object:
-        return arr.astype(str)
-    return arr
+    from onnxforge.tables import column
+
+    return column(series)
 
 
 def cast(arr: np.ndarray, dtype: str, name: str) -> np.ndarray:
+    from onnxforge.tables import as_str_objects
+
     target = NP_DTYPES[dtype]
     if dtype == "string":
-        return np.asarray(arr).astype(str).astype(object)
-    if arr.dtype.kind in "US" and dtype != "string":
+        return as_str_objects(arr)  # not .astype(str): that pads every cell to the longest one
+    if arr.dtype.kind in "UST" or (arr.dtype == object and any(isinstance(v, str) for v in arr.flat)):
         raise UserError(f"input '{name}' expects {dtype} but the data holds strings — fix the input dtype or column")
     return np.ascontiguousarray(arr, dtype=target)
 
@@ -77,26 +58,45 @@ def _fit_rank(arr: np.ndarray, shape: list, name: str) -> np.ndarray:
                     "fix the input spec or the data")
 
 
-def feeds_from_table(table: dict[str, np.ndarray], specs, rows: int | None = None) -> dict[str, np.ndarray]:
-    """Pick each input's array from the table by `column`/`columns`/name, cast and shape it to the spec."""
+def _keys_for(spec, specs, table) -> list[str] | str:
+    """The table keys an input reads: its `columns` (stacked), else `column`/name (a list or a single key)."""
+    if spec.columns:
+        missing = [c for c in spec.columns if c not in table]
+        if missing:
+            raise UserError(f"input '{spec.name}': columns {missing} not in the data — available: "
+                            f"{', '.join(sorted(table))[:200]}")
+        return list(spec.columns)
+    key = spec.column or spec.name
+    if key in table:
+        return key
+    if len(specs) == 1 and len(table) == 1:
+        return next(iter(table))
+    if len(specs) == 1 and "X" in table:
+        return "X"
+    raise UserError(f"input '{spec.name}': no '{key}' in the data — available: "
+                    f"{', '.join(sorted(k or '<array>' for k in table))[:200]}; set inputs[].column")
+
+
+def input_keys(specs, keys) -> list[str]:
+    """Every key of a table with `keys` that the inputs read (so a reader can skip the rest)."""
+    out: list[str] = []
+    for spec in specs:
+        k = _keys_for(spec, specs, keys)
+        out += k if isinstance(k, list) else [k]
+    return list(dict.fromkeys(out))
+
+
+def feeds_from_table(table: Mapping[str, np.ndarray], specs, rows: int | None = None) -> dict[str, np.ndarray]:
+    """Pick each input's array from the table by `column`/`columns`/name, cast and shape it to the spec. Only
+    those columns are read from a lazy table."""
+    if hasattr(table, "load"):
+        table.load(input_keys(specs, list(table)))  # one pass over the file for all of them
     feeds = {}
     for spec in specs:
-        if spec.columns:
-            missing = [c for c in spec.columns if c not in table]
-            if missing:
-                raise UserError(f"input '{spec.name}': columns {missing} not in the data — available: "
-                                f"{', '.join(sorted(table))[:200]}")
-            arr = np.stack([np.asarray(table[c]) for c in spec.columns], axis=1)
+        key = _keys_for(spec, specs, table)
+        if isinstance(key, list):
+            arr = np.stack([np.asarray(table[c]) for c in key], axis=1)
         else:
-            key = spec.column or spec.name
-            if key not in table:
-                if len(specs) == 1 and len(table) == 1:
-                    key = next(iter(table))
-                elif len(specs) == 1 and "X" in table:
-                    key = "X"
-                else:
-                    raise UserError(f"input '{spec.name}': no '{key}' in the data — available: "
-                                    f"{', '.join(sorted(k or '<array>' for k in table))[:200]}; set inputs[].column")
             arr = np.asarray(table[key])
         arr = _fit_rank(arr, spec.shape, spec.name)
         feeds[spec.name] = cast(arr, spec.dtype, spec.name)
@@ -110,11 +110,13 @@ def feeds_from_table(table: dict[str, np.ndarray], specs, rows: int | None = Non
 
 def synthesize(specs, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs made from the spec alone: uniform in [low, high), categories drawn from the listed levels."""
+    shapes = {spec.name: [rows if (i == 0 and not isinstance(d, int)) else (d if isinstance(d, int) else 1)
+                          for i, d in enumerate(spec.shape or ["batch"])] for spec in specs}
+    _check_synthetic(shapes)
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in specs:
-        shape = [rows if (i == 0 and not isinstance(d, int)) else (d if isinstance(d, int) else 1)
-                 for i, d in enumerate(spec.shape or ["batch"])]
+        shape = shapes[spec.name]
         if spec.categories:
             arr = np.asarray(spec.categories)[rng.integers(0, len(spec.categories), size=shape)]
         elif spec.dtype == "string":
@@ -127,6 +129,21 @@ def synthesize(specs, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
             arr = rng.uniform(spec.low, spec.high, size=shape)
         feeds[spec.name] = cast(arr, spec.dtype, spec.name)
     return feeds
+
+
+def _check_synthetic(shapes: dict[str, list[int]]) -> None:
+    """Every synthesized feed set goes through here: a 79-byte model may declare [1, 100000000] (1.3 GB)."""
+    from onnxforge import limits
+
+    cap = limits.max_synthetic_elements()
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    if cap is None or sum(sizes.values()) <= cap:
+        return
+    name = max(sizes, key=sizes.get)
+    others = f" ({sum(sizes.values()):,} for all inputs)" if len(sizes) > 1 else ""
+    raise UserError(f"input '{name}': synthesizing shape {shapes[name]} takes {sizes[name]:,} elements{others}, "
+                    f"over the {cap:,}-element cap for synthetic inputs — give real data (--data FILE) or a smaller batch or shape, or raise the cap "
+                    f"with {limits.SYNTH_ENV}=N (0 = no cap)")
 
 
 def specs_from_model(model) -> list:

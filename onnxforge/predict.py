@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxforge import limits
 from onnxforge.errors import UserError
 
 RANDOM_OPS = {"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Multinomial", "Bernoulli"}
@@ -70,49 +71,12 @@ def _specs(model) -> list:
     return graph_specs
 
 
-def _read_chunks(path: Path, chunk_rows: int) -> tuple[int | None, Iterator[dict[str, np.ndarray]]]:
-    """(total rows if known, chunks as column → array)."""
-    from onnxforge.data import _column, load_table
+def _read_chunks(path: Path, chunk_rows: int, specs) -> tuple[int | None, Iterator[dict[str, np.ndarray]]]:
+    """(total rows if known, chunks as column → array) holding only the columns the inputs read."""
+    from onnxforge.data import input_keys
+    from onnxforge.tables import iter_chunks
 
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise UserError(f"input file not found: {path} — check --input")
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(path)
-        except Exception as e:
-            raise UserError(f"{path}: not a readable parquet file ({e})") from None
-
-        def gen():
-            for batch in pf.iter_batches(batch_size=chunk_rows):
-                df = batch.to_pandas()
-                yield {str(c): _column(df[c]) for c in df.columns}
-
-        return pf.metadata.num_rows, gen()
-    if suffix == ".csv":
-        import pandas as pd
-
-        with open(path, "rb") as f:  # a newline count is cheap next to scoring, and gives the bar a total
-            total = max(sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) - 1, 0)
-
-        def gen():
-            try:
-                for df in pd.read_csv(path, chunksize=chunk_rows):
-                    yield {str(c): _column(df[c]) for c in df.columns}
-            except (pd.errors.ParserError, UnicodeDecodeError) as e:
-                raise UserError(f"{path}: cannot parse CSV ({str(e).splitlines()[0]})") from None
-
-        return total, gen()
-    if suffix in (".npz", ".npy"):
-        table = load_table(path)
-        n = {len(v) for v in table.values() if np.ndim(v)}
-        if len(n) != 1:
-            raise UserError(f"{path}: arrays have different row counts {sorted(n)} — one table per file")
-        total = n.pop()
-        return total, ({k: v[i:i + chunk_rows] for k, v in table.items()} for i in range(0, total, chunk_rows))
-    raise UserError(f"{path}: unsupported input format '{suffix}' — use .csv, .parquet, .npz or .npy")
+    return iter_chunks(path, chunk_rows, lambda keys: input_keys(specs, keys))
 
 
 def _check_levels(chunk_feeds, meta: dict, offset: int) -> None:
@@ -123,8 +87,11 @@ def _check_levels(chunk_feeds, meta: dict, offset: int) -> None:
         if policy.get(name, "error") != "error" or name not in chunk_feeds:
             continue
         raw = np.asarray(chunk_feeds[name]).reshape(-1)
-        known = np.asarray([str(v) for v in levels]) if isinstance(levels[0], str) else np.asarray(levels)
-        bad = ~np.isin(raw.astype(str) if known.dtype.kind == "U" else raw, known)
+        if isinstance(levels[0], str):  # a set, not .astype(str): that pads every cell to the longest
+            known = {str(v) for v in levels}
+            bad = np.fromiter((str(v) not in known for v in raw), bool, len(raw))
+        else:
+            bad = ~np.isin(raw, np.asarray(levels))
         if bad.any():
             rows = (np.flatnonzero(bad) + offset)[:3].tolist()
             lv = sorted({str(v) for v in raw[bad]})[:5]
@@ -159,6 +126,7 @@ class _Writer:
         self.tmp = Path(tmp)
         self._pq = None
         self._arrays: dict[str, list] = {}
+        self._held = 0
         self._first = True
 
     def write(self, cols: dict[str, np.ndarray], raw: dict[str, Any]) -> None:
@@ -167,7 +135,12 @@ class _Writer:
                 # maps (ZipMap) become one array per key, strings fixed-width: an .npz must load without pickle
                 parts = _columns(k, v, None) if isinstance(v, list) else {k: np.asarray(v)}
                 for name, arr in parts.items():
-                    self._arrays.setdefault(name, []).append(arr.astype(str) if arr.dtype == object else arr)
+                    arr = arr.astype(str) if arr.dtype == object else arr
+                    self._held += arr.nbytes
+                    self._arrays.setdefault(name, []).append(arr)
+            # an .npz is written whole at the end, so every row stays in memory until then
+            limits.check_data_bytes(self._held, self.path, "the .npz output (all rows held until the end; "
+                                    ".parquet and .csv outputs are streamed)")
             return
         import pandas as pd
 
@@ -230,7 +203,7 @@ def predict_file(model: str | Path, input: str | Path, output: str | Path, *, ch
     except Exception as e:
         raise UserError(f"{model_path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
     out_names = [o.name for o in sess.get_outputs()]
-    total, chunks = _read_chunks(in_path, chunk)
+    total, chunks = _read_chunks(in_path, chunk, specs)
     writer = _Writer(out_path)
     rows = n_chunks = 0
     score_s = 0.0

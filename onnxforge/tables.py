@@ -1,0 +1,290 @@
+"""Data files read lazily: a Table knows its column/member names from the file's header or metadata and reads a
+column only when asked, after checking from the header what it would cost in memory (limits.check_data_bytes).
+
+Why: a 1 MB .npz can hold a 1 GiB all-zero member, a 4 KB parquet a dictionary-encoded column that decodes to
+gigabytes; the model reads only some of them. Never unpickles (object arrays are refused).
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from onnxforge import limits
+from onnxforge.errors import UserError
+
+SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
+# decoded bytes per value of each parquet physical type (BYTE_ARRAY: its offset; the bytes are counted after reading)
+_PQ_WIDTH = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12, "BYTE_ARRAY": 8}
+
+
+def read_error(path: Path, e: Exception) -> UserError:
+    if isinstance(e, UserError):
+        return e
+    if isinstance(e, ValueError) and ("allow_pickle" in str(e) or "Object arrays" in str(e)):
+        return UserError(f"{path}: holds pickled object arrays, which onnxforge never loads — save strings "
+                         "as fixed-width unicode (arr.astype(str))")
+    if isinstance(e, ValueError):
+        return UserError(f"{path}: cannot read data ({str(e).splitlines()[0] if str(e) else e!r})")
+    return UserError(f"{path}: cannot read data ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+
+
+class Table(Mapping):
+    """Column name → array; reads (and caches) columns on first access. `load(keys)` reads several in one pass."""
+
+    def __init__(self, path: Path, keys: list[str], cost: Callable[[list[str]], int],
+                 read: Callable[[list[str]], dict[str, np.ndarray]]):
+        self.path, self._keys, self._cost, self._read = path, list(keys), cost, read
+        self._cache: dict[str, np.ndarray] = {}
+        self._held = 0
+
+    def __contains__(self, key) -> bool:  # Mapping's default would read the column
+        return key in self._keys
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._keys:
+            raise KeyError(key)
+        self.load([key])
+        return self._cache[key]
+
+    def load(self, keys) -> None:
+        todo = [k for k in dict.fromkeys(keys) if k in self._keys and k not in self._cache]
+        if not todo:
+            return
+        try:
+            limits.check_data_bytes(self._held + self._cost(todo), self.path, _what(todo))
+            arrays = self._read(todo)
+        except Exception as e:
+            raise read_error(self.path, e) from None
+        self._held += sum(a.nbytes for a in arrays.values())
+        self._cache.update(arrays)
+
+
+def _what(keys: list[str]) -> str:
+    names = ", ".join(repr(k) if k else "the array" for k in keys[:4])
+    return f"reading {names}{' …' if len(keys) > 4 else ''}"
+
+
+def open_table(path: str | Path) -> Table:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file not found: {path} — check the path")
+    suffix = path.suffix.lower()
+    opener = {".npy": _npy, ".npz": _npz, ".csv": _csv, ".parquet": _parquet}.get(suffix)
+    if opener is None:
+        raise UserError(f"{path}: unsupported data format '{suffix}' — use one of {', '.join(SUFFIXES)}")
+    try:
+        return opener(path)
+    except Exception as e:
+        raise read_error(path, e) from None
+
+
+# ------------------------------------------------------------------ .npy / .npz: the header declares the bytes
+
+
+def _header(f, path: Path, name: str, stored: int) -> int:
+    """Bytes the .npy header in `f` declares; refuses object dtypes and headers the stored bytes cannot back."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read(f)
+    except ValueError as e:
+        raise UserError(f"{path}: {name or 'the file'} is not a valid .npy array ({e}) — save it with numpy.save "
+                        "or numpy.savez") from None
+    if dtype.hasobject:
+        raise UserError(f"{path}: {name or 'the array'} holds pickled object arrays, which onnxforge never "
+                        "loads — save strings as fixed-width unicode (arr.astype(str))")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > stored:  # a forged or truncated header: numpy would allocate it all before finding out
+        raise UserError(f"{path}: {name or 'the array'} declares shape {list(shape)} {dtype} ({declared:,} bytes) "
+                        f"but holds {stored:,} bytes — the file is truncated or forged; save it again")
+    return declared
+
+
+def _npy(path: Path) -> Table:
+    def cost(keys):
+        with open(path, "rb") as f:
+            return _header(f, path, "", path.stat().st_size)
+
+    return Table(path, [""], cost, lambda keys: {"": np.load(path, allow_pickle=False)})
+
+
+def _npz(path: Path) -> Table:
+    with zipfile.ZipFile(path) as zf:
+        members = {n.removesuffix(".npy"): n for n in zf.namelist()}
+
+    def cost(keys):
+        with zipfile.ZipFile(path) as zf:
+            total = 0
+            for k in keys:
+                info = zf.getinfo(members[k])
+                # the sizes in the zip directory can be forged too: deflate cannot expand more than 1032:1
+                stored = info.file_size if info.compress_type != zipfile.ZIP_DEFLATED else min(
+                    info.file_size, 1032 * info.compress_size + 1024)
+                if info.compress_type == zipfile.ZIP_STORED:
+                    stored = min(info.file_size, info.compress_size)
+                with zf.open(info) as f:
+                    total += _header(f, path, f"member '{k}'", stored)
+            return total
+
+    def read(keys):
+        with np.load(path, allow_pickle=False) as z:  # NpzFile reads a member only when indexed
+            return {k: z[k] for k in keys}
+
+    return Table(path, list(members), cost, read)
+
+
+# ------------------------------------------------------------------ .csv / .parquet: only the columns asked for
+
+
+def column(series) -> np.ndarray:
+    """A pandas column as numpy; strings stay an object array of str (a fixed-width `<U` array pads every cell to
+    the longest one: 20,000 rows × one 20,000-character cell = 1.6 GB)."""
+    arr = series.to_numpy()
+    if arr.dtype == object or arr.dtype.kind in "UT":
+        return as_str_objects(arr)
+    return arr
+
+
+def as_str_objects(arr) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype != object:
+        arr = arr.astype(object)
+    return np.frompyfunc(str, 1, 1)(arr).astype(object) if arr.ndim else np.asarray(str(arr.item()), dtype=object)
+
+
+def _csv(path: Path) -> Table:
+    import pandas as pd
+
+    keys = [str(c) for c in pd.read_csv(path, nrows=0).columns]
+
+    def read(cols):
+        df = pd.read_csv(path, usecols=cols)
+        return {str(c): column(df[c]) for c in df.columns}
+
+    # plain text: what a column decodes to is bounded by the file's own size (strings are not padded, see column)
+    return Table(path, keys, lambda cols: 0, read)
+
+
+def _parquet(path: Path) -> Table:
+    pf = _parquet_file(path)
+    keys = list(pf.schema_arrow.names)
+
+    def read(cols):
+        table = pf.read(columns=cols)
+        # dictionary columns are read compact: check what they decode to before they do
+        limits.check_data_bytes(sum(decoded_nbytes(table.column(c)) for c in cols), path, _what(cols))
+        return {str(c): column(table.column(c).to_pandas()) for c in table.column_names}
+
+    return Table(path, keys, lambda cols: parquet_cost(pf, cols), read)
+
+
+def _parquet_file(path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    # string columns stay dictionary-encoded in memory: a repeated 2 MB string costs 2 MB, not rows × 2 MB
+    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            or pa.types.is_binary(f.type)]
+    return pq.ParquetFile(path, read_dictionary=text)
+
+
+def parquet_cost(pf, cols) -> int:
+    """Decoded bytes of `cols` from the footer alone: values × width of each leaf column (nested ones too)."""
+    md = pf.metadata
+    want, total = set(cols), 0
+    for g in range(md.num_row_groups):
+        rg = md.row_group(g)
+        for i in range(rg.num_columns):
+            c = rg.column(i)
+            if c.path_in_schema.split(".")[0] in want:
+                width = _PQ_WIDTH.get(c.physical_type, 8)
+                if c.physical_type == "FIXED_LEN_BYTE_ARRAY":
+                    width = pf.schema.column(i).length or 8
+                total += c.num_values * width
+    return total
+
+
+def decoded_nbytes(col) -> int:
+    """Bytes an arrow column takes once decoded to one value per row (dictionary values counted per use)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_dictionary(col.type):
+        return col.nbytes
+    total = 0
+    for ch in (col.chunks if hasattr(col, "chunks") else [col]):
+        try:
+            lens = pc.binary_length(ch.dictionary)
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+            lens = pa.array(np.full(len(ch.dictionary), 8))
+        total += (pc.sum(pc.take(lens, ch.indices)).as_py() or 0) + 8 * len(ch)
+    return total
+
+
+# ------------------------------------------------------------------ chunked reading (predict)
+
+
+def iter_chunks(path: Path, chunk_rows: int, select: Callable[[list[str]], list[str]]):
+    """(total rows if known, iterator of column → array chunks) reading only the columns `select` picks from the
+    file's names. Memory stays at a chunk (parquet, csv) or the selected members (npz, npy)."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise UserError(f"input file not found: {path} — check --input")
+    if suffix == ".parquet":
+        try:
+            pf = _parquet_file(path)
+        except Exception as e:
+            raise UserError(f"{path}: not a readable parquet file ({e})") from None
+        cols = select(list(pf.schema_arrow.names))
+        total = pf.metadata.num_rows
+        per_row = parquet_cost(pf, cols) // max(total, 1)
+        limits.check_data_bytes(per_row * min(chunk_rows, total), path, f"a chunk of {chunk_rows:,} rows")
+
+        def gen():
+            for batch in pf.iter_batches(batch_size=chunk_rows, columns=cols):
+                limits.check_data_bytes(sum(decoded_nbytes(batch.column(c)) for c in cols), path, _what(cols))
+                yield {str(c): column(batch.column(c).to_pandas()) for c in batch.schema.names}
+
+        return total, gen()
+    if suffix == ".csv":
+        import pandas as pd
+
+        try:
+            cols = select([str(c) for c in pd.read_csv(path, nrows=0).columns])
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: cannot parse CSV ({str(e).splitlines()[0]})") from None
+        with open(path, "rb") as f:  # a newline count is cheap next to scoring, and gives the bar a total
+            total = max(sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) - 1, 0)
+
+        def gen():
+            try:
+                for df in pd.read_csv(path, chunksize=chunk_rows, usecols=cols):
+                    yield {str(c): column(df[c]) for c in df.columns}
+            except (pd.errors.ParserError, UnicodeDecodeError) as e:
+                raise UserError(f"{path}: cannot parse CSV ({str(e).splitlines()[0]})") from None
+
+        return total, gen()
+    if suffix in (".npz", ".npy"):
+        table = open_table(path)
+        cols = select(list(table))
+        table.load(cols)
+        arrays = {k: table[k] for k in cols}
+        n = {len(v) for v in arrays.values() if np.ndim(v)}
+        if len(n) != 1:
+            raise UserError(f"{path}: arrays have different row counts {sorted(n)} — one table per file")
+        total = n.pop()
+        return total, ({k: v[i:i + chunk_rows] for k, v in arrays.items()} for i in range(0, total, chunk_rows))
+    raise UserError(f"{path}: unsupported input format '{suffix}' — use .csv, .parquet, .npz or .npy")
