@@ -2,11 +2,10 @@
 
 The comment is rendered by GitHub, and its values come from the run folder (the manifest may have been tampered
 with): every value is escaped so it stays text — no raw HTML, no link, image or autolink, no heading or emphasis.
-Table cells are escaped unless built here as `Md`; identifiers go in code spans that nothing can close early."""
+Table cells are escaped unless built here as `Md`; only plain identifiers and paths go in code spans."""
 
 from __future__ import annotations
 
-import html
 import re
 
 from onnxforge.reporting import fmt
@@ -16,6 +15,8 @@ VERDICT = {"pass": "✅ pass", "fail": "❌ fail", "error": "❌ error", "info":
 
 _META = re.compile(r"[\\`*\[\]<>#!|~&$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")  # intraword `_` is no emphasis
 _AUTOLINK = re.compile(r"(?i)(?<=[a-z0-9])(:)(?=//)|(?<=www)(\.)|(@)")  # GitHub links bare URLs, www. and e-mails
+_PLAIN = re.compile(r"[\w .,/+=()-]+")
+_HTML_SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ,_-:()")
 
 
 class Md(str):
@@ -29,16 +30,16 @@ def text(v) -> Md:
     return Md(_AUTOLINK.sub(lambda m: "\\" + m.group(0), s))
 
 
-def code(v, table: bool = True) -> Md:
-    """A code span: its fence is longer than any backtick run inside, so the value cannot close it."""
+def code(v) -> Md:
+    """A code span for a plain identifier or path; anything else (a backtick, a URL, markup) is escaped text."""
     s = " ".join(("" if v is None else str(v)).split())
-    if not s:
-        return Md("")
-    fence = "`" * (max((len(r) for r in re.findall("`+", s)), default=0) + 1)
-    pad = " " if s.startswith("`") or s.endswith("`") else ""
-    if table:  # GFM splits table cells at `|` even inside code spans, unless escaped
-        s = s.replace("|", "\\|")
-    return Md(f"{fence}{pad}{s}{pad}{fence}")
+    return Md(f"`{s}`") if _PLAIN.fullmatch(s) else text(s)
+
+
+def _inert_html(v) -> str:
+    """Text inside an HTML block, where Markdown escapes do not apply: every character that is not plainly
+    readable becomes a character reference, so no tag, link or autolink can form."""
+    return "".join(c if c in _HTML_SAFE else f"&#{ord(c)};" for c in " ".join(str(v).split()))
 
 
 def _table(cols: list, rows: list[list]) -> list[str]:
@@ -70,10 +71,10 @@ def render_markdown(rep: dict) -> str:
     d = rep["data"]
     out = [f"## onnxforge report: {text(rep['title'])} — {text(VERDICT.get(rep['verdict'], rep['verdict']))}", ""]
     lat = rep.get("latency") or {}
-    out.append(f"_{len(rep['artifacts'])} artifact(s) · data: {code(d['eval'], False)} ({d['rows']} rows"
-               f"{', labels ' + code(d['labels'], False) if d['labels'] else ''})"
+    out.append(f"_{len(rep['artifacts'])} artifact(s) · data: {code(d['eval'])} ({d['rows']} rows"
+               f"{', labels ' + code(d['labels']) if d['labels'] else ''})"
                + (f" · latency: {lat['threads'][0]} thread(s) on {rep['environment']['cpus']} CPUs, ratios vs "
-                  f"{code(lat['baseline'], False)}" if lat else "")
+                  f"{code(lat['baseline'])}" if lat else "")
                + f" · onnxforge {text(rep['onnxforge'])}_")
     out.append("")
     for s in rep["stages"]:  # the reason a CI job failed belongs at the top of its comment
@@ -117,9 +118,9 @@ def render_markdown(rep: dict) -> str:
                       [[r["key"], fmt.value(r["before"]), fmt.value(r["after"]),
                         f"{r['ratio']:.3g}" if r["ratio"] is not None else ""] for r in sc["rows"]])
     for tb in rep["stage_tables"]:  # wide tables (e.g. quantize candidates) folded away
-        # an HTML block: Markdown is not parsed inside it, so its text is HTML-escaped instead
-        summary = html.escape(f"{tb['stage']}: {tb['key']} ({len(tb['rows'])} rows)")
-        out += [f"<details><summary>{' '.join(summary.split())}</summary>", ""]
+        # an HTML block: Markdown is not parsed inside it, so its text is made inert as HTML instead
+        summary = _inert_html(f"{tb['stage']}: {tb['key']} ({len(tb['rows'])} rows)")
+        out += [f"<details><summary>{summary}</summary>", ""]
         out += _table(tb["columns"], [[fmt.value(v) for v in r] for r in tb["rows"]])
         out += ["</details>", ""]
     if rep["stages"]:
