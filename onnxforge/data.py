@@ -174,7 +174,16 @@ def fixed_batch(model) -> int | None:
 
 
 def tile_rows(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    """Exactly n rows per input: the first n, or the data repeated when it has fewer rows than n."""
+    """Exactly n rows per input: the first n, or the data repeated when it has fewer rows than n. Refused over the
+    memory cap: n may be a batch size a model pins (its declared shape), not one the user chose."""
+    from onnxforge import limits
+
+    cap = limits.max_data_bytes()
+    need = sum(np.asarray(v).nbytes // max(len(v), 1) * n for v in feeds.values())
+    if cap is not None and need > cap:
+        raise UserError(f"a batch of {n:,} rows takes {limits.human(need)} of inputs, over the {limits.human(cap)} "
+                        f"memory cap — choose a smaller batch, or raise the cap with {limits.DATA_ENV}=SIZE "
+                        "(0 = no cap)")
     out = {}
     for k, v in feeds.items():
         v = np.asarray(v)

@@ -161,7 +161,8 @@ def as_str_objects(arr) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.dtype != object:
         arr = arr.astype(object)
-    return np.frompyfunc(str, 1, 1)(arr).astype(object) if arr.ndim else np.asarray(str(arr.item()), dtype=object)
+    # str() of a str is the same object: no cell is copied
+    return np.frompyfunc(str, 1, 1)(arr) if arr.ndim else np.asarray(str(arr.item()), dtype=object)
 
 
 def _csv(path: Path) -> Table:

@@ -181,6 +181,20 @@ def test_synthetic_cap_can_be_raised(monkeypatch):
     assert data.synthesize(specs, 64)["x"].shape == (64, 1000)
 
 
+def test_tiling_to_a_batch_over_the_memory_cap_is_refused(monkeypatch):
+    """A model can pin a batch of 10^9 rows: tiling the data up to it meets the memory cap."""
+    from onnxforge import data
+    from onnxforge.errors import UserError
+
+    feeds = {"x": np.zeros((64, 1000), np.float32)}
+    with pytest.raises(UserError, match="a batch of 1,000,000,000 rows takes 3,725.3 GiB"):
+        data.tile_rows(feeds, 10**9)
+    monkeypatch.setenv("ONNXFORGE_MAX_DATA_BYTES", "1M")
+    assert data.tile_rows(feeds, 200)["x"].shape == (200, 1000)
+    with pytest.raises(UserError, match="ONNXFORGE_MAX_DATA_BYTES"):
+        data.tile_rows(feeds, 300)
+
+
 # ------------------------------------------------------------------ strings are never padded
 
 
