@@ -63,7 +63,7 @@ def read_manifest(run_dir: Path) -> dict:
         stages = manifest["stages"]
         if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
             raise TypeError("stages")
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8
         raise UserError(f"{mpath}: not a readable manifest ({type(e).__name__}) — rerun `onnxforge run`") from None
     return manifest
 
@@ -233,7 +233,7 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
                 ref_metrics[native_info["label"]] = native_info["metrics"]
             prog.advance(task)
         for a, proto in zip(src.artifacts, protos, strict=True):
-            prog.update(task, description=f"report: {a.label}")
+            prog.update(task, description=f"report: {_plain(a.label)}")
             art, errs = _measure(a, proto, feeds, labels, src, outputs, ref_metrics, native_info, native_out)
             base = artifacts[0]["file_bytes"] if artifacts else art["file_bytes"]
             art["size_ratio"] = art["file_bytes"] / base if base else 1.0
@@ -393,6 +393,15 @@ def _run_info(src: Sources) -> dict:
             "config": _text(m.get("config")) or None, "verdict": _text(m.get("verdict")),
             "started": _text(m.get("started")), "finished": _text(m.get("finished")),
             "final_model": _text(m.get("final_model")), "versions": {str(k): str(v) for k, v in versions.items()}}
+
+
+def _plain(v) -> str:
+    """A run-folder value in a rich progress line: no markup, no control characters."""
+    from rich.markup import escape
+
+    from onnxforge.reporting.fmt import printable
+
+    return escape(printable(v))
 
 
 def _dict(v) -> dict:

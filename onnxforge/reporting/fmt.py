@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# control characters (a terminal obeys ESC sequences, even from a file you `cat`) and bidi overrides (text that
+# reads differently from what it is): never copied from a run folder into any rendering
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(v: Any) -> str:
+    """A value as text with every control or bidi character shown as its \\x../\\u.... escape."""
+    s = "" if v is None else str(v)
+    return _UNSAFE.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), s)
 
 
 def size(n: int | None) -> str:

@@ -29,7 +29,7 @@ class Html(str):
 
 def e(v) -> Html:
     """Any value as page text (quotes too, so it is safe in an attribute)."""
-    return Html(escape("" if v is None else str(v), quote=True))
+    return Html(escape(fmt.printable(v), quote=True))
 
 
 def _code(v) -> Html:

@@ -25,14 +25,14 @@ class Md(str):
 
 def text(v) -> Md:
     """Any value as Markdown text on one line."""
-    s = " ".join(("" if v is None else str(v)).split())
+    s = " ".join(fmt.printable(v).split())
     s = _META.sub(lambda m: "\\" + m.group(0), s)
     return Md(_AUTOLINK.sub(lambda m: "\\" + m.group(0), s))
 
 
 def code(v) -> Md:
     """A code span for a plain identifier or path; anything else (a backtick, a URL, markup) is escaped text."""
-    s = " ".join(("" if v is None else str(v)).split())
+    s = " ".join(fmt.printable(v).split())
     return Md(f"`{s}`") if _PLAIN.fullmatch(s) else text(s)
 
 

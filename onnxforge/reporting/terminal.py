@@ -1,5 +1,5 @@
 """The report as rich tables in the terminal. Values from the run folder are escaped for rich markup, so a
-tampered manifest cannot print links or styles (rich itself strips terminal control codes)."""
+tampered manifest cannot print links, styles or terminal control sequences."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from onnxforge.reporting import fmt
 
 
 def _m(v) -> str:
+    """A value for rich: markup escaped, control characters shown, not sent to the terminal."""
     from rich.markup import escape
 
-    return escape("" if v is None else str(v))
+    return escape(fmt.printable(v))
 
 
 def render_terminal(rep: dict, console, brief: bool = False) -> None:

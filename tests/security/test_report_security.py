@@ -23,7 +23,8 @@ REPORT_FILES = ("report.json", "report.md", "report.html")
 SCRIPT = "<script>alert(1)</script>"
 LINKS = "[x](http://evil.example/a) ![i](http://evil.example/img.png) <http://evil.example> www.evil.example a@evil.example"
 RICH = "[link=http://evil.example]click[/link]"
-PAYLOAD = f"{SCRIPT} {LINKS} `tick` **b** # h | pipe {RICH}"
+CONTROL = "\x1b[2J\x1b]8;;http://evil.example\x07\u202e"  # clear screen, terminal hyperlink, bidi override
+PAYLOAD = f"{SCRIPT} {LINKS} `tick` **b** # h | pipe {RICH} {CONTROL}"
 
 
 # ------------------------------------------------------------------ one real run folder, copied per test
@@ -174,7 +175,8 @@ def test_injected_fields_stay_text(run_dir, tmp_path):
 
     terminal = res.stdout + res.stderr
     assert RICH in terminal  # rich markup printed literally, not turned into a terminal hyperlink
-    assert "\x1b]8;" not in terminal
+    for text in (terminal, md, page):  # control sequences shown as text, never sent to a terminal
+        assert "\x1b" not in text and "\u202e" not in text and "x1b" in text
 
 
 def test_code_span_cannot_be_closed_early():
