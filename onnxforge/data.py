@@ -12,31 +12,21 @@ from pathlib import Path
 import numpy as np
 
 from onnxforge.errors import UserError
+from onnxforge.tables import as_str_objects, open_table
 
 NP_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16, "int64": np.int64,
              "int32": np.int32, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_, "string": np.str_}
 ONNX_TO_DTYPE = {1: "float32", 11: "float64", 10: "float16", 7: "int64", 6: "int32", 3: "int8", 2: "uint8",
                  9: "bool", 8: "string"}
-SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 
 
 def load_table(path: str | Path) -> Mapping[str, np.ndarray]:
     """Named columns/arrays of a data file, read lazily: only the columns a caller indexes are read, each after a
     check of what it costs in memory (onnxforge.limits). Never unpickles (object arrays are refused)."""
-    from onnxforge.tables import open_table
-
     return open_table(path)
 
 
-def _column(series) -> np.ndarray:
-    from onnxforge.tables import column
-
-    return column(series)
-
-
 def cast(arr: np.ndarray, dtype: str, name: str) -> np.ndarray:
-    from onnxforge.tables import as_str_objects
-
     target = NP_DTYPES[dtype]
     if dtype == "string":
         return as_str_objects(arr)  # not .astype(str): that pads every cell to the longest one
