@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from onnxforge import limits
+from onnxforge.artifact import file_mode
 from onnxforge.errors import UserError
 
 RANDOM_OPS = {"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Multinomial", "Bernoulli"}
@@ -163,7 +164,7 @@ class _Writer:
         if self.suffix == ".npz":
             with open(self.tmp, "wb") as f:
                 np.savez(f, **{k: np.concatenate(v) for k, v in self._arrays.items()})
-        os.chmod(self.tmp, 0o644)  # mkstemp makes 0600; scores are meant to be shared, like artifact's JSON
+        os.chmod(self.tmp, file_mode())  # mkstemp makes 0600; scores get the umask's mode like every output
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
