@@ -558,6 +558,7 @@ class SklearnAPIFrontend(Frontend):
 
     extra: ClassVar[str] = "sklearn"
     wanted: ClassVar[str] = "a scikit-learn model (.skops, or a pickle with trust_pickle: true)"
+    reads: ClassVar[tuple[str, ...]] = ("skops", "pickle")
 
     def versions(self) -> dict[str, str]:
         # the boosters' versions matter only when the model used them (they are imported lazily, on demand)

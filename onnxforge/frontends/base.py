@@ -39,12 +39,35 @@ class Frontend:
     Source: ClassVar[type[SourceBase]]
     packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions are recorded
     stochastic: ClassVar[bool] = False
+    path_required: ClassVar[bool] = True
+    reads: ClassVar[tuple[str, ...] | None] = None  # file kinds (frontends/_files.py sniff) this frontend loads
+    wanted: ClassVar[str] = "the model file"
     # default comparison tolerance against the native framework (validate may override per output)
     rtol: ClassVar[float] = 1e-3
     atol: ClassVar[float] = 1e-5
 
     def load(self, cfg) -> Any:
         raise NotImplementedError
+
+    def preflight(self, cfg) -> None:
+        """Checks of the source that read a few bytes and import no framework — the file is there and of a kind
+        this frontend loads. `config check` and `run` both call it, before anything is created."""
+        from onnxforge.frontends._files import sniff, wrong_file
+
+        path = cfg.source.path
+        if path is None:
+            if self.path_required:
+                raise UserError(f"source.path is required for framework '{self.name}' — point it at {self.wanted}")
+            return
+        if not Path(path).is_file():
+            raise UserError(f"source.path: {path} not found — check the path (relative to the YAML file)")
+        if self.reads is None:
+            return
+        kind = sniff(Path(path))
+        if kind not in self.reads:
+            raise wrong_file(Path(path), kind, self.wanted)
+        if kind == "pickle":
+            refuse_pickle(Path(path), cfg.source.trust_pickle)
 
     def export(self, native: Any, cfg, opset: int | None, workdir: Path):
         """Return an onnx.ModelProto whose inputs are named as cfg.inputs and outputs as cfg.outputs."""

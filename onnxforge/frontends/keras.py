@@ -159,6 +159,9 @@ class KerasFrontend(Frontend):
     Source = KerasSource
     packages = ("keras", "tensorflow-cpu", "tensorflow", "tf2onnx")
 
+    def preflight(self, cfg) -> None:
+        _check_file(cfg.source.path)
+
     def load(self, cfg):
         path = _check_file(cfg.source.path)
         keras = _keras()

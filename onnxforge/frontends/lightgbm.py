@@ -65,6 +65,7 @@ class LightGBMFrontend(SklearnAPIFrontend):
     packages = ("lightgbm", "onnxmltools", "skl2onnx", "scikit-learn")
     extra = "lightgbm"
     wanted = "a LightGBM model (text model file, or a .skops Pipeline holding one)"
+    reads = ("lightgbm", "skops", "pickle")
 
     def load(self, cfg):
         path = model_path(cfg)

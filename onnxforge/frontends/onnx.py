@@ -18,6 +18,7 @@ class OnnxFrontend(Frontend):
     name = "onnx"
     Source = OnnxSource
     packages = ("onnx", "onnxruntime")
+    wanted = "the .onnx file"
     # ORT's optimized kernels differ from the unoptimized reference by ~1e-6 on conv models
     rtol = 1e-4
     atol = 1e-5

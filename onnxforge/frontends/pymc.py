@@ -82,6 +82,7 @@ class PymcFrontend(Frontend):
     Source = PymcSource
     packages = ("pymc", "pytensor", "arviz", "xarray", "h5netcdf", "torch", "onnxscript")
     stochastic = True
+    wanted = "the posterior netcdf file (idata.to_netcdf)"
     rtol = 1e-5
     atol = 1e-5
 

@@ -176,14 +176,14 @@ def _unpickle(torch, path: Path, cfg):
                         "importable; or save model.state_dict() and set source.factory") from None
 
 
-def load_torch(cfg) -> TorchModel:
-    src = cfg.source
+def _check_source(src) -> str | None:
+    """The source's file kind, after the checks that need no torch (shared by preflight and load)."""
     path = Path(src.path) if src.path else None
     if path is None:
         if not src.factory:
             raise UserError("source: framework torch needs source.factory (and usually source.path with the "
                             "state_dict) or source.path to a torch.export .pt2 file")
-        return TorchModel(_build(cfg).eval(), "module", _short(src.factory))
+        return None
     if not path.is_file():
         raise UserError(f"source.path: {path} not found — check the path (relative to the YAML file)")
     kind = sniff(path)
@@ -192,12 +192,21 @@ def load_torch(cfg) -> TorchModel:
     if kind == "unknown":
         raise UserError(f"{path.name} is not a PyTorch file (no torch.save or torch.export archive) — point "
                         "source.path at a state_dict saved with torch.save(model.state_dict(), ...)")
+    if kind == "torch-export" and not src.trust_pickle:
+        # torch.export.load falls back to full unpickling for some members, so a .pt2 is as trusted as a pickle
+        raise UserError(f"{path.name} is a torch.export program, and torch.export.load may unpickle parts of "
+                        "it (which runs code) — set source.trust_pickle: true if you trust it")
+    return kind
+
+
+def load_torch(cfg) -> TorchModel:
+    src = cfg.source
+    kind = _check_source(src)
+    if kind is None:
+        return TorchModel(_build(cfg).eval(), "module", _short(src.factory))
+    path = Path(src.path)
     torch = require("torch", "torch")
     if kind == "torch-export":
-        # torch.export.load falls back to full unpickling for some members, so a .pt2 is as trusted as a pickle
-        if not src.trust_pickle:
-            raise UserError(f"{path.name} is a torch.export program, and torch.export.load may unpickle parts of "
-                            "it (which runs code) — set source.trust_pickle: true if you trust it")
         try:
             with quiet():
                 ep = torch.export.load(str(path))
@@ -331,6 +340,9 @@ class TorchFrontend(Frontend):
     name = "torch"
     Source = TorchSource
     packages = ("torch", "onnxscript")
+
+    def preflight(self, cfg) -> None:
+        _check_source(cfg.source)
 
     def load(self, cfg) -> TorchModel:
         return load_torch(cfg)

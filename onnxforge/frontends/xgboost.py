@@ -49,6 +49,7 @@ class XGBoostFrontend(SklearnAPIFrontend):
     packages = ("xgboost-cpu", "xgboost", "onnxmltools", "skl2onnx", "scikit-learn")
     extra = "xgboost"
     wanted = "an XGBoost model (.json/.ubj, or a .skops Pipeline holding one)"
+    reads = ("xgboost-json", "xgboost-ubj", "skops", "pickle")
 
     def load(self, cfg):
         path = model_path(cfg)
