@@ -109,13 +109,15 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version_c
 def run(config: Annotated[Path, typer.Argument(help="pipeline YAML")],
         force: Annotated[bool, typer.Option("--force", help="rerun stages even when cached")] = False,
         until: Annotated[str | None, typer.Option(help="stop after this stage")] = None,
+        run_dir: Annotated[Path | None, typer.Option(
+            "--run-dir", help="parent folder of the run folder (overrides the config's run_dir; may be anywhere)")] = None,
         as_json: JsonOpt = False, debug: DebugOpt = False):
     """Run every stage the config lists, into run_dir/NAME/ with a manifest.json."""
     from onnxforge.config import load_config
     from onnxforge.errors import CheckFailed
     from onnxforge.pipeline import run_pipeline
 
-    cfg = load_config(config)
+    cfg = load_config(config, run_dir=run_dir)
     con = _out(as_json)
     try:
         manifest = run_pipeline(cfg, force=force, until=until, console=con)
@@ -373,8 +375,10 @@ def config_check(config: Annotated[Path, typer.Argument(help="pipeline YAML")], 
     """Validate a pipeline YAML without running it; list the code it would run (a config that names code is code)."""
     from onnxforge.code_trust import code_refs
     from onnxforge.config import load_config
+    from onnxforge.pipeline import preflight
 
     cfg = load_config(config)
+    preflight(cfg)  # the same checks `run` makes before it creates anything
     code = code_refs(cfg)
     if as_json:
         _emit({"ok": True, "name": cfg.name, "framework": cfg.source.framework, "stages": cfg.stages.order,

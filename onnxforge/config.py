@@ -241,7 +241,9 @@ def _unwrap(tp: Any, part: Any) -> Any:
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel], path: Path | None, lines) -> str:
-    e = err.errors()[0]
+    errors = err.errors()
+    # a typo'd key is also a missing one (`sourec:` → source missing): the typo, with its did-you-mean, is the news
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = tuple(e["loc"])
     # pydantic inserts union tags into loc; the YAML path has no such element
     yaml_loc = tuple(p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "source" and p in FRONTENDS))
@@ -270,7 +272,29 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], path: 
     return f"{where}: {dotted}: {e['msg']} (got {e.get('input')!r}) — fix this value"
 
 
-def parse_config(data: dict, path: Path | None = None, lines: dict | None = None) -> PipelineBase:
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _confine_run_dir(cfg: PipelineBase, data: dict) -> None:
+    """A config (say, from a pull request) must not make a CI job write elsewhere on the machine: a run_dir it
+    sets resolves inside its own folder or the working directory; anything else only from the command line."""
+    if cfg.config_path is None or "run_dir" not in data:
+        return
+    target = Path(cfg.run_dir)
+    if not (_inside(target, cfg.config_path.parent) or _inside(target, Path.cwd())):
+        raise UserError(f"{cfg.config_path.name}: run_dir {data['run_dir']} resolves to {target.resolve()}, outside "
+                        "the config's folder and the working directory — give --run-dir on the command line to "
+                        "write there")
+
+
+def parse_config(data: dict, path: Path | None = None, lines: dict | None = None,
+                 run_dir: Path | None = None) -> PipelineBase:
+    """`run_dir` (from the command line) overrides the config's and may point anywhere."""
     model = pipeline_model()
     base = Path(path).resolve().parent if path else Path.cwd()
     try:
@@ -278,6 +302,10 @@ def parse_config(data: dict, path: Path | None = None, lines: dict | None = None
     except ValidationError as err:
         raise UserError(format_validation_error(err, model, path, lines or {})) from None
     cfg._path = Path(path).resolve() if path else None
+    if run_dir is not None:
+        cfg.run_dir = Path(run_dir).expanduser().resolve()
+    else:
+        _confine_run_dir(cfg, data)
     for name in cfg.stages.order:
         if name not in STAGES:  # unreachable with extra=forbid, kept as a guard for plugins
             raise UserError(f"unknown stage '{name}'")
@@ -285,9 +313,9 @@ def parse_config(data: dict, path: Path | None = None, lines: dict | None = None
     return cfg
 
 
-def load_config(path: str | Path) -> PipelineBase:
+def load_config(path: str | Path, run_dir: Path | None = None) -> PipelineBase:
     data, lines = read_yaml(Path(path))
-    return parse_config(data, Path(path), lines)
+    return parse_config(data, Path(path), lines, run_dir)
 
 
 def json_schema() -> dict:

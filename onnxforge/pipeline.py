@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -122,6 +123,24 @@ def _outputs_intact(entry: dict, run_path: Path) -> bool:
         (run_path / p).is_file() and sha256_file(run_path / p) == h for p, h in outs.items())
 
 
+def preflight(cfg) -> None:
+    """What `config check` and `run` both verify before anything is created: the source file is there and of a
+    kind its frontend reads (a few bytes, no framework import), and every data path exists."""
+    frontend(cfg.source.framework).preflight(cfg)
+    for label, p in (("data.path", cfg.data.path), ("data.calibration", cfg.data.calibration)):
+        if p is not None and not Path(p).is_file():
+            raise UserError(f"{label}: {p} not found — check the path (relative to the YAML file)")
+
+
+def first_new_folder(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what this run would create), or None."""
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
 def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_models: bool = False,
                  console=None, progress=None) -> dict:
     """Run every stage in cfg.stages order. Returns the manifest; raises CheckFailed (after writing the manifest)
@@ -134,6 +153,8 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
         order = order[: order.index(until) + 1]
         if only_models:
             order = [s for s in order if STAGES[s].produces_model or s == until]
+    preflight(cfg)
+    created = first_new_folder(run_path)  # a refused run leaves no folder behind
     run_path.mkdir(parents=True, exist_ok=True)
     mpath = run_path / MANIFEST
     old = {}
@@ -179,6 +200,7 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
             if console:
                 console.print(f"[dim]• {name}: unchanged, cached[/dim]")
         else:
+            new_dir = not stage_dir.exists()
             stage_dir.mkdir(parents=True, exist_ok=True)
             ctx = StageContext(cfg, name, stage_dir, current, source_model, dict(results), console,
                                ctx_shared)
@@ -191,6 +213,11 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
                 res = StageResult(verdict="fail", message=str(e),
                                   summary=e.result if isinstance(e.result, dict) else {})
             except UserError as e:
+                if created is not None:  # refused on a first run: leave nothing behind
+                    shutil.rmtree(created, ignore_errors=True)
+                    raise
+                if new_dir:
+                    shutil.rmtree(stage_dir, ignore_errors=True)
                 entry.update(status="error", verdict="error", message=scrub(str(e), *bases),
                              wall_s=time.perf_counter() - t0)
                 manifest["stages"].append(entry)

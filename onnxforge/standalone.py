@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from onnxforge.artifact import file_mode
 from onnxforge.config import parse_config, read_yaml, safe_yaml, slug
 from onnxforge.errors import UserError
 from onnxforge.registry import STAGES
@@ -73,35 +74,50 @@ def cfg_source_files(cfg) -> list[Path]:
     return frontend(cfg.source.framework).source_files(cfg)
 
 
+def _copy_atomic(src: Path, dest: Path) -> None:
+    """A copy that is either complete at `dest` or absent (temporary file in the same folder, then rename)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def run_alone(stage: str, cfg, model: Path | None, output: Path | None, console=None):
     """Returns (StageResult, final model path or None)."""
-    from onnxforge.pipeline import StageContext, run_pipeline
+    from onnxforge.pipeline import StageContext, first_new_folder, run_pipeline
 
     spec = STAGES[stage]
-    if model is None:
+    model_in = Path(model) if model is not None else None
+    if output is not None:  # checked first, for every mode: inputs are never overwritten
+        inputs = [model_in, *cfg_source_files(cfg), cfg.data.path, cfg.data.calibration, cfg.config_path]
+        if Path(output).resolve() in {Path(p).resolve() for p in inputs if p}:
+            raise UserError(f"the output path {output} is an input of this stage — choose another -o (inputs are "
+                            "never overwritten)")
+    if model_in is None:
         # with a config and no model: earlier model-producing stages run (or come from cache) first
-        if stage == "convert":
-            model_in = None
-        else:
+        if stage != "convert":
             manifest = run_pipeline(cfg, until=stage, only_models=True, console=console)
             entry = manifest["stages"][-1]
             final = cfg.run_path / entry["model"] if entry.get("model") else None
             if output and final:
-                shutil.copyfile(final, output)
+                _copy_atomic(final, Path(output))
                 return entry, output
             return entry, final
-    else:
-        model_in = Path(model)
-        if not model_in.is_file():
-            raise UserError(f"model not found: {model_in} — check the path")
-    if output is not None:
-        protected = {Path(p).resolve() for p in [model_in, *cfg_source_files(cfg)] if p}
-        if Path(output).resolve() in protected:
-            raise UserError(f"the output path {output} is an input of this stage — choose another -o (inputs are "
-                            "never overwritten)")
+    elif not model_in.is_file():
+        raise UserError(f"model not found: {model_in} — check the path")
+    if spec.produces_model and output is None:
+        raise UserError(f"{stage} produces a model: give -o/--output PATH.onnx")
     out_dir = (Path(output).resolve().parent if output else Path.cwd())
+    created = first_new_folder(out_dir)  # removed again if the stage fails
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".onnxforge-{stage}-", dir=out_dir))
+    ok = False
     try:
         ctx = StageContext(cfg, stage, work, model_in, model_in, {}, console)
         res = spec.run(ctx, getattr(cfg.stages, stage))
@@ -115,6 +131,9 @@ def run_alone(stage: str, cfg, model: Path | None, output: Path | None, console=
             f = Path(f)
             if f.is_file() and output:
                 os.replace(f, Path(output).with_name(f"{Path(output).stem}.{f.name}"))
+        ok = True
         return res, final
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if not ok and created is not None:
+            shutil.rmtree(created, ignore_errors=True)
