@@ -305,12 +305,17 @@ def predict(model: Annotated[Path, typer.Argument(help="an .onnx file")],
             chunk_rows: Annotated[int, typer.Option(help="rows per onnxruntime call")] = 65536,
             threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
             seed: Annotated[int | None, typer.Option(help="seed for stochastic artifacts")] = None,
+            columns: Annotated[list[str] | None, typer.Option(
+                "--columns", help="INPUT=COL1,COL2,...: table columns stacked into that input; repeatable")] = None,
+            allow_nan: Annotated[bool, typer.Option(
+                "--allow-nan", help="let NaN/±inf reach a model not stamped as handling missing values")] = False,
             as_json: JsonOpt = False, debug: DebugOpt = False):
     """Score a large file offline in chunks with the same artifact that serves online."""
+    from onnxforge.data import parse_columns
     from onnxforge.predict import predict_file
 
     res = predict_file(model, input, output, chunk_rows=chunk_rows, threads=threads, seed=seed,
-                       console=_stderr())
+                       columns=parse_columns(columns), allow_nan=allow_nan, console=_stderr())
     if as_json:
         _emit(res)
     else:

@@ -32,29 +32,83 @@ def cast(arr: np.ndarray, dtype: str, name: str) -> np.ndarray:
         return as_str_objects(arr)  # not .astype(str): that pads every cell to the longest one
     if arr.dtype.kind in "UST" or (arr.dtype == object and any(isinstance(v, str) for v in arr.flat)):
         raise UserError(f"input '{name}' expects {dtype} but the data holds strings — fix the input dtype or column")
-    return np.ascontiguousarray(arr, dtype=target)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow and NaN→int are reported by check_values
+            return np.ascontiguousarray(arr, dtype=target)
+    except (TypeError, ValueError):
+        raise UserError(f"input '{name}' expects {dtype} but the data holds {arr.dtype} — fix the input dtype or "
+                        "column") from None
 
 
-def _fit_rank(arr: np.ndarray, shape: list, name: str) -> np.ndarray:
-    if not shape or arr.ndim == len(shape):
-        return arr
-    if arr.ndim + 1 == len(shape) and shape[-1] == 1:
-        return arr.reshape(*arr.shape, 1)
-    if arr.ndim == 2 and len(shape) > 2 and all(isinstance(d, int) for d in shape[1:]):
-        want = int(np.prod(shape[1:]))
-        if arr.shape[1] == want:  # flattened images, e.g. digits rows → [N, 1, 8, 8]
-            return arr.reshape(arr.shape[0], *shape[1:])
-    raise UserError(f"input '{name}': data has shape {list(arr.shape)} but the input spec says {shape} — "
-                    "fix the input spec or the data")
+def _where(source) -> str:
+    return f"{source}: " if source else ""
 
 
-def _keys_for(spec, specs, table) -> list[str] | str:
+def _fit_rank(arr: np.ndarray, shape: list, name: str, source=None, columns=None, hint=None) -> np.ndarray:
+    if shape and arr.ndim != len(shape):
+        if arr.ndim + 1 == len(shape) and shape[-1] == 1:
+            arr = arr.reshape(*arr.shape, 1)
+        elif arr.ndim == 2 and len(shape) > 2 and all(isinstance(d, int) for d in shape[1:]) and \
+                arr.shape[1] == int(np.prod(shape[1:])):
+            arr = arr.reshape(arr.shape[0], *shape[1:])  # flattened images, e.g. digits rows → [N, 1, 8, 8]
+    fixed_ok = arr.ndim == len(shape) and all(
+        not isinstance(d, int) or d <= 0 or i == 0 or arr.shape[i] == d for i, d in enumerate(shape))
+    if shape and not fixed_ok:  # a batch dim (i == 0) may differ: callers tile or slice rows
+        got = f"{len(columns)} columns, shape {list(arr.shape)}" if columns else f"shape {list(arr.shape)}"
+        raise UserError(f"{_where(source)}input '{name}' takes shape {shape} but the data gives {got} — "
+                        f"{'fix the data, or ' + hint if hint else 'fix the data or the inputs[] shape/columns'}")
+    return arr
+
+
+def check_values(arr: np.ndarray, raw: np.ndarray, name: str, keys, source=None, *, nonfinite: str = "refuse",
+                 fix: str | None = None, offset: int = 0) -> None:
+    """Refuse NaN/±inf in a float input (`nonfinite`: 'refuse'; 'nan' lets NaN through; 'pass' lets all through)
+    and float values an integer input cannot hold (NaN, fractions). `arr` is the cast input, `raw` the data before.
+    Why: a NaN calibration row breaks quantization scales, a NaN evaluation row makes comparisons meaningless, and
+    a model that does not handle missing values scores them silently wrong."""
+    if arr.dtype.kind == "f":
+        if nonfinite == "pass":
+            return
+        bad = ~np.isfinite(arr) if nonfinite == "refuse" else np.isinf(arr)
+        values = arr
+    elif arr.dtype.kind in "iu" and raw.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(raw) | (raw != np.trunc(raw))
+        values = raw
+    else:
+        return
+    if not bad.any():
+        return
+    flat = bad.reshape(len(bad), -1) if bad.ndim else bad.reshape(1, 1)
+    row, j = (int(v) for v in np.argwhere(flat)[0])
+    value = values.reshape(flat.shape)[row, j]
+    before = raw.reshape(flat.shape)[row, j] if raw.dtype.kind == "f" else value
+    if isinstance(keys, list) and len(keys) == flat.shape[1]:
+        where = f"column '{keys[j]}' (input '{name}')"
+    else:
+        where = f"'{keys}'" if keys and keys != name else f"input '{name}'"
+        where += f" element {j}" if flat.shape[1] > 1 else ""
+        where += f" (input '{name}')" if keys and keys != name else ""
+    what = "NaN (a missing value)" if np.isnan(value) else f"{before:g}"
+    why = ""
+    if arr.dtype.kind in "iu":
+        why = f" (an {arr.dtype} input cannot hold it)"
+    elif np.isinf(value) and np.isfinite(before):
+        why = f" (beyond {arr.dtype}'s range)"
+    n = int(flat.any(1).sum())
+    rows = f"row {row + offset}" + (f" and {n - 1} more row{'s' if n > 2 else ''}" if n > 1 else "")
+    raise UserError(f"{_where(source)}{where} holds {what} at {rows}{why} — "
+                    f"{fix or 'drop or impute those rows before using the data'}")
+
+
+def _keys_for(spec, specs, table, source=None, hint=None) -> list[str] | str:
     """The table keys an input reads: its `columns` (stacked), else `column`/name (a list or a single key)."""
+    fix = hint or "set inputs[].column (one key) or inputs[].columns (several) in the config"
     if spec.columns:
         missing = [c for c in spec.columns if c not in table]
         if missing:
-            raise UserError(f"input '{spec.name}': columns {missing} not in the data — available: "
-                            f"{', '.join(sorted(table))[:200]}")
+            raise UserError(f"{_where(source)}input '{spec.name}': columns {missing} not in the data — available: "
+                            f"{', '.join(sorted(table))[:200]}; {fix}")
         return list(spec.columns)
     key = spec.column or spec.name
     if key in table:
@@ -63,38 +117,91 @@ def _keys_for(spec, specs, table) -> list[str] | str:
         return next(iter(table))
     if len(specs) == 1 and "X" in table:
         return "X"
-    raise UserError(f"input '{spec.name}': no '{key}' in the data — available: "
-                    f"{', '.join(sorted(k or '<array>' for k in table))[:200]}; set inputs[].column")
+    raise UserError(f"{_where(source)}input '{spec.name}': no '{key}' in the data — available: "
+                    f"{', '.join(sorted(k or '<array>' for k in table))[:200]}; {fix}")
 
 
-def input_keys(specs, keys) -> list[str]:
+def input_keys(specs, keys, source=None, hint=None) -> list[str]:
     """Every key of a table with `keys` that the inputs read (so a reader can skip the rest)."""
     out: list[str] = []
     for spec in specs:
-        k = _keys_for(spec, specs, keys)
+        k = _keys_for(spec, specs, keys, source, hint)
         out += k if isinstance(k, list) else [k]
     return list(dict.fromkeys(out))
 
 
-def feeds_from_table(table: Mapping[str, np.ndarray], specs, rows: int | None = None) -> dict[str, np.ndarray]:
-    """Pick each input's array from the table by `column`/`columns`/name, cast and shape it to the spec. Only
-    those columns are read from a lazy table."""
+def with_columns(specs, mapping: Mapping[str, list[str]], flag: str = "--columns") -> list:
+    """Specs whose inputs read the given table columns (NAME → [c1, c2, ...]); one column is read as is, several
+    are stacked into [rows, k] — the same mapping as `inputs[].column/columns` in a config."""
+    names = [s.name for s in specs]
+    unknown = [n for n in mapping if n not in names]
+    if unknown:
+        raise UserError(f"{flag} {unknown[0]}=...: the model has no input '{unknown[0]}' — its inputs are "
+                        f"{', '.join(names)}")
+    out = []
+    for s in specs:
+        cols = mapping.get(s.name)
+        if cols:
+            upd = {"column": cols[0], "columns": None} if len(cols) == 1 else {"column": None, "columns": list(cols)}
+            s = s.model_copy(update=upd)
+        out.append(s)
+    return out
+
+
+def parse_columns(items: list[str] | None, flag: str = "--columns") -> dict[str, list[str]]:
+    """'NAME=c1,c2,...' flags → {NAME: [c1, c2, ...]}."""
+    out: dict[str, list[str]] = {}
+    for item in items or []:
+        name, sep, cols = item.partition("=")
+        listed = [c.strip() for c in cols.split(",")]
+        if not sep or not name.strip() or not all(listed):
+            raise UserError(f"{flag} '{item}': write INPUT=COL1,COL2,... (an input name, '=', table columns "
+                            "separated by commas)")
+        if name.strip() in out:
+            raise UserError(f"{flag} {name.strip()}=... is given twice — give each input once")
+        out[name.strip()] = listed
+    return out
+
+
+def accepts_missing(model) -> bool:
+    """Whether convert stamped the model as scoring NaN like its source framework (tree ensembles)."""
+    return any(p.key == "onnxforge.accepts_missing" and p.value == "true" for p in model.metadata_props)
+
+
+def feeds_from_table(table: Mapping[str, np.ndarray], specs, rows: int | None = None, *, source=None,
+                     nonfinite: str = "refuse", fix: str | None = None, hint: str | None = None,
+                     offset: int = 0) -> dict[str, np.ndarray]:
+    """Pick each input's array from the table by `column`/`columns`/name, cast and shape it to the spec, and check
+    it before use: rows, shape, dtype, finite values (see check_values). Only those columns are read from a lazy
+    table. `source` names the file in messages (a Table knows its own); `fix` replaces the NaN advice, `hint`
+    the column-mapping advice."""
+    source = source or getattr(table, "path", None)
     if hasattr(table, "load"):
-        table.load(input_keys(specs, list(table)))  # one pass over the file for all of them
+        table.load(input_keys(specs, list(table), source, hint))  # one pass over the file for all of them
     feeds = {}
     for spec in specs:
-        key = _keys_for(spec, specs, table)
+        key = _keys_for(spec, specs, table, source, hint)
+        cols = [np.asarray(table[c]) for c in (key if isinstance(key, list) else [key])]
+        cols = [c[:rows] if rows and c.ndim else c for c in cols]
+        if any(c.ndim and len(c) == 0 for c in cols):
+            raise UserError(f"{_where(source)}no rows for input '{spec.name}' — the data must hold at least one "
+                            "row")
         if isinstance(key, list):
-            arr = np.stack([np.asarray(table[c]) for c in key], axis=1)
+            lens = {len(c) for c in cols}
+            if len(lens) > 1:
+                raise UserError(f"{_where(source)}columns {key} have different row counts {sorted(lens)} — one "
+                                "table per file")
+            raw = np.stack(cols, axis=1)
         else:
-            arr = np.asarray(table[key])
-        arr = _fit_rank(arr, spec.shape, spec.name)
-        feeds[spec.name] = cast(arr, spec.dtype, spec.name)
-    n = {len(v) for v in feeds.values()}
+            raw = cols[0]
+        raw = _fit_rank(raw, spec.shape, spec.name, source, key if isinstance(key, list) else None, hint)
+        arr = cast(raw, spec.dtype, spec.name)
+        check_values(arr, raw, spec.name, key, source, nonfinite=nonfinite, fix=fix, offset=offset)
+        feeds[spec.name] = arr
+    n = {len(v) for v in feeds.values() if v.ndim}
     if len(n) > 1:
-        raise UserError(f"inputs have different row counts {sorted(n)} — all inputs must share the batch dim")
-    if rows:
-        feeds = {k: v[:rows] for k, v in feeds.items()}
+        raise UserError(f"{_where(source)}inputs have different row counts {sorted(n)} — all inputs must share the "
+                        "batch dim")
     return feeds
 
 

@@ -31,8 +31,27 @@ def prediction(outputs: dict[str, np.ndarray], name: str | None = None) -> tuple
     return n, np.asarray(a, dtype=np.float64).reshape(len(a), -1)[:, 0], "value"
 
 
+def check_labels(labels: np.ndarray) -> None:
+    """Labels are user data too: a NaN/inf target turns MAE, RMSE and R² into NaN (with numpy warnings) and a NaN
+    class matches nothing — refuse it, naming the row."""
+    y = np.asarray(labels)
+    if y.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(y.reshape(len(y), -1)).all(1)
+    if bad.any():
+        from onnxforge.errors import UserError
+
+        rows = np.flatnonzero(bad)
+        row = y.reshape(len(y), -1)[rows[0]]
+        more = f" and {len(rows) - 1} more" if len(rows) > 1 else ""
+        raise UserError(f"the labels hold {row[~np.isfinite(row)][0]} at row {rows[0]}{more} — drop those "
+                        "rows or fix the labels column (data.labels / --labels)")
+
+
 def task_metrics(outputs: dict[str, np.ndarray], labels: np.ndarray | None = None,
                  reference: dict[str, np.ndarray] | None = None, name: str | None = None) -> dict:
+    if labels is not None:
+        check_labels(labels)
     name, pred, kind = prediction(outputs, name)
     m: dict = {"prediction_output": name, "task": "classification" if kind == "class" else "regression"}
     if kind == "class":

@@ -72,12 +72,26 @@ def _specs(model) -> list:
     return graph_specs
 
 
+COLUMNS_HINT = "map table columns onto it with --columns INPUT=COL1,COL2,..."
+
+
 def _read_chunks(path: Path, chunk_rows: int, specs) -> tuple[int | None, Iterator[dict[str, np.ndarray]]]:
     """(total rows if known, chunks as column → array) holding only the columns the inputs read."""
     from onnxforge.data import input_keys
     from onnxforge.tables import iter_chunks
 
-    return iter_chunks(path, chunk_rows, lambda keys: input_keys(specs, keys))
+    return iter_chunks(path, chunk_rows, lambda keys: input_keys(specs, keys, path, COLUMNS_HINT))
+
+
+def nan_policy(meta: dict, allow_nan: bool) -> tuple[str, str]:
+    """(what non-finite values may reach the model, the advice when one may not). NaN passes where convert stamped
+    that the model scores missing values as its source framework does (tree ensembles); --allow-nan passes all."""
+    if allow_nan:
+        return "pass", ""
+    if meta.get("onnxforge.accepts_missing") == "true":
+        return "nan", "this model takes NaN as a missing value but not ±inf: fix those rows, or pass --allow-nan"
+    return "refuse", ("this model was not stamped as handling missing values: drop or impute those rows, or pass "
+                      "--allow-nan to score them anyway")
 
 
 def _check_levels(chunk_feeds, meta: dict, offset: int) -> None:
@@ -177,14 +191,17 @@ class _Writer:
 
 
 def predict_file(model: str | Path, input: str | Path, output: str | Path, *, chunk_rows: int = 65536,
-                 threads: int | None = None, seed: int | None = None, console=None) -> dict[str, Any]:
+                 threads: int | None = None, seed: int | None = None, columns: dict[str, list[str]] | None = None,
+                 allow_nan: bool = False, console=None) -> dict[str, Any]:
     """Score `input` with `model` chunk by chunk into `output`. Returns rows, seconds, rows/s and what was
-    written. `seed` re-seeds the random nodes of stochastic artifacts (same seed + chunk size → same draws)."""
+    written. `seed` re-seeds the random nodes of stochastic artifacts (same seed + chunk size → same draws).
+    `columns` maps table columns onto inputs ({input: [col, ...]}, as `inputs[].columns` in a config);
+    `allow_nan` lets NaN/±inf reach a model not stamped as handling missing values (see nan_policy)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from onnxforge import runtime
     from onnxforge.artifact import load_model
-    from onnxforge.data import feeds_from_table
+    from onnxforge.data import feeds_from_table, with_columns
 
     model_path, in_path, out_path = Path(model), Path(input), Path(output)
     if chunk_rows < 1:
@@ -198,6 +215,9 @@ def predict_file(model: str | Path, input: str | Path, output: str | Path, *, ch
     hint = meta.get("onnxforge.rows_per_chunk")
     chunk = min(chunk_rows, int(hint)) if hint and hint.isdigit() else chunk_rows
     specs = _specs(proto)
+    if columns:
+        specs = with_columns(specs, columns)
+    nonfinite, nan_fix = nan_policy(meta, allow_nan)
     col_names = json.loads(meta.get("onnxforge.output_columns", "{}") or "{}")
     try:
         sess = runtime.session(proto, threads=threads)
@@ -216,9 +236,10 @@ def predict_file(model: str | Path, input: str | Path, output: str | Path, *, ch
         with progress:
             task = progress.add_task(in_path.name, total=total)
             for table in chunks:
-                feeds = feeds_from_table(table, specs)
-                if not feeds or not len(next(iter(feeds.values()))):
-                    continue
+                if not any(np.ndim(v) and len(v) for v in table.values()):
+                    continue  # an empty chunk (e.g. a header-only CSV): checked once all chunks are read
+                feeds = feeds_from_table(table, specs, source=in_path, nonfinite=nonfinite, fix=nan_fix,
+                                         hint=COLUMNS_HINT, offset=rows)
                 _check_levels(feeds, meta, rows)
                 t0 = time.perf_counter()
                 try:
@@ -238,6 +259,8 @@ def predict_file(model: str | Path, input: str | Path, output: str | Path, *, ch
                 rows += n
                 n_chunks += 1
                 progress.advance(task, n)
+        if rows == 0:
+            raise UserError(f"{in_path}: holds no rows — give a file with at least one row to score")
         writer.close()
     except BaseException:
         writer.abort()
@@ -248,4 +271,4 @@ def predict_file(model: str | Path, input: str | Path, output: str | Path, *, ch
             "rows_per_s": rows / seconds if seconds > 0 else float("inf"),
             "score_rows_per_s": rows / score_s if score_s > 0 else float("inf"),
             "outputs": out_names, "columns": columns, "seed": seed, "reseeded_nodes": reseeded,
-            "threads": threads}
+            "threads": threads, "nonfinite": nonfinite}

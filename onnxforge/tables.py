@@ -22,15 +22,58 @@ SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 _PQ_WIDTH = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12, "BYTE_ARRAY": 8}
 
 
+FIX = {".npy": "save it with numpy.save", ".npz": "save it with numpy.savez",
+       ".csv": "save it as UTF-8 text with a header row (DataFrame.to_csv)",
+       ".parquet": "save it with DataFrame.to_parquet"}
+
+
+def not_readable(path: Path, why: str) -> UserError:
+    """The one message for a file whose bytes are not what its name says (random bytes, a renamed file)."""
+    suffix = path.suffix.lower()
+    return UserError(f"{path}: not a readable {suffix} file ({why}) — {FIX.get(suffix, 'check the file')}")
+
+
+def sniff(path: Path) -> None:
+    """Refuse a data file whose first bytes cannot be its format, before any reader guesses at them (numpy takes
+    bytes without its magic for a pickle; pandas reports a codec error for a binary file)."""
+    suffix = path.suffix.lower()
+    size = path.stat().st_size
+    if size == 0:
+        raise UserError(f"{path}: the file is empty (0 bytes) — give a data file with at least one row")
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+        if suffix == ".parquet":
+            f.seek(max(size - 4, 0))
+            tail = f.read(4)
+    if suffix == ".npy" and not head.startswith(b"\x93NUMPY"):
+        raise not_readable(path, "no .npy header")
+    if suffix == ".npz" and not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise not_readable(path, "not a zip archive")
+    if suffix == ".parquet" and not (head.startswith(b"PAR1") and tail == b"PAR1" and size >= 12):
+        raise not_readable(path, "no parquet magic bytes")
+    if suffix == ".csv":
+        import codecs
+
+        try:  # incremental: a multi-byte character cut at the end of the sample is not an error
+            text = codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) == size)
+        except UnicodeDecodeError as e:
+            raise not_readable(path, f"not UTF-8 text: byte 0x{head[e.start]:02x} at offset {e.start}") from None
+        if "\x00" in text:
+            raise not_readable(path, "binary data: NUL bytes")
+
+
 def read_error(path: Path, e: Exception) -> UserError:
     if isinstance(e, UserError):
         return e
-    if isinstance(e, ValueError) and ("allow_pickle" in str(e) or "Object arrays" in str(e)):
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, ValueError) and "Object arrays cannot be loaded" in str(e):
         return UserError(f"{path}: holds pickled object arrays, which onnxforge never loads — save strings "
                          "as fixed-width unicode (arr.astype(str))")
-    if isinstance(e, ValueError):
-        return UserError(f"{path}: cannot read data ({str(e).splitlines()[0] if str(e) else e!r})")
-    return UserError(f"{path}: cannot read data ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    if isinstance(e, (zipfile.BadZipFile, UnicodeDecodeError, EOFError)) or type(e).__name__ in (
+            "ParserError", "EmptyDataError", "ArrowInvalid", "ArrowException"):
+        return not_readable(path, first[:200])
+    return UserError(f"{path}: cannot read data ({type(e).__name__}: {first[:200]}) — "
+                     f"{FIX.get(path.suffix.lower(), 'check the file')}")
 
 
 class Table(Mapping):
@@ -84,6 +127,7 @@ def open_table(path: str | Path) -> Table:
     if opener is None:
         raise UserError(f"{path}: unsupported data format '{suffix}' — use one of {', '.join(SUFFIXES)}")
     try:
+        sniff(path)
         return opener(path)
     except Exception as e:
         raise read_error(path, e) from None
@@ -244,11 +288,13 @@ def iter_chunks(path: Path, chunk_rows: int, select: Callable[[list[str]], list[
     suffix = path.suffix.lower()
     if not path.is_file():
         raise UserError(f"input file not found: {path} — check --input")
+    if suffix in SUFFIXES:
+        sniff(path)
     if suffix == ".parquet":
         try:
             pf = _parquet_file(path)
         except Exception as e:
-            raise UserError(f"{path}: not a readable parquet file ({e})") from None
+            raise read_error(path, e) from None
         cols = select(list(pf.schema_arrow.names))
         total = pf.metadata.num_rows
         per_row = parquet_cost(pf, cols) // max(total, 1)
@@ -264,9 +310,10 @@ def iter_chunks(path: Path, chunk_rows: int, select: Callable[[list[str]], list[
         import pandas as pd
 
         try:
-            cols = select([str(c) for c in pd.read_csv(path, nrows=0).columns])
+            names = [str(c) for c in pd.read_csv(path, nrows=0).columns]
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise UserError(f"{path}: cannot parse CSV ({str(e).splitlines()[0]})") from None
+            raise read_error(path, e) from None
+        cols = select(names)
         with open(path, "rb") as f:  # a newline count is cheap next to scoring, and gives the bar a total
             total = max(sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) - 1, 0)
 
@@ -275,7 +322,7 @@ def iter_chunks(path: Path, chunk_rows: int, select: Callable[[list[str]], list[
                 for df in pd.read_csv(path, chunksize=chunk_rows, usecols=cols):
                     yield {str(c): column(df[c]) for c in df.columns}
             except (pd.errors.ParserError, UnicodeDecodeError) as e:
-                raise UserError(f"{path}: cannot parse CSV ({str(e).splitlines()[0]})") from None
+                raise read_error(path, e) from None
 
         return total, gen()
     if suffix in (".npz", ".npy"):

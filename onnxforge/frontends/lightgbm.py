@@ -127,4 +127,7 @@ class LightGBMFrontend(SklearnAPIFrontend):
         meta: dict[str, Any] = {"task": native.task, "estimator": "lightgbm.Booster", "objective": native.objective}
         if native.task == "classifier":
             meta["classes"] = list(range(max(native.num_class, 2)))
+        params = native.booster.params or {}
+        if params.get("use_missing", True) is not False and not params.get("zero_as_missing", False):
+            meta["accepts_missing"] = True  # measured: NaN rows score as LightGBM's own (see _tabular.NAN_AWARE)
         return meta
