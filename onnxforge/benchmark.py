@@ -121,12 +121,12 @@ def run_cases(cases: list[Case], *, runs: int, warmup: int, max_seconds: float, 
 def onnx_cases(model_path: Path, feeds: dict[str, np.ndarray], *, batches: list[int], threads: list[int | None],
                providers: list[str] | None = None, label: str | None = None) -> list[Case]:
     """onnxruntime cases of one model for every (batch, threads) setting: one session per thread count."""
-    from onnxforge import runtime
+    from onnxforge.admission import open_session
 
     label = label or Path(model_path).name
     cases = []
     for t in threads:
-        sess = runtime.session(Path(model_path), provider_list=providers, threads=t)
+        sess = open_session(model_path, provider_list=providers, threads=t)  # admitted without a session
         names = [o.name for o in sess.get_outputs()]
         for b in batches:
             batch = tile_rows(feeds, b)
@@ -194,7 +194,7 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
               console=None, warmup: int = 10, max_seconds: float = 10.0, rounds: int = 3) -> dict:
     """`onnxforge bench`: latency of MODEL per batch and thread setting; with --config also the source's native
     predict (or, for an ONNX source, the source file itself in onnxruntime), with ratios."""
-    from onnxforge.artifact import load_model
+    from onnxforge.admission import admit, check_feeds
     from onnxforge.errors import UserError
 
     model = Path(model)
@@ -202,7 +202,7 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
         raise UserError(f"--runs {runs}: give at least 1 timed run")
     if any(b < 1 for b in batches) or any(t < 1 for t in threads):
         raise UserError("--batch and --threads take positive integers, e.g. --batch 1 --batch 64 --threads 1")
-    proto = load_model(model)
+    proto = admit(model, session=False).model  # onnx_cases builds the sessions, with the user's threads
     cfg = None
     if config is not None:
         from onnxforge.config import load_config
@@ -214,6 +214,7 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
     # 64 rows at most, tiled up to each batch: latency does not need distinct rows, and the synthetic-input cap
     # then guards the model's declared shapes while the batch the user asked for meets the memory cap
     feeds, provenance = feeds_for(proto, cfg=cfg, rows=min(max(ok), 64))
+    check_feeds(feeds, proto, what=f"the inputs ({provenance})", model_name=model.name)
     label = model.name
     providers = cfg.runtime.providers if cfg is not None else None
     native_kind, fe, native = None, None, None
@@ -226,6 +227,8 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
             native = fe.load(cfg)
         elif cfg.source.path is None or Path(cfg.source.path).resolve() == model.resolve():
             native_kind = None  # the source is this very file: nothing else to compare with
+        else:
+            admit(cfg.source.path, what="source model", session=False)
     cases = onnx_cases(model, feeds, batches=ok, threads=list(threads), providers=providers, label=label)
     baseline = None
     if native_kind == "native":

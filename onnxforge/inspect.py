@@ -65,6 +65,8 @@ def summarize(model, path: str | Path | None = None) -> dict:
 
 
 def inspect_file(path: str | Path) -> dict:
-    from onnxforge.artifact import load_model
+    """Summary of a user's file, after the admission gate: a model that would not load is refused (exit 2)
+    rather than half-described."""
+    from onnxforge.admission import admit
 
-    return summarize(load_model(path), path)
+    return summarize(admit(path).model, path)

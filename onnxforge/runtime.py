@@ -33,7 +33,7 @@ def session(model: str | Path | bytes | Any, *, provider_list: list[str] | None 
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: ORT's error log repeats the exception (a second stderr line)
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
     if threads:
         so.intra_op_num_threads = threads

@@ -24,14 +24,12 @@ class OnnxFrontend(Frontend):
     atol = 1e-5
 
     def load(self, cfg):
-        from onnxforge.artifact import check, load_model
+        from onnxforge.admission import admit
         from onnxforge.errors import UserError
 
         if cfg.source.path is None:
             raise UserError("source.path is required for framework 'onnx' — point it at the .onnx file")
-        model = load_model(cfg.source.path, what="source model")
-        check(model, ours=False, where=str(cfg.source.path))
-        return model
+        return admit(cfg.source.path, what="source model").model
 
     def export(self, native, cfg, opset, workdir):
         import onnx

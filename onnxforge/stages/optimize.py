@@ -94,18 +94,20 @@ def _check(before: dict, after: dict, opts: OptimizeOptions, quantum: dict[str, 
 @register_stage("optimize", OptimizeOptions, produces_model=True,
                 help="graph optimization (onnxslim, transformer fusion, ORT levels); every pass checked")
 def run_optimize(ctx, opts: OptimizeOptions):
+    from onnxforge.admission import admit
     from onnxforge.optim.inputs import input_model
 
     if not opts.batch_sizes or any(b <= 0 for b in opts.batch_sizes):
         from onnxforge.errors import UserError
 
         raise UserError("optimize.batch_sizes: give positive batch sizes, e.g. [1, 64]")
-    src = input_model(ctx)
+    # the admission gate's session (optimizations off) is the reference the first pass is compared with
+    adm = admit(input_model(ctx), session={"level": "disable"})
     work = ctx.stage_dir / ".optimize-work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        return _run(ctx, opts, src, work)
+        return _run(ctx, opts, adm, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -143,23 +145,26 @@ def _plan(src: Path, opts: OptimizeOptions, warnings: list[str]) -> list[tuple[s
     return plan
 
 
-def _run(ctx, opts: OptimizeOptions, src: Path, work: Path):
+def _run(ctx, opts: OptimizeOptions, adm, work: Path):
     from onnxforge import runtime
+    from onnxforge.admission import check_feeds
     from onnxforge.artifact import atomic_write_json, load_model, metadata, save_model, stamp
     from onnxforge.errors import UserError
     from onnxforge.optim import passes, perf
     from onnxforge.optim.ui import progress_bar
     from onnxforge.pipeline import StageResult
 
+    src = adm.path
     warnings: list[str] = []
     if opts.portable and (bad := passes.contrib_ops(src)):
         raise UserError(f"portable: the input already uses non-standard ops {sorted(bad)} — optimize the model "
                         "before any ORT-specific pass (or quantize with QDQ), or set portable: false")
     feeds, prov = _feeds(ctx, src, opts)
+    check_feeds(feeds, adm.model, what=f"the data ({prov})", model_name=src.name)
     plan = _plan(src, opts, warnings)
     before = perf.model_stats(src)
     current = src
-    original = ref = runtime.run(runtime.session(src, level="disable"), feeds)  # ref: the current pass's input
+    original = ref = runtime.run(adm.session, feeds)  # ref: the current pass's input
     records: list[dict[str, Any]] = []
     accepted: dict[str, Path] = {"input": src}
     batches = perf.batch_plan([src], opts.batch_sizes)

@@ -116,7 +116,8 @@ def run_quantize(ctx, opts: QuantizeOptions):
 
 
 def _run(ctx, opts: QuantizeOptions, work: Path):
-    from onnxforge.artifact import atomic_write_json
+    from onnxforge.admission import admit, check_feeds
+    from onnxforge.artifact import atomic_write_json, save_model
     from onnxforge.errors import CheckFailed, UserError
     from onnxforge.optim import perf
     from onnxforge.optim.inputs import input_model
@@ -126,10 +127,15 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
     from onnxforge.quant import feeds as qfeeds
     from onnxforge.quant import fp16, int8
 
-    src = input_model(ctx)
+    adm = admit(input_model(ctx))
+    src = adm.path
     warnings: list[str] = []
     before = perf.model_stats(src)
+    if adm.external:  # the quantizer's work copies must not lose the weights that sit beside the input
+        src = save_model(adm.model, work / "input.onnx", run_check=False)
     eval_feeds, eval_prov, labels = qfeeds.evaluation(ctx, src, opts, warnings)
+    if eval_feeds is not None:
+        check_feeds(eval_feeds, adm.model, what=f"the evaluation data ({eval_prov})", model_name=adm.path.name)
     assess = (qb.Assessor(src, eval_feeds, labels, qb.Budget(opts.max_accuracy_drop, opts.max_error))
               if eval_feeds is not None else qb.NoAssess())
     if eval_feeds is not None:
@@ -175,6 +181,9 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
             if opts.mode == "static":
                 calib_feeds, calib_prov = qfeeds.calibration(ctx, src, opts, warnings, required=True)
             cfgs = [_int8_config(opts, opts.mode)]
+        if calib_feeds is not None:  # before onnxruntime's calibrator meets them (INVALID_ARGUMENT mid-run)
+            check_feeds(calib_feeds, adm.model, what=f"the calibration data ({calib_prov})",
+                        model_name=adm.path.name)
         calib = int8.CalibrationFeeds(calib_feeds) if calib_feeds is not None else None
         plans = [(c.label, c, int8.Int8Builder(pre, work, c, calib, opts.calibrate_method, opts.percentile,
                                                tag=f"c{i}"), int8.targets(nodes, c), pre)

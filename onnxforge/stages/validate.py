@@ -45,33 +45,32 @@ def _is_ours(model, ctx) -> bool:
 
 
 def structural(path: Path, ctx) -> dict[str, Any]:
+    """The admission gate, with a failure in our own artifact a failed check (1) rather than bad input (2)."""
     import onnx
 
-    from onnxforge import runtime
-    from onnxforge.artifact import check, load_model
+    from onnxforge import admission
     from onnxforge.errors import CheckFailed, UserError
 
-    model = load_model(path)
+    adm = admission.read(path)
+    model = adm.model
     ours = _is_ours(model, ctx)
-    check(model, ours=ours, where=str(path))
+    admission.check(adm, ours=ours)
     try:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
         shapes = "ok"
     except Exception as e:
         msg = f"{path}: strict shape inference failed: {str(e).splitlines()[0]}"
         raise (CheckFailed(msg) if ours else UserError(msg + " — fix or re-export the model")) from None
-    try:
-        sess = runtime.session(path, provider_list=ctx.cfg.runtime.providers, threads=ctx.cfg.runtime.threads)
-    except Exception as e:
-        msg = f"{path}: onnxruntime cannot load it: {str(e).splitlines()[0]}"
-        raise (CheckFailed(msg) if ours else UserError(msg)) from None
+    sess = admission.open_session(path, ours=ours, provider_list=ctx.cfg.runtime.providers,
+                                  threads=ctx.cfg.runtime.threads)
     return {"checker": "ok", "shape_inference": shapes, "ir_version": model.ir_version,
             "opset": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
             "providers": sess.get_providers(), "session": sess, "model": model}
 
 
-def _reference(ctx, opts: ValidateOptions, feeds, stochastic: list[str]):
-    """Return (description, deterministic outputs, sampler for stochastic outputs or None)."""
+def _reference(ctx, opts: ValidateOptions, feeds, stochastic: list[str], model=None):
+    """Return (description, deterministic outputs, sampler for stochastic outputs or None). A reference .onnx
+    passes the admission gate and must take the same inputs as `model`, the model under test."""
     from onnxforge import runtime
     from onnxforge.errors import UserError
 
@@ -99,9 +98,15 @@ def _reference(ctx, opts: ValidateOptions, feeds, stochastic: list[str]):
             ref_path = ctx.cfg.config_path.parent / ref_path
     if ref_path is None or not Path(ref_path).is_file():
         raise UserError(f"validate.against: reference model not found ({against}: {ref_path}) — give a .onnx path")
-    from onnxforge.artifact import load_model
+    from onnxforge import admission
 
-    sess = runtime.session(load_model(ref_path, what="reference model"), level="disable")
+    if Path(ref_path).resolve() == Path(ctx.model).resolve():  # the file under test, admitted already
+        sess = admission.open_session(ref_path, level="disable")
+    else:
+        ref = admission.admit(ref_path, what="reference model", session={"level": "disable"})
+        if model is not None:
+            admission.same_inputs(model, ref.model, model_name=Path(ctx.model).name, ref_name=str(ref_path))
+        sess = ref.session
     return (f"ONNX {Path(ref_path).name} (no graph optimizations)", runtime.run(sess, feeds),
             lambda f: runtime.run(sess, f))
 
@@ -123,18 +128,19 @@ def _stochastic_outputs(model, opts) -> list[str]:
 
 
 def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
-    from onnxforge import data, metrics, runtime
+    from onnxforge import admission, data, metrics, runtime
     from onnxforge.compare import compare, distribution
     from onnxforge.errors import CheckFailed
 
     st = structural(ctx.model, ctx)
     sess, model = st.pop("session"), st.pop("model")
     feeds, provenance = ctx.feeds("eval", ctx.model)
+    admission.check_feeds(feeds, model, what=f"the data ({provenance})", model_name=Path(ctx.model).name)
     if opts.max_rows:
         feeds = data.take(feeds, opts.max_rows)
     rows = data.n_rows(feeds)
     stochastic = _stochastic_outputs(model, opts)
-    ref_desc, ref, sampler = _reference(ctx, opts, feeds, stochastic)
+    ref_desc, ref, sampler = _reference(ctx, opts, feeds, stochastic, model)
     default_rtol = opts.rtol if opts.rtol is not None else (
         ctx.frontend.rtol if opts.against == "source" else 1e-4)
     default_atol = opts.atol if opts.atol is not None else (
