@@ -200,7 +200,6 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
             if console:
                 console.print(f"[dim]• {name}: unchanged, cached[/dim]")
         else:
-            new_dir = not stage_dir.exists()
             stage_dir.mkdir(parents=True, exist_ok=True)
             ctx = StageContext(cfg, name, stage_dir, current, source_model, dict(results), console,
                                ctx_shared)
@@ -216,8 +215,7 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
                 if created is not None:  # refused on a first run: leave nothing behind
                     shutil.rmtree(created, ignore_errors=True)
                     raise
-                if new_dir:
-                    shutil.rmtree(stage_dir, ignore_errors=True)
+                shutil.rmtree(stage_dir, ignore_errors=True)  # an artifact of an earlier run no longer matches
                 entry.update(status="error", verdict="error", message=scrub(str(e), *bases),
                              wall_s=time.perf_counter() - t0)
                 manifest["stages"].append(entry)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -95,9 +96,10 @@ def test_unknown_until_stage_writes_nothing(project, cli):
 def test_missing_files_exit_2(project, cli):
     assert "config file not found" in assert_one_line_error(cli("run", project / "nope.yaml"))
     (project / "p.yaml").write_text(PIPELINE.format(name="x", model="missing.onnx", data="data.npz"))
-    assert "source model not found" in assert_one_line_error(cli("run", project / "p.yaml"))
+    assert "missing.onnx not found" in assert_one_line_error(cli("run", project / "p.yaml"))
     (project / "p.yaml").write_text(PIPELINE.format(name="x", model="lin.onnx", data="missing.npz"))
-    assert "data file not found" in assert_one_line_error(cli("run", project / "p.yaml"))
+    assert "data.path: " in assert_one_line_error(cli("run", project / "p.yaml"))
+    assert not (project / "runs").exists()
 
 
 def test_wrong_dtype_in_data_exit_2(project, cli):
@@ -138,14 +140,18 @@ def test_failing_stage_leaves_no_artifact(project, cli):
     # opset 3 cannot express the model: the convert stage fails before anything is written
     text = PIPELINE.format(name="lin", model="lin.onnx", data="data.npz").replace("convert: {}",
                                                                                   "convert: {opset: 7}")
+    assert cli("run", project / "p.yaml").code == 0  # a good first run: the run folder stays
+    assert (project / "runs/lin/01-convert/model.onnx").is_file()
     (project / "p.yaml").write_text(text)
     save(broken(), project / "lin.onnx")
     res = cli("run", project / "p.yaml")
     assert res.code == 2, res.stderr
-    assert not (project / "runs/lin/01-convert/model.onnx").exists()
-    assert [p.name for p in (project / "runs/lin/01-convert").iterdir()] == []
+    assert not (project / "runs/lin/01-convert").exists()  # not even the earlier run's model, which no longer fits
     manifest = json.loads((project / "runs/lin/manifest.json").read_text())
     assert manifest["verdict"] == "error" and manifest["stages"][0]["status"] == "error"
+    shutil.rmtree(project / "runs")
+    assert cli("run", project / "p.yaml").code == 2
+    assert not (project / "runs").exists()  # refused on a first run: no run folder at all
 
 
 def test_stage_alone_never_overwrites_input(project, cli):
