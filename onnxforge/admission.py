@@ -283,12 +283,14 @@ def _size_problem(t) -> str | None:
 # ------------------------------------------------------------------ onnxruntime
 
 
-def open_session(path: str | Path, *, ours: bool = False, **kw):
-    """runtime.session(path, **kw), with onnxruntime's refusal turned into one line (exit 2, or 1 for ours)."""
+def open_session(model: str | Path | Any, *, name: str | Path | None = None, ours: bool = False, **kw):
+    """runtime.session(model, **kw), with onnxruntime's refusal turned into one line (exit 2, or 1 for ours).
+    `model` is a path, or a ModelProto/bytes the caller changed after admit() (then `name` names the file)."""
     from onnxforge import runtime
 
+    path = name if name is not None else model
     try:
-        return runtime.session(Path(path), **kw)
+        return runtime.session(Path(model) if isinstance(model, str) else model, **kw)
     except Exception as e:
         if not type(e).__module__.startswith("onnxruntime"):
             raise  # not onnxruntime's verdict on the model: a bug
@@ -301,7 +303,7 @@ def open_session(path: str | Path, *, ours: bool = False, **kw):
 
 
 _ORT_HEAD = re.compile(r"\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*(\w+)\s*:\s*")
-_LOCATION = re.compile(r"(?:/\S*/)?[\w.-]+\.(?:cc|h|cpp|hpp):\d+\s+")
+_LOCATION = re.compile(r"(?:/\S*/)?[A-Za-z_][\w-]*\.(?:cc|h|cpp|hpp):\d+\s+")
 _SIGNATURE = re.compile(r"(?:[\w:<>]+\s+)?\w+(?:::~?\w+)+\(")
 
 
@@ -314,7 +316,7 @@ def ort_reason(e: Exception) -> tuple[str, str]:
     text = re.sub(r"Load model from .*? failed:\s*|Exception during initialization:\s*", "", text)
     out, pos = [], 0
     for m in _LOCATION.finditer(text):
-        out.append(text[pos:m.start()])
+        out.append(text[pos:m.start()] + " ")
         pos = m.end()
         sig = _SIGNATURE.match(text, pos)
         if sig:  # an ORT_ENFORCE: skip the function signature up to its closing parenthesis

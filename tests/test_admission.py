@@ -51,6 +51,11 @@ def _dup_outputs(m):
     m.graph.output[1].name = "y"
 
 
+def _dup_node_outputs(m):  # ArgMax writes 'y' too: not single static assignment
+    m.graph.node[2].output[0] = "y"
+    m.graph.output.pop()
+
+
 def _no_outputs(m):
     del m.graph.output[:]
 
@@ -130,6 +135,7 @@ CASES = {
     "opset-999": (_edit(_opset), ["999"]),
     "ir-version-99": (_edit(_ir), ["99"]),
     "duplicate-output-names": (_edit(_dup_outputs), ["'y'"]),
+    "duplicate-node-outputs": (_edit(_dup_node_outputs), ["'y'"]),
     "no-outputs": (_edit(_no_outputs), ["no outputs"]),
     "short-raw-data": (_edit(_short_raw), ["'W'", "8 bytes"]),
     "long-raw-data": (_edit(_long_raw), ["'W'", "56 bytes"]),
@@ -281,3 +287,21 @@ def test_validate_data_that_does_not_fit_exit_2(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.ones((10, 5), np.float32))
     line = assert_one_line_error(run_cli("validate", model, "--data", tmp_path / "d.npz", cwd=tmp_path))
     assert "'x'" in line and "5" in line, line
+
+
+def test_feeds_and_reference_checks_accept_what_fits():
+    """In process: what fits is let through — rows on the batch axis, IR-3 initializer inputs left out (they are
+    optional), dim_value 0 read as unknown, a reference that only adds optional inputs."""
+    from onnxforge.admission import check_feeds, same_inputs
+
+    m = linear()
+    check_feeds({"x": np.ones((7, 4), np.float32)}, m, what="the data", model_name="m.onnx")
+    ir3 = linear()
+    ir3.graph.input.append(h.make_tensor_value_info("W", T.FLOAT, [4, 3]))  # initializer listed as an input
+    ir3.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 0
+    check_feeds({"x": np.ones((2, 9), np.float32)}, ir3, what="the data", model_name="m.onnx")
+    same_inputs(m, ir3, model_name="m.onnx", ref_name="ir3.onnx")
+    with pytest.raises(Exception, match="'x'.*int64"):
+        check_feeds({"x": np.ones((7, 4), np.int64)}, m, what="the data", model_name="m.onnx")
+    with pytest.raises(Exception, match="does not take"):
+        check_feeds({"x": np.ones((7, 4), np.float32), "q": np.ones(7)}, m, what="the data", model_name="m.onnx")
