@@ -26,22 +26,23 @@ def load_table(path: str | Path) -> Mapping[str, np.ndarray]:
     return open_table(path)
 
 
-def cast(arr: np.ndarray, dtype: str, name: str) -> np.ndarray:
+def _where(source) -> str:
+    return f"{source}: " if source else ""
+
+
+def cast(arr: np.ndarray, dtype: str, name: str, source=None) -> np.ndarray:
     target = NP_DTYPES[dtype]
     if dtype == "string":
         return as_str_objects(arr)  # not .astype(str): that pads every cell to the longest one
     if arr.dtype.kind in "UST" or (arr.dtype == object and any(isinstance(v, str) for v in arr.flat)):
-        raise UserError(f"input '{name}' expects {dtype} but the data holds strings — fix the input dtype or column")
+        raise UserError(f"{_where(source)}input '{name}' expects {dtype} but the data holds strings — fix the input "
+                        "dtype or column")
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # overflow and NaN→int are reported by check_values
             return np.ascontiguousarray(arr, dtype=target)
     except (TypeError, ValueError):
-        raise UserError(f"input '{name}' expects {dtype} but the data holds {arr.dtype} — fix the input dtype or "
-                        "column") from None
-
-
-def _where(source) -> str:
-    return f"{source}: " if source else ""
+        raise UserError(f"{_where(source)}input '{name}' expects {dtype} but the data holds {arr.dtype} — fix the "
+                        "input dtype or column") from None
 
 
 def _fit_rank(arr: np.ndarray, shape: list, name: str, source=None, columns=None, hint=None) -> np.ndarray:
@@ -163,9 +164,25 @@ def parse_columns(items: list[str] | None, flag: str = "--columns") -> dict[str,
     return out
 
 
-def accepts_missing(model) -> bool:
-    """Whether convert stamped the model as scoring NaN like its source framework (tree ensembles)."""
-    return any(p.key == "onnxforge.accepts_missing" and p.value == "true" for p in model.metadata_props)
+def _check_numeric(col: np.ndarray, key: str, spec, source) -> None:
+    if col.dtype.kind in "UST" or col.dtype == object:
+        cells = col.reshape(len(col), -1)[:, 0] if col.ndim else [col.item()]
+        texts = [(i, v) for i, v in enumerate(cells) if isinstance(v, str)]
+        if not texts and col.dtype == object:
+            return
+        text = next(((i, v) for i, v in texts if not _is_number(v)), texts[0] if texts else None)
+        col_name = f" in column '{key}'" if key and key != spec.name else ""
+        at = f" ({text[1][:20]!r}{col_name}, row {text[0]})" if text else ""
+        raise UserError(f"{_where(source)}input '{spec.name}' expects {spec.dtype} but the data holds strings{at} — "
+                        "fix those cells, or the input's dtype")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def feeds_from_table(table: Mapping[str, np.ndarray], specs, rows: int | None = None, *, source=None,
@@ -186,16 +203,25 @@ def feeds_from_table(table: Mapping[str, np.ndarray], specs, rows: int | None = 
         if any(c.ndim and len(c) == 0 for c in cols):
             raise UserError(f"{_where(source)}no rows for input '{spec.name}' — the data must hold at least one "
                             "row")
+        if spec.dtype != "string":  # name the column a CSV read as text (one odd cell makes the whole column str)
+            for k, c in zip(key if isinstance(key, list) else [key], cols, strict=True):
+                _check_numeric(c, k, spec, source)
         if isinstance(key, list):
             lens = {len(c) for c in cols}
             if len(lens) > 1:
                 raise UserError(f"{_where(source)}columns {key} have different row counts {sorted(lens)} — one "
                                 "table per file")
+            wide = next((k for k, c in zip(key, cols, strict=True) if c.ndim != 1), None)
+            if wide is not None:  # stacking needs one value per row and column
+                shape = list(np.shape(table[wide]))
+                raise UserError(f"{_where(source)}column '{wide}' has shape {shape}, not one value per row — input "
+                                f"'{spec.name}' stacks {len(key)} columns into shape {spec.shape}; fix the data or "
+                                "the columns listed")
             raw = np.stack(cols, axis=1)
         else:
             raw = cols[0]
         raw = _fit_rank(raw, spec.shape, spec.name, source, key if isinstance(key, list) else None, hint)
-        arr = cast(raw, spec.dtype, spec.name)
+        arr = cast(raw, spec.dtype, spec.name, source)
         check_values(arr, raw, spec.name, key, source, nonfinite=nonfinite, fix=fix, offset=offset)
         feeds[spec.name] = arr
     n = {len(v) for v in feeds.values() if v.ndim}
