@@ -306,7 +306,8 @@ def predict(model: Annotated[Path, typer.Argument(help="an .onnx file")],
             threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
             seed: Annotated[int | None, typer.Option(help="seed for stochastic artifacts")] = None,
             columns: Annotated[list[str] | None, typer.Option(
-                "--columns", help="INPUT=COL1,COL2,...: table columns stacked into that input; repeatable")] = None,
+                "--columns", metavar="INPUT=COLS",
+                help="INPUT=COL1,COL2,...: table columns stacked into that input; repeatable")] = None,
             allow_nan: Annotated[bool, typer.Option(
                 "--allow-nan", help="let NaN/±inf reach a model not stamped as handling missing values")] = False,
             as_json: JsonOpt = False, debug: DebugOpt = False):
