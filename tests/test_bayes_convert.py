@@ -29,8 +29,8 @@ def convert(name: str, run_dir: Path, run_name: str | None = None, **source):
     path = ROOT / "configs" / f"pymc_{name}.yaml"
     raw, lines = read_yaml(path)
     raw["source"] = {**raw["source"], **source}
-    raw.update(stages={"convert": {}}, run_dir=str(run_dir), name=run_name or raw["name"])
-    cfg = parse_config(raw, path, lines)
+    raw.update(stages={"convert": {}}, name=run_name or raw["name"])
+    cfg = parse_config(raw, path, lines, run_dir=run_dir)  # as `run --run-dir`: outside the config's folder
     manifest = run_pipeline(cfg, force=True)
     return cfg, cfg.run_path / manifest["final_model"]
 

@@ -69,8 +69,8 @@ def test_unseen_category_under_error_policy_refused_at_predict(tmp_path, cli):
     path = ROOT / "configs" / "pymc_hier.yaml"
     raw, lines = read_yaml(path)
     raw["source"].update(categorical={"group": {"policy": "error"}}, outputs={"draws": 0})
-    raw.update(stages={"convert": {}}, run_dir=str(tmp_path))
-    cfg = parse_config(raw, path, lines)
+    raw.update(stages={"convert": {}})
+    cfg = parse_config(raw, path, lines, run_dir=tmp_path)
     model = cfg.run_path / run_pipeline(cfg)["final_model"]
     df = pd.DataFrame({"x": [0.1, 0.2, 0.3], "group": ["setosa", "atlantica", "virginica"]})
     df.to_csv(tmp_path / "in.csv", index=False)

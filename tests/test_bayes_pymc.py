@@ -46,8 +46,8 @@ def test_run_convert_validate_checks_draws_against_pymc(name, cli, tmp_path):
 def poisson(tmp_path_factory):
     path = ROOT / "configs" / "pymc_poisson.yaml"
     raw, lines = read_yaml(path)
-    raw.update(stages={"convert": {}}, run_dir=str(tmp_path_factory.mktemp("psp")))
-    cfg = parse_config(raw, path, lines)
+    raw.update(stages={"convert": {}})
+    cfg = parse_config(raw, path, lines, run_dir=tmp_path_factory.mktemp("psp"))
     model = cfg.run_path / run_pipeline(cfg, force=True)["final_model"]
     fe = frontend("pymc")
     native = fe.load(cfg)

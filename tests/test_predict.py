@@ -45,8 +45,8 @@ def work(tmp_path_factory):
     path = ROOT / "configs" / "pymc_hier.yaml"
     raw, lines = read_yaml(path)
     raw["source"]["outputs"] = {"draws": 50}
-    raw.update(stages={"convert": {}}, run_dir=str(tmp))
-    cfg = parse_config(raw, path, lines)
+    raw.update(stages={"convert": {}})
+    cfg = parse_config(raw, path, lines, run_dir=tmp)
     hier = cfg.run_path / run_pipeline(cfg)["final_model"]
     z = np.load(ROOT / "fixtures/data/pymc_hier.npz")
     hdf = pd.DataFrame({"x": z["x"], "group": z["group"]})
