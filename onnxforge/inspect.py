@@ -65,8 +65,9 @@ def summarize(model, path: str | Path | None = None) -> dict:
 
 
 def inspect_file(path: str | Path) -> dict:
-    """Summary of a user's file, after the admission gate: a model that would not load is refused (exit 2)
-    rather than half-described."""
+    """Summary of a user's file, after the admission gate (a damaged or invalid model is refused, exit 2, rather
+    than half-described) — without its onnxruntime step: inspect stays light (no onnxruntime import, see
+    tests/test_bench_cli.py) and describes models meant for other runtimes (custom-domain ops) too."""
     from onnxforge.admission import admit
 
-    return summarize(admit(path).model, path)
+    return summarize(admit(path, session=False).model, path)

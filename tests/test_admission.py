@@ -150,6 +150,8 @@ CASES = {
     "external-length-past-end": (_external("m.onnx.data", length=10**6), ["'W'", "1000000"]),
 }
 
+ORT_ONLY = {"custom-domain-op"}  # refused by onnxruntime alone: valid ONNX, no kernel
+
 COMMANDS = {
     "inspect": lambda m, out: ["inspect", m],
     "validate": lambda m, out: ["validate", m, "--synthetic"],
@@ -175,6 +177,12 @@ def test_broken_model_is_refused_with_one_line(tmp_path, case, command):
     out = work / "out.onnx"
     before = _snapshot(tmp_path)
     res = run_cli(*COMMANDS[command](model, out), cwd=work, timeout=300)
+    if command == "inspect" and case in ORT_ONLY:
+        # inspect skips the gate's onnxruntime step (it imports no onnxruntime): a model valid ONNX but for
+        # another runtime is described, not refused
+        assert res.code == 0, res.stderr
+        assert _snapshot(tmp_path) == before
+        return
     line = assert_one_line_error(res, 2)
     assert "m.onnx" in line, line
     for w in words:
