@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WHEELS := $(wildcard /opt/wheels)
 
-.PHONY: install demo test bench lint fixtures clean chromium
+.PHONY: install demo test bench lint fixtures clean chromium fuzz
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: install fixtures
 
 test: install fixtures chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# 10,000 seeded fuzz cases (tests/fuzz): exits by code per command, exit-3s, residue, slowest → runs/fuzz/summary.{json,md}
+fuzz: install fixtures
+	$(BIN)/python tests/fuzz/run_fuzz.py -n $(or $(FUZZ_CASES),10000) $(FUZZ_ARGS)
 
 bench: install fixtures
 	$(BIN)/python -m bench $(BENCH_ARGS)
