@@ -46,5 +46,29 @@ def session(model: str | Path | bytes | Any, *, provider_list: list[str] | None 
 
 
 def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Outputs by name. A model whose inputs pin the batch dim (e.g. [1, 4]) is run on the rows that many at a
+    time, its outputs concatenated: onnxruntime would refuse any other row count (INVALID_ARGUMENT)."""
     names = outputs or [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds), strict=True))
+    size = pinned_rows(sess, feeds)
+    if size is None:
+        return dict(zip(names, sess.run(names, feeds), strict=True))
+    n = len(next(iter(feeds.values())))
+    parts = [sess.run(names, {k: v[i : i + size] for k, v in feeds.items()}) for i in range(0, n, size)]
+    return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
+
+
+def pinned_rows(sess, feeds: dict[str, np.ndarray]) -> int | None:
+    """The batch size the session's inputs pin when the feeds hold another number of rows, else None."""
+    from onnxforge.errors import UserError
+
+    dims = {tuple(i.shape[:1]) for i in sess.get_inputs() if i.name in feeds}
+    rows = {len(v) for v in feeds.values() if np.ndim(v)}
+    if len(dims) != 1 or len(rows) != 1:
+        return None
+    (b,), n = (dims.pop() or (None,)), rows.pop()
+    if not isinstance(b, int) or b <= 0 or n == b:
+        return None
+    if n % b:
+        raise UserError(f"the model takes exactly {b} rows per run (its inputs pin the batch dim) and {n} rows are "
+                        f"not a multiple of {b} — give a multiple of {b} rows")
+    return b

@@ -313,3 +313,21 @@ def test_feeds_and_reference_checks_accept_what_fits():
         check_feeds({"x": np.ones((7, 4), np.int64)}, m, what="the data", model_name="m.onnx")
     with pytest.raises(Exception, match="does not take"):
         check_feeds({"x": np.ones((7, 4), np.float32), "q": np.ones(7)}, m, what="the data", model_name="m.onnx")
+
+
+def test_fixed_batch_model_runs_in_whole_batches(tmp_path):
+    """A model whose inputs pin the batch dim ([3, 4]) is evaluated and calibrated 3 rows at a time; a row count
+    that is no multiple of 3 is bad data (exit 2), never onnxruntime's INVALID_ARGUMENT (exit 3)."""
+    m = linear()
+    for v in (*m.graph.input, *m.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_value = 3
+    model = save(m, tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    for rows in (42, 40):
+        np.savez(tmp_path / "d.npz", x=rng.normal(size=(rows, 4)).astype(np.float32))
+        res = run_cli("quantize", model, "-o", tmp_path / "q.onnx", "--mode", "static", "--data", tmp_path / "d.npz",
+                      "--set", "allow_slower=true", cwd=tmp_path)
+        if rows == 42:
+            assert res.code == 0, res.stderr
+        else:
+            assert "multiple of 3" in assert_one_line_error(res)

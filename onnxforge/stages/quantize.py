@@ -118,6 +118,7 @@ def run_quantize(ctx, opts: QuantizeOptions):
 def _run(ctx, opts: QuantizeOptions, work: Path):
     from onnxforge.admission import admit, check_feeds
     from onnxforge.artifact import atomic_write_json, save_model
+    from onnxforge.data import fixed_batch
     from onnxforge.errors import CheckFailed, UserError
     from onnxforge.optim import perf
     from onnxforge.optim.inputs import input_model
@@ -184,7 +185,15 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
         if calib_feeds is not None:  # before onnxruntime's calibrator meets them (INVALID_ARGUMENT mid-run)
             check_feeds(calib_feeds, adm.model, what=f"the calibration data ({calib_prov})",
                         model_name=adm.path.name)
-        calib = int8.CalibrationFeeds(calib_feeds) if calib_feeds is not None else None
+        # a model that pins its batch dim is calibrated that many rows at a time, in whole batches
+        pinned = fixed_batch(adm.model)
+        if calib_feeds is not None and pinned:
+            whole = len(next(iter(calib_feeds.values()))) // pinned * pinned
+            if not whole:
+                raise UserError(f"quantize: the model takes batches of {pinned} rows; the calibration data has fewer "
+                                "— give more rows")
+            calib_feeds = {k: v[:whole] for k, v in calib_feeds.items()}
+        calib = int8.CalibrationFeeds(calib_feeds, batch=pinned or 16) if calib_feeds is not None else None
         plans = [(c.label, c, int8.Int8Builder(pre, work, c, calib, opts.calibrate_method, opts.percentile,
                                                tag=f"c{i}"), int8.targets(nodes, c), pre)
                  for i, c in enumerate(dict.fromkeys(cfgs))]
