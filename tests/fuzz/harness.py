@@ -556,9 +556,13 @@ def _gate_refuses(model: Path, scratch: Path) -> str | None:
     return next(iter(_lines(res["stderr"])), "") if res["exit"] == 2 else None
 
 
+_FIX_WORDS = re.compile(r"[:;,(] ?(?:list|use|give|set|fix|check|save|choose|add|drop|point|rename|remove|pass|"
+                        r"re-export|write|map|install|pip install|raise|convert|cast|impute)\b")
+
+
 def _hint(first: str) -> bool:
-    """Does an exit-2 line name a fix? (' — ' then advice, or a 'did you mean'.)"""
-    return " — " in first or "did you mean" in first or "; set " in first
+    """Does an exit-2 line name a fix? (' — ' then advice, a 'did you mean', or an imperative after a colon.)"""
+    return " — " in first or "did you mean" in first or bool(_FIX_WORDS.search(first))
 
 
 def run_case(case: Case, root: Path, keep: bool = False) -> dict[str, Any]:

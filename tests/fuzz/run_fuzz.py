@@ -127,7 +127,7 @@ def table(s: dict) -> str:
         lines.append(f"{cmd:<{w}}  {c.get('cases', 0):>6}  " + "  ".join(f"{c.get(k, 0):>10}" for k in EXIT_COLS))
     lines.append("")
     lines.append(f"cases {s['cases']:,}  failing {s['failing_cases']:,}  exit-3 {s['exit3']:,}  residue "
-                 f"{s['residue']:,}  wall {s['wall_seconds']:.0f} s")
+                 f"{s['residue']:,} (output/run folder, TMPDIR, inputs)  wall {s['wall_seconds']:.0f} s")
     for k, n in s["failures_by_kind"].items():
         lines.append(f"  {k:<15} {n:>6}")
     lines.append(f"\ndistinct failures ({len(s['distinct_failures'])}):")
@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                     jsonl.write(json.dumps(res, default=str) + "\n")
                     jsonl.flush()
                     n = len(results)
-                    if args.case or res.get("failures"):
-                        print(harness.describe(res) if args.case or len(todo) <= 50 else
+                    if res.get("failures"):
+                        print(harness.describe(res) if len(todo) <= 50 else
                               f"FAIL {res['id']}: " + "; ".join(f"{f['kind']}: {f['message'][:150]}"
                                                                 for f in res["failures"]), flush=True)
                     if n % 250 == 0:

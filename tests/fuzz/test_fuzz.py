@@ -3,7 +3,7 @@ walks — every (command, mutation) pair at least once — each held to the exit
 
 Deselect with `-m "not fuzz"`; rerun one case with its test id, e.g.
     .venv/bin/python -m pytest 'tests/fuzz/test_fuzz.py::test_fuzz[17-validate-model.dims]'
-or, with its files kept and every stream shown:
+or any case of the sequence (also those past the CI share) with its files kept and every stream shown:
     .venv/bin/python tests/fuzz/run_fuzz.py --case 17-validate-model.dims --keep
 
 Known failures are not xfailed: a case fails until onnxforge honours the contract for it.
