@@ -199,8 +199,7 @@ def predict_file(model: str | Path, input: str | Path, output: str | Path, *, ch
     `allow_nan` lets NaN/±inf reach a model not stamped as handling missing values (see nan_policy)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from onnxforge import runtime
-    from onnxforge.artifact import load_model
+    from onnxforge.admission import admit, open_session
     from onnxforge.data import feeds_from_table, with_columns
 
     model_path, in_path, out_path = Path(model), Path(input), Path(output)
@@ -209,7 +208,7 @@ def predict_file(model: str | Path, input: str | Path, output: str | Path, *, ch
     if out_path.resolve() == in_path.resolve():
         raise UserError("--output is the input file — choose another path (inputs are never overwritten)")
     t_start = time.perf_counter()
-    proto = load_model(model_path, what="model")
+    proto = admit(model_path, session=False).model  # the gate every command's model passes
     meta = {p.key: p.value for p in proto.metadata_props}
     reseeded = reseed(proto, seed) if seed is not None else 0
     hint = meta.get("onnxforge.rows_per_chunk")
@@ -219,10 +218,7 @@ def predict_file(model: str | Path, input: str | Path, output: str | Path, *, ch
         specs = with_columns(specs, columns)
     nonfinite, nan_fix = nan_policy(meta, allow_nan)
     col_names = json.loads(meta.get("onnxforge.output_columns", "{}") or "{}")
-    try:
-        sess = runtime.session(proto, threads=threads)
-    except Exception as e:
-        raise UserError(f"{model_path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+    sess = open_session(proto, name=model_path, threads=threads)
     out_names = [o.name for o in sess.get_outputs()]
     total, chunks = _read_chunks(in_path, chunk, specs)
     writer = _Writer(out_path)

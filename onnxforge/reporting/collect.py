@@ -174,8 +174,9 @@ def _bases(src: Sources) -> list:
 def _run_model(path: Path, proto, feeds: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
     from onnxforge import data as d
     from onnxforge import runtime
+    from onnxforge.admission import open_session
 
-    sess = runtime.session(Path(path), provider_list=cfg.runtime.providers if cfg is not None else None,
+    sess = open_session(Path(path), provider_list=cfg.runtime.providers if cfg is not None else None,
                            threads=cfg.runtime.threads if cfg is not None else None)
     size = d.fixed_batch(proto)
     if size is None:
@@ -213,10 +214,10 @@ def _deltas(m: dict | None, ref: dict | None) -> dict | None:
 
 def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None) -> dict:
     from onnxforge import __version__
-    from onnxforge.artifact import load_model
+    from onnxforge.admission import admit
     from onnxforge.benchmark import progress_bar
 
-    protos = [load_model(a.path) for a in src.artifacts]
+    protos = [admit(a.path, session=False).model for a in src.artifacts]  # the gate every command's model passes
     feeds, labels, provenance, label_key = _eval_data(src, data, protos[0], opts.max_rows)
     native_fe, native, native_out, native_info = None, None, None, None
     outputs: dict[str, dict | None] = {}
