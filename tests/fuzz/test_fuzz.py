@@ -111,3 +111,23 @@ def test_check_keeps_an_earlier_result(tmp_path):
     assert _kinds(case, prep, res, before) == []  # a failure that left it alone
     prep.output.write_bytes(b"half-written")
     assert "residue" in _kinds(case, prep, res, before)
+
+
+def test_check_run_folder(tmp_path):
+    import json
+
+    case, prep, res, before = _fake(tmp_path, command="run", code=1, stderr="check failed: stage validate failed\n")
+    prep.output, prep.run_path = None, prep.out / "runs"
+    run = prep.run_path / "demo"
+    (run / "01-convert").mkdir(parents=True)
+    (run / "01-convert" / "model.onnx").write_bytes(b"m")
+    (run / "02-optimize").mkdir()
+    stages = [{"name": "convert", "dir": "01-convert", "verdict": "pass"},
+              {"name": "optimize", "dir": "02-optimize", "verdict": "fail"}]
+    (run / "manifest.json").write_text(json.dumps({"stages": stages}))
+    assert _kinds(case, prep, res, before) == []  # the stage that passed keeps its model
+    (run / "02-optimize" / "model.onnx").write_bytes(b"half")
+    assert "residue" in _kinds(case, prep, res, before)
+    (run / "02-optimize" / "model.onnx").unlink()
+    (run / "02-optimize" / ".model.onnx.k2j3h4").write_bytes(b"half")
+    assert "residue" in _kinds(case, prep, res, before)
