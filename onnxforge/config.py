@@ -33,13 +33,24 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
-    # Paths in a YAML file are relative to that file, not to the shell's working directory.
-    if value is None:
-        return None
-    base = (info.context or {}).get("base_dir")
+def sane_path(value: str | Path) -> Path:
+    """A path the OS can look up: a name over its limits makes Path.is_file() raise instead of answering no."""
     value = Path(value).expanduser()
-    return value if value.is_absolute() or base is None else (Path(base) / value)
+    if "\x00" in str(value):
+        raise ValueError("a path cannot hold a NUL character")
+    if len(str(value)) > 4000 or any(len(part.encode()) > 255 for part in value.parts):
+        raise ValueError("the path is longer than the file system allows")
+    return value
+
+
+def resolve_path(value: str | Path, base: str | Path | None) -> Path:
+    # Paths in a YAML file are relative to that file, not to the shell's working directory.
+    value = sane_path(value)
+    return value if value.is_absolute() or base is None else sane_path(Path(base) / value)
+
+
+def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
+    return None if value is None else resolve_path(value, (info.context or {}).get("base_dir"))
 
 
 RelPath = Annotated[Path, AfterValidator(_resolve)]
@@ -167,16 +178,27 @@ def _line_map(text: str) -> dict[tuple, int]:
 MAX_CONFIG_BYTES = 1 << 20  # a pipeline config is a page of YAML; anything larger is refused before parsing
 
 
+MAX_CONFIG_DEPTH = 64  # nesting; a pipeline config needs about 6, Python's recursion limit is reached near 1,000
+
+
 class _NoAliasLoader(yaml.SafeLoader):
     """SafeLoader without aliases: nested `*refs` (a "billion laughs" bomb) expand a few hundred bytes into
-    gigabytes, in the loader and again in anything that walks the result."""
+    gigabytes, in the loader and again in anything that walks the result. Nesting is capped too: the composer
+    recurses once per level."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(None, None, f"aliases are not allowed (*{event.anchor})",
                                               event.start_mark)
-        return super().compose_node(parent, index)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_CONFIG_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def safe_yaml(text: str) -> Any:
@@ -201,7 +223,8 @@ def read_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        fix = "write the values out instead of *aliases" if "aliases" in str(e) else "fix the syntax"
+        fix = ("write the values out instead of *aliases" if "aliases" in str(e) else
+               "flatten it: a pipeline config needs a few levels" if "nested deeper" in str(e) else "fix the syntax")
         raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', None) or one_line(e)}) — {fix}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: the config must be a YAML mapping (name:, source:, stages: ...)")
@@ -269,7 +292,9 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], path: 
         return f"{where}: unknown framework '{tag}' — {fix}"
     if kind == "missing":
         return f"{where}: missing required key '{dotted}' — add it"
-    return f"{where}: {dotted}: {e['msg']} (got {e.get('input')!r}) — fix this value"
+    got = repr(e.get("input"))
+    got = got if len(got) <= 80 else got[:77] + "..."  # the value may be a 5,000-character path
+    return f"{where}: {dotted}: {e['msg']} (got {got}) — fix this value"
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -126,6 +126,10 @@ def _outputs_intact(entry: dict, run_path: Path) -> bool:
 def preflight(cfg) -> None:
     """What `config check` and `run` both verify before anything is created: the source file is there and of a
     kind its frontend reads (a few bytes, no framework import), and every data path exists."""
+    order = cfg.stages.order
+    if order and order[0] != "convert":
+        raise UserError(f"stages: {order[0]} needs a model, and only convert makes one from the source — list "
+                        "convert: {} first")
     frontend(cfg.source.framework).preflight(cfg)
     for label, p in (("data.path", cfg.data.path), ("data.calibration", cfg.data.calibration)):
         if p is not None and not Path(p).is_file():

@@ -141,3 +141,26 @@ def test_failed_stage_leaves_no_output_folder(tmp_path):
     res = run_cli("optimize", bad, "-o", out, "--data", tmp_path / "d.npz", cwd=tmp_path)
     assert res.code == 2, res.stderr
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("case", ["deep map", "deep list", "long path", "nul in path", "no convert first"])
+def test_hostile_config_shapes_are_exit_2(tmp_path, case):
+    """Found by the fuzz harness: each was exit 3 (RecursionError, OSError ENAMETOOLONG, a None model path)."""
+    if case.startswith("deep"):
+        body = "x: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n" if case == "deep map" else "x: " + "[" * 20000 + "]" * 20000 + "\n"
+        path = tmp_path / "p.yaml"
+        path.write_text("name: x\n" + body)
+        expect = "nested deeper"
+    else:
+        cfg = sklearn_cfg()
+        if case == "long path":
+            cfg["data"] = {"path": "x" * 5000}
+        elif case == "nul in path":
+            cfg["data"] = {"path": "a\x00b.csv"}
+        else:
+            cfg["stages"] = {"validate": {}}
+        path = write(tmp_path / "cfg", cfg)
+        expect = {"long path": "longer than", "nul in path": "NUL", "no convert first": "list convert"}[case]
+    for cmd in (("config", "check"), ("run",)):
+        assert expect in assert_one_line_error(run_cli(*cmd, path, cwd=tmp_path))
+    assert not (tmp_path / "runs").exists()

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
-from onnxforge.config import SourceBase, StrictModel
+from onnxforge.config import SourceBase, StrictModel, resolve_path
 from onnxforge.frontends.base import Frontend
 from onnxforge.registry import register_frontend
 
@@ -23,10 +23,7 @@ def _resolve_ref(value: str | None, info: ValidationInfo) -> str | None:
     path, sep, name = value.rpartition(":")
     if not sep or not path or not name.isidentifier():
         raise ValueError("expected 'path/file.py:function'")
-    base = (info.context or {}).get("base_dir")
-    p = Path(path).expanduser()
-    if not p.is_absolute() and base is not None:
-        p = Path(base) / p
+    p = resolve_path(path, (info.context or {}).get("base_dir"))
     return f"{p}:{name}"
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
 from onnxforge.code_trust import is_file_ref
-from onnxforge.config import SourceBase
+from onnxforge.config import SourceBase, resolve_path
 from onnxforge.errors import UserError
 from onnxforge.frontends._export import first_line, name_dims, quiet, strip_provenance
 from onnxforge.frontends._files import sniff, wrong_file
@@ -46,9 +46,7 @@ class TorchSource(SourceBase):
         if not sep or not target or not fn.isidentifier():
             raise ValueError("expected 'path/to/file.py:function' or 'package.module:function'")
         if is_file_ref(target):
-            base = (info.context or {}).get("base_dir")
-            p = Path(target).expanduser()
-            target = str(p if p.is_absolute() or base is None else Path(base) / p)
+            target = str(resolve_path(target, (info.context or {}).get("base_dir")))
         return f"{target}:{fn}"
 
 
