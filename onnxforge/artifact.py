@@ -130,6 +130,45 @@ def metadata(model) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+_JSON_KIND = {dict: "a JSON object", list: "a JSON list"}
+_JSON_ITEMS = {dict: "objects", list: "lists", str: "strings", int: "integers", float: "numbers", bool: "booleans"}
+META_FIX = "re-convert the model with onnxforge, or remove the key from its metadata_props"
+
+
+def meta_json(model_or_meta, key: str, expect: type = dict, default: Any = None, *, items: type | None = None,
+              where: Any = None) -> Any:
+    """The JSON value of metadata key `key` ('onnxforge.' is prefixed when missing) of a model or of its
+    {key: value} dict, checked to be `expect` (dict or list) whose values/items are `items` when given. An absent
+    or empty key gives `default`. Anything else is one line, exit 2, naming the model (`where`) and the key: every
+    reader of onnxforge metadata goes through here, because a model file's metadata is user input like the rest of
+    it (an edited or hand-made model can hold anything there)."""
+    meta = model_or_meta if isinstance(model_or_meta, dict) else metadata(model_or_meta)
+    key = key if key.startswith("onnxforge.") else f"onnxforge.{key}"
+    raw = meta.get(key)
+    if raw is None or not raw.strip():
+        return default
+    what = f"{where or 'the model'}: metadata {key}"
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as e:
+        msg = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deep"
+        raise UserError(f"{what} is not valid JSON ({msg}: {raw[:40]!r}) — {META_FIX}") from None
+    want = _JSON_KIND.get(expect, expect.__name__)
+    if not isinstance(value, expect) or (expect is not bool and isinstance(value, bool)):
+        raise UserError(f"{what} is not {want} (it holds {type(value).__name__} {raw[:40]!r}) — {META_FIX}")
+    if items is not None:
+        values = value.values() if isinstance(value, dict) else value
+        bad = next((v for v in values if not isinstance(v, items) or (items is not bool and isinstance(v, bool))),
+                   _OK)
+        if bad is not _OK:
+            raise UserError(f"{what} is not {want} of {_JSON_ITEMS.get(items, items.__name__)} (it holds "
+                            f"{type(bad).__name__} {json.dumps(bad)[:40]}) — {META_FIX}")
+    return value
+
+
+_OK = object()
+
+
 def file_size(path: str | Path) -> int:
     """Model file size including its external-data files."""
     path = Path(path)

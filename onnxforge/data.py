@@ -327,3 +327,55 @@ def batches(feeds: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.nd
 
 def take(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     return {k: v[:n] for k, v in feeds.items()}
+
+
+# ------------------------------------------------------------------ labels: user data too, checked before use
+
+LABELS_FIX = "give one label per data row (a number or a string) in the data.labels / --labels column"
+
+
+def check_labels(labels, rows: int | None = None, *, key: str | None = None, source=None) -> np.ndarray:
+    """The one check of ground-truth labels/targets, for every caller (the pipeline's labels, report, quantize
+    budgets, task metrics): `rows` labels (the data's row count) when given, one value per row, finite numbers or
+    strings. Returns them as a 1-D array. Why: labels shorter than the data broadcast into numpy errors, an empty
+    or zero-width column reshapes into nothing, and a NaN target turns MAE/RMSE/R² into NaN silently."""
+    what = f"{_where(source)}labels '{key}'" if key else f"{_where(source)}the labels"
+    y = np.asarray(labels)
+    if y.ndim == 0:
+        raise UserError(f"{what} hold one value (shape []), not one per row — {LABELS_FIX}")
+    if y.dtype.kind not in "biufUSO":
+        raise UserError(f"{what} hold {y.dtype} values — {LABELS_FIX}")
+    if y.dtype == object and not all(isinstance(v, str) for v in y.flat):
+        kinds = sorted({type(v).__name__ for v in y.flat if not isinstance(v, str)})
+        raise UserError(f"{what} hold {', '.join(kinds)} values — {LABELS_FIX}")
+    if len(y) == 0:
+        raise UserError(f"{what} hold no rows{f' (the data has {rows})' if rows else ''} — {LABELS_FIX}")
+    if y.ndim > 1 and math.prod(y.shape[1:]) != 1:
+        raise UserError(f"{what} have shape {list(y.shape)}, not one value per row — {LABELS_FIX}")
+    y = y.reshape(len(y))
+    if rows is not None and len(y) != rows:
+        raise UserError(f"{what} hold {len(y)} rows but the data has {rows} — {LABELS_FIX}")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y)
+        if bad.any():
+            at = np.flatnonzero(bad)
+            more = f" and {len(at) - 1} more" if len(at) > 1 else ""
+            raise UserError(f"{what} hold {y[at[0]]} at row {at[0]}{more} — drop those rows or fix the labels "
+                            "column (data.labels / --labels)")
+    return y
+
+
+def read_labels(path, key: str, rows: int | None = None, *, specs=None) -> np.ndarray:
+    """Labels column `key` of data file `path` (its first `rows` rows), checked by check_labels; against the row
+    count of the inputs `specs` read from the same file when given (else task metrics check the count against the
+    predictions, without naming the file)."""
+    table = load_table(path)
+    if key not in table:
+        raise UserError(f"data.labels: no '{key}' in {path} — available: {', '.join(sorted(table))[:200]}; set "
+                        "data.labels / --labels to one of them")
+    y = np.asarray(table[key])
+    n = None
+    if specs:
+        first = np.asarray(table[input_keys(specs, list(table), path)[0]])
+        n = min(len(first), rows or len(first)) if first.ndim else None
+    return check_labels(y[:rows] if rows and y.ndim else y, n, key=key, source=path)

@@ -31,39 +31,47 @@ def prediction(outputs: dict[str, np.ndarray], name: str | None = None) -> tuple
     return n, np.asarray(a, dtype=np.float64).reshape(len(a), -1)[:, 0], "value"
 
 
-def check_labels(labels: np.ndarray) -> None:
-    """Labels are user data too: a NaN/inf target turns MAE, RMSE and R² into NaN (with numpy warnings) and a NaN
-    class matches nothing — refuse it, naming the row."""
-    y = np.asarray(labels)
-    if y.dtype.kind != "f":
-        return
-    bad = ~np.isfinite(y.reshape(len(y), -1)).all(1)
-    if bad.any():
+def check_labels(labels: np.ndarray, rows: int | None = None) -> np.ndarray:
+    """Labels are user data too: see data.check_labels (row count, one value per row, finite numbers or strings)."""
+    from onnxforge.data import check_labels as check
+
+    return check(labels, rows)
+
+
+def _numeric_labels(y: np.ndarray, name: str) -> np.ndarray:
+    try:
+        return check_labels(np.asarray(y, dtype=np.float64))  # numeric text ('nan' too) is checked as numbers
+    except (TypeError, ValueError):
         from onnxforge.errors import UserError
 
-        rows = np.flatnonzero(bad)
-        row = y.reshape(len(y), -1)[rows[0]]
-        more = f" and {len(rows) - 1} more" if len(rows) > 1 else ""
-        raise UserError(f"the labels hold {row[~np.isfinite(row)][0]} at row {rows[0]}{more} — drop those "
-                        "rows or fix the labels column (data.labels / --labels)")
+        text = next((v for v in y if not _is_number(v)), y[0])
+        raise UserError(f"the labels hold text ({str(text)[:20]!r}) but the model's prediction output '{name}' is a "
+                        "number (regression) — give numeric targets in the data.labels / --labels column") from None
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def task_metrics(outputs: dict[str, np.ndarray], labels: np.ndarray | None = None,
                  reference: dict[str, np.ndarray] | None = None, name: str | None = None) -> dict:
-    if labels is not None:
-        check_labels(labels)
     name, pred, kind = prediction(outputs, name)
+    if labels is not None:
+        labels = check_labels(labels, len(pred))
     m: dict = {"prediction_output": name, "task": "classification" if kind == "class" else "regression"}
     if kind == "class":
         if labels is not None:
-            lab = np.asarray(labels).reshape(len(labels), -1)[:, 0]
-            m["accuracy"] = float(np.mean(pred.astype(str) == lab.astype(str)))
+            m["accuracy"] = float(np.mean(pred.astype(str) == labels.astype(str)))
         if reference is not None:
             _, rp, _ = prediction(reference, name)
             m["top1_agreement"] = float(np.mean(pred.astype(str) == rp.astype(str)))
     else:
         if labels is not None:
-            y = np.asarray(labels, dtype=np.float64).reshape(len(labels), -1)[:, 0]
+            y = _numeric_labels(labels, name)
             err = pred - y
             m["mae"] = float(np.abs(err).mean())
             m["rmse"] = float(np.sqrt((err**2).mean()))

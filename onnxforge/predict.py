@@ -8,7 +8,6 @@ temporary file beside the destination and renamed into place when every chunk ha
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from onnxforge import limits
-from onnxforge.artifact import file_mode
+from onnxforge.artifact import file_mode, meta_json
 from onnxforge.errors import UserError
 
 RANDOM_OPS = {"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Multinomial", "Bernoulli"}
@@ -55,20 +54,25 @@ def reseed(model, seed: int) -> int:
     return count
 
 
-def _specs(model) -> list:
+def _specs(model, where=None) -> list:
+    """The stamped input specs when they name the graph's inputs (an edited graph falls back to its own)."""
+    from pydantic import ValidationError
+
+    from onnxforge.artifact import META_FIX
     from onnxforge.config import TensorSpec
     from onnxforge.data import specs_from_model
 
     graph_specs = specs_from_model(model)
-    meta = {p.key: p.value for p in model.metadata_props}
-    raw = meta.get("onnxforge.input_spec")
-    if raw:
-        try:
-            specs = [TensorSpec(**d) for d in json.loads(raw)]
-        except Exception:
-            specs = []
-        if [s.name for s in specs] == [s.name for s in graph_specs]:
-            return specs
+    stamped = meta_json(model, "input_spec", list, [], items=dict, where=where)
+    try:
+        specs = [TensorSpec(**d) for d in stamped]
+    except (ValidationError, TypeError) as e:
+        first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
+        at = ".".join(map(str, first["loc"]))
+        raise UserError(f"{where or 'the model'}: metadata onnxforge.input_spec is not a list of input specs "
+                        f"({at + ': ' if at else ''}{first['msg']}) — {META_FIX}") from None
+    if specs and [s.name for s in specs] == [s.name for s in graph_specs]:
+        return specs
     return graph_specs
 
 
@@ -94,10 +98,21 @@ def nan_policy(meta: dict, allow_nan: bool) -> tuple[str, str]:
                       "--allow-nan to score them anyway")
 
 
-def _check_levels(chunk_feeds, meta: dict, offset: int) -> None:
+def _levels(meta: dict, where=None) -> tuple[dict[str, list], dict[str, str]]:
+    """(categories, unseen policies) stamped by convert: input → its known levels, input → 'error' or another."""
+    from onnxforge.artifact import META_FIX
+
+    cats = meta_json(meta, "categories", dict, {}, items=list, where=where)
+    empty = next((name for name, levels in cats.items() if not levels), None)
+    if empty is not None:
+        raise UserError(f"{where or 'the model'}: metadata onnxforge.categories lists no levels for input "
+                        f"'{empty}' — {META_FIX}")
+    return cats, meta_json(meta, "unseen_policy", dict, {}, items=str, where=where)
+
+
+def _check_levels(chunk_feeds, levels_policy: tuple[dict[str, list], dict[str, str]], offset: int) -> None:
     """Unseen categories under the `error` policy: refuse with the levels and rows (the graph would fail too)."""
-    cats = json.loads(meta.get("onnxforge.categories", "{}"))
-    policy = json.loads(meta.get("onnxforge.unseen_policy", "{}"))
+    cats, policy = levels_policy
     for name, levels in cats.items():
         if policy.get(name, "error") != "error" or name not in chunk_feeds:
             continue
@@ -126,6 +141,17 @@ def _columns(name: str, arr, names: list[str] | None) -> dict[str, np.ndarray]:
     flat = arr.reshape(arr.shape[0], -1)
     labels = names if names and len(names) == flat.shape[1] else [str(j) for j in range(flat.shape[1])]
     return {f"{name}_{lab}": flat[:, j] for j, lab in enumerate(labels)}
+
+
+def _check_per_row(raw: dict[str, Any], n: int, model_path: Path) -> None:
+    """Every output must hold one entry per input row (its first dim is the batch): predict writes per-row scores,
+    and a scalar or a fixed-size output (a statistic over the batch, a state tensor) has no row to go with."""
+    for name, arr in raw.items():
+        shape = [len(arr)] if isinstance(arr, list) else list(np.shape(arr))
+        if not shape or shape[0] != n:
+            raise UserError(f"{model_path}: output '{name}' has shape {shape}, not one row per input row ({n} "
+                            "rows scored) — predict writes per-row scores only: give that output a batch axis, "
+                            "or remove it from the graph's outputs")
 
 
 class _Writer:
@@ -211,13 +237,14 @@ def predict_file(model: str | Path, input: str | Path, output: str | Path, *, ch
     proto = admit(model_path, session=False).model  # the gate every command's model passes
     meta = {p.key: p.value for p in proto.metadata_props}
     reseeded = reseed(proto, seed) if seed is not None else 0
-    hint = meta.get("onnxforge.rows_per_chunk")
-    chunk = min(chunk_rows, int(hint)) if hint and hint.isdigit() else chunk_rows
-    specs = _specs(proto)
+    hint = meta.get("onnxforge.rows_per_chunk")  # a memory hint: used when it is a positive row count
+    chunk = min(chunk_rows, int(hint)) if hint and hint.isdigit() and int(hint) > 0 else chunk_rows
+    specs = _specs(proto, model_path)
     if columns:
         specs = with_columns(specs, columns)
     nonfinite, nan_fix = nan_policy(meta, allow_nan)
-    col_names = json.loads(meta.get("onnxforge.output_columns", "{}") or "{}")
+    col_names = meta_json(meta, "output_columns", dict, {}, items=list, where=model_path)
+    levels = _levels(meta, model_path)
     sess = open_session(proto, name=model_path, threads=threads)
     out_names = [o.name for o in sess.get_outputs()]
     total, chunks = _read_chunks(in_path, chunk, specs)
@@ -236,22 +263,24 @@ def predict_file(model: str | Path, input: str | Path, output: str | Path, *, ch
                     continue  # an empty chunk (e.g. a header-only CSV): checked once all chunks are read
                 feeds = feeds_from_table(table, specs, source=in_path, nonfinite=nonfinite, fix=nan_fix,
                                          hint=COLUMNS_HINT, offset=rows)
-                _check_levels(feeds, meta, rows)
+                _check_levels(feeds, levels, rows)
+                n = max(len(v) for v in feeds.values() if np.ndim(v))
                 t0 = time.perf_counter()
                 try:
                     res = sess.run(out_names, feeds)
                 except Exception as e:
                     msg = str(e).split("Status Message:")[-1].strip().splitlines()[0]
-                    raise UserError(f"onnxruntime refused rows {rows}-{rows + len(next(iter(feeds.values()))) - 1}"
-                                    f" of {in_path.name}: {msg}") from None
+                    raise UserError(f"onnxruntime refused rows {rows}-{rows + n - 1} of {in_path.name}: {msg} — "
+                                    f"check those rows against the model's inputs (onnxforge inspect "
+                                    f"{model_path.name}) and fix or drop them") from None
                 score_s += time.perf_counter() - t0
                 raw = dict(zip(out_names, res, strict=True))
+                _check_per_row(raw, n, model_path)
                 cols: dict[str, np.ndarray] = {}
                 for name, arr in raw.items():
                     cols.update(_columns(name, arr, col_names.get(name)))
                 columns = columns or list(cols)
                 writer.write(cols, raw)
-                n = len(next(iter(feeds.values())))
                 rows += n
                 n_chunks += 1
                 progress.advance(task, n)

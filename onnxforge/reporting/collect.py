@@ -159,9 +159,19 @@ def _eval_data(src: Sources, data: Path | None, first_model, max_rows: int | Non
     feeds = d.feeds_from_table(table, specs, cfg.data.rows if cfg is not None else None)
     used = {s.column or s.name for s in specs} | {c for s in specs for c in (s.columns or [])}
     key = cfg.data.labels if cfg is not None and cfg.data.labels in table else None
+    named = key is not None
     key = key or next((k for k in LABEL_KEYS if k in table and k not in used), None)
     rows = d.n_rows(feeds) if not max_rows else min(d.n_rows(feeds), max_rows)
-    labels = np.asarray(table[key])[:rows] if key is not None and len(table[key]) >= rows else None
+    labels = None
+    if key is not None:
+        y, limit = np.asarray(table[key]), cfg.data.rows if cfg is not None else None
+        try:  # the same check as every stage's labels: one finite value or string per data row
+            labels = d.check_labels(y[:limit] if limit and y.ndim else y, d.n_rows(feeds), key=key,
+                                    source=path)[:rows]
+        except UserError as e:
+            if named:  # the user named this column: a bad one is their error, as in validate and quantize
+                raise
+            src.notes.append(f"no accuracy: the column '{key}' looks like labels but is not usable as such ({e})")
     return d.take(feeds, rows), labels, shown(path, *_bases(src)), key if labels is not None else None
 
 
@@ -230,7 +240,7 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
             prog.update(task, description="report: loading the source model")
             native_fe, native, native_out, native_info = _native(src, feeds)
             if native_info is not None:
-                native_info["metrics"] = _metrics(_without(native_out, _stochastic(protos[0])), labels)
+                native_info["metrics"] = _metrics(_without(native_out, _stochastic(protos[0], src.artifacts[0].path)), labels)
                 ref_metrics[native_info["label"]] = native_info["metrics"]
             prog.advance(task)
         for a, proto in zip(src.artifacts, protos, strict=True):
@@ -278,7 +288,7 @@ def _measure(a: Artifact, proto, feeds, labels, src: Sources, outputs: dict, ref
         src.notes.append(f"{a.label}: onnxruntime could not run it ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:160] if str(e) else ''})")
     ref_label, ref_out = _reference_of(a, outputs, native_info, native_out)
-    stochastic = _stochastic(proto)
+    stochastic = _stochastic(proto, a.path)
     got, ref_out = _without(outputs[a.label], stochastic), _without(ref_out, stochastic)
     if stochastic:
         src.notes.append(f"{a.label}: stochastic outputs {sorted(stochastic)} have no element-wise errors or "
@@ -298,14 +308,12 @@ def _measure(a: Artifact, proto, feeds, labels, src: Sources, outputs: dict, ref
     }, errors
 
 
-def _stochastic(proto) -> set[str]:
+def _stochastic(proto, where=None) -> set[str]:
     """Outputs holding random draws: they differ element by element by design (validate compares them as
     distributions), so they get no element-wise errors or task metrics here."""
-    meta = {p.key: p.value for p in proto.metadata_props}
-    try:
-        return set(json.loads(meta.get("onnxforge.stochastic_outputs") or "[]"))
-    except (json.JSONDecodeError, TypeError):
-        return set()
+    from onnxforge.artifact import meta_json
+
+    return set(meta_json(proto, "stochastic_outputs", list, [], items=str, where=where))
 
 
 def _native(src: Sources, feeds):
