@@ -83,11 +83,7 @@ class StageContext:
         d = self.cfg.data
         if d.path is None or d.labels is None:
             return None
-        table = data.load_table(d.path)
-        if d.labels not in table:
-            raise UserError(f"data.labels: no '{d.labels}' in {d.path} — available: {', '.join(sorted(table))}")
-        y = table[d.labels]
-        return y[: d.rows] if d.rows else y
+        return data.read_labels(d.path, d.labels, d.rows, specs=self.input_specs())
 
 
 def path_bases(cfg) -> list:
