@@ -208,9 +208,19 @@ def _checker(adm: Admitted, ours: bool) -> None:
 
 
 def _check_opsets(m, refuse) -> None:
-    """An opset newer than any released is refused by onnxruntime with a page of C++; say it plainly."""
+    """A domain imported twice, or an opset newer than any released (onnxruntime refuses it with a page of C++)."""
     import onnx
 
+    # onnx.checker and onnxruntime accept a domain listed twice (even at two versions) and each picks one entry;
+    # onnxruntime's quantizer and other tools then fail on it: the model's opset is ambiguous
+    versions: dict[str, list[int]] = {}
+    for o in m.opset_import:
+        versions.setdefault("ai.onnx" if o.domain in ("", "ai.onnx") else o.domain, []).append(o.version)
+    for domain, vs in versions.items():
+        if len(vs) > 1:
+            refuse(f"opset_import lists domain {domain} {len(vs)} times (versions {', '.join(map(str, vs))}), so "
+                   "the opset its nodes follow is ambiguous", "keep one opset_import entry per domain (re-export "
+                   "the model, or delete the extra entry with onnx.helper)")
     newest = {"": onnx.defs.onnx_opset_version(), "ai.onnx": onnx.defs.onnx_opset_version(),
               "ai.onnx.ml": onnx.defs.onnx_ml_opset_version()}
     for o in m.opset_import:
