@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onnxforge.quant.int8 import NodeInfo
+from onnxforge.quant.int8 import NodeInfo, detach_passthrough, restore_outputs
 
 # Nodes that never hold float math worth converting (shape plumbing and casts)
 _SKIP = {"Shape", "Cast", "Constant", "ConstantOfShape", "Identity", "Gather", "Unsqueeze", "Squeeze", "Concat",
@@ -36,13 +36,17 @@ class Fp16Builder:
         from onnxforge.quant.int8 import quiet
 
         self._n += 1
+        model = onnx.load(str(self.src))
+        outputs = detach_passthrough(model)  # an output that is an input would become a cycle of Casts
         with quiet():
-            m = convert_float_to_float16(onnx.load(str(self.src)), keep_io_types=self.keep_io_types,
+            m = convert_float_to_float16(model, keep_io_types=self.keep_io_types,
                                          op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(self.op_block_list),
                                          node_block_list=list(exclude))
             # the converter appends its Cast nodes at the end of the graph: restore topological order
             om = OnnxModel(m)
             om.topological_sort()
+        if outputs is not None:
+            restore_outputs(om.model, outputs)
         return save_model(om.model, self.work / f"fp16-{self._n}.onnx", run_check=False)
 
 

@@ -198,6 +198,7 @@ class Int8Builder:
     percentile: float = 99.999
     tag: str = "c"
     _n: int = field(default=0, init=False)
+    _src: tuple | None = field(default=None, init=False)
 
     def build(self, exclude: list[str]) -> Path:
         from onnxruntime.quantization import (
@@ -210,12 +211,13 @@ class Int8Builder:
 
         self._n += 1
         out = self.work / f"{self.tag}-{self._n}.onnx"
+        src, outputs = self._source()
         ops = effective_op_types(self.cfg)
         ops = list(ops) if ops else None
         wt = getattr(QuantType, self.cfg.weight_type)
         with quiet():
             if self.cfg.mode == "dynamic":
-                quantize_dynamic(str(self.pre), str(out), op_types_to_quantize=ops, per_channel=self.cfg.per_channel,
+                quantize_dynamic(str(src), str(out), op_types_to_quantize=ops, per_channel=self.cfg.per_channel,
                                  reduce_range=self.cfg.reduce_range, weight_type=wt,
                                  nodes_to_exclude=[x for n in exclude for x in (n, f"{n}_MatMul")],
                                  extra_options={"MatMulConstBOnly": True})
@@ -225,7 +227,7 @@ class Int8Builder:
                 cache = self.work / f"calib-{key}.json"
                 extra = {"CalibPercentile": self.percentile} if self.calibrate_method == "Percentile" else {}
                 quantize_static(
-                    str(self.pre), str(out),
+                    str(src), str(out),
                     calibration_data_reader=None if cache.is_file() else self.calibration.reader(),
                     quant_format=getattr(QuantFormat, self.cfg.quant_format), op_types_to_quantize=ops,
                     per_channel=self.cfg.per_channel, reduce_range=self.cfg.reduce_range,
@@ -233,7 +235,65 @@ class Int8Builder:
                     nodes_to_exclude=list(exclude),
                     calibrate_method=getattr(CalibrationMethod, self.calibrate_method),
                     extra_options=extra, calibration_cache_path=str(cache))
+        if outputs is not None:
+            import onnx
+
+            from onnxforge.artifact import save_model
+
+            m = onnx.load(str(out))
+            restore_outputs(m, outputs)
+            save_model(m, out, run_check=False)
         return out
+
+    def _source(self):
+        """(model to quantize, the outputs to declare again afterwards or None): the pre-processed model without
+        its pass-through outputs, written once."""
+        if self._src is None:
+            import onnx
+
+            from onnxforge.artifact import save_model
+
+            m = onnx.load(str(self.pre))
+            outputs = detach_passthrough(m)
+            if outputs is None:
+                self._src = (self.pre, None)
+            else:
+                self._src = (save_model(m, self.work / f"{self.pre.stem}-no-passthrough.onnx", run_check=False),
+                             outputs)
+        return self._src
+
+
+def detach_passthrough(model) -> list | None:
+    """Remove the graph outputs that are graph inputs as well (the input passed through unchanged, which is valid
+    ONNX): onnxruntime's quantizers and fp16 converter rewrite such an output into a node that writes the input's
+    own name, a cycle ("Graph is not a DAG"). Returns the original outputs for restore_outputs, or None when there
+    is no such output (the model is untouched)."""
+    import onnx
+
+    inputs = {i.name for i in model.graph.input}
+    if not any(o.name in inputs for o in model.graph.output):
+        return None
+    original = [onnx.ValueInfoProto() for _ in model.graph.output]
+    for vi, o in zip(original, model.graph.output, strict=True):
+        vi.CopyFrom(o)
+    kept = [vi for vi in original if vi.name not in inputs]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    return original
+
+
+def restore_outputs(model, original: list) -> None:
+    """Declare `original` outputs again, in their order: computed ones as the converted model declares them,
+    pass-through ones typed as the converted model's input of that name."""
+    import onnx
+
+    have = {o.name: o for o in model.graph.output}
+    have |= {i.name: i for i in model.graph.input if i.name not in have}
+    restored = [onnx.ValueInfoProto() for _ in original]
+    for vi, o in zip(restored, original, strict=True):
+        vi.CopyFrom(have.get(o.name, o))
+    del model.graph.output[:]
+    model.graph.output.extend(restored)
 
 
 def has_int8_weights(path: Path) -> bool:
