@@ -121,6 +121,7 @@ def run_cases(cases: list[Case], *, runs: int, warmup: int, max_seconds: float, 
 def onnx_cases(model_path: Path, feeds: dict[str, np.ndarray], *, batches: list[int], threads: list[int | None],
                providers: list[str] | None = None, label: str | None = None) -> list[Case]:
     """onnxruntime cases of one model for every (batch, threads) setting: one session per thread count."""
+    from onnxforge import runtime
     from onnxforge.admission import open_session
 
     label = label or Path(model_path).name
@@ -130,6 +131,7 @@ def onnx_cases(model_path: Path, feeds: dict[str, np.ndarray], *, batches: list[
         names = [o.name for o in sess.get_outputs()]
         for b in batches:
             batch = tile_rows(feeds, b)
+            runtime.run(sess, batch, names)  # inputs that do not fit the model: one line, exit 2, before timing
             cases.append(Case(ORT, label, b, t, lambda s=sess, f=batch, n=names: s.run(n, f)))
     return cases
 

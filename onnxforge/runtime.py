@@ -45,16 +45,49 @@ def session(model: str | Path | bytes | Any, *, provider_list: list[str] | None 
     return ort.InferenceSession(src, sess_options=so, providers=providers(provider_list))
 
 
-def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, *,
+        user_inputs: bool = True) -> dict[str, np.ndarray]:
     """Outputs by name. A model whose inputs pin the batch dim (e.g. [1, 4]) is run on the rows that many at a
-    time, its outputs concatenated: onnxruntime would refuse any other row count (INVALID_ARGUMENT)."""
+    time, its outputs concatenated: onnxruntime would refuse any other row count (INVALID_ARGUMENT).
+
+    With `user_inputs` (the default: the user's model, or one fed the user's data or inputs synthesized from
+    their input spec), onnxruntime failing mid-run on the inputs (a Gemm whose dims do not match, a broadcast
+    that does not fit) is the inputs not fitting the model: one line, exit 2. Pass False for a model we built
+    from one that already ran on the same feeds: its failure is a bug."""
     names = outputs or [o.name for o in sess.get_outputs()]
     size = pinned_rows(sess, feeds)
-    if size is None:
-        return dict(zip(names, sess.run(names, feeds), strict=True))
-    n = len(next(iter(feeds.values())))
-    parts = [sess.run(names, {k: v[i : i + size] for k, v in feeds.items()}) for i in range(0, n, size)]
+    try:
+        if size is None:
+            return dict(zip(names, sess.run(names, feeds), strict=True))
+        n = len(next(iter(feeds.values())))
+        parts = [sess.run(names, {k: v[i : i + size] for k, v in feeds.items()}) for i in range(0, n, size)]
+    except Exception as e:
+        if not user_inputs or not _run_failure(e):
+            raise
+        raise _unfit(e, feeds) from None
     return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
+
+
+# onnxruntime's status classes for a kernel that cannot compute on the inputs it got (shape or value mismatch);
+# others (NOT_IMPLEMENTED, ENGINE_ERROR, …) are left to the caller
+_RUN_FAILURES = ("InvalidArgument", "Fail", "RuntimeException")
+
+
+def _run_failure(e: Exception) -> bool:
+    return type(e).__module__.startswith("onnxruntime") and type(e).__name__ in _RUN_FAILURES
+
+
+def _unfit(e: Exception, feeds: dict[str, np.ndarray]):
+    from onnxforge.admission import ort_reason
+    from onnxforge.errors import UserError
+
+    cls, reason = ort_reason(e)
+    reason = reason.replace("Non-zero status code returned while running ", "")
+    shown = ", ".join(f"{k} {np.asarray(v).dtype}{list(np.shape(v))}" for k, v in list(feeds.items())[:6])
+    more = f" and {len(feeds) - 6} more" if len(feeds) > 6 else ""
+    return UserError(f"onnxruntime cannot run the model on inputs {shown}{more} ({cls}: {reason}) — give data "
+                     "whose shapes fit the model (--data FILE or data.path), or declare the real input shapes "
+                     "(inputs: in the config) where the model leaves them symbolic")
 
 
 def pinned_rows(sess, feeds: dict[str, np.ndarray]) -> int | None:

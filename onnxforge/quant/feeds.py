@@ -71,3 +71,15 @@ def latency_feeds(ctx, src: Path, eval_feeds, calib_feeds):
         return calib_feeds, "calibration data"
     # timing does not depend on the values: random inputs are fine here (never for calibration or accuracy)
     return data.synthesize(ctx.input_specs(src), 64, ctx.cfg.data.seed), "synthetic (timing only)"
+
+
+def probe(sess, model, feeds) -> None:
+    """Run the float model (the user's) once on the first rows: inputs that do not fit it (symbolic dims
+    synthesized as 1, data of another shape) are one line, exit 2, here — not an INVALID_ARGUMENT inside
+    onnxruntime's calibrator or a timing loop."""
+    from onnxforge import data, runtime
+
+    pinned = data.fixed_batch(model)
+    n = data.n_rows(feeds)
+    rows = pinned if pinned and pinned > 0 and n % pinned == 0 else min(n, 16)
+    runtime.run(sess, data.take(feeds, rows))

@@ -193,6 +193,8 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
                 raise UserError(f"quantize: the model takes batches of {pinned} rows; the calibration data has fewer "
                                 "— give more rows")
             calib_feeds = {k: v[:whole] for k, v in calib_feeds.items()}
+        if calib_feeds is not None:
+            qfeeds.probe(adm.session, adm.model, calib_feeds)
         calib = int8.CalibrationFeeds(calib_feeds, batch=pinned or 16) if calib_feeds is not None else None
         plans = [(c.label, c, int8.Int8Builder(pre, work, c, calib, opts.calibrate_method, opts.percentile,
                                                tag=f"c{i}"), int8.targets(nodes, c), pre)
@@ -209,6 +211,8 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
 
     # ---- phase 1: every candidate as is, scored and timed in the same rounds as the float model
     lat_feeds, lat_prov = qfeeds.latency_feeds(ctx, src, eval_feeds, calib_feeds)
+    if eval_feeds is None and calib_feeds is None:  # synthesized for timing: never run on the model yet
+        qfeeds.probe(adm.session, adm.model, lat_feeds)
     candidates: list[dict] = []
     with progress_bar(ctx.console, "quantize: candidates", len(plans)) as bar:
         for label, cfg, builder, tg, _ in plans:
