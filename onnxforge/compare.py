@@ -40,30 +40,32 @@ def compare(name: str, ref: np.ndarray, got: np.ndarray, rtol: float, atol: floa
     nan_mismatch = int((rn != gn).sum())
     inf_mismatch = int(((ri | gi) & ~((ri & gi) & (np.sign(r) == np.sign(g)))).sum())
     finite = np.isfinite(r) & np.isfinite(g)
-    d = np.where(finite, np.abs(g - r), 0.0)
-    ar = np.abs(np.where(finite, r, 0.0))
-    tol = atol + rtol * ar
-    excess = d - tol
-    n_bad = int((excess > 0).sum()) + nan_mismatch + inf_mismatch
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # non-finite elements are counted above and masked out here: subtract only the finite values (inf - inf
+    # would warn), and keep numpy quiet where finite differences overflow float64 (an inf difference: a mismatch)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        d = np.abs(np.where(finite, g, 0.0) - np.where(finite, r, 0.0))
+        ar = np.abs(np.where(finite, r, 0.0))
+        tol = atol + rtol * ar
+        excess = d - tol
+        n_bad = int((excess > 0).sum()) + nan_mismatch + inf_mismatch
         rel = np.where(ar > 0, d / ar, np.where(d > 0, np.inf, 0.0))
         need_rtol = np.where(d > atol, np.where(ar > 0, (d - atol) / ar, np.inf), 0.0)
-    fd = d[finite] if finite.any() else np.zeros(1)
-    res = out | {
-        "kind": "float",
-        "pass": n_bad == 0,
-        "mismatches": n_bad,
-        "total": int(d.size),
-        "nan_mismatch": nan_mismatch,
-        "inf_mismatch": inf_mismatch,
-        "max_abs": float(fd.max()),
-        "max_rel": float(rel[finite].max()) if finite.any() else 0.0,
-        "mean_abs": float(fd.mean()),
-        "p99_abs": float(np.percentile(fd, 99)),
-        # smallest atol that passes at this rtol, and smallest rtol that passes at this atol
-        "min_atol": float(max((d - rtol * ar).max(initial=0.0), 0.0)),
-        "min_rtol": float(need_rtol.max(initial=0.0)),
-    }
+        fd = d[finite] if finite.any() else np.zeros(1)
+        res = out | {
+            "kind": "float",
+            "pass": n_bad == 0,
+            "mismatches": n_bad,
+            "total": int(d.size),
+            "nan_mismatch": nan_mismatch,
+            "inf_mismatch": inf_mismatch,
+            "max_abs": float(fd.max()),
+            "max_rel": float(rel[finite].max()) if finite.any() else 0.0,
+            "mean_abs": float(fd.mean()),
+            "p99_abs": float(np.percentile(fd, 99)),
+            # smallest atol that passes at this rtol, and smallest rtol that passes at this atol
+            "min_atol": float(max((d - rtol * ar).max(initial=0.0), 0.0)),
+            "min_rtol": float(need_rtol.max(initial=0.0)),
+        }
     if d.size:
         idx = np.unravel_index(int(np.argmax(np.where(finite, excess, np.inf))), d.shape)
         res["worst"] = {"index": [int(i) for i in idx], "ref": float(r[idx]), "got": float(g[idx]),

@@ -75,6 +75,14 @@ def _quantum_atol(path: Path) -> dict[str, float]:
     return res
 
 
+def _max_abs(got, ref) -> float:
+    """Largest |got - ref| over the elements finite in both (0.0 for an empty output: a zero-width one is legal);
+    nan/inf agreement is compare()'s business."""
+    g, r = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    finite = np.isfinite(g) & np.isfinite(r)
+    return float(np.abs(g[finite] - r[finite]).max(initial=0.0))
+
+
 def _check(before: dict, after: dict, opts: OptimizeOptions, quantum: dict[str, float]) -> tuple[bool, dict]:
     from onnxforge.compare import compare
 
@@ -187,10 +195,9 @@ def _run(ctx, opts: OptimizeOptions, adm, work: Path):
                 continue
             rec["wall_s"] = round(time.perf_counter() - t0, 3)
             ok, cmp = _check(ref, got, opts, _quantum_atol(current))
-            rec["max_abs_vs_original"] = max((float(np.max(np.abs(np.asarray(got[k], dtype=np.float64) -
-                                                                  np.asarray(v, dtype=np.float64))))
-                                              for k, v in original.items() if np.asarray(v).dtype.kind == "f"
-                                              and k in got and np.shape(got[k]) == np.shape(v)), default=0.0)
+            rec["max_abs_vs_original"] = max((_max_abs(got[k], v) for k, v in original.items()
+                                              if np.asarray(v).dtype.kind == "f" and k in got
+                                              and np.shape(got[k]) == np.shape(v)), default=0.0)
             stats = perf.model_stats(dst)
             rec.update(nodes_after=stats["nodes"], ops_after=stats["ops"], file_bytes=stats["file_bytes"],
                        comparison=cmp)
