@@ -120,11 +120,13 @@ def _previous_model(ctx) -> Path | None:
     return None
 
 
-def _stochastic_outputs(model, opts) -> list[str]:
+def _stochastic_outputs(model, opts, where=None) -> list[str]:
+    """validate.stochastic, else the model's metadata (user input like the rest of the file: checked JSON)."""
+    from onnxforge.artifact import meta_json
+
     if opts.stochastic is not None:
         return list(opts.stochastic)
-    meta = {p.key: p.value for p in model.metadata_props}
-    return json.loads(meta.get("onnxforge.stochastic_outputs", "[]"))
+    return meta_json(model, "stochastic_outputs", list, [], items=str, where=where)
 
 
 def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
@@ -139,7 +141,7 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     if opts.max_rows:
         feeds = data.take(feeds, opts.max_rows)
     rows = data.n_rows(feeds)
-    stochastic = _stochastic_outputs(model, opts)
+    stochastic = _stochastic_outputs(model, opts, Path(ctx.model).name)
     ref_desc, ref, sampler = _reference(ctx, opts, feeds, stochastic, model)
     default_rtol = opts.rtol if opts.rtol is not None else (
         ctx.frontend.rtol if opts.against == "source" else 1e-4)
@@ -149,10 +151,14 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     comparisons: list[dict] = []
     got_full = None
     fixed = data.fixed_batch(model)
+    if fixed is not None and fixed <= 0:  # dim_value -1 or 0: unknown, as onnxruntime reads it (not a batch of -1)
+        fixed = None
     for bs in ([fixed] if fixed else opts.batch_sizes):
-        n = min(rows, opts.batch1_rows) if bs == 1 else rows
+        # a pinned batch (even of 1) runs every row, that many at a time; batch size 1 otherwise scores a sample
+        n = min(rows, opts.batch1_rows) if bs == 1 and not fixed else rows
         size = bs or n
-        parts = [runtime.run(sess, b) for b in data.batches(data.take(feeds, n), size)]
+        # runtime.run splits the rows for a pinned batch itself (and names the total when it is no multiple)
+        parts = [runtime.run(sess, b) for b in data.batches(data.take(feeds, n), n if fixed else size)]
         got = {k: np.concatenate([p[k] for p in parts]) for k in out_names}
         if bs == 0 or n == rows:
             got_full = got
@@ -169,6 +175,8 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
                 c["pass"] = True
             c["batch"] = size
             comparisons.append(c)
+    if got_full is None:  # batch_sizes named only 1 (a sample of the rows): the metrics need every row
+        got_full = runtime.run(sess, feeds)
     for name in stochastic:
         if name not in out_names:
             continue
