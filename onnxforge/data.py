@@ -279,7 +279,9 @@ def specs_from_model(model) -> list:
         if inp.name in inits:
             continue
         tt = inp.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+        # -1 and 0 in dim_value appear in real files and mean "dynamic" to onnxruntime
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+                for d in tt.shape.dim]
         specs.append(TensorSpec(name=inp.name, dtype=ONNX_TO_DTYPE.get(tt.elem_type, "float32"), shape=dims))
     return specs
 
@@ -292,7 +294,7 @@ def fixed_batch(model) -> int | None:
         if inp.name in inits:
             continue
         shape = inp.type.tensor_type.shape.dim
-        dims.add(shape[0].dim_value if shape and shape[0].HasField("dim_value") else None)
+        dims.add(shape[0].dim_value if shape and shape[0].HasField("dim_value") and shape[0].dim_value > 0 else None)
     return dims.pop() if len(dims) == 1 and None not in dims else None
 
 

@@ -123,9 +123,9 @@ def preflight(cfg) -> None:
     """What `config check` and `run` both verify before anything is created: the source file is there and of a
     kind its frontend reads (a few bytes, no framework import), and every data path exists."""
     order = cfg.stages.order
-    if order and order[0] != "convert":
-        raise UserError(f"stages: {order[0]} needs a model, and only convert makes one from the source — list "
-                        "convert: {} first")
+    if order and order[0] != "convert" and cfg.source.framework != "onnx":
+        raise UserError(f"stages: {order[0]} needs a model, and only convert makes one from a "
+                        f"{cfg.source.framework} source — list convert: {{}} first")
     frontend(cfg.source.framework).preflight(cfg)
     for label, p in (("data.path", cfg.data.path), ("data.calibration", cfg.data.calibration)):
         if p is not None and not Path(p).is_file():
@@ -174,6 +174,8 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
     }
     bases = path_bases(cfg)  # stage summaries and messages lose this machine's absolute paths
     ctx_shared: dict[str, Any] = {}
+    # an ONNX source is a model already: its stages may start without convert (its hash is in `common`)
+    onnx_source = Path(cfg.source.path) if cfg.source.framework == "onnx" and cfg.source.path else None
     current: Path | None = None
     source_model: Path | None = None
     prev_key = ""
@@ -201,8 +203,8 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
                 console.print(f"[dim]• {name}: unchanged, cached[/dim]")
         else:
             stage_dir.mkdir(parents=True, exist_ok=True)
-            ctx = StageContext(cfg, name, stage_dir, current, source_model, dict(results), console,
-                               ctx_shared)
+            ctx = StageContext(cfg, name, stage_dir, current or onnx_source, source_model or onnx_source,
+                               dict(results), console, ctx_shared)
             if console:
                 console.print(f"[bold cyan]▶ {name}[/bold cyan]")
             t0 = time.perf_counter()

@@ -160,7 +160,25 @@ def test_hostile_config_shapes_are_exit_2(tmp_path, case):
         else:
             cfg["stages"] = {"validate": {}}
         path = write(tmp_path / "cfg", cfg)
-        expect = {"long path": "longer than", "nul in path": "NUL", "no convert first": "list convert"}[case]
+        expect = {"long path": "longer than", "nul in path": "NUL", "no convert first": "list convert: {} first"}[case]
     for cmd in (("config", "check"), ("run",)):
         assert expect in assert_one_line_error(run_cli(*cmd, path, cwd=tmp_path))
     assert not (tmp_path / "runs").exists()
+
+
+def test_onnx_source_stages_may_start_without_convert(tmp_path):
+    """An ONNX source is a model already; a -1 dim (common in real files) is dynamic, also for --synthetic."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 2], [0.5, -1.0, 2.0, 0.25, 1.5, -0.5, 1.0, 0.0])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 4])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "lin", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 2])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    cfg = write(tmp_path, {"name": "m", "source": {"framework": "onnx", "path": "m.onnx"},
+                           "data": {"synthetic": True}, "stages": {"validate": {"against": "onnx-reference"}}})
+    res = run_cli("run", cfg, cwd=tmp_path)
+    assert res.code == 0, res.stderr
+    res = run_cli("validate", tmp_path / "m.onnx", "--synthetic", "--against", "onnx-reference", cwd=tmp_path)
+    assert res.code == 0, res.stderr
