@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from pydantic import Field
 
@@ -25,6 +26,8 @@ def run_convert(ctx, opts: ConvertOptions):
     cfg, fe = ctx.cfg, ctx.frontend
     native = ctx.native()
     model = fe.export(native, cfg, opts.opset, ctx.stage_dir)
+    if re.fullmatch(r"[0-9a-f]{32}", model.graph.name):  # skl2onnx/onnxmltools name graphs with a fresh uuid4:
+        model.graph.name = cfg.name  # the same config must give the same bytes
     graph_inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     if cfg.inputs and [s.name for s in cfg.inputs] != graph_inputs:
         raise UserError(f"the input spec names {[s.name for s in cfg.inputs]} but the model's inputs are "
