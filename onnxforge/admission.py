@@ -32,7 +32,8 @@ class Admitted:
     path: Path
     model: Any  # onnx.ModelProto; external data loaded unless read(load_external=False)
     external: bool  # the model keeps tensors in external files
-    session: Any = None  # onnxruntime.InferenceSession when admit() was asked for one
+    session: Any = None
+    rewritten: bool = False  # `model` differs from the file (a repeated opset entry merged): save it before use  # onnxruntime.InferenceSession when admit() was asked for one
 
 
 def admit(path: str | Path, *, what: str = "model", session: bool | dict = True, load_external: bool = True,
@@ -192,7 +193,7 @@ def check(adm: Admitted, *, ours: bool = False) -> None:
             problem = _size_problem(t)
             if problem:
                 refuse(f"{where} {problem}", "the file is damaged or was written wrongly; re-export the model")
-    _check_opsets(m, refuse)
+    adm.rewritten = _check_opsets(m, refuse) or adm.rewritten
     _checker(adm, ours)
 
 
@@ -207,20 +208,26 @@ def _checker(adm: Admitted, ours: bool) -> None:
         raise (CheckFailed(msg) if ours else UserError(f"{msg} — {_FIX}")) from None
 
 
-def _check_opsets(m, refuse) -> None:
-    """A domain imported twice, or an opset newer than any released (onnxruntime refuses it with a page of C++)."""
+def _check_opsets(m, refuse) -> bool:
+    """A domain imported twice at two versions, or an opset newer than any released (onnxruntime refuses it with a
+    page of C++). Returns True when it merged a domain listed twice at one version (skl2onnx writes both "" and
+    "ai.onnx"): unambiguous, but onnxruntime's quantizer fails on it, so the admitted model keeps one entry."""
     import onnx
 
-    # onnx.checker and onnxruntime accept a domain listed twice (even at two versions) and each picks one entry;
-    # onnxruntime's quantizer and other tools then fail on it: the model's opset is ambiguous
+    # onnx.checker and onnxruntime accept a domain listed twice (even at two versions) and each picks one entry
     versions: dict[str, list[int]] = {}
     for o in m.opset_import:
-        versions.setdefault("ai.onnx" if o.domain in ("", "ai.onnx") else o.domain, []).append(o.version)
+        versions.setdefault("" if o.domain in ("", "ai.onnx") else o.domain, []).append(o.version)
     for domain, vs in versions.items():
-        if len(vs) > 1:
-            refuse(f"opset_import lists domain {domain} {len(vs)} times (versions {', '.join(map(str, vs))}), so "
-                   "the opset its nodes follow is ambiguous", "keep one opset_import entry per domain (re-export "
-                   "the model, or delete the extra entry with onnx.helper)")
+        if len(set(vs)) > 1:
+            refuse(f"opset_import lists domain {domain or 'ai.onnx'} {len(vs)} times (versions "
+                   f"{', '.join(map(str, vs))}), so the opset its nodes follow is ambiguous", "keep one "
+                   "opset_import entry per domain (re-export the model, or delete the extra entry with onnx.helper)")
+    merged = len(versions) < len(m.opset_import)
+    if merged:
+        del m.opset_import[:]
+        for domain, vs in versions.items():
+            m.opset_import.add(domain=domain, version=vs[0])
     newest = {"": onnx.defs.onnx_opset_version(), "ai.onnx": onnx.defs.onnx_opset_version(),
               "ai.onnx.ml": onnx.defs.onnx_ml_opset_version()}
     for o in m.opset_import:
@@ -228,6 +235,7 @@ def _check_opsets(m, refuse) -> None:
         if top is not None and o.version > top:
             refuse(f"opset {o.version} of {o.domain or 'ai.onnx'} is newer than any released opset ({top} is the "
                    f"newest onnx {onnx.__version__} knows)", f"export the model at opset {top} or lower")
+    return merged
 
 
 def _dtype(t) -> str:

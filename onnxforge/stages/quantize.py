@@ -132,7 +132,7 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
     src = adm.path
     warnings: list[str] = []
     before = perf.model_stats(src)
-    if adm.external:  # the quantizer's work copies must not lose the weights that sit beside the input
+    if adm.external or adm.rewritten:  # work copies keep the weights beside the input, and the merged opsets
         src = save_model(adm.model, work / "input.onnx", run_check=False)
     eval_feeds, eval_prov, labels = qfeeds.evaluation(ctx, src, opts, warnings)
     if eval_feeds is not None:
