@@ -240,3 +240,32 @@ def test_compare_of_infinite_outputs_warns_nothing():
     assert same["pass"] and same["mismatches"] == 0 and same["max_abs"] == 0.0
     assert not diff["pass"] and diff["inf_mismatch"] == 1 and diff["nan_mismatch"] == 0
     assert not huge["pass"]
+
+
+# ------------------------------------------------------------------ make fuzz, 10,000 cases: 5472, 5972, 8622
+
+
+def test_scalar_output_is_compared_where_all_rows_run_at_once(tmp_path):
+    """An output with no batch axis (the mean of y) cannot be concatenated across batches (exit 3 in validate at
+    batch 1); it is compared on the one-batch run, per-row outputs at every batch size."""
+    m = linear()
+    m.graph.node.append(h.make_node("ReduceMean", ["y"], ["y_mean"], keepdims=0))
+    m.graph.output.append(h.make_tensor_value_info("y_mean", T.FLOAT, []))
+    model = save(m, tmp_path / "m.onnx")
+    data = write_data(tmp_path / "d.npz")
+    res = run_cli("validate", model, "--data", data, "--against", "onnx-reference", "--json", cwd=tmp_path)
+    assert res.code == 0, res.stderr
+    compared = {(c["output"], c["batch"]) for c in res.json()["result"]["comparisons"]}
+    rows = len(_x(data))
+    assert ("y_mean", rows) in compared and ("y_mean", 1) not in compared and ("y", 1) in compared
+
+
+def test_nonfinite_weights_refuse_int8_but_not_fp16(tmp_path):
+    w = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    w[1, 2] = np.inf
+    model = save(linear(w=w), tmp_path / "m.onnx")
+    data = write_data(tmp_path / "d.npz")
+    line = assert_one_line_error(run_cli("quantize", model, "-o", tmp_path / "q.onnx", "--mode", "static",
+                                         "--data", data, *FAST_Q, cwd=tmp_path))
+    assert "NaN or ±inf" in line and "--mode fp16" in line, line
+    assert not (tmp_path / "q.onnx").exists()

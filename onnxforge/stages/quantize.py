@@ -115,6 +115,16 @@ def run_quantize(ctx, opts: QuantizeOptions):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _nonfinite_weights(model) -> list[str]:
+    """Float initializers holding NaN/inf (onnxruntime's quantizer dies on them with `AssertionError: scale issue`)."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    floats = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
+    return [t.name for t in model.graph.initializer
+            if t.data_type in floats and not np.isfinite(numpy_helper.to_array(t)).all()]
+
+
 def _run(ctx, opts: QuantizeOptions, work: Path):
     from onnxforge.admission import admit, check_feeds
     from onnxforge.artifact import atomic_write_json, save_model
@@ -130,6 +140,9 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
 
     adm = admit(input_model(ctx))
     src = adm.path
+    if opts.mode != "fp16" and (bad := _nonfinite_weights(adm.model)):
+        raise UserError(f"{adm.path.name}: weights {', '.join(bad[:4])} hold NaN or ±inf, so INT8 scales cannot be "
+                        "computed — fix the model's weights, or use --mode fp16")
     warnings: list[str] = []
     before = perf.model_stats(src)
     if adm.external or adm.rewritten:  # work copies keep the weights beside the input, and the merged opsets

@@ -158,8 +158,9 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
         n = min(rows, opts.batch1_rows) if bs == 1 and not fixed else rows
         size = bs or n
         # runtime.run splits the rows for a pinned batch itself (and names the total when it is no multiple)
-        parts = [runtime.run(sess, b) for b in data.batches(data.take(feeds, n), n if fixed else size)]
-        got = {k: np.concatenate([p[k] for p in parts]) for k in out_names}
+        chunks = list(data.batches(data.take(feeds, n), n if fixed else size))
+        parts = [runtime.run(sess, b) for b in chunks]
+        got = {k: _join([p[k] for p in parts], [data.n_rows(b) for b in chunks]) for k in out_names}
         if bs == 0 or n == rows:
             got_full = got
         for name in out_names:
@@ -168,7 +169,11 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
                 continue
             if name not in ref:
                 continue
-            c = compare(name, np.asarray(ref[name])[:n], got[name],
+            r = np.asarray(ref[name])
+            aligned = r.ndim > 0 and r.shape[0] == rows
+            if got[name] is None or (not aligned and n != rows):
+                continue  # a scalar or batch statistic: compared where all rows ran as one batch
+            c = compare(name, r[:n] if aligned else r, got[name],
                         tol.rtol if tol.rtol is not None else default_rtol,
                         tol.atol if tol.atol is not None else default_atol)
             if c.get("kind") == "label" and not c["pass"] and c["flip_rate"] <= tol.max_flip_rate:
@@ -197,7 +202,8 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     labels = ctx.labels()
     if labels is not None and opts.max_rows:
         labels = labels[: opts.max_rows]
-    det_ref = {k: v for k, v in ref.items() if k in out_names and k not in stochastic}
+    det_ref = {k: v for k, v in ref.items() if k in out_names and k not in stochastic and got_full[k] is not None
+               and np.ndim(v) > 0 and np.shape(v)[0] == rows}  # task metrics are per row
     det_got = {k: got_full[k] for k in det_ref}
     task = {}
     if det_got:
@@ -208,6 +214,16 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     return {"verdict": "fail" if failing else "pass", "failing": failing, "reference": ref_desc,
             "against": opts.against, "data": provenance, "rows": rows, "structural": st,
             "comparisons": comparisons, "unchecked": unchecked, "metrics": task}
+
+
+def _join(arrays: list, sizes: list[int]):
+    """One output over every batch: per-row outputs concatenate; an output that is not one row per input row (a
+    scalar, a batch statistic) has no per-row meaning across batches — None unless one batch ran."""
+    if len(arrays) == 1:
+        return arrays[0]
+    if all(a.ndim > 0 and a.shape[0] == k for a, k in zip(arrays, sizes, strict=True)):
+        return np.concatenate(arrays)
+    return None
 
 
 def render(result: dict, console) -> None:

@@ -567,7 +567,7 @@ def _hint(first: str) -> bool:
 
 def run_case(case: Case, root: Path, keep: bool = False) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
-    scratch = root / ".scratch"
+    scratch = root / f".scratch-{os.getpid()}"  # one per worker: two workers share `root`
     scratch.mkdir(exist_ok=True)
     out: dict[str, Any] = {"id": case.id, "seed": case.seed, "command": case.command, "mutation": case.mutation}
     try:
