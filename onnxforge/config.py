@@ -227,7 +227,8 @@ def read_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
                "flatten it: a pipeline config needs a few levels" if "nested deeper" in str(e) else "fix the syntax")
         raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', None) or one_line(e)}) — {fix}") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: the config must be a YAML mapping (name:, source:, stages: ...)")
+        raise UserError(f"{path}: the config must be a YAML mapping — write it as key: value lines (name:, source:, "
+                        "stages: ...)")
     return data, _line_map(text)
 
 
