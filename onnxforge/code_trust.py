@@ -29,9 +29,10 @@ def is_file_ref(target: str) -> bool:
     return target.endswith(".py") or "/" in target or "\\" in target
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def inside(path: Path, folder: Path) -> bool:
+    """`path` lies in `folder` once both are resolved (a symlink out of the folder is outside)."""
     try:
-        path.resolve().relative_to(folder.resolve())  # resolve(): a symlink out of the folder is outside
+        path.resolve().relative_to(folder.resolve())
         return True
     except ValueError:
         return False
@@ -47,7 +48,7 @@ def code_refs(cfg) -> list[CodeRef]:
         file = Path(target) if is_file_ref(target) else None
         if cfg.config_path is None:
             by = "the command line"
-        elif file is not None and _inside(file, cfg.config_path.parent):
+        elif file is not None and inside(file, cfg.config_path.parent):
             by = "beside the config"
         else:
             by = "source.trust_code" if cfg.source.trust_code else None

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from onnxforge.code_trust import check_code_trust
+from onnxforge.code_trust import check_code_trust, inside
 from onnxforge.errors import UserError, one_line
 from onnxforge.registry import FRONTENDS, STAGES, load_plugins
 
@@ -298,21 +298,13 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], path: 
     return f"{where}: {dotted}: {e['msg']} (got {got}) — fix this value"
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def _confine_run_dir(cfg: PipelineBase, data: dict) -> None:
     """A config (say, from a pull request) must not make a CI job write elsewhere on the machine: a run_dir it
     sets resolves inside its own folder or the working directory; anything else only from the command line."""
     if cfg.config_path is None or "run_dir" not in data:
         return
     target = Path(cfg.run_dir)
-    if not (_inside(target, cfg.config_path.parent) or _inside(target, Path.cwd())):
+    if not (inside(target, cfg.config_path.parent) or inside(target, Path.cwd())):
         raise UserError(f"{cfg.config_path.name}: run_dir {data['run_dir']} resolves to {target.resolve()}, outside "
                         "the config's folder and the working directory — give --run-dir on the command line to "
                         "write there")
