@@ -150,9 +150,7 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     out_names = [o.name for o in sess.get_outputs()]
     comparisons: list[dict] = []
     got_full = None
-    fixed = data.fixed_batch(model)
-    if fixed is not None and fixed <= 0:  # dim_value -1 or 0: unknown, as onnxruntime reads it (not a batch of -1)
-        fixed = None
+    fixed = data.fixed_batch(model)  # -1 and 0 dims count as dynamic there, as onnxruntime reads them
     for bs in ([fixed] if fixed else opts.batch_sizes):
         # a pinned batch (even of 1) runs every row, that many at a time; batch size 1 otherwise scores a sample
         n = min(rows, opts.batch1_rows) if bs == 1 and not fixed else rows
