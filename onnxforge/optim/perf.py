@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,40 @@ class Timings(dict):
         return out
 
 
+# Timing stays bounded on big inputs (an audio model's row is 43,844 samples; a detector's 1.2 MB): a timed batch
+# holds at most this many bytes of input, and one latency() call spends about `budget_s` before it cuts rounds.
+TIMING_BATCH_BYTES = 4 << 20
+
+
+def row_bytes(feeds: dict[str, np.ndarray]) -> int:
+    """Input bytes per row; inputs fed whole (no batch axis: data.Feeds.whole) do not grow with the batch."""
+    whole = getattr(feeds, "whole", frozenset())
+    return sum(np.asarray(v).nbytes // max(len(v), 1) for k, v in feeds.items() if k not in whole and np.ndim(v))
+
+
+def timing_batches(feeds: dict[str, np.ndarray], batch_sizes: list[int], *,
+                   max_bytes: int = TIMING_BATCH_BYTES) -> tuple[list[int], str | None]:
+    """The batch sizes to time, each capped so one batch holds at most `max_bytes` of input (deterministic: it
+    depends on the shapes only). Returns them and a note when a cap applied."""
+    per_row = row_bytes(feeds)
+    cap = max(1, max_bytes // per_row) if per_row else None
+    out = list(dict.fromkeys(min(b, cap) if cap else b for b in batch_sizes))
+    if out == list(dict.fromkeys(batch_sizes)):
+        return out, None
+    return out, (f"latency timed at batch sizes {out} instead of {batch_sizes}: a row holds {per_row:,} B of input "
+                 f"and a timed batch at most {max_bytes >> 20} MiB")
+
+
 def latency(models: dict[str, str | Path], feeds: dict[str, np.ndarray], batch_sizes: list[int], *,
             threads: int = 1, level: str = "all", rounds: int = 3, seconds: float = 0.25,
-            progress=None) -> Timings:
+            progress=None, budget_s: float | None = None) -> Timings:
     """p50 latency in ms per model per batch size. Every round times every model once per batch size, models
-    back to back (alternating order between rounds); the median over rounds is reported."""
+    back to back (alternating order between rounds); the median over rounds is reported.
+
+    With `budget_s` (optimize's figures; quantize's timing decisions keep every round), bounded for slow models:
+    the first call of each (model, batch) is a warm-up that also gauges it — a call
+    slower than `seconds` is then timed once per round (no further warm-up) — and rounds after the first stop
+    once the call has spent `budget_s`. `.rounds` says how many rounds ran, `.runs` the timed calls per sample."""
     from onnxforge import runtime
     from onnxforge.data import tile_rows
     from onnxforge.timing import measure
@@ -57,17 +87,40 @@ def latency(models: dict[str, str | Path], feeds: dict[str, np.ndarray], batch_s
     plan = batch_plan(list(models.values()), batch_sizes)
     inputs = {b: tile_rows(feeds, b) for b in plan}
     samples: dict[str, dict[str, list[float]]] = {k: {f"batch{b}": [] for b in plan} for k in models}
+    slow: dict[tuple[str, int], bool] = {}
+    runs: dict[str, dict[str, int]] = {k: {f"batch{b}": 0 for b in plan} for k in models}
     names = list(sessions)
+    start = time.perf_counter()
+    done = 0
     for r in range(rounds):
+        if budget_s is not None and r and time.perf_counter() - start > budget_s * r / (r + 1):
+            break  # another round would overrun the budget (rounds so far took their share of it)
         for b in plan:
             for k in names if r % 2 == 0 else names[::-1]:
                 s, f = sessions[k], inputs[b]
-                res = measure(lambda s=s, f=f: s.run(None, f), runs=400, warmup=5, max_seconds=seconds, rows=b)
-                samples[k][f"batch{b}"].append(res["p50_ms"])
+                call = lambda s=s, f=f: s.run(None, f)  # noqa: E731
+                if budget_s is not None and (k, b) not in slow:
+                    t0 = time.perf_counter()
+                    call()
+                    slow[(k, b)] = time.perf_counter() - t0 > seconds
+                if slow.get((k, b)):
+                    t0 = time.perf_counter()
+                    call()
+                    ms, n = (time.perf_counter() - t0) * 1e3, 1
+                else:
+                    res = measure(call, runs=400, warmup=4, max_seconds=seconds, rows=b)
+                    ms, n = res["p50_ms"], res["runs"]
+                samples[k][f"batch{b}"].append(ms)
+                runs[k][f"batch{b}"] += n
                 if progress is not None:
                     progress()
+        done = r + 1
+    if progress is not None and done < rounds:
+        progress.advance((rounds - done) * len(plan) * len(names))
     out = Timings({k: {b: float(np.median(v)) for b, v in per.items()} for k, per in samples.items()})
     out.samples = samples
+    out.rounds = done
+    out.runs = runs
     return out
 
 
@@ -90,3 +143,23 @@ def pass_speedup(before: str | Path, after: str | Path, feeds: dict[str, np.ndar
 def geomean(values) -> float:
     v = [x for x in values if x and x == x and x > 0]
     return float(np.exp(np.mean(np.log(v)))) if v else float("nan")
+
+
+def grown_tensors(before: str | Path, after: str | Path, top: int = 2) -> str:
+    """What made `after` bigger than `before`: its largest initializers that `before` does not hold (a constant
+    folded into a materialized tensor, e.g. a Tile/Expand/ConstantOfShape of a small weight)."""
+    import onnx
+
+    def sizes(p):
+        m = onnx.load(str(p), load_external_data=False)
+        out = {}
+        for t in m.graph.initializer:
+            n = len(t.raw_data) or sum(len(x) for x in (t.float_data, t.int32_data, t.int64_data, t.double_data))
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                n = int(next((e.value for e in t.external_data if e.key == "length"), 0) or 0)
+            out[t.name] = (n, list(t.dims))
+        return out
+
+    old, new = sizes(before), sizes(after)
+    fresh = sorted(((n, k, dims) for k, (n, dims) in new.items() if k not in old), reverse=True)[:top]
+    return ", ".join(f"new constant {k} {dims} {n:,} B" for n, k, dims in fresh if n)

@@ -32,9 +32,11 @@ class OptimizeOptions(StrictModel):
                                                         "output's quantization scale (integer kernels round)")
     rows: int = Field(256, gt=0, description="evaluation rows for the comparisons")
     allow_synthetic: bool = Field(False, description="compare passes on random inputs when no data is configured")
-    min_pass_speedup: float = Field(0.95, ge=0, description="keep a pass only if its output is at least this many "
-                                    "times as fast as its input at every batch size (paired timing, ORT default "
-                                    "level; as written when portable); 0 = do not time passes")
+    min_pass_speedup: float = Field(0, ge=0, description="0 (default): passes are judged by checker, load, "
+                                    "numerics, size and node count only — deterministic, reruns give identical "
+                                    "bytes. > 0: also keep a pass only if its output is at least this many times as "
+                                    "fast as its input at every batch size (paired timing, ORT default level; as "
+                                    "written when portable) — timing noise can flip that choice between runs")
     pass_timing_rounds: int = Field(9, gt=0, description="paired timing rounds per pass (repeated once when "
                                                          "the pass looks slower)")
     allow_more_nodes: bool = Field(False, description="keep a pass even when it leaves more nodes than it got")
@@ -43,6 +45,10 @@ class OptimizeOptions(StrictModel):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], description="latency batch sizes")
     threads: int = Field(1, gt=0, description="intra-op threads for latency")
     latency_rounds: int = Field(3, gt=0, description="interleaved timing rounds (median reported)")
+    timing_budget_s: float = Field(20.0, gt=0, description="seconds a latency measurement may spend before it "
+                                   "stops adding rounds (slow models are timed once per round, no repeat)")
+    max_eval_mb: float = Field(16.0, gt=0, description="evaluation rows are capped so their inputs hold at most "
+                                "this many MiB (large audio/image rows)")
 
 
 def _feeds(ctx, src: Path, opts: OptimizeOptions) -> tuple[dict, str]:
@@ -57,7 +63,13 @@ def _feeds(ctx, src: Path, opts: OptimizeOptions) -> tuple[dict, str]:
     else:
         raise UserError("optimize compares every pass numerically: give data (data.path or --data FILE), or "
                         "--set allow_synthetic=true to compare on random inputs")
-    return data.take(feeds, opts.rows), prov
+    from onnxforge.optim import perf
+
+    rows = opts.rows
+    per_row = perf.row_bytes(feeds)
+    if per_row:
+        rows = max(1, min(rows, int(opts.max_eval_mb * (1 << 20)) // per_row))
+    return data.take(feeds, rows), prov
 
 
 def _quantum_atol(path: Path) -> dict[str, float]:
@@ -153,12 +165,104 @@ def _plan(src: Path, opts: OptimizeOptions, warnings: list[str]) -> list[tuple[s
     return plan
 
 
+def _call(fn, src: Path, dst: Path, work: Path) -> dict:
+    """One pass, run inside the work folder: whatever a library leaves in the current directory
+    (sym_shape_infer_temp.onnx, …) is removed with it. A pass that raises is rejected, not fatal."""
+    import contextlib
+
+    from onnxforge.errors import one_line
+    from onnxforge.optim import gate
+
+    try:
+        with contextlib.chdir(work):
+            return fn(Path(src).resolve(), dst) or {}
+    except Exception as e:
+        raise gate.Rejected(f"the pass failed: {type(e).__name__}: {one_line(e)[:200]}") from None
+
+
+def _attempt(fn, current: Path, work: Path, stem: str, feeds: dict, rec: dict, warnings: list[str]):
+    """Run one pass on `current` and gate its output: unused opset domains dropped, the full onnx.checker,
+    onnxruntime loads it and runs it on the feeds its input ran on. An output that fails the checker only because
+    a fused op exists from a later opset (onnxruntime's LayerNormalization under opset 13) gets one retry: the
+    pass input converted to that opset by onnx's version converter. Returns (output, its outputs) or raises
+    gate.Rejected."""
+    from onnxforge import runtime
+    from onnxforge.errors import one_line
+    from onnxforge.optim import gate
+
+    dst = work / f"{stem}.onnx"
+    rec["info"] = _call(fn, current, dst, work)
+    if not dst.is_file():
+        raise gate.Rejected("the pass wrote no model")
+    gate.tidy(dst)
+    err = gate.checker_error(dst)
+    if err and (version := gate.needed_opset(err, dst)):
+        old = gate.default_opset(current)
+        try:
+            up = gate.upgrade(current, work / f"{stem}-opset{version}-input.onnx", version)
+        except gate.Rejected as e:
+            raise gate.Rejected(f"fails onnx.checker: {err} (retry at opset {version}: {e})") from None
+        dst = work / f"{stem}-opset{version}.onnx"
+        rec["info"] = _call(fn, up, dst, work) | {"opset": [old, version]}
+        gate.tidy(dst)
+        err2 = gate.checker_error(dst)
+        if err2:
+            raise gate.Rejected(f"fails onnx.checker: {err} (and at opset {version}: {err2})")
+        warnings.append(f"pass {rec['pass']}: its output is valid ONNX only at opset {version} ({err.split(' with ')[0]}"
+                        f" at {old}), so it ran on the model converted from opset {old} to {version}")
+    elif err:
+        raise gate.Rejected(f"fails onnx.checker: {err}")
+    sess = gate.loads(dst)
+    try:
+        got = runtime.run(sess, feeds, user_inputs=False)
+    except Exception as e:
+        raise gate.Rejected(f"onnxruntime cannot run it on the inputs its input ran on: "
+                            f"{one_line(e)[:200] or type(e).__name__}") from None
+    return dst, got
+
+
+def _judge(rec: dict, dst: Path, current: Path, ref: dict, got: dict, original: dict, feeds: dict, batches: list[int],
+           opts: OptimizeOptions) -> None:
+    """Numerics against the pass's input, then portability, file size, node count and (only when asked:
+    min_pass_speedup > 0, timing flips on a shared machine) speed. Fills rec; raises gate.Rejected."""
+    from onnxforge.optim import gate, passes, perf
+
+    ok, cmp = _check(ref, got, opts, _quantum_atol(current))
+    rec["max_abs_vs_original"] = max((_max_abs(got[k], v) for k, v in original.items()
+                                      if np.asarray(v).dtype.kind == "f" and k in got
+                                      and np.shape(got[k]) == np.shape(v)), default=0.0)
+    stats, before = perf.model_stats(dst), perf.model_stats(current)
+    rec.update(nodes_after=stats["nodes"], ops_after=stats["ops"], file_bytes=stats["file_bytes"], comparison=cmp)
+    if not ok:
+        bad = {k: v for k, v in cmp.items() if not v.get("pass")}
+        raise gate.Rejected("changes results beyond tolerance: " + "; ".join(
+            f"{k} max_abs {v.get('max_abs', float('nan')):.3g} (needs atol ≥ {v.get('min_atol', 0):.3g})"
+            if "max_abs" in v else f"{k} {v.get('reason', 'differs')}" for k, v in bad.items()))
+    if opts.portable and (bad := passes.contrib_ops(dst)):
+        raise gate.Rejected(f"emits non-standard ops {sorted(bad)} (portable: true)")
+    if stats["file_bytes"] > before["file_bytes"] * (1 + opts.max_size_growth):
+        grown = perf.grown_tensors(current, dst)
+        raise gate.Rejected(f"grows the file {before['file_bytes']:,} → {stats['file_bytes']:,} B"
+                            + (f" ({grown})" if grown else ""))
+    if stats["nodes"] > rec["nodes_before"] and not opts.allow_more_nodes:
+        raise gate.Rejected(f"adds nodes ({rec['nodes_before']} → {stats['nodes']})")
+    if opts.min_pass_speedup > 0:
+        # how the model will run: ORT at its default level, or as written for other runtimes (portable)
+        rec["speedup"] = perf.pass_speedup(current, dst, feeds, batches, threshold=opts.min_pass_speedup,
+                                           threads=opts.threads, rounds=opts.pass_timing_rounds,
+                                           level="disable" if opts.portable else "all")
+        if any(v < opts.min_pass_speedup for v in rec["speedup"].values()):
+            raise gate.Rejected("slower than its input (" + ", ".join(
+                f"{v:.2f}× at {k}" for k, v in rec["speedup"].items()) + ")")
+
+
 def _run(ctx, opts: OptimizeOptions, adm, work: Path):
     from onnxforge import runtime
     from onnxforge.admission import check_feeds
     from onnxforge.artifact import atomic_write_json, load_model, metadata, save_model, stamp
+    from onnxforge.data import fixed_batch
     from onnxforge.errors import UserError
-    from onnxforge.optim import passes, perf
+    from onnxforge.optim import gate, passes, perf
     from onnxforge.optim.ui import progress_bar
     from onnxforge.pipeline import StageResult
 
@@ -167,96 +271,73 @@ def _run(ctx, opts: OptimizeOptions, adm, work: Path):
     if opts.portable and (bad := passes.contrib_ops(src)):
         raise UserError(f"portable: the input already uses non-standard ops {sorted(bad)} — optimize the model "
                         "before any ORT-specific pass (or quantize with QDQ), or set portable: false")
-    feeds, prov = _feeds(ctx, src, opts)
-    check_feeds(feeds, adm.model, what=f"the data ({prov})", model_name=src.name)
-    plan = _plan(src, opts, warnings)
     before = perf.model_stats(src)
+    if adm.external or adm.rewritten:
+        # the admitted model differs from the file (normalized IR<4 inputs, merged opsets) or keeps its weights
+        # in external files: every pass reads a copy in the work folder, and nothing is written beside the input
+        src = save_model(adm.model, work / "input.onnx", run_check=False)
+    feeds, prov = _feeds(ctx, src, opts)
+    check_feeds(feeds, adm.model, what=f"the data ({prov})", model_name=adm.path.name)
+    plan = _plan(src, opts, warnings)
     current = src
     original = ref = runtime.run(adm.session, feeds)  # ref: the current pass's input
     records: list[dict[str, Any]] = []
     accepted: dict[str, Path] = {"input": src}
     batches = perf.batch_plan([src], opts.batch_sizes)
+    timing_note = None
+    if fixed_batch(adm.model) is None:  # a pinned batch is the only one the model runs
+        batches, timing_note = perf.timing_batches(feeds, batches)
     with progress_bar(ctx.console, "optimize", len(plan)) as bar:
         for i, (name, fn) in enumerate(plan):
             bar.describe(f"optimize: {name}")
-            dst = work / f"{i}-{name}.onnx"
             rec: dict[str, Any] = {"pass": name, "nodes_before": perf.model_stats(current)["nodes"]}
             t0 = time.perf_counter()
             try:
-                rec["info"] = fn(current, dst)
-                got = runtime.run(runtime.session(dst, level="disable"), feeds)
-            except Exception as e:  # a pass that crashes or writes an unloadable model is rejected, not fatal
-                msg = str(e).splitlines()[0][:200] if str(e) else ""
-                rec.update(status="rejected", reason=f"{type(e).__name__}: {msg}",
-                           wall_s=round(time.perf_counter() - t0, 3))
-                warnings.append(f"pass {name} rejected: {rec['reason']}")
-                records.append(rec)
-                bar()
-                continue
-            rec["wall_s"] = round(time.perf_counter() - t0, 3)
-            ok, cmp = _check(ref, got, opts, _quantum_atol(current))
-            rec["max_abs_vs_original"] = max((_max_abs(got[k], v) for k, v in original.items()
-                                              if np.asarray(v).dtype.kind == "f" and k in got
-                                              and np.shape(got[k]) == np.shape(v)), default=0.0)
-            stats = perf.model_stats(dst)
-            rec.update(nodes_after=stats["nodes"], ops_after=stats["ops"], file_bytes=stats["file_bytes"],
-                       comparison=cmp)
-            reason = None
-            if not ok:
-                bad = {k: v for k, v in cmp.items() if not v.get("pass")}
-                reason = "changes results beyond tolerance: " + "; ".join(
-                    f"{k} max_abs {v.get('max_abs', float('nan')):.3g} (needs atol ≥ {v.get('min_atol', 0):.3g})"
-                    for k, v in bad.items())
-            elif opts.portable and (bad := passes.contrib_ops(dst)):
-                reason = f"emits non-standard ops {sorted(bad)} (portable: true)"
-            elif stats["file_bytes"] > perf.model_stats(current)["file_bytes"] * (1 + opts.max_size_growth):
-                reason = f"grows the file {perf.model_stats(current)['file_bytes']:,} → {stats['file_bytes']:,} B"
-            elif stats["nodes"] > rec["nodes_before"] and not opts.allow_more_nodes:
-                reason = f"adds nodes ({rec['nodes_before']} → {stats['nodes']})"
-            elif opts.min_pass_speedup > 0:
-                # how the model will run: ORT at its default level, or as written for other runtimes (portable)
-                rec["speedup"] = perf.pass_speedup(current, dst, feeds, batches, threshold=opts.min_pass_speedup,
-                                                   threads=opts.threads, rounds=opts.pass_timing_rounds,
-                                                   level="disable" if opts.portable else "all")
-                if any(v < opts.min_pass_speedup for v in rec["speedup"].values()):
-                    reason = "slower than its input (" + ", ".join(
-                        f"{v:.2f}× at {k}" for k, v in rec["speedup"].items()) + ")"
-            if reason:
-                rec.update(status="rejected", reason=reason)
-                warnings.append(f"pass {name} rejected: {reason}")
+                dst, got = _attempt(fn, current, work, f"{i}-{name}", feeds, rec, warnings)
+                _judge(rec, dst, current, ref, got, original, feeds, batches, opts)
+            except gate.Rejected as e:
+                rec.update(status="rejected", reason=str(e))
+                warnings.append(f"pass {name} rejected: {e}")
             else:
                 rec["status"] = "applied"
                 accepted[name] = dst
                 current, ref = dst, got
+            rec["wall_s"] = round(time.perf_counter() - t0, 3)
             records.append(rec)
             bar()
 
-    # timing: every accepted intermediate as written (ORT optimizations off: what the pass itself changed), and
-    # the input vs the result as ORT users run them (default level all)
+    # timing (reported, never a decision unless min_pass_speedup > 0): every accepted intermediate as written (ORT
+    # optimizations off: what the pass itself changed), and the input vs the result as ORT users run them (level
+    # all). Bounded: capped batch bytes, one call per round for slow models, rounds cut past the time budget.
     n_meas = opts.latency_rounds * len(batches) * (len(accepted) + 2)
+    kw = {"threads": opts.threads, "rounds": opts.latency_rounds, "budget_s": opts.timing_budget_s}
     with progress_bar(ctx.console, "optimize: timing", n_meas) as bar:
-        raw = perf.latency(accepted, feeds, batches, threads=opts.threads, level="disable",
-                           rounds=opts.latency_rounds, progress=bar)
-        full = perf.latency({"input": src, "output": current}, feeds, batches, threads=opts.threads, level="all",
-                            rounds=opts.latency_rounds, progress=bar)
+        raw = perf.latency(accepted, feeds, batches, level="disable", progress=bar, **kw)
+        full = perf.latency({"input": src, "output": current}, feeds, batches, level="all", progress=bar, **kw)
     for rec in records:
         if rec["status"] == "applied":
             rec["p50_ms_raw"] = raw[rec["pass"]]
     after = perf.model_stats(current)
     before |= {"p50_ms": full["input"], "p50_ms_raw": raw["input"]}
     after |= {"p50_ms": full["output"], "p50_ms_raw": raw[list(accepted)[-1]]}
+    latency_info = {"threads": opts.threads, "batch_sizes": batches, "rounds": opts.latency_rounds,
+                    "rounds_measured": {"raw": raw.rounds, "ort_all": full.rounds},
+                    "runs": {"raw": raw.runs, "ort_all": full.runs},
+                    "p50_ms": "onnxruntime default level (all)",
+                    "p50_ms_raw": "graph as written (optimizations disabled)"}
+    if timing_note:
+        latency_info["note"] = timing_note
     applied = [r["pass"] for r in records if r["status"] == "applied"]
     rejected = [r["pass"] for r in records if r["status"] == "rejected"]
     summary = {"before": before, "after": after, "passes": records, "applied": applied, "rejected": rejected,
                "portable": opts.portable, "contrib_ops": passes.contrib_ops(current), "data": prov,
                "rows": len(next(iter(feeds.values()))), "tolerance": {"rtol": opts.rtol, "atol": opts.atol},
-               "latency": {"threads": opts.threads, "rounds": opts.latency_rounds,
-                           "p50_ms": "onnxruntime default level (all)",
-                           "p50_ms_raw": "graph as written (optimizations disabled)"},
+               "latency": latency_info,
                "warnings": warnings}
     model = load_model(current)
     stamp(model, **metadata(load_model(src, load_external=False)))
     stamp(model, optimize={"applied": applied, "rejected": rejected, "portable": opts.portable})
+    gate.prune_opsets(model)  # also when no pass applied: the artifact declares the domains its nodes use
     out = save_model(model, ctx.stage_dir / "model.onnx")
     side = atomic_write_json(ctx.stage_dir / "optimize.json", summary)
     if ctx.console:
