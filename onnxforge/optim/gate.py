@@ -45,15 +45,18 @@ def used_domains(model) -> set[str]:
 
 
 def prune_opsets(model) -> list[str]:
-    """Drop opset_import entries no node or function uses (onnxruntime writes every domain it knows: training,
-    nchwc, aten, …). The default domain stays. Returns the dropped domains."""
+    """Declare exactly the domains the nodes and functions use: drop the others (onnxruntime writes every domain
+    it knows: training, nchwc, aten, …), and declare at version 1 a contrib domain a node uses undeclared
+    (onnxruntime.transformers' fusions write com.microsoft nodes without importing the domain; onnxruntime runs
+    them, onnx.checker refuses them). The default domain stays. Returns the dropped domains."""
     used = used_domains(model)
-    keep = [o for o in model.opset_import if o.domain in _DEFAULT or o.domain in used]
-    dropped = [o.domain for o in model.opset_import if o not in keep]
-    if dropped:
-        kept = [(o.domain, o.version) for o in keep]
+    declared = {"" if o.domain == "ai.onnx" else o.domain for o in model.opset_import}
+    keep = [(o.domain, o.version) for o in model.opset_import if o.domain in _DEFAULT or o.domain in used]
+    dropped = [o.domain for o in model.opset_import if o.domain not in _DEFAULT and o.domain not in used]
+    missing = sorted(d for d in used - declared if d.startswith("com.microsoft"))
+    if dropped or missing:
         del model.opset_import[:]
-        for d, v in kept:
+        for d, v in keep + [(d, 1) for d in missing]:
             model.opset_import.add(domain=d, version=v)
     return dropped
 
@@ -63,8 +66,9 @@ def tidy(path: Path) -> list[str]:
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
+    before = [(o.domain, o.version) for o in m.opset_import]
     dropped = prune_opsets(m)
-    if dropped:
+    if [(o.domain, o.version) for o in m.opset_import] != before:
         onnx.save(m, str(path))
     return dropped
 
