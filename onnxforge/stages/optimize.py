@@ -39,6 +39,9 @@ class OptimizeOptions(StrictModel):
                                     "written when portable) — timing noise can flip that choice between runs")
     pass_timing_rounds: int = Field(9, gt=0, description="paired timing rounds per pass (repeated once when "
                                                          "the pass looks slower)")
+    upgrade_opset: bool = Field(True, description="a pass whose fused op exists only from a later opset "
+                                "(onnxruntime's LayerNormalization: 17) may run on the model converted to that opset "
+                                "by onnx's version converter; false keeps the input's opset and rejects such a pass")
     allow_more_nodes: bool = Field(False, description="keep a pass even when it leaves more nodes than it got")
     max_size_growth: float = Field(0.05, ge=0, description="reject a pass that grows the file by more than this "
                                                            "fraction and by more than 4 KiB (e.g. folding quantized weights back to "
@@ -186,7 +189,8 @@ def _call(fn, src: Path, dst: Path, work: Path) -> dict:
         raise gate.Rejected(f"the pass failed: {type(e).__name__}: {one_line(e)[:200]}") from None
 
 
-def _attempt(fn, current: Path, work: Path, stem: str, feeds: dict, rec: dict, warnings: list[str]):
+def _attempt(fn, current: Path, work: Path, stem: str, feeds: dict, rec: dict, warnings: list[str],
+             upgrade: bool = True):
     """Run one pass on `current` and gate its output: unused opset domains dropped, the full onnx.checker,
     onnxruntime loads it and runs it on the feeds its input ran on. An output that fails the checker only because
     a fused op exists from a later opset (onnxruntime's LayerNormalization under opset 13) gets one retry: the
@@ -202,7 +206,7 @@ def _attempt(fn, current: Path, work: Path, stem: str, feeds: dict, rec: dict, w
         raise gate.Rejected("the pass wrote no model")
     gate.tidy(dst)
     err = gate.checker_error(dst)
-    if err and (version := gate.needed_opset(err, dst)):
+    if err and upgrade and (version := gate.needed_opset(err, dst)):
         old = gate.default_opset(current)
         try:
             up = gate.upgrade(current, work / f"{stem}-opset{version}-input.onnx", version)
@@ -300,7 +304,8 @@ def _run(ctx, opts: OptimizeOptions, adm, work: Path):
             rec: dict[str, Any] = {"pass": name, "nodes_before": perf.model_stats(current)["nodes"]}
             t0 = time.perf_counter()
             try:
-                dst, got = _attempt(fn, current, work, f"{i}-{name}", feeds, rec, warnings)
+                dst, got = _attempt(fn, current, work, f"{i}-{name}", feeds, rec, warnings,
+                                    opts.upgrade_opset)
                 _judge(rec, dst, current, ref, got, original, feeds, batches, opts)
             except gate.Rejected as e:
                 rec.update(status="rejected", reason=str(e))
