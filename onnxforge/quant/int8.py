@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-# Dynamic quantization turns Conv into ConvInteger, which the ORT CPU provider cannot run: never by default, and
-# refused when asked for.
+from onnxforge.quant import weight_only
+
+# Dynamic quantization turns Conv into ConvInteger, which the ORT CPU provider cannot run: Conv never goes to the
+# dynamic quantizer; its weights (and GRU/RNN's, which it does not know) are stored weight-only instead.
 DYNAMIC_OPS = ("MatMul", "Attention", "LSTM", "EmbedLayerNormalization")
 DYNAMIC_REFUSED = ("Conv", "ConvTranspose")
 # Activations the QDQ quantizer folds into the preceding node (Conv → Relu becomes one quantized output)
@@ -81,8 +83,11 @@ def preprocess(src: Path, dst: Path) -> str:
     nodes_to_exclude addresses nodes by name. Returns what was done."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from onnxforge.quant.sandbox import contained
+
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     status = "ok (onnx shape inference)"
-    with quiet():
+    with quiet(), contained(dst.parent):
         try:
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
             if _unshaped(dst):
@@ -137,7 +142,15 @@ def graph_nodes(path: Path) -> list[NodeInfo]:
 def effective_op_types(cfg: Int8Config) -> tuple[str, ...] | None:
     if cfg.op_types:
         return tuple(cfg.op_types)
-    return DYNAMIC_OPS if cfg.mode == "dynamic" else None  # None: every op ORT can quantize statically
+    # None: every op ORT can quantize statically
+    return DYNAMIC_OPS + weight_only.DEFAULT_OPS if cfg.mode == "dynamic" else None
+
+
+def weight_only_ops(cfg: Int8Config) -> tuple[str, ...]:
+    """The op types whose float weights are stored weight-only after onnxruntime's quantizer ran."""
+    ops = effective_op_types(cfg)
+    return tuple(o for o in weight_only.DEFAULT_OPS + ("MatMul", "Gemm") if ops is None or o in ops
+                 or (o == "Gemm" and "MatMul" in ops))
 
 
 def targets(nodes: list[NodeInfo], cfg: Int8Config) -> list[NodeInfo]:
@@ -153,6 +166,7 @@ def targets(nodes: list[NodeInfo], cfg: Int8Config) -> list[NodeInfo]:
         ops = tuple(o for o in ops if o in registry.IntegerOpsRegistry and o not in DYNAMIC_REFUSED)
         if "MatMul" in ops:
             ops += ("Gemm",)  # the dynamic quantizer rewrites Gemm as MatMul (+ Add) first
+    ops = tuple(ops) + tuple(o for o in weight_only_ops(cfg) if o not in ops)
     return [n for n in nodes if n.op_type in ops]
 
 
@@ -163,6 +177,7 @@ class CalibrationFeeds:
         import hashlib
 
         self.feeds, self.batch = feeds, batch
+        self.whole = frozenset(getattr(feeds, "whole", ()))  # inputs without a batch axis: fed whole, never sliced
         h = hashlib.sha1()
         for k in sorted(feeds):
             h.update(k.encode())
@@ -172,8 +187,8 @@ class CalibrationFeeds:
     def reader(self):
         from onnxruntime.quantization import CalibrationDataReader
 
-        feeds, batch = self.feeds, self.batch
-        n = len(next(iter(feeds.values())))
+        feeds, batch, whole = self.feeds, self.batch, self.whole
+        n = len(next(v for k, v in feeds.items() if k not in whole)) if set(feeds) - whole else 1
 
         class _Reader(CalibrationDataReader):
             def __init__(self):
@@ -181,7 +196,7 @@ class CalibrationFeeds:
 
             def get_next(self):
                 i = next(self._it, None)
-                return None if i is None else {k: v[i : i + batch] for k, v in feeds.items()}
+                return None if i is None else {k: v if k in whole else v[i : i + batch] for k, v in feeds.items()}
 
         return _Reader()
 
@@ -199,6 +214,8 @@ class Int8Builder:
     tag: str = "c"
     _n: int = field(default=0, init=False)
     _src: tuple | None = field(default=None, init=False)
+    _fp16: list | None = field(default=None, init=False)
+    weight_only: list = field(default_factory=list, init=False)
 
     def build(self, exclude: list[str]) -> Path:
         from onnxruntime.quantization import (
@@ -209,18 +226,26 @@ class Int8Builder:
             quantize_static,
         )
 
+        from onnxforge.quant.sandbox import contained
+
         self._n += 1
-        out = self.work / f"{self.tag}-{self._n}.onnx"
+        out = (self.work / f"{self.tag}-{self._n}.onnx").resolve()
         src, outputs = self._source()
         ops = effective_op_types(self.cfg)
         ops = list(ops) if ops else None
         wt = getattr(QuantType, self.cfg.weight_type)
-        with quiet():
+        with quiet(), contained(self.work):
             if self.cfg.mode == "dynamic":
-                quantize_dynamic(str(src), str(out), op_types_to_quantize=ops, per_channel=self.cfg.per_channel,
-                                 reduce_range=self.cfg.reduce_range, weight_type=wt,
-                                 nodes_to_exclude=[x for n in exclude for x in (n, f"{n}_MatMul")],
-                                 extra_options={"MatMulConstBOnly": True})
+                from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+                # float16 weights: onnxruntime's dynamic quantizer emits float32 math around them (the model
+                # fails to load), so those nodes are left to the weight-only pass
+                dyn = [o for o in ops if o in IntegerOpsRegistry and o not in DYNAMIC_REFUSED]
+                skip = [x for n in list(exclude) + self._fp16_nodes() for x in (n, f"{n}_MatMul")]
+                quantize_dynamic(str(src), str(out), op_types_to_quantize=dyn, per_channel=self.cfg.per_channel,
+                                 reduce_range=self.cfg.reduce_range, weight_type=wt, nodes_to_exclude=skip,
+                                 # EnableSubgraph: Gemm/MatMul inside If/Loop/Scan bodies too
+                                 extra_options={"MatMulConstBOnly": True, "EnableSubgraph": True})
             else:
                 # calibration ranges depend on the method and op types only: compute once, reuse for every rebuild
                 key = f"{self.pre.stem}-{self.calibration.digest}-{self.calibrate_method}-{'_'.join(ops or ['all'])}"
@@ -235,15 +260,27 @@ class Int8Builder:
                     nodes_to_exclude=list(exclude),
                     calibrate_method=getattr(CalibrationMethod, self.calibrate_method),
                     extra_options=extra, calibration_cache_path=str(cache))
+        import onnx
+
+        from onnxforge.artifact import save_model
+        from onnxforge.quant.graph_order import sort_graph
+
+        m = onnx.load(str(out))
+        # what onnxruntime left float: Conv/GRU/RNN weights, float16 MatMul/Gemm weights → weight-only int8
+        self.weight_only = weight_only.quantize_weights(m, weight_only_ops(self.cfg), exclude)
+        sort_graph(m.graph)
         if outputs is not None:
+            restore_outputs(m, outputs)
+        save_model(m, out, run_check=False)
+        return out
+
+    def _fp16_nodes(self) -> list[str]:
+        if self._fp16 is None:
             import onnx
 
-            from onnxforge.artifact import save_model
-
-            m = onnx.load(str(out))
-            restore_outputs(m, outputs)
-            save_model(m, out, run_check=False)
-        return out
+            m = onnx.load(str(self._source()[0]))
+            self._fp16 = weight_only.fp16_weight_nodes(m)
+        return self._fp16
 
     def _source(self):
         """(model to quantize, the outputs to declare again afterwards or None): the pre-processed model without
@@ -302,4 +339,4 @@ def has_int8_weights(path: Path) -> bool:
 
     m = onnx.load(str(path), load_external_data=False)
     return any(t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) > 0
-               for t in m.graph.initializer)
+               for t in weight_only.all_initializers(m.graph))  # If/Loop/Scan bodies hold weights too

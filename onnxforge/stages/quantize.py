@@ -83,17 +83,10 @@ def _int8_config(c: _Int8Fields, mode: str):
 
 def _check_options(opts: QuantizeOptions) -> None:
     from onnxforge.errors import UserError
-    from onnxforge.quant.int8 import DYNAMIC_REFUSED
 
     if opts.candidates and opts.mode != "auto":
         raise UserError(f"quantize.candidates is for mode: auto (mode is {opts.mode}) — remove one of them")
-    dyn = [opts.op_types] if opts.mode == "dynamic" else [c.op_types for c in opts.candidates or []
-                                                          if c.mode == "dynamic"]
-    for ops in dyn:
-        bad = sorted(set(ops or []) & set(DYNAMIC_REFUSED))
-        if bad:
-            raise UserError(f"quantize: dynamic quantization of {', '.join(bad)} yields ConvInteger, which "
-                            "onnxruntime's CPU provider cannot run — drop it from op_types or use mode: static")
+    # (Conv in a dynamic op_types is fine: its weights are stored weight-only, never as ConvInteger)
     if not opts.batch_sizes or any(b <= 0 for b in opts.batch_sizes):
         raise UserError("quantize.batch_sizes: give positive batch sizes, e.g. [1, 64]")
 
@@ -106,7 +99,8 @@ def _fmt_speed(spd: dict) -> str:
                 help="INT8 (static/dynamic/auto) or FP16 under an accuracy budget; never slower unless allowed")
 def run_quantize(ctx, opts: QuantizeOptions):
     _check_options(opts)
-    work = ctx.stage_dir / ".quantize-work"
+    # absolute: onnxruntime's tools run with their cwd inside it (quant/sandbox.py)
+    work = (ctx.stage_dir / ".quantize-work").resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
@@ -115,17 +109,17 @@ def run_quantize(ctx, opts: QuantizeOptions):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _nonfinite_weights(model) -> list[str]:
-    """Float initializers holding NaN/inf (onnxruntime's quantizer dies on them with `AssertionError: scale issue`)."""
-    import numpy as np
-    from onnx import TensorProto, numpy_helper
+def _nonfinite_weights(model, mode: str) -> list[str]:
+    """Weights INT8 would quantize that hold NaN/inf (onnxruntime's quantizer dies on them with `AssertionError:
+    scale issue`). Only those: a Clip's ±inf bounds or a -inf mask stay float and are fine."""
+    from onnxforge.quant.weight_only import QUANTIZED_INPUTS, refusable_weights
 
-    floats = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
-    return [t.name for t in model.graph.initializer
-            if t.data_type in floats and not np.isfinite(numpy_helper.to_array(t)).all()]
+    ops = set(QUANTIZED_INPUTS) - ({"Gather"} if mode == "dynamic" else set())  # static QDQ quantizes Gather
+    return refusable_weights(model, ops)
 
 
 def _run(ctx, opts: QuantizeOptions, work: Path):
+    from onnxforge import data
     from onnxforge.admission import admit, check_feeds
     from onnxforge.artifact import atomic_write_json, save_model
     from onnxforge.data import fixed_batch
@@ -136,16 +130,20 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
     from onnxforge.pipeline import StageResult
     from onnxforge.quant import budget as qb
     from onnxforge.quant import feeds as qfeeds
-    from onnxforge.quant import fp16, int8
+    from onnxforge.quant import fp16, int8, opset
 
     adm = admit(input_model(ctx))
     src = adm.path
-    if opts.mode != "fp16" and (bad := _nonfinite_weights(adm.model)):
+    if opts.mode != "fp16" and (bad := _nonfinite_weights(adm.model, opts.mode)):
         raise UserError(f"{adm.path.name}: weights {', '.join(bad[:4])} hold NaN or ±inf, so INT8 scales cannot be "
                         "computed — fix the model's weights, or use --mode fp16")
     warnings: list[str] = []
     before = perf.model_stats(src)
-    if adm.external or adm.rewritten:  # work copies keep the weights beside the input, and the merged opsets
+    upgraded = opset.upgrade(adm.model, adm.path.name) if opts.mode != "fp16" else None
+    if upgraded is not None:  # QDQ needs opset 13: quantize (and compare against) a converted copy
+        warnings.append(f"converted from opset {opset.default_opset(adm.model)} to {opset.QDQ_OPSET} for INT8")
+        src = save_model(upgraded, work / "input.onnx", run_check=False)
+    elif adm.external or adm.rewritten:  # work copies keep the weights beside the input, and the merged opsets
         src = save_model(adm.model, work / "input.onnx", run_check=False)
     eval_feeds, eval_prov, labels = qfeeds.evaluation(ctx, src, opts, warnings)
     if eval_feeds is not None:
@@ -201,11 +199,11 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
         # a model that pins its batch dim is calibrated that many rows at a time, in whole batches
         pinned = fixed_batch(adm.model)
         if calib_feeds is not None and pinned:
-            whole = len(next(iter(calib_feeds.values()))) // pinned * pinned
+            whole = data.n_rows(calib_feeds) // pinned * pinned
             if not whole:
                 raise UserError(f"quantize: the model takes batches of {pinned} rows; the calibration data has fewer "
                                 "— give more rows")
-            calib_feeds = {k: v[:whole] for k, v in calib_feeds.items()}
+            calib_feeds = data.take(calib_feeds, whole)
         if calib_feeds is not None:
             qfeeds.probe(adm.session, adm.model, calib_feeds)
         calib = int8.CalibrationFeeds(calib_feeds, batch=pinned or 16) if calib_feeds is not None else None
@@ -213,7 +211,7 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
                                                tag=f"c{i}"), int8.targets(nodes, c), pre)
                  for i, c in enumerate(dict.fromkeys(cfgs))]
         if calib_feeds is not None:
-            summary["calibration"] = {"data": calib_prov, "rows": len(next(iter(calib_feeds.values()))),
+            summary["calibration"] = {"data": calib_prov, "rows": data.n_rows(calib_feeds),
                                       "method": opts.calibrate_method, "synthetic": calib_prov == "synthetic"}
     unknown_nodes = sorted(set(opts.nodes_to_exclude) - {n.name for n in nodes})
     if unknown_nodes:
