@@ -76,8 +76,8 @@ def latency(models: dict[str, str | Path], feeds: dict[str, np.ndarray], batch_s
     back to back (alternating order between rounds); the median over rounds is reported.
 
     With `budget_s` (optimize's figures; quantize's timing decisions keep every round), bounded for slow models:
-    the first call of each (model, batch) is a warm-up that also gauges it — a call
-    slower than `seconds` is then timed once per round (no further warm-up) — and rounds after the first stop
+    the first call of each (model, batch) is a warm-up that also gauges it — a call slower than `seconds`/20 is
+    then timed for `seconds` per round (at least once, no further warm-up) — and rounds after the first stop
     once the call has spent `budget_s`. `.rounds` says how many rounds ran, `.runs` the timed calls per sample."""
     from onnxforge import runtime
     from onnxforge.data import tile_rows
@@ -101,12 +101,15 @@ def latency(models: dict[str, str | Path], feeds: dict[str, np.ndarray], batch_s
                 call = lambda s=s, f=f: s.run(None, f)  # noqa: E731
                 if budget_s is not None and (k, b) not in slow:
                     t0 = time.perf_counter()
-                    call()
-                    slow[(k, b)] = time.perf_counter() - t0 > seconds
-                if slow.get((k, b)):
-                    t0 = time.perf_counter()
-                    call()
-                    ms, n = (time.perf_counter() - t0) * 1e3, 1
+                    call()  # warm-up that gauges the call
+                    slow[(k, b)] = time.perf_counter() - t0 > seconds / 20
+                if slow.get((k, b)):  # no further warm-up: calls for `seconds` (at least one), their median
+                    times, t_end = [], time.perf_counter() + seconds
+                    while not times or (time.perf_counter() < t_end and len(times) < 400):
+                        t0 = time.perf_counter()
+                        call()
+                        times.append(time.perf_counter() - t0)
+                    ms, n = float(np.median(times)) * 1e3, len(times)
                 else:
                     res = measure(call, runs=400, warmup=4, max_seconds=seconds, rows=b)
                     ms, n = res["p50_ms"], res["runs"]
@@ -145,20 +148,48 @@ def geomean(values) -> float:
     return float(np.exp(np.mean(np.log(v)))) if v else float("nan")
 
 
+def _tensor_bytes(t) -> int:
+    import onnx
+
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return int(next((e.value for e in t.external_data if e.key == "length"), 0) or 0)
+    return len(t.raw_data) or sum(len(x) for x in (t.float_data, t.int32_data, t.int64_data, t.double_data,
+                                                   t.uint64_data)) * 4 or sum(len(x) for x in t.string_data)
+
+
+def _constants(model) -> dict[str, Any]:
+    """Every stored tensor: initializers and Constant nodes' values, subgraphs included, by name."""
+    from onnxforge.inspect import _all_nodes
+
+    out = {t.name: t for t in model.graph.initializer}
+    for n in _all_nodes(model.graph):
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.HasField("t"):
+                    out[n.output[0]] = a.t
+        for a in n.attribute:
+            if a.HasField("g"):
+                out |= {t.name: t for t in a.g.initializer}
+    return out
+
+
+def tensor_bytes(path: str | Path) -> int:
+    """Bytes of the stored tensors (initializers, Constant values; external data included) — the weights, without
+    the value_info/shape annotations a pass may add (onnxslim annotates every tensor: +56 KB on basic-pitch)."""
+    import onnx
+
+    return sum(_tensor_bytes(t) for t in _constants(onnx.load(str(path), load_external_data=False)).values())
+
+
 def grown_tensors(before: str | Path, after: str | Path, top: int = 2) -> str:
-    """What made `after` bigger than `before`: its largest initializers that `before` does not hold (a constant
-    folded into a materialized tensor, e.g. a Tile/Expand/ConstantOfShape of a small weight)."""
+    """What made `after`'s tensors bigger than `before`'s: its largest stored tensors that `before` does not hold (a
+    constant folded into a materialized tensor, e.g. ConstantOfShape of a weight's shape, Tile/Expand of a small
+    constant, DequantizeLinear of INT8 weights)."""
     import onnx
 
     def sizes(p):
         m = onnx.load(str(p), load_external_data=False)
-        out = {}
-        for t in m.graph.initializer:
-            n = len(t.raw_data) or sum(len(x) for x in (t.float_data, t.int32_data, t.int64_data, t.double_data))
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                n = int(next((e.value for e in t.external_data if e.key == "length"), 0) or 0)
-            out[t.name] = (n, list(t.dims))
-        return out
+        return {k: (_tensor_bytes(t), list(t.dims)) for k, t in _constants(m).items()}
 
     old, new = sizes(before), sizes(after)
     fresh = sorted(((n, k, dims) for k, (n, dims) in new.items() if k not in old), reverse=True)[:top]
