@@ -268,8 +268,26 @@ def _judge(rec: dict, dst: Path, current: Path, ref: dict, got: dict, original: 
                 f"{v:.2f}× at {k}" for k, v in rec["speedup"].items()) + ")")
 
 
+def _runnable_batches(sess, feeds: dict, batches: list[int]) -> tuple[list[int], str | None]:
+    """The timing batch sizes the input model runs at (a model whose shapes pin a dim the batch plan cannot see —
+    a [1] state beside scalar inputs — refuses 64 rows); none left: the evaluation feeds as they are."""
+    from onnxforge import data
+    from onnxforge.errors import one_line
+
+    ok, why = [], []
+    for b in batches:
+        try:
+            sess.run(None, data.tile_rows(feeds, b))  # as perf.latency calls it: one run, no row splitting
+            ok.append(b)
+        except Exception as e:
+            why.append(f"batch {b} not timed: the model does not run on it ({one_line(e)[:120]})")
+    if not ok:
+        ok = [data.n_rows(feeds)]
+    return ok, "; ".join(why) or None
+
+
 def _run(ctx, opts: OptimizeOptions, adm, work: Path):
-    from onnxforge import runtime
+    from onnxforge import data, runtime
     from onnxforge.admission import check_feeds
     from onnxforge.artifact import atomic_write_json, load_model, metadata, save_model, stamp
     from onnxforge.data import fixed_batch
@@ -299,6 +317,9 @@ def _run(ctx, opts: OptimizeOptions, adm, work: Path):
     timing_note = None
     if fixed_batch(adm.model) is None:  # a pinned batch is the only one the model runs
         batches, timing_note = perf.timing_batches(feeds, batches)
+    batches, dropped = _runnable_batches(adm.session, feeds, batches)
+    if dropped:
+        timing_note = ((timing_note + "; ") if timing_note else "") + dropped
     with progress_bar(ctx.console, "optimize", len(plan)) as bar:
         for i, (name, fn) in enumerate(plan):
             bar.describe(f"optimize: {name}")
@@ -344,7 +365,7 @@ def _run(ctx, opts: OptimizeOptions, adm, work: Path):
     rejected = [r["pass"] for r in records if r["status"] == "rejected"]
     summary = {"before": before, "after": after, "passes": records, "applied": applied, "rejected": rejected,
                "portable": opts.portable, "contrib_ops": passes.contrib_ops(current), "data": prov,
-               "rows": len(next(iter(feeds.values()))), "tolerance": {"rtol": opts.rtol, "atol": opts.atol},
+               "rows": data.n_rows(feeds), "tolerance": {"rtol": opts.rtol, "atol": opts.atol},
                "latency": latency_info,
                "warnings": warnings}
     model = load_model(current)
