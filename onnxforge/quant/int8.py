@@ -87,21 +87,31 @@ def preprocess(src: Path, dst: Path) -> str:
 
     src, dst = Path(src).resolve(), Path(dst).resolve()
     status = "ok (onnx shape inference)"
+    # ORT's optimizer wraps float16 weights in Casts to float32 (its CPU kernels are float32): the weights would
+    # no longer feed their ops directly, and nothing would be quantized
+    skip_opt = _has_fp16_weights(src)
     with quiet(), contained(dst.parent):
         try:
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, skip_optimization=skip_opt)
             if _unshaped(dst):
                 try:
-                    quant_pre_process(str(src), str(dst))
+                    quant_pre_process(str(src), str(dst), skip_optimization=skip_opt)
                     status = "ok (symbolic shape inference)"
                 except Exception as e:
-                    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+                    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, skip_optimization=skip_opt)
                     status = f"ok (symbolic shape inference failed: {type(e).__name__})"
         except Exception as e:
             shutil.copyfile(src, dst)
             status = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
     name_nodes(dst)
     return status
+
+
+def _has_fp16_weights(path: Path) -> bool:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return any(t.data_type == onnx.TensorProto.FLOAT16 for t in weight_only.all_initializers(m.graph))
 
 
 def _unshaped(path: Path) -> bool:
