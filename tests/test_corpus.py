@@ -9,7 +9,7 @@ shipped; quantized outputs are finite and the file smaller where weights are sto
 onnxslim's; nothing written to the working directory.
 
 `make test` runs a seeded share of the models (ONNXFORGE_CORPUS_SHARE models, default 4, drawn with
-ONNXFORGE_CORPUS_SEED, default 0, from those under 5 MB); `make corpus-test` (ONNXFORGE_CORPUS_ALL=1) runs all.
+ONNXFORGE_CORPUS_SEED, default 0, from those not marked `heavy`); `make corpus-test` (ONNXFORGE_CORPUS_ALL=1) runs all.
 Without a built cache the tests skip, except under CI (CI set), where they fail.
 """
 
@@ -35,7 +35,6 @@ with warnings.catch_warnings():  # the marker is registered in no ini file we ma
     pytestmark = pytest.mark.corpus
 
 RTOL, ATOL = 1e-3, 1e-4
-SMALL = 5 * 2**20  # models in the seeded share are under this size, so `make test` stays within minutes
 MANIFEST = {m["name"]: m for m in corpus.manifest()["model"]}
 BUILT = {m["name"]: m for m in corpus.entries()}
 
@@ -44,7 +43,7 @@ def _share() -> list[str]:
     names = list(MANIFEST)
     if os.environ.get("ONNXFORGE_CORPUS_ALL") == "1":
         return names
-    small = [n for n in names if n not in BUILT or BUILT[n]["size"] < SMALL]
+    small = [n for n in names if not MANIFEST[n].get("heavy")]
     k = min(int(os.environ.get("ONNXFORGE_CORPUS_SHARE", 4)), len(small))
     return sorted(random.Random(int(os.environ.get("ONNXFORGE_CORPUS_SEED", 0))).sample(small, k))
 
@@ -228,8 +227,11 @@ def test_nodes_at_most_onnxslim(ran, kind):
 
     e, p = ran["entry"], ran["paths"][kind]
     assert p.is_file(), f"no {kind} output ({_fail_text(ran['res'][COMMAND[kind]])})"
-    slim = onnxslim.slim(onnx.load(e["file"]))
-    assert _nodes(p) <= len(slim.graph.node), f"{kind}: {_nodes(p)} nodes > onnxslim's {len(slim.graph.node)}"
+    try:
+        bar, who = len(onnxslim.slim(onnx.load(e["file"])).graph.node), "onnxslim's"
+    except Exception:  # onnxslim cannot read some models (IR 3): then the bar is the original's count
+        bar, who = _nodes(e["file"]), "the original's (onnxslim fails on it)"
+    assert _nodes(p) <= bar, f"{kind}: {_nodes(p)} nodes > {who} {bar}"
 
 
 @_params()
