@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -32,17 +32,23 @@ class Admitted:
     path: Path
     model: Any  # onnx.ModelProto; external data loaded unless read(load_external=False)
     external: bool  # the model keeps tensors in external files
-    session: Any = None
-    rewritten: bool = False  # `model` differs from the file (a repeated opset entry merged): save it before use  # onnxruntime.InferenceSession when admit() was asked for one
+    session: Any = None  # onnxruntime.InferenceSession when admit() was asked for one
+    rewritten: bool = False  # `model` differs from the file (opsets merged, normalized): save it before use
+    notes: list = field(default_factory=list)  # what normalization changed (see normalize.py)
 
 
 def admit(path: str | Path, *, what: str = "model", session: bool | dict = True, load_external: bool = True,
-          ours: bool = False) -> Admitted:
+          ours: bool = False, normalize: bool = True) -> Admitted:
     """Read, check and (unless session=False) load a model in onnxruntime. `session` may be the keyword arguments
     of runtime.session for a session the caller then reuses (default: CPU, optimizations off, one thread); pass
     False where the caller builds its own session at once through `open_session`."""
     adm = read(path, what=what, load_external=load_external)
     check(adm, ours=ours)
+    if normalize:  # after the checks: the file itself passed them as it is
+        from onnxforge.normalize import normalize as _normalize
+
+        adm.notes = _normalize(adm.model)
+        adm.rewritten = adm.rewritten or bool(adm.notes)
     if session is not False:
         kw = session if isinstance(session, dict) else {"level": "disable", "threads": 1}
         adm.session = open_session(adm.path, ours=ours, **kw)

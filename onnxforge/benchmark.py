@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from onnxforge.data import fixed_batch, tile_rows
+from onnxforge.inputspec import line
 
 ORT = "onnxruntime"
 
@@ -22,16 +23,33 @@ ORT = "onnxruntime"
 # ------------------------------------------------------------------ inputs
 
 
-def feeds_for(model, *, cfg=None, data: Path | None = None, rows: int = 64, seed: int = 0):
-    """Benchmark inputs: the given or configured data file, else synthesized from the input spec (fine for
+def feeds_for(model, *, cfg=None, data: Path | None = None, rows: int = 64, seed: int = 0, path=None,
+              shapes: dict | None = None):
+    """Benchmark inputs: the given or configured data file, else synthesized from the input model (fine for
     latency). Returns (feeds, provenance)."""
     from onnxforge import data as d
+    from onnxforge.inputspec import plan
 
-    specs = (cfg.inputs if cfg is not None and cfg.inputs else None) or d.specs_from_model(model)
+    specs = plan(model, path, _with_overrides(cfg, shapes))
     path = data or (cfg.data.path if cfg is not None else None)
     if path is not None:
         return d.feeds_from_table(d.load_table(path), specs), str(path)
-    return d.synthesize(specs, rows, seed), "synthetic"
+    feeds = d.synthesize(specs, rows, seed)
+    return feeds, "synthetic" + (f": {line(specs.log[-1])}" if specs.log else "")
+
+
+def _with_overrides(cfg, shapes: dict | None):
+    """The config (or a bare stand-in) with --shape/--value merged into its input_shapes/input_values."""
+    from types import SimpleNamespace
+
+    if not shapes:
+        return cfg
+    base = SimpleNamespace(inputs=list(getattr(cfg, "inputs", None) or []),
+                           input_shapes=dict(getattr(cfg, "input_shapes", None) or {}),
+                           input_values=dict(getattr(cfg, "input_values", None) or {}))
+    base.input_shapes.update(shapes.get("input_shapes") or {})
+    base.input_values.update(shapes.get("input_values") or {})
+    return base
 
 
 # ------------------------------------------------------------------ progress
@@ -193,7 +211,8 @@ def usable_batches(model, batches: list[int]) -> tuple[list[int], list[int]]:
 
 
 def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int, config: Path | None,
-              console=None, warmup: int = 10, max_seconds: float = 10.0, rounds: int = 3) -> dict:
+              console=None, warmup: int = 10, max_seconds: float = 10.0, rounds: int = 3,
+              shapes: dict | None = None) -> dict:
     """`onnxforge bench`: latency of MODEL per batch and thread setting; with --config also the source's native
     predict (or, for an ONNX source, the source file itself in onnxruntime), with ratios."""
     from onnxforge.admission import admit, check_feeds
@@ -215,7 +234,7 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
         console.print(f"[yellow]{model.name} has a fixed batch of {ok[0]}: skipping batch {skipped}[/yellow]")
     # 64 rows at most, tiled up to each batch: latency does not need distinct rows, and the synthetic-input cap
     # then guards the model's declared shapes while the batch the user asked for meets the memory cap
-    feeds, provenance = feeds_for(proto, cfg=cfg, rows=min(max(ok), 64))
+    feeds, provenance = feeds_for(proto, cfg=cfg, rows=min(max(ok), 64), path=model, shapes=shapes)
     check_feeds(feeds, proto, what=f"the inputs ({provenance})", model_name=model.name)
     label = model.name
     providers = cfg.runtime.providers if cfg is not None else None

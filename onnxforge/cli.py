@@ -24,6 +24,11 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="pipeline
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="stage option key=value (YAML value); repeatable")]
 OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="where to write the resulting .onnx")]
 DataOpt = Annotated[Path | None, typer.Option("--data", help="data file: .npy .npz .csv .parquet")]
+ShapeOpt = Annotated[list[str] | None, typer.Option(
+    "--shape", help="NAME=d0,d1,... the shape of an input the model leaves symbolic (dim 0 of a batched input is "
+                    "the rows); repeatable")]
+ValueOpt = Annotated[list[str] | None, typer.Option(
+    "--value", help="NAME=V a fixed value for a synthesized input, e.g. a sample rate; repeatable")]
 
 
 
@@ -171,6 +176,26 @@ def _data_flags(data: Path | None, labels: str | None = None, synthetic: bool = 
             "rows": rows}
 
 
+def _input_flags(shapes: list[str] | None, values: list[str] | None) -> dict:
+    """--shape NAME=d0,d1 and --value NAME=V → the config's input_shapes / input_values."""
+    from onnxforge.errors import UserError
+
+    out: dict[str, dict] = {}
+    for flag, items, key in (("--shape", shapes, "input_shapes"), ("--value", values, "input_values")):
+        for item in items or []:
+            name, sep, raw = item.partition("=")
+            try:
+                if not sep or not name.strip() or not raw.strip():
+                    raise ValueError
+                val = [int(x) for x in raw.split(",")] if flag == "--shape" else float(raw)
+            except ValueError:
+                example = "images=1,3,320,320" if flag == "--shape" else "sr=16000"
+                raise UserError(f"{flag} {item!r}: expected NAME={'d0,d1,...' if flag == '--shape' else 'V'}, "
+                                f"e.g. {flag} {example}") from None
+            out.setdefault(key, {})[name.strip()] = val
+    return out
+
+
 def _parse_input(spec: str) -> dict:
     """name:dtype:dim,dim  (dims are ints or names for dynamic dims)."""
     parts = spec.split(":")
@@ -224,10 +249,11 @@ def validate(model: Annotated[Path | None, typer.Argument(help="the .onnx to che
              rtol: Annotated[float | None, typer.Option()] = None,
              atol: Annotated[float | None, typer.Option()] = None,
              synthetic: Annotated[bool, typer.Option(help="allow inputs synthesized from the input spec")] = False,
+             shape: ShapeOpt = None, value: ValueOpt = None,
              sets: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
     """Check a model: onnx.checker, shapes, a session, then outputs against a reference. Exit 1 on mismatch."""
     _stage("validate", model, None, config, {"against": against, "rtol": rtol, "atol": atol}, sets, as_json,
-           data=_data_flags(data, labels, synthetic))
+           data=_data_flags(data, labels, synthetic), top=_input_flags(shape, value))
 
 
 @app.command()
@@ -238,10 +264,11 @@ def quantize(model: Annotated[Path | None, typer.Argument(help="the float .onnx"
              data: DataOpt = None,
              labels: Annotated[str | None, typer.Option(help="labels key/column (for accuracy budgets)")] = None,
              max_accuracy_drop: Annotated[float | None, typer.Option(help="e.g. 0.005 = half a point")] = None,
+             shape: ShapeOpt = None, value: ValueOpt = None,
              sets: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
     """INT8 (dynamic/static) or FP16, under an accuracy budget that is never exceeded."""
     _stage("quantize", model, output, config, {"mode": mode, "max_accuracy_drop": max_accuracy_drop}, sets,
-           as_json, data=_data_flags(data, labels))
+           as_json, data=_data_flags(data, labels), top=_input_flags(shape, value))
 
 
 @app.command()
@@ -254,11 +281,12 @@ def optimize(model: Annotated[Path | None, typer.Argument(help="the .onnx to opt
              data: DataOpt = None,
              synthetic: Annotated[bool, typer.Option(help="compare passes on inputs synthesized from the input "
                                                           "spec when no data is given")] = False,
+             shape: ShapeOpt = None, value: ValueOpt = None,
              sets: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
     """Graph optimization (ORT levels, simplification, transformer fusion); each pass checked numerically."""
     _stage("optimize", model, output, config, {"level": level, "portable": portable,
                                                "allow_synthetic": synthetic or None}, sets, as_json,
-           data=_data_flags(data))
+           data=_data_flags(data), top=_input_flags(shape, value))
 
 
 # ------------------------------------------------------------------ artifacts
@@ -352,12 +380,13 @@ def bench_cmd(model: Annotated[Path, typer.Argument(help="an .onnx file")],
               batch: Annotated[list[int] | None, typer.Option("--batch", help="batch sizes, repeatable")] = None,
               threads: Annotated[list[int] | None, typer.Option("--threads", help="thread counts")] = None,
               runs: Annotated[int, typer.Option(help="timed runs per setting")] = 100,
-              config: ConfigOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
+              config: ConfigOpt = None, shape: ShapeOpt = None, value: ValueOpt = None,
+              as_json: JsonOpt = False, debug: DebugOpt = False):
     """Latency percentiles and throughput of a model (and its native source when --config names it)."""
     from onnxforge.benchmark import bench_cli
 
     res = bench_cli(model, batches=batch or [1, 64], threads=threads or [1], runs=runs, config=config,
-                    console=_out(as_json))
+                    console=_out(as_json), shapes=_input_flags(shape, value))
     if as_json:
         _emit(res)
 

@@ -68,6 +68,11 @@ class TensorSpec(StrictModel):
     categories: list[str | int] | None = Field(None, description="allowed levels, used for synthetic inputs")
     low: float = 0.0
     high: float = 1.0
+    batched: bool | None = Field(None, description="dim 0 is the batch axis (rows); false for state tensors and "
+                                 "scalars, fed whole to every run; null = read off the model")
+    value: float | None = Field(None, description="feed this value in every element when synthesizing (e.g. a "
+                                "sample rate)")
+    _synth: list[int] | None = PrivateAttr(None)  # dims the input model resolved, for synthesis only
 
 
 class SourceBase(StrictModel):
@@ -118,6 +123,10 @@ class PipelineBase(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name; artifacts go to run_dir/name")
     inputs: list[TensorSpec] = Field(default_factory=list)
     outputs: list[str] | None = Field(None, description="names for the model outputs")
+    input_shapes: dict[str, list[int]] = Field(default_factory=dict, description="shapes for model inputs whose "
+                                               "dims the model leaves symbolic (--shape NAME=d0,d1,...)")
+    input_values: dict[str, float] = Field(default_factory=dict, description="a fixed value for an input when "
+                                           "synthesizing, e.g. a sample rate (--value NAME=16000)")
     data: DataConfig = Field(default_factory=DataConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     run_dir: RelPath = Field(Path("runs"), description="parent folder of run folders (default: ./runs in the "

@@ -20,6 +20,30 @@ ONNX_TO_DTYPE = {1: "float32", 11: "float64", 10: "float16", 7: "int64", 6: "int
                  9: "bool", 8: "string"}
 
 
+class Feeds(dict):
+    """Model inputs by name. `whole` names the inputs without a batch axis (state tensors, scalars, a sample
+    rate): they are fed as they are to every run — never split into rows, tiled or counted as rows.
+    `rows_per_run` pins how many rows one run takes when the model says so only by failing on more."""
+
+    whole: frozenset = frozenset()
+    rows_per_run: int | None = None
+
+    def like(self, items) -> Feeds:
+        return feeds_like(self, items)
+
+
+def feeds_like(src, items) -> Feeds:
+    """A Feeds of `items` that keeps `src`'s whole inputs and rows per run (src may be a plain dict)."""
+    out = Feeds(items)
+    out.whole = frozenset(getattr(src, "whole", ()))
+    out.rows_per_run = getattr(src, "rows_per_run", None)
+    return out
+
+
+def whole(feeds) -> frozenset:
+    return frozenset(getattr(feeds, "whole", ()))
+
+
 def load_table(path: str | Path) -> Mapping[str, np.ndarray]:
     """Named columns/arrays of a data file, read lazily: only the columns a caller indexes are read, each after a
     check of what it costs in memory (onnxforge.limits). Never unpickles (object arrays are refused)."""
@@ -39,7 +63,8 @@ def cast(arr: np.ndarray, dtype: str, name: str, source=None) -> np.ndarray:
                         "dtype or column")
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # overflow and NaN→int are reported by check_values
-            return np.ascontiguousarray(arr, dtype=target)
+            out = np.asarray(arr, dtype=target)
+            return np.ascontiguousarray(out) if out.ndim else out  # ascontiguousarray makes a scalar 1-d
     except (TypeError, ValueError):
         raise UserError(f"{_where(source)}input '{name}' expects {dtype} but the data holds {arr.dtype} — fix the "
                         "input dtype or column") from None
@@ -199,6 +224,13 @@ def feeds_from_table(table: Mapping[str, np.ndarray], specs, rows: int | None = 
     for spec in specs:
         key = _keys_for(spec, specs, table, source, hint)
         cols = [np.asarray(table[c]) for c in (key if isinstance(key, list) else [key])]
+        if is_whole(spec):  # a state tensor or scalar: the file holds it whole, whatever the rows of other inputs
+            raw = cols[0] if len(cols) == 1 else np.stack(cols)
+            arr = cast(raw, spec.dtype, spec.name, source)
+            _check_whole(arr, spec, source)
+            check_values(arr, raw, spec.name, key, source, nonfinite=nonfinite, fix=fix, offset=offset)
+            feeds[spec.name] = arr
+            continue
         cols = [c[:rows] if rows and c.ndim else c for c in cols]
         if any(c.ndim and len(c) == 0 for c in cols):
             raise UserError(f"{_where(source)}no rows for input '{spec.name}' — the data must hold at least one "
@@ -224,23 +256,44 @@ def feeds_from_table(table: Mapping[str, np.ndarray], specs, rows: int | None = 
         arr = cast(raw, spec.dtype, spec.name, source)
         check_values(arr, raw, spec.name, key, source, nonfinite=nonfinite, fix=fix, offset=offset)
         feeds[spec.name] = arr
-    n = {len(v) for v in feeds.values() if v.ndim}
+    out = Feeds(feeds)
+    out.whole = frozenset(s.name for s in specs if is_whole(s))
+    out.rows_per_run = getattr(specs, "rows_per_run", None)
+    n = {len(v) for k, v in feeds.items() if v.ndim and k not in out.whole}
     if len(n) > 1:
-        raise UserError(f"{_where(source)}inputs have different row counts {sorted(n)} — all inputs must share the "
-                        "batch dim")
-    return feeds
+        raise UserError(f"{_where(source)}inputs have different row counts {sorted(n)} — all batched inputs must "
+                        "share the batch dim (mark an input without one `batched: false` under inputs:)")
+    return out
 
 
-def synthesize(specs, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs made from the spec alone: uniform in [low, high), categories drawn from the listed levels."""
-    shapes = {spec.name: [rows if (i == 0 and not isinstance(d, int)) else (d if isinstance(d, int) else 1)
-                          for i, d in enumerate(spec.shape or ["batch"])] for spec in specs}
+def _check_whole(arr: np.ndarray, spec, source) -> None:
+    """An input fed whole must have exactly the model's shape (no rows to slice or tile it to)."""
+    shape = spec.shape or []
+    if arr.ndim != len(shape) or any(isinstance(d, int) and d > 0 and a != d for a, d in zip(arr.shape, shape,
+                                                                                           strict=True)):
+        raise UserError(f"{_where(source)}input '{spec.name}' has no batch axis and takes shape {shape} as a whole, "
+                        f"but the data gives shape {list(arr.shape)} — give it exactly that shape")
+
+
+def synthesize(specs, rows: int, seed: int = 0) -> Feeds:
+    """Inputs made from the spec alone: uniform in [low, high), categories drawn from the listed levels, `value`
+    where one is given. Batched inputs get `rows` rows (a multiple of the batch a model pins); inputs without a
+    batch axis (see inputspec) get their declared shape once; other symbolic dims are 1 unless resolved."""
+    if getattr(specs, "unresolved", None):
+        raise UserError(specs.unresolved)
+    whole_names = frozenset(s.name for s in specs if is_whole(s))
+    shapes = {spec.name: _synth_shape(spec, rows, spec.name in whole_names) for spec in specs}
+    fit = _rows_within_cap(shapes, whole_names, rows)
+    if fit < rows:  # big inputs (images, audio): fewer rows rather than a refusal; one row must still fit
+        shapes = {spec.name: _synth_shape(spec, fit, spec.name in whole_names) for spec in specs}
     _check_synthetic(shapes)
     rng = np.random.default_rng(seed)
-    feeds = {}
+    feeds = Feeds()
     for spec in specs:
         shape = shapes[spec.name]
-        if spec.categories:
+        if spec.value is not None and spec.dtype != "string":
+            arr = np.full(shape, spec.value)
+        elif spec.categories:
             arr = np.asarray(spec.categories)[rng.integers(0, len(spec.categories), size=shape)]
         elif spec.dtype == "string":
             raise UserError(f"input '{spec.name}' is a string input: list its categories to synthesize data")
@@ -251,7 +304,39 @@ def synthesize(specs, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
         else:
             arr = rng.uniform(spec.low, spec.high, size=shape)
         feeds[spec.name] = cast(arr, spec.dtype, spec.name)
+    feeds.whole = whole_names
+    feeds.rows_per_run = getattr(specs, "rows_per_run", None)
+    if isinstance(getattr(specs, "log", None), list):  # the input model's specs: summaries say what was made
+        from onnxforge.inputspec import describe
+
+        specs.log.append(describe(feeds, specs))
     return feeds
+
+
+def _rows_within_cap(shapes: dict[str, list[int]], whole_names, rows: int) -> int:
+    from onnxforge import limits
+
+    cap = limits.max_synthetic_elements()
+    batched = [n for n in shapes if n not in whole_names and shapes[n]]
+    if cap is None or not batched or rows <= 1:
+        return rows
+    fixed = sum(math.prod(v) for n, v in shapes.items() if n not in batched)
+    per_row = sum(math.prod(shapes[n][1:]) for n in batched)
+    return max(1, min(rows, (cap - fixed) // max(per_row, 1)))
+
+
+def is_whole(spec) -> bool:
+    """No batch axis: a scalar, or an input the input model (or the user) marked batched: false."""
+    return spec.batched is False or (spec.shape is not None and len(spec.shape) == 0)
+
+
+def _synth_shape(spec, rows: int, whole_input: bool) -> list[int]:
+    dims = list(getattr(spec, "_synth", None) or (spec.shape if spec.shape is not None else ["batch"]))
+    out = [d if isinstance(d, int) and d > 0 else 1 for d in dims]
+    if not whole_input and dims:
+        d0 = dims[0]
+        out[0] = max(d0, rows // d0 * d0) if isinstance(d0, int) and d0 > 0 else rows
+    return out
 
 
 def _check_synthetic(shapes: dict[str, list[int]]) -> None:
@@ -282,6 +367,8 @@ def specs_from_model(model) -> list:
         # -1 and 0 in dim_value appear in real files and mean "dynamic" to onnxruntime
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
                 for d in tt.shape.dim]
+        if not tt.HasField("shape"):  # rank unknown: guess one batched axis (the input model probes it)
+            dims = ["batch"]
         specs.append(TensorSpec(name=inp.name, dtype=ONNX_TO_DTYPE.get(tt.elem_type, "float32"), shape=dims))
     return specs
 
@@ -298,13 +385,15 @@ def fixed_batch(model) -> int | None:
     return dims.pop() if len(dims) == 1 and None not in dims else None
 
 
-def tile_rows(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    """Exactly n rows per input: the first n, or the data repeated when it has fewer rows than n. Refused over the
-    memory cap: n may be a batch size a model pins (its declared shape), not one the user chose."""
+def tile_rows(feeds: dict[str, np.ndarray], n: int) -> Feeds:
+    """Exactly n rows per batched input: the first n, or the data repeated when it has fewer rows than n (inputs
+    without a batch axis stay whole). Refused over the memory cap: n may be a batch size a model pins (its
+    declared shape), not one the user chose."""
     from onnxforge import limits
 
+    skip = whole(feeds)
     cap = limits.max_data_bytes()
-    need = sum(np.asarray(v).nbytes // max(len(v), 1) * n for v in feeds.values())
+    need = sum(np.asarray(v).nbytes // max(len(v), 1) * n for k, v in feeds.items() if k not in skip)
     if cap is not None and need > cap:
         raise UserError(f"a batch of {n:,} rows takes {limits.human(need)} of inputs, over the {limits.human(cap)} "
                         f"memory cap — choose a smaller batch, or raise the cap with {limits.DATA_ENV}=SIZE "
@@ -312,23 +401,35 @@ def tile_rows(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     out = {}
     for k, v in feeds.items():
         v = np.asarray(v)
+        if k in skip:
+            out[k] = v
+            continue
         idx = np.arange(n) % max(len(v), 1)
         out[k] = np.ascontiguousarray(v[idx])
-    return out
+    return feeds_like(feeds, out)
 
 
 def n_rows(feeds: dict[str, np.ndarray]) -> int:
-    return len(next(iter(feeds.values()))) if feeds else 0
+    """Rows of the batched inputs; 1 when every input is fed whole (the feed set is one sample)."""
+    skip = whole(feeds)
+    batched = [v for k, v in feeds.items() if k not in skip and np.ndim(v)]
+    return len(batched[0]) if batched else (1 if feeds else 0)
 
 
-def batches(feeds: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
+def batches(feeds: dict[str, np.ndarray], size: int) -> Iterator[Feeds]:
     n = n_rows(feeds)
     for i in range(0, n, size):
-        yield {k: v[i : i + size] for k, v in feeds.items()}
+        yield rows_slice(feeds, slice(i, i + size))
 
 
-def take(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    return {k: v[:n] for k, v in feeds.items()}
+def take(feeds: dict[str, np.ndarray], n: int) -> Feeds:
+    return rows_slice(feeds, slice(0, n))
+
+
+def rows_slice(feeds: dict[str, np.ndarray], idx) -> Feeds:
+    """Rows `idx` (a slice or an index array) of every batched input; whole inputs as they are."""
+    skip = whole(feeds)
+    return feeds_like(feeds, {k: (v if k in skip or not np.ndim(v) else v[idx]) for k, v in feeds.items()})
 
 
 # ------------------------------------------------------------------ labels: user data too, checked before use

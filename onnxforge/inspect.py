@@ -70,4 +70,4 @@ def inspect_file(path: str | Path) -> dict:
     tests/test_bench_cli.py) and describes models meant for other runtimes (custom-domain ops) too."""
     from onnxforge.admission import admit
 
-    return summarize(admit(path, session=False).model, path)
+    return summarize(admit(path, session=False, normalize=False).model, path)  # the file as it is

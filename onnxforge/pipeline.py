@@ -42,7 +42,8 @@ class StageContext:
     source_model: Path | None  # the model the convert stage produced
     results: dict[str, dict] = field(default_factory=dict)  # earlier stages' manifest entries, by stage name
     console: Any = None
-    _cache: dict[str, Any] = field(default_factory=dict)
+    _cache: dict[str, Any] = field(default_factory=dict)  # shared by the stages of one run
+    synthesized: list = field(default_factory=list)  # what this stage synthesized (data.synthesize appends)
 
     @property
     def frontend(self):
@@ -57,12 +58,17 @@ class StageContext:
         return self._cache["native"]
 
     def input_specs(self, model_path: Path | None = None):
-        if self.cfg.inputs:
-            return self.cfg.inputs
+        """The input model (see inputspec) of the model at `model_path` (default: the current model): the
+        config's inputs merged over what the model declares, dims resolved, batch axes and integer ranges."""
+        from onnxforge import inputspec
         from onnxforge.artifact import load_model
-        from onnxforge.data import specs_from_model
 
-        return specs_from_model(load_model(model_path or self.model or self.source_model, load_external=False))
+        path = model_path or self.model or self.source_model
+        if path is None or not Path(path).is_file():
+            return self.cfg.inputs
+        specs = inputspec.plan(load_model(path, load_external=False), path, self.cfg)
+        specs.log = self.synthesized  # data.synthesize records what it made: the stage summary shows it
+        return specs
 
     def feeds(self, which: str = "eval", model_path: Path | None = None) -> tuple[dict[str, np.ndarray], str]:
         """Inputs for checks: the data file, or (only if allowed) synthetic data. Returns (feeds, provenance)."""
@@ -84,6 +90,18 @@ class StageContext:
         if d.path is None or d.labels is None:
             return None
         return data.read_labels(d.path, d.labels, d.rows, specs=self.input_specs())
+
+
+def with_synthesized(res: StageResult, ctx: StageContext) -> None:
+    """Every summary says which inputs were synthesized: shapes, ranges and where they came from."""
+    if ctx.synthesized and isinstance(res.summary, dict) and "synthesized_inputs" not in res.summary:
+        seen, uniq = set(), []
+        for d in (d for feed_set in ctx.synthesized for d in feed_set):
+            key = json.dumps(d, sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                uniq.append(d)
+        res.summary["synthesized_inputs"] = uniq
 
 
 def path_bases(cfg) -> list:
@@ -225,6 +243,7 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
                 atomic_write_json(mpath, manifest)
                 raise
             entry["wall_s"] = round(time.perf_counter() - t0, 4)
+            with_synthesized(res, ctx)
             outs = [p for p in ([res.model] if res.model else []) + list(res.files) if p and Path(p).is_file()]
             entry.update(status="ran", verdict=res.verdict, summary=scrub(res.summary, *bases),
                          message=scrub(res.message, *bases),

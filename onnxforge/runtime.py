@@ -54,13 +54,14 @@ def run(sess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None, *,
     their input spec), onnxruntime failing mid-run on the inputs (a Gemm whose dims do not match, a broadcast
     that does not fit) is the inputs not fitting the model: one line, exit 2. Pass False for a model we built
     from one that already ran on the same feeds: its failure is a bug."""
+    from onnxforge import data
+
     names = outputs or [o.name for o in sess.get_outputs()]
     size = pinned_rows(sess, feeds)
     try:
         if size is None:
-            return dict(zip(names, sess.run(names, feeds), strict=True))
-        n = len(next(iter(feeds.values())))
-        parts = [sess.run(names, {k: v[i : i + size] for k, v in feeds.items()}) for i in range(0, n, size)]
+            return dict(zip(names, sess.run(names, dict(feeds)), strict=True))
+        parts = [sess.run(names, dict(b)) for b in data.batches(feeds, size)]
     except Exception as e:
         if not user_inputs or not _run_failure(e):
             raise
@@ -92,11 +93,18 @@ def _unfit(e: Exception, feeds: dict[str, np.ndarray]):
 
 def pinned_rows(sess, feeds: dict[str, np.ndarray]) -> int | None:
     """The batch size the session's inputs pin when the feeds hold another number of rows, else None."""
+    from onnxforge.data import whole
     from onnxforge.errors import UserError
 
-    dims = {tuple(i.shape[:1]) for i in sess.get_inputs() if i.name in feeds}
-    rows = {len(v) for v in feeds.values() if np.ndim(v)}
-    if len(dims) != 1 or len(rows) != 1:
+    skip = whole(feeds)
+    rows = {len(v) for k, v in feeds.items() if np.ndim(v) and k not in skip}
+    if len(rows) != 1:
+        return None
+    pin = getattr(feeds, "rows_per_run", None)
+    dims = {tuple(i.shape[:1]) for i in sess.get_inputs() if i.name in feeds and i.name not in skip}
+    if pin:
+        dims = {(pin,)}
+    if len(dims) != 1:
         return None
     (b,), n = (dims.pop() or (None,)), rows.pop()
     if not isinstance(b, int) or b <= 0 or n == b:

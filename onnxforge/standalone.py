@@ -64,7 +64,7 @@ def build_config(stage: str, model: Path | None, config: Path | None, stage_opts
         raw["data"] = _merge(raw.get("data") or {}, data)
     if source:
         raw["source"] = _merge(raw.get("source") or {}, source)
-    raw.update(top or {})
+    raw = _merge(raw, top or {})  # --shape/--value add to the config's input_shapes/input_values
     return parse_config(raw, path, lines)
 
 
@@ -90,7 +90,7 @@ def _copy_atomic(src: Path, dest: Path) -> None:
 
 def run_alone(stage: str, cfg, model: Path | None, output: Path | None, console=None):
     """Returns (StageResult, final model path or None)."""
-    from onnxforge.pipeline import StageContext, first_new_folder, run_pipeline
+    from onnxforge.pipeline import StageContext, first_new_folder, run_pipeline, with_synthesized
 
     spec = STAGES[stage]
     model_in = Path(model) if model is not None else None
@@ -121,6 +121,7 @@ def run_alone(stage: str, cfg, model: Path | None, output: Path | None, console=
     try:
         ctx = StageContext(cfg, stage, work, model_in, model_in, {}, console)
         res = spec.run(ctx, getattr(cfg.stages, stage))
+        with_synthesized(res, ctx)
         final = None
         if res.model and output:
             os.replace(res.model, output)  # same folder: the rename is atomic

@@ -34,7 +34,7 @@ def calibration(ctx, src: Path, opts, warnings: list[str], required: bool):
                         "ranges may not match real data")
     n = data.n_rows(feeds)
     idx = np.random.default_rng(d.seed).permutation(n)[: opts.calibration_rows]
-    return {k: v[idx] for k, v in feeds.items()}, prov
+    return data.rows_slice(feeds, idx), prov
 
 
 def evaluation(ctx, src: Path, opts, warnings: list[str]):

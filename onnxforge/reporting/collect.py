@@ -147,7 +147,9 @@ def _eval_data(src: Sources, data: Path | None, first_model, max_rows: int | Non
     from onnxforge import data as d
 
     cfg = src.cfg
-    specs = (cfg.inputs if cfg is not None and cfg.inputs else None) or d.specs_from_model(first_model)
+    from onnxforge.inputspec import plan
+
+    specs = plan(first_model, src.artifacts[0].path if src.artifacts else None, cfg)
     path = data or (cfg.data.path if cfg is not None else None)
     if path is None:
         if cfg is not None and cfg.data.synthetic:

@@ -150,7 +150,8 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     out_names = [o.name for o in sess.get_outputs()]
     comparisons: list[dict] = []
     got_full = None
-    fixed = data.fixed_batch(model)  # -1 and 0 dims count as dynamic there, as onnxruntime reads them
+    # -1 and 0 dims count as dynamic there, as onnxruntime reads them; rows_per_run: a pin found by the input model
+    fixed = data.fixed_batch(model) or getattr(feeds, "rows_per_run", None)
     for bs in ([fixed] if fixed else opts.batch_sizes):
         # a pinned batch (even of 1) runs every row, that many at a time; batch size 1 otherwise scores a sample
         n = min(rows, opts.batch1_rows) if bs == 1 and not fixed else rows
