@@ -164,6 +164,10 @@ def _stage(stage: str, model: Path | None, output: Path | None, config: Path | N
     res, final = run_alone(stage, cfg, model, output, console=con)
     summary = res.summary if hasattr(res, "summary") else res.get("summary", {})
     verdict = res.verdict if hasattr(res, "verdict") else res.get("verdict")
+    if summary.get("synthesized_inputs"):
+        from onnxforge.inputspec import line
+
+        con.print(f"synthesized inputs: {line(summary['synthesized_inputs'])}", markup=False, soft_wrap=True)
     if final:
         con.print(f"[green]wrote[/green] {final}")
     if as_json:

@@ -141,6 +141,14 @@ def from_models(paths: list[Path]) -> Sources:
 # ------------------------------------------------------------------ data
 
 
+def _synthetic(specs) -> str:
+    """'synthetic: x float32[64, 4] in [0, 1); …' — what the figures were computed on."""
+    from onnxforge.inputspec import line
+
+    log = getattr(specs, "log", None)
+    return "synthetic" + (f": {line(log[-1])}" if log else "")
+
+
 def _eval_data(src: Sources, data: Path | None, first_model, max_rows: int | None):
     """(feeds, labels, provenance, label key). The report never fails for lack of data: without a data file it
     uses synthetic inputs, and says so."""
@@ -153,10 +161,12 @@ def _eval_data(src: Sources, data: Path | None, first_model, max_rows: int | Non
     path = data or (cfg.data.path if cfg is not None else None)
     if path is None:
         if cfg is not None and cfg.data.synthetic:
-            return d.synthesize(specs, cfg.data.synthetic_rows, cfg.data.seed), None, "synthetic", None
+            feeds = d.synthesize(specs, cfg.data.synthetic_rows, cfg.data.seed)
+            return feeds, None, _synthetic(specs), None
         src.notes.append("no data file: outputs, errors and agreement use synthetic inputs, no accuracy (give --data "
                          "FILE, or --config CONFIG.yaml for the run's data)")
-        return d.synthesize(specs, 64, 0), None, "synthetic", None
+        feeds = d.synthesize(specs, 64, 0)
+        return feeds, None, _synthetic(specs), None
     table = d.load_table(path)
     feeds = d.feeds_from_table(table, specs, cfg.data.rows if cfg is not None else None)
     used = {s.column or s.name for s in specs} | {c for s in specs for c in (s.columns or [])}
@@ -226,6 +236,7 @@ def _deltas(m: dict | None, ref: dict | None) -> dict | None:
 
 def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None) -> dict:
     from onnxforge import __version__
+    from onnxforge import data as d
     from onnxforge.admission import admit
     from onnxforge.benchmark import progress_bar
 
@@ -266,7 +277,7 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
         "title": _text(man.get("name")) or ", ".join(a.label for a in src.artifacts)[:120],
         "verdict": man.get("verdict", "info") if src.kind == "run" else "info",
         "run": _run_info(src) if src.kind == "run" else None,
-        "data": {"eval": provenance, "rows": len(next(iter(feeds.values()))) if feeds else 0,
+        "data": {"eval": provenance, "rows": d.n_rows(feeds) if feeds else 0,
                  "labels": label_key},
         "native": native_info, "artifacts": artifacts, "latency": latency, "errors": errors,
         "validations": _validations(man, {a.label for a in src.artifacts}),
