@@ -231,7 +231,7 @@ def _int_domains(model, specs, notes) -> None:
         if table:
             size, what = table
             s.low, s.high = 0, size
-            notes.setdefault(s.name, f"indices 0…{size - 1} (the size of {what} it indexes)")
+            notes.setdefault(s.name, f"indices 0…{size - 1}: the table it indexes, {what}, has {size}")
         else:
             s.low, s.high = 0, INT_HIGH
             notes.setdefault(s.name, f"values 0…{INT_HIGH - 1}: it indexes no table the model stores (give "
