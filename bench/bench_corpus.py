@@ -165,14 +165,25 @@ def run() -> list[dict]:
         print(f"bench: corpus {e['name']} ...", flush=True)
         with tempfile.TemporaryDirectory() as d:
             results.append(_one(e, Path(d)))
+    return [table(results)]
+
+
+def _short(text: str, n: int = 70) -> str:
+    text = text.replace("check failed: ", "").replace("internal error: ", "").replace("error: ", "")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def table(results: list[dict]) -> dict:
+    """The README table from `_one` results (also from a saved results.json's `data`)."""
     cols = ["model", "package", "nodes orig", "onnxslim", "ORT ext", "onnxforge", "portable",
             "lat onnxforge", "lat portable", "lat onnxslim", "lat ORT ext", "quant size", "checker", "failures"]
     rows = []
     for r in results:
         n, lat = r["nodes"], r["latency_ratio"]
-        fails = "; ".join(f"{k} exit {v}" for k, v in r["exit"].items() if v != 0)
+        fails = "; ".join(f"{k} exit {_short(str(v))}" for k, v in r["exit"].items() if v != 0)
         checks = " ".join(f"{k[0]}:{v}" for k, v in r["checker"].items())
-        rows.append([r["model"], r["package"], n["original"], n.get("onnxslim"), n.get("ort_extended"),
+        slim, ext = (v if isinstance(v, int) or v is None else "error" for v in (n.get("onnxslim"), n.get("ort_extended")))
+        rows.append([r["model"], r["package"], n["original"], slim, ext,
                      n.get("onnxforge", "✗"), n.get("portable", "✗"), lat.get("onnxforge"), lat.get("portable"),
                      lat.get("onnxslim"), lat.get("ort_extended"), r.get("quant_size_ratio"), checks or "—",
                      fails or "—"])
@@ -182,6 +193,7 @@ def run() -> list[dict]:
              f"{SECONDS}s each per variant. Inputs: batch 1 at the manifest's shape hints (or the wheel's own "
              "test_data_set_0); per model in results.json. quant size = quantize --mode dynamic file size / "
              "original. checker = onnx.checker full on o(nnxforge), p(ortable), q(uantized). ✗ = the command "
-             "failed (see failures).")
-    return [{"title": "Third-party model corpus (make corpus)", "columns": cols, "rows": rows, "notes": notes,
-             "data": results}]
+             "failed (see failures); error = that tool failed on the model; — = no figure (no output, or its session "
+             "failed to load).")
+    return {"title": "Third-party model corpus (make corpus)", "columns": cols, "rows": rows, "notes": notes,
+            "data": results}
