@@ -254,8 +254,10 @@ class Int8Builder:
                 skip = [x for n in list(exclude) + self._fp16_nodes() for x in (n, f"{n}_MatMul")]
                 quantize_dynamic(str(src), str(out), op_types_to_quantize=dyn, per_channel=self.cfg.per_channel,
                                  reduce_range=self.cfg.reduce_range, weight_type=wt, nodes_to_exclude=skip,
-                                 # EnableSubgraph: Gemm/MatMul inside If/Loop/Scan bodies too
-                                 extra_options={"MatMulConstBOnly": True, "EnableSubgraph": True})
+                                 # EnableSubgraph: Gemm/MatMul inside If/Loop/Scan bodies too — not with float16
+                                 # weights: it puts DynamicQuantizeLinear (float32 only) on fp16 tensors there
+                                 extra_options={"MatMulConstBOnly": True,
+                                                "EnableSubgraph": not _has_fp16_weights(src)})
             else:
                 # calibration ranges depend on the method and op types only: compute once, reuse for every rebuild
                 key = f"{self.pre.stem}-{self.calibration.digest}-{self.calibrate_method}-{'_'.join(ops or ['all'])}"

@@ -18,8 +18,8 @@ def upgrade(model, name: str):
 
     from onnxforge.errors import UserError
 
-    if default_opset(model) >= QDQ_OPSET:
-        return None
+    if default_opset(model) >= QDQ_OPSET or not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+        return None  # at 13 already, or no ai.onnx ops at all (an ai.onnx.ml-only model): nothing to convert
     m = onnx.ModelProto()
     m.CopyFrom(model)
     # IR-3 files list initializers as inputs too (then they are overridable inputs, not weights)

@@ -54,7 +54,9 @@ class QuantizeOptions(_Int8Fields):
         "auto", description="fallback ranking: probe = quantize with each node kept float in turn; tensor = "
                             "per-node output error from one run; auto = probe up to max_probes nodes")
     max_probes: int = Field(16, gt=0, description="sensitivity auto: probe up to this many nodes, else tensor")
-    allow_slower: bool = Field(False, description="ship an INT8 model even when it is slower than the float one")
+    allow_slower: bool | None = Field(None, description="ship an INT8 model even when it is slower than the float "
+                                      "one; default: yes when you named the mode (static/dynamic: the speed is "
+                                      "reported and warned about), no in auto mode or when min_speedup is set")
     min_speedup: float = Field(1.0, gt=0, description="INT8 must be this many times faster at every batch size")
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], description="latency batch sizes")
     threads: int = Field(1, gt=0, description="intra-op threads for latency")
@@ -89,6 +91,29 @@ def _check_options(opts: QuantizeOptions) -> None:
     # (Conv in a dynamic op_types is fine: its weights are stored weight-only, never as ConvInteger)
     if not opts.batch_sizes or any(b <= 0 for b in opts.batch_sizes):
         raise UserError("quantize.batch_sizes: give positive batch sizes, e.g. [1, 64]")
+
+
+def _unloadable(path: Path) -> str | None:
+    """Why a candidate is not a valid model (onnx.checker full, then onnxruntime's loader), or None."""
+    import onnx
+
+    from onnxforge import runtime
+    from onnxforge.errors import one_line
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        runtime.session(path, level="disable")
+    except Exception as e:
+        return f"invalid model ({type(e).__name__}: {one_line(str(e))[:200]})"
+    return None
+
+
+def _allow_slower(opts) -> bool:
+    """Timing decides only where onnxforge chooses (auto) or the user set a speed bar: a named mode is what the user
+    asked for, and a noisy timing must not turn it into exit 1 on one run and exit 0 on the next."""
+    if opts.allow_slower is not None:
+        return opts.allow_slower
+    return opts.mode in ("static", "dynamic") and "min_speedup" not in opts.model_fields_set
 
 
 def _fmt_speed(spd: dict) -> str:
@@ -159,7 +184,7 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
     if eval_feeds is not None:
         summary["budget"] = {"max_accuracy_drop": opts.max_accuracy_drop, "max_error": opts.max_error,
                              "metric": assess.metric, "against": assess.against, "data": eval_prov,
-                             "rows": len(next(iter(eval_feeds.values())))}
+                             "rows": data.n_rows(eval_feeds)}
         summary["before"]["accuracy"] = assess.accuracy_float
 
     # ---- what to try
@@ -231,7 +256,10 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
             path = builder.build(list(opts.nodes_to_exclude))
             entry: dict[str, Any] = {"label": label, "config": cfg.as_dict() if cfg else {"mode": "fp16"},
                                      "path": path, "targets": tg}
-            if not alive(path):
+            broken = _unloadable(path)
+            if broken:  # onnxruntime's quantizer wrote a model that is not valid: reported, never shipped
+                entry.update(status="rejected", reason=broken)
+            elif not alive(path):
                 entry.update(status="skipped", reason="quantizes nothing in this model")
             else:
                 r = assess(path)
@@ -240,8 +268,15 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
             bar()
     live = [c for c in candidates if c["status"] == "measured"]
     if not live:
-        raise UserError("quantize: no configuration quantizes anything in this model (no Conv/MatMul/Gemm it can "
-                        "handle; contrib ops from an earlier ORT optimization? put quantize before optimize)")
+        broken = [c for c in candidates if c["status"] == "rejected"]
+        if broken:
+            raise CheckFailed(f"quantize: every INT8 model onnxruntime's quantizer wrote for this model is invalid "
+                              f"({broken[0]['label']}: {broken[0]['reason']}) — try --mode fp16, or keep the "
+                              "failing nodes in float with nodes_to_exclude")
+        raise UserError("quantize: no configuration quantizes anything in this model — it stores no weights of "
+                        "the ops INT8 covers (Conv, ConvTranspose, MatMul, Gemm, LSTM, GRU, RNN, Attention; weights "
+                        "that are graph inputs are not stored); if an earlier ORT optimization wrote contrib ops "
+                        "(FusedConv, FusedGemm), put quantize before optimize")
     batches = perf.batch_plan([src], opts.batch_sizes)
     models = {"float": src} | {c["label"]: c["path"] for c in live}
     with progress_bar(ctx.console, "quantize: timing", opts.latency_rounds * len(models) * len(batches)) as bar:
@@ -252,7 +287,7 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
     before["p50_ms"] = lat["float"]
     summary["latency"] = {"threads": opts.threads, "data": lat_prov, "rounds": opts.latency_rounds}
 
-    gate_speed = opts.mode != "fp16" and not opts.allow_slower
+    gate_speed = opts.mode != "fp16" and not _allow_slower(opts)
 
     def fast_enough(spd: dict) -> bool:
         return not gate_speed or all(v >= opts.min_speedup for v in spd.values())
@@ -335,8 +370,9 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
         warnings.append(f"fp16 is slower than float32 here ({_fmt_speed(chosen['speedup'])}): onnxruntime's CPU "
                         "provider has few fp16 kernels — fp16 pays off on GPUs")
     if gate_speed is False and opts.mode != "fp16" and any(v < 1 for v in chosen["speedup"].values()):
-        warnings.append(f"shipping an INT8 model slower than float ({_fmt_speed(chosen['speedup'])}) because "
-                        "allow_slower: true")
+        why = "allow_slower: true" if opts.allow_slower else f"--mode {opts.mode} was asked for (allow_slower: " \
+                                                            "false refuses it)"
+        warnings.append(f"shipping an INT8 model slower than float ({_fmt_speed(chosen['speedup'])}) because {why}")
     out = _save(src, chosen, summary, ctx.stage_dir / "model.onnx")
     after.update(perf.model_stats(out))  # the shipped file, metadata included
     summary["size_ratio"] = before["file_bytes"] / max(after["file_bytes"], 1)
