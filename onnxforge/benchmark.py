@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from onnxforge.data import fixed_batch, tile_rows
-from onnxforge.inputspec import line
 
 ORT = "onnxruntime"
 
@@ -26,16 +25,16 @@ ORT = "onnxruntime"
 def feeds_for(model, *, cfg=None, data: Path | None = None, rows: int = 64, seed: int = 0, path=None,
               shapes: dict | None = None):
     """Benchmark inputs: the given or configured data file, else synthesized from the input model (fine for
-    latency). Returns (feeds, provenance)."""
+    latency). Returns (feeds, provenance, what was synthesized or None)."""
     from onnxforge import data as d
     from onnxforge.inputspec import plan
 
     specs = plan(model, path, _with_overrides(cfg, shapes))
     path = data or (cfg.data.path if cfg is not None else None)
     if path is not None:
-        return d.feeds_from_table(d.load_table(path), specs), str(path)
+        return d.feeds_from_table(d.load_table(path), specs), str(path), None
     feeds = d.synthesize(specs, rows, seed)
-    return feeds, "synthetic" + (f": {line(specs.log[-1])}" if specs.log else "")
+    return feeds, "synthetic", (specs.log[-1] if specs.log else None)
 
 
 def _with_overrides(cfg, shapes: dict | None):
@@ -234,7 +233,7 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
         console.print(f"[yellow]{model.name} has a fixed batch of {ok[0]}: skipping batch {skipped}[/yellow]")
     # 64 rows at most, tiled up to each batch: latency does not need distinct rows, and the synthetic-input cap
     # then guards the model's declared shapes while the batch the user asked for meets the memory cap
-    feeds, provenance = feeds_for(proto, cfg=cfg, rows=min(max(ok), 64), path=model, shapes=shapes)
+    feeds, provenance, synthesized = feeds_for(proto, cfg=cfg, rows=min(max(ok), 64), path=model, shapes=shapes)
     check_feeds(feeds, proto, what=f"the inputs ({provenance})", model_name=model.name)
     label = model.name
     providers = cfg.runtime.providers if cfg is not None else None
@@ -266,7 +265,8 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
         task = prog.add_task(f"bench {label}", total=len(cases))
         rows = run_cases(cases, runs=runs, warmup=warmup, max_seconds=max_seconds, rounds=rounds, progress=prog,
                          task=task)
-    result = {"model": str(model), "inputs": provenance, "runs": runs, "warmup": warmup, "rounds": rounds,
+    result = {"model": str(model), "inputs": provenance, "synthesized_inputs": synthesized, "runs": runs,
+              "warmup": warmup, "rounds": rounds,
               "batches": ok,
               "skipped_batches": skipped, "threads": list(threads), "baseline": baseline, "results": rows,
               "ratios": ratios(rows, baseline) if baseline else []}
@@ -287,6 +287,10 @@ def render(result: dict, console) -> None:
         t.add_row(r["engine"], r["label"], str(r["batch"]), thr, f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
                   f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['rows_per_s']:,.0f}", str(r["runs"]))
     console.print(t)
+    if result.get("synthesized_inputs"):
+        from onnxforge.inputspec import line
+
+        console.print(f"synthesized inputs: {line(result['synthesized_inputs'])}", markup=False, soft_wrap=True)
     if result["ratios"]:
         rt = Table(title=f"speed relative to {result['baseline']} (same run; >1 = faster)")
         for c in ("model", "batch", "threads", "p50 ms", "baseline p50 ms", "speedup"):

@@ -175,7 +175,9 @@ def test_synthetic_cap_can_be_raised(monkeypatch):
 
     specs = [TensorSpec(name="x", dtype="float32", shape=["batch", 1000])]
     monkeypatch.setenv("ONNXFORGE_MAX_SYNTHETIC_ELEMENTS", "10000")
-    with pytest.raises(UserError, match="64,000 elements"):
+    assert data.synthesize(specs, 64)["x"].shape == (10, 1000)  # fewer rows fit under the cap
+    monkeypatch.setenv("ONNXFORGE_MAX_SYNTHETIC_ELEMENTS", "500")
+    with pytest.raises(UserError, match="1,000 elements"):  # not even one row does
         data.synthesize(specs, 64)
     monkeypatch.setenv("ONNXFORGE_MAX_SYNTHETIC_ELEMENTS", "0")
     assert data.synthesize(specs, 64)["x"].shape == (64, 1000)
