@@ -60,6 +60,7 @@ def plan(model, path: Path | str | None = None, cfg=None, *, probe: bool = True)
     _from_metadata(model, specs, notes)
     _int_domains(model, specs, notes)
     out = Specs(specs, notes=notes)
+    _state_batch(out)
     if probe and path is not None:
         _probe(Path(path), out)
     if key is not None:
@@ -149,6 +150,20 @@ def _batch_axes(specs) -> None:
             s.batched = s.name in symbolic
         else:
             s.batched = len(fixed) == 1
+
+
+def _state_batch(specs: Specs) -> None:
+    """A state fed whole that carries the batch dim elsewhere (silero's h: [2, batch, 64]) holds one stream: it
+    is fed at batch 1, and the batched inputs one row per run."""
+    names = {s.shape[0] for s in specs if s.batched and s.shape and isinstance(s.shape[0], str)}
+    for s in specs:
+        if s.batched or not s.shape:
+            continue
+        for axis, d in enumerate(s.shape):
+            if isinstance(d, str) and d in names:
+                _set_dim(s, axis, 1)
+                specs.rows_per_run = 1
+                specs.notes.setdefault(s.name, f"state: its '{d}' dim is the batch, fed at 1 (one row per run)")
 
 
 def _resolved(spec) -> list:

@@ -187,3 +187,29 @@ def test_ir3_model_is_normalized_in_memory_only(tmp_path):
     got = ort.InferenceSession(str(out)).run(None, {"x": x})[0]
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
     assert out.stat().st_size < 0.5 * path.stat().st_size
+
+
+class Recurrent(torch.nn.Module):
+    """A GRU step with its state as an input, batch on axis 1 of the state (like silero's h/c: [2, batch, 64])."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = torch.nn.GRU(8, 16)
+
+    def forward(self, x, h):
+        y, hn = self.gru(x.unsqueeze(0), h)
+        return y[0]
+
+
+def test_state_with_the_batch_on_another_axis_runs_one_row_per_run(tmp_path):
+    """h [1, batch, 16] beside x [batch, 8]: h is fed whole at batch 1 and the rows run one at a time (tiling h to
+    64 rows, or feeding it as one state beside 64 rows, both fail in onnxruntime)."""
+    path = _export(Recurrent(), (torch.rand(2, 8), torch.rand(1, 2, 16)), tmp_path / "rnn.onnx", ["x", "h"],
+                   {"x": {0: "batch"}, "h": {1: "batch"}, "y": {0: "batch"}})
+    res = _json(run_cli("validate", path, "--against", path, "--synthetic", "--json", cwd=tmp_path))
+    fed = {d["name"]: d for d in res["synthesized_inputs"]}
+    assert fed["h"]["shape"] == [1, 1, 16] and fed["h"]["batch_axis"] is False and "one row per run" in \
+        fed["h"]["from"], fed
+    r = run_cli("quantize", path, "-o", tmp_path / "q.onnx", "--mode", "dynamic", "--set", "latency_rounds=1",
+                cwd=tmp_path)
+    assert r.code == 0, r.stderr[-800:]

@@ -84,7 +84,9 @@ def latency(models: dict[str, str | Path], feeds: dict[str, np.ndarray], batch_s
     from onnxforge.timing import measure
 
     sessions = {k: runtime.session(Path(p), threads=threads, level=level) for k, p in models.items()}
-    plan = batch_plan(list(models.values()), batch_sizes)
+    # a model whose state pins one row per run (data.Feeds.rows_per_run) is timed at that batch only
+    pin = getattr(feeds, "rows_per_run", None)
+    plan = [pin] if pin else batch_plan(list(models.values()), batch_sizes)
     inputs = {b: tile_rows(feeds, b) for b in plan}
     samples: dict[str, dict[str, list[float]]] = {k: {f"batch{b}": [] for b in plan} for k in models}
     slow: dict[tuple[str, int], bool] = {}
