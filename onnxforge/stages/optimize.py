@@ -43,9 +43,10 @@ class OptimizeOptions(StrictModel):
                                 "(onnxruntime's LayerNormalization: 17) may run on the model converted to that opset "
                                 "by onnx's version converter; false keeps the input's opset and rejects such a pass")
     allow_more_nodes: bool = Field(False, description="keep a pass even when it leaves more nodes than it got")
-    max_size_growth: float = Field(0.05, ge=0, description="reject a pass that grows the stored tensors (weights, "
+    max_size_growth: float | None = Field(0.05, ge=0, description="reject a pass that grows the stored tensors (weights, "
                                    "constants) by more than this fraction and 4 KiB (e.g. folding quantized weights "
-                                   "back to float, or materializing ConstantOfShape/Tile/Expand of a constant)")
+                                   "back to float, or materializing ConstantOfShape/Tile/Expand of a constant); "
+                                   "null = no limit")
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], description="latency batch sizes")
     threads: int = Field(1, gt=0, description="intra-op threads for latency")
     latency_rounds: int = Field(3, gt=0, description="interleaved timing rounds (median reported)")
@@ -252,10 +253,11 @@ def _judge(rec: dict, dst: Path, current: Path, ref: dict, got: dict, original: 
         raise gate.Rejected(f"emits non-standard ops {sorted(bad)} (portable: true)")
     w0, w1 = perf.tensor_bytes(current), perf.tensor_bytes(dst)
     rec["tensor_bytes"] = w1
-    if w1 - w0 > w0 * opts.max_size_growth and w1 - w0 > _SIZE_SLACK:
+    if opts.max_size_growth is not None and w1 - w0 > w0 * opts.max_size_growth and w1 - w0 > _SIZE_SLACK:
         grown = perf.grown_tensors(current, dst)
         raise gate.Rejected(f"grows the stored tensors {w0:,} → {w1:,} B (file {before['file_bytes']:,} → "
-                            f"{stats['file_bytes']:,} B" + (f"; {grown})" if grown else ")"))
+                            f"{stats['file_bytes']:,} B" + (f"; {grown})" if grown else ")")
+                            + " — max_size_growth: null accepts it")
     if stats["nodes"] > rec["nodes_before"] and not opts.allow_more_nodes:
         raise gate.Rejected(f"adds nodes ({rec['nodes_before']} → {stats['nodes']})")
     if opts.min_pass_speedup > 0:
