@@ -229,3 +229,24 @@ def test_weights_fed_as_inputs_really_quantize_nothing(tmp_path):
     res = run_cli("quantize", model, "-o", tmp_path / "q.onnx", "--mode", "dynamic", *FAST[:-1])
     assert res.code == 2 and "quantizes anything" in res.stderr, res.stderr
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_generated_weights_are_not_materialized(tmp_path):
+    """onnx's light zoo style: weights made by ConstantOfShape at load. ORT's pre-processing folds them, so INT8
+    grew a 1 KB file to ~1 MB; that is refused by name (exit 2), nothing written."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    shape = nh.from_array(np.array([256, 1024], dtype=np.int64), "W_shape")
+    nodes = [h.make_node("ConstantOfShape", ["W_shape"], ["W"],
+                         value=h.make_tensor("v", T.FLOAT, [1], [0.01])),
+             h.make_node("MatMul", ["x", "W"], ["y"])]
+    g = h.make_graph(nodes, "gen", [h.make_tensor_value_info("x", T.FLOAT, ["n", 256])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["n", 1024])], [shape])
+    path = tmp_path / "gen.onnx"
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), str(path))
+    res = quantize(path, tmp_path / "q.onnx")
+    assert res.code == 2 and "generates its weights" in res.stderr, res.stderr
+    assert not (tmp_path / "q.onnx").exists()

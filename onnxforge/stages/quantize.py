@@ -108,6 +108,15 @@ def _unloadable(path: Path) -> str | None:
     return None
 
 
+def _grown(src: Path, path: Path) -> str | None:
+    """INT8 exists to shrink: a candidate over twice its input's size (and 64 KiB more) materialized weights the
+    model generates at load (onnx's light zoo graphs: ConstantOfShape), which ORT's pre-processing folds."""
+    a, b = Path(src).stat().st_size, Path(path).stat().st_size
+    if b > 2 * a and b - a > 64 << 10:
+        return f"grows the file {a:,} → {b:,} B"
+    return None
+
+
 def _allow_slower(opts) -> bool:
     """Timing decides only where onnxforge chooses (auto) or the user set a speed bar: a named mode is what the user
     asked for, and a noisy timing must not turn it into exit 1 on one run and exit 0 on the next."""
@@ -257,8 +266,11 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
             entry: dict[str, Any] = {"label": label, "config": cfg.as_dict() if cfg else {"mode": "fp16"},
                                      "path": path, "targets": tg}
             broken = _unloadable(path)
+            grown = _grown(src, path)
             if broken:  # onnxruntime's quantizer wrote a model that is not valid: reported, never shipped
                 entry.update(status="rejected", reason=broken)
+            elif grown:
+                entry.update(status="rejected", reason=grown)
             elif not alive(path):
                 entry.update(status="skipped", reason="quantizes nothing in this model")
             else:
@@ -268,6 +280,11 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
             bar()
     live = [c for c in candidates if c["status"] == "measured"]
     if not live:
+        grew = [c for c in candidates if (c.get("reason") or "").startswith("grows the file")]
+        if grew:
+            raise UserError(f"quantize: INT8 {grew[0]['reason']} — the model generates its weights when it loads "
+                            "(ConstantOfShape, Tile, …) instead of storing them, so there is nothing stored to make "
+                            "smaller; quantize the model that stores its weights")
         broken = [c for c in candidates if c["status"] == "rejected"]
         if broken:
             raise CheckFailed(f"quantize: every INT8 model onnxruntime's quantizer wrote for this model is invalid "
