@@ -42,11 +42,11 @@ corpus-test: install corpus
 fuzz: install fixtures
 	$(BIN)/python tests/fuzz/run_fuzz.py -n $(or $(FUZZ_CASES),10000) $(FUZZ_ARGS)
 
-bench: install fixtures
+bench: install fixtures corpus
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: install
-	$(BIN)/ruff check onnxforge tests fixtures bench
+	$(BIN)/ruff check onnxforge tests fixtures bench corpus
 
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)

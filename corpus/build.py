@@ -48,7 +48,7 @@ def _one(e: dict, wheels: dict, built: dict, root: Path, log) -> dict:
     out.mkdir(parents=True)
     model = out / "model.onnx"
     td = None
-    rec = {k: e[k] for k in ("name", "features") if k in e}
+    rec = {k: e[k] for k in ("name", "features", "heavy", "no_weights") if k in e}
     if "wheel" in e:
         w = wheels[e["wheel"]]
         whl = wheel(w, root / "wheels", log)
