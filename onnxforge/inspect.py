@@ -21,14 +21,15 @@ def _io(vi) -> dict:
     return {"name": vi.name, "dtype": t.WhichOneof("value"), "shape": None}
 
 
-def _all_nodes(graph):
+def all_nodes(graph):
+    """Every node of a graph, If/Loop/Scan bodies included (depth first)."""
     for n in graph.node:
         yield n
         for a in n.attribute:
-            if a.g.node:
-                yield from _all_nodes(a.g)
+            if a.HasField("g"):
+                yield from all_nodes(a.g)
             for g in a.graphs:
-                yield from _all_nodes(g)
+                yield from all_nodes(g)
 
 
 def summarize(model, path: str | Path | None = None) -> dict:
@@ -47,7 +48,7 @@ def summarize(model, path: str | Path | None = None) -> dict:
         params += n
         init_bytes += numpy_helper.to_array(t).nbytes if t.data_location != 1 else n * 4
     ops = Counter((f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type)
-                  for n in _all_nodes(model.graph))
+                  for n in all_nodes(model.graph))
     return {
         "path": str(path) if path else None,
         "file_bytes": file_size(path) if path and Path(path).is_file() else model.ByteSize(),

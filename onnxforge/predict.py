@@ -20,19 +20,10 @@ import numpy as np
 from onnxforge import limits
 from onnxforge.artifact import file_mode, meta_json
 from onnxforge.errors import UserError
+from onnxforge.inspect import all_nodes
 
 RANDOM_OPS = {"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Multinomial", "Bernoulli"}
 OUT_SUFFIXES = (".parquet", ".csv", ".npz")
-
-
-def _nodes(graph):
-    for n in graph.node:
-        yield n
-        for a in n.attribute:
-            if a.HasField("g"):
-                yield from _nodes(a.g)
-            for g in a.graphs:
-                yield from _nodes(g)
 
 
 def reseed(model, seed: int) -> int:
@@ -42,7 +33,7 @@ def reseed(model, seed: int) -> int:
     from onnx import helper
 
     count = 0
-    for node in _nodes(model.graph):
+    for node in all_nodes(model.graph):
         if node.op_type not in RANDOM_OPS:
             continue
         h = int.from_bytes(hashlib.sha256(f"{seed}:{count}".encode()).digest()[:3], "big") or 1

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from onnxforge.errors import one_line
+from onnxforge.inspect import all_nodes
 
 # opset_import entries onnx always resolves (the default domain); never dropped even with no node using them
 _DEFAULT = ("", "ai.onnx")
@@ -24,20 +25,10 @@ class Rejected(Exception):
     """A pass output that must not be used; str() is the reason shown to the user."""
 
 
-def _nodes(graph):
-    for n in graph.node:
-        yield n
-        for a in n.attribute:
-            if a.HasField("g"):
-                yield from _nodes(a.g)
-            for g in a.graphs:
-                yield from _nodes(g)
-
-
 def used_domains(model) -> set[str]:
     """Domains a node of the graph (subgraphs included) or of a model-local function uses, plus the functions'
     own domains (a call to a function is a node in its domain)."""
-    used = {n.domain for n in _nodes(model.graph)}
+    used = {n.domain for n in all_nodes(model.graph)}
     for f in model.functions:
         used |= {n.domain for n in f.node}
         used |= {o.domain for o in f.opset_import}
@@ -107,7 +98,7 @@ def needed_opset(error: str, path: Path) -> int | None:
         return None
     op, declared = m.group(1), int(m.group(2))
     model = onnx.load(str(path), load_external_data=False)
-    if not any(n.op_type == op and n.domain in _DEFAULT for n in _nodes(model.graph)):
+    if not any(n.op_type == op and n.domain in _DEFAULT for n in all_nodes(model.graph)):
         return None  # the op is in another domain: not ours to fix
     since = [s.since_version for s in onnx.defs.get_all_schemas_with_history() if s.name == op and s.domain in _DEFAULT]
     later = [v for v in since if v > declared]

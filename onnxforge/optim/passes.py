@@ -20,10 +20,10 @@ def contrib_ops(path: Path) -> dict[str, int]:
     """Ops outside the standard domains (e.g. com.microsoft::FusedGemm), with counts."""
     import onnx
 
-    from onnxforge.inspect import _all_nodes
+    from onnxforge.inspect import all_nodes
 
     m = onnx.load(str(path), load_external_data=False)
-    return dict(Counter(f"{n.domain}::{n.op_type}" for n in _all_nodes(m.graph) if n.domain not in STANDARD_DOMAINS))
+    return dict(Counter(f"{n.domain}::{n.op_type}" for n in all_nodes(m.graph) if n.domain not in STANDARD_DOMAINS))
 
 
 def simplify(src: Path, dst: Path) -> dict:

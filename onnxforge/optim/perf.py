@@ -161,10 +161,10 @@ def _tensor_bytes(t) -> int:
 
 def _constants(model) -> dict[str, Any]:
     """Every stored tensor: initializers and Constant nodes' values, subgraphs included, by name."""
-    from onnxforge.inspect import _all_nodes
+    from onnxforge.inspect import all_nodes
 
     out = {t.name: t for t in model.graph.initializer}
-    for n in _all_nodes(model.graph):
+    for n in all_nodes(model.graph):
         if n.op_type == "Constant":
             for a in n.attribute:
                 if a.HasField("t"):
