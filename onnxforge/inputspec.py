@@ -52,8 +52,10 @@ def plan(model, path: Path | str | None = None, cfg=None, *, probe: bool = True)
     base = specs_from_model(model)
     given = list(getattr(cfg, "inputs", None) or [])
     names = {s.name for s in base}
-    if given and not {s.name for s in given} & names:
-        return Specs(given)  # a spec for another graph (the frontend's names): used as the user wrote it
+    if given and not {s.name for s in given} <= names:
+        # a spec for another graph (a frontend's names: PyMC's categorical `g` is the model's `g__code`): used as
+        # the user wrote it, as before the input model
+        return Specs(given)
     specs = _merge(base, given, cfg, names)
     notes: dict[str, str] = {}
     _batch_axes(specs)
@@ -90,7 +92,7 @@ def _key(path, cfg):
 
 def _merge(base, given, cfg, names) -> list:
     """The model's specs, with the fields the user set in `inputs:` and the --shape/--value overrides."""
-    unknown = [s.name for s in given if s.name not in names]
+    unknown = []
     shapes = dict(getattr(cfg, "input_shapes", None) or {})
     values = dict(getattr(cfg, "input_values", None) or {})
     unknown += [f"{n} (--shape)" for n in shapes if n not in names]
