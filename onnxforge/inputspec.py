@@ -326,6 +326,8 @@ def _probe(path: Path, specs: Specs) -> None:
     opened = _open_dims(specs)
     if not opened and not any(s.batched and not isinstance(s.shape[0], int) for s in specs if s.shape):
         return
+    if any(s.dtype == "string" and not s.categories and s.value is None for s in specs):
+        return  # nothing to synthesize text from: the data file decides (or synthesis says what is missing)
     try:
         sess = runtime.session(path, level="disable", threads=1)
     except Exception:
@@ -355,7 +357,10 @@ def _probe(path: Path, specs: Specs) -> None:
                                            f"{', '.join(map(str, PROBE_SIZES))} on which the model runs (give "
                                            f"--shape {s.name}=… for the real size)")
     if any(s.batched and s.shape and not isinstance(s.shape[0], int) for s in specs):
-        one, two = data.synthesize(specs, 1), data.synthesize(specs, 2)
+        try:
+            one, two = data.synthesize(specs, 1), data.synthesize(specs, 2)
+        except UserError:  # e.g. over the synthetic-input cap: leave rows per run to the model's declaration
+            return
         if _runs(sess, one) and not _runs(sess, two):
             specs.rows_per_run = 1
             for s in specs:

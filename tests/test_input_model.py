@@ -213,3 +213,19 @@ def test_state_with_the_batch_on_another_axis_runs_one_row_per_run(tmp_path):
     r = run_cli("quantize", path, "-o", tmp_path / "q.onnx", "--mode", "dynamic", "--set", "latency_rounds=1",
                 cwd=tmp_path)
     assert r.code == 0, r.stderr[-800:]
+
+
+def test_string_input_model_with_a_data_file(tmp_path):
+    """A string input cannot be synthesized; probing must not refuse a model the user gives real text for
+    (it raised 'list its categories' before the data file was read)."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import StringTensorType
+    from sklearn.preprocessing import OneHotEncoder
+
+    text = np.array([["a"], ["b"], ["c"], ["a"]])
+    model = to_onnx(OneHotEncoder().fit(text), initial_types=[("s", StringTensorType([None, 1]))])
+    path = tmp_path / "enc.onnx"
+    onnx.save(model, str(path))
+    np.savez(tmp_path / "d.npz", s=text)
+    r = run_cli("validate", path, "--against", path, "--data", tmp_path / "d.npz", cwd=tmp_path)
+    assert r.code == 0, r.stderr[-800:]
