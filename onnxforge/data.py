@@ -28,9 +28,6 @@ class Feeds(dict):
     whole: frozenset = frozenset()
     rows_per_run: int | None = None
 
-    def like(self, items) -> Feeds:
-        return feeds_like(self, items)
-
 
 def feeds_like(src, items) -> Feeds:
     """A Feeds of `items` that keeps `src`'s whole inputs and rows per run (src may be a plain dict)."""

@@ -276,7 +276,10 @@ def _loop_controls(model) -> dict[str, str]:
 def _const_shapes(model) -> dict[str, tuple]:
     from onnx import numpy_helper
 
-    out = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    out: dict = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    for t in model.graph.initializer:
+        if all(d == 1 for d in t.dims):  # one value (a OneHot depth): read for its value
+            out[t.name + "#value"] = numpy_helper.to_array(t)
     for n in model.graph.node:
         if n.op_type == "Constant" and n.output:
             for a in n.attribute:
@@ -292,11 +295,9 @@ def _const_shapes(model) -> dict[str, tuple]:
 
 def _indexed(name: str, consumers, sizes, model, depth: int = 0):
     """(size, what) of the first table `name` indexes, following ops that pass an index through unchanged."""
-    from onnx import numpy_helper
 
     if depth > 8:
         return None
-    inits = {t.name: t for t in model.graph.initializer}
     for node, pos in consumers.get(name, []):
         if node.op_type in ("Gather", "GatherElements") and pos == 1 and node.input[0] in sizes:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
@@ -304,8 +305,7 @@ def _indexed(name: str, consumers, sizes, model, depth: int = 0):
             if dims and -len(dims) <= axis < len(dims):
                 return int(dims[axis]), f"'{node.input[0]}' ({node.op_type})"
         if node.op_type == "OneHot" and pos == 0 and len(node.input) > 1:
-            depth_name = node.input[1]
-            arr = numpy_helper.to_array(inits[depth_name]) if depth_name in inits else sizes.get(depth_name + "#value")
+            arr = sizes.get(node.input[1] + "#value")
             if arr is not None and np.size(arr) == 1 and int(np.ravel(arr)[0]) > 0:
                 return int(np.ravel(arr)[0]), "a OneHot depth"
         if node.op_type in _PASS and pos == 0:

@@ -27,13 +27,18 @@ def normalize(model) -> list[str]:
         notes.append(f"IR {model.ir_version} → 4" + (f": {dropped} initializers no longer listed as graph inputs "
                                                        "(constants, as IR 4 reads them)" if dropped else ""))
         model.ir_version = 4
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is not None and opset < MIN_OPSET:
+    opset = default_opset(model)
+    if 0 < opset < MIN_OPSET:
         upgraded = _upgrade(model, MIN_OPSET)
         if upgraded is not None:
             model.CopyFrom(upgraded)
             notes.append(f"opset {opset} → {MIN_OPSET} (onnx version converter)")
     return notes
+
+
+def default_opset(model) -> int:
+    """The model's ai.onnx opset; 0 when it imports none (an ai.onnx.ml-only model)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _upgrade(model, target: int):

@@ -107,13 +107,6 @@ def needed_opset(error: str, path: Path) -> int | None:
     return min(later)
 
 
-def default_opset(path: Path) -> int | None:
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    return next((o.version for o in m.opset_import if o.domain in _DEFAULT), None)
-
-
 def upgrade(src: Path, dst: Path, version: int) -> Path:
     """src converted to `version` of the default domain by onnx's version converter, checked; Rejected if the
     converter cannot (custom domains, ops without adapters) or its output fails the checker."""

@@ -3,11 +3,9 @@ converted (onnx.version_converter) on a copy; the user's file is never touched."
 
 from __future__ import annotations
 
+from onnxforge.normalize import default_opset
+
 QDQ_OPSET = 13
-
-
-def default_opset(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def upgrade(model, name: str):
@@ -18,7 +16,7 @@ def upgrade(model, name: str):
 
     from onnxforge.errors import UserError
 
-    if default_opset(model) >= QDQ_OPSET or not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+    if default_opset(model) >= QDQ_OPSET or not default_opset(model):
         return None  # at 13 already, or no ai.onnx ops at all (an ai.onnx.ml-only model): nothing to convert
     m = onnx.ModelProto()
     m.CopyFrom(model)

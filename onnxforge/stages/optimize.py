@@ -198,7 +198,9 @@ def _attempt(fn, current: Path, work: Path, stem: str, feeds: dict, rec: dict, w
     pass input converted to that opset by onnx's version converter. Returns (output, its outputs) or raises
     gate.Rejected."""
     from onnxforge import runtime
+    from onnxforge.artifact import load_model
     from onnxforge.errors import one_line
+    from onnxforge.normalize import default_opset
     from onnxforge.optim import gate
 
     dst = work / f"{stem}.onnx"
@@ -208,7 +210,7 @@ def _attempt(fn, current: Path, work: Path, stem: str, feeds: dict, rec: dict, w
     gate.tidy(dst)
     err = gate.checker_error(dst)
     if err and upgrade and (version := gate.needed_opset(err, dst)):
-        old = gate.default_opset(current)
+        old = default_opset(load_model(current, load_external=False))
         try:
             up = gate.upgrade(current, work / f"{stem}-opset{version}-input.onnx", version)
         except gate.Rejected as e:

@@ -158,6 +158,7 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
     from onnxforge.artifact import atomic_write_json, save_model
     from onnxforge.data import fixed_batch
     from onnxforge.errors import CheckFailed, UserError
+    from onnxforge.normalize import default_opset
     from onnxforge.optim import perf
     from onnxforge.optim.inputs import input_model
     from onnxforge.optim.ui import progress_bar
@@ -175,7 +176,7 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
     before = perf.model_stats(src)
     upgraded = opset.upgrade(adm.model, adm.path.name) if opts.mode != "fp16" else None
     if upgraded is not None:  # QDQ needs opset 13: quantize (and compare against) a converted copy
-        warnings.append(f"converted from opset {opset.default_opset(adm.model)} to {opset.QDQ_OPSET} for INT8")
+        warnings.append(f"converted from opset {default_opset(adm.model)} to {opset.QDQ_OPSET} for INT8")
         src = save_model(upgraded, work / "input.onnx", run_check=False)
     elif adm.external or adm.rewritten:  # work copies keep the weights beside the input, and the merged opsets
         src = save_model(adm.model, work / "input.onnx", run_check=False)
