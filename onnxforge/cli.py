@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from onnxforge import __version__
 
+HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  context_settings=HELP,
                   help="onnxforge: convert, validate, quantize, optimize and report ONNX artifacts.\n\n"
-                       "Exit codes: 0 ok · 1 a check failed · 2 bad input · 3 internal error.")
-config_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The pipeline config: its JSON Schema, and checking a file.")
+                       "Exit codes: 0 ok · 1 a check failed · 2 bad input · 3 internal error.\n\n"
+                       "--json: stdout holds one JSON document {ok, exit_code, command, result, warnings[, error]} "
+                       "(schema: onnxforge config schema --envelope).")
+config_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP,
+                         help="The pipeline config: its JSON Schema, and checking a file.")
 app.add_typer(config_app, name="config")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable result on stdout; human text on stderr")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="one JSON document on stdout {ok, exit_code, command, "
+                                                      "result, warnings[, error]}; human text on stderr")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="pipeline YAML (stage options, data, source)")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="stage option key=value (YAML value); repeatable")]
@@ -29,55 +38,156 @@ ShapeOpt = Annotated[list[str] | None, typer.Option(
                     "the rows); repeatable")]
 ValueOpt = Annotated[list[str] | None, typer.Option(
     "--value", help="NAME=V a fixed value for a synthesized input, e.g. a sample rate; repeatable")]
-
+RemeasureOpt = Annotated[bool, typer.Option("--remeasure", help="re-time decisions and rewrite the lock")]
+LockedOpt = Annotated[bool, typer.Option(
+    "--locked", help="fail (exit 1) if a recorded decision would have to be re-measured; for CI")]
+RequireFasterOpt = Annotated[bool, typer.Option(
+    "--require-faster", help="keep the result only when it is measured faster than its input "
+                             "(sets the stage option require_faster: true)")]
 
 
 def _emit(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
 
 
-def command(fn):
-    """Map the exit-code contract onto every command; no traceback without --debug."""
+# ------------------------------------------------------------------ the exit-code contract and the JSON envelope
+
+
+def command(fn=None, *, name: str | None = None):
+    """Map the exit-code contract onto every command (no traceback without --debug) and, under --json, print
+    the one envelope (onnxforge.envelope) on stdout. A command returns its result object and prints its human
+    text; this wrapper renders the result, the error and the warnings."""
+    if fn is None:
+        return functools.partial(command, name=name)
+    cmd_name = name or fn.__name__
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from rich.markup import escape
-
-        from onnxforge.errors import CheckFailed, UserError, one_line
-
         debug, as_json = kwargs.get("debug", False), kwargs.get("as_json", False)
-        err = _stderr()
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except CheckFailed as e:
-            if debug:
-                err.print_exception()
-            if as_json:
-                _emit({"ok": False, "exit_code": 1, "error": one_line(e), "result": e.result})
-            err.print(f"[bold red]check failed:[/bold red] {escape(one_line(e))}", soft_wrap=True)
-            raise typer.Exit(1) from None
-        except UserError as e:
-            if debug:
-                err.print_exception()
-            if as_json:
-                _emit({"ok": False, "exit_code": 2, "error": one_line(e)})
-            err.print(f"[bold red]error:[/bold red] {escape(one_line(e))}", soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
-        except Exception as e:  # a bug in onnxforge or a framework: one line, exit 3
-            if debug:
-                err.print_exception()
-            msg = one_line(f"{type(e).__name__}: {e}")[:400]
-            if as_json:
-                _emit({"ok": False, "exit_code": 3, "error": msg})
-            err.print(f"[bold red]internal error:[/bold red] {escape(msg)} — rerun with --debug for the traceback",
-                      soft_wrap=True)
-            raise typer.Exit(3) from None
+        if not as_json:
+            code, _, _ = _guarded(fn, args, kwargs, debug)
+        else:
+            import warnings
+
+            from onnxforge.envelope import dumps, envelope, warning_line
+
+            with warnings.catch_warnings(record=True) as caught, _stdout_to_stderr():
+                code, result, error = _guarded(fn, args, kwargs, debug)
+            doc = envelope(cmd_name, code, result, error, [warning_line(w) for w in caught])
+            sys.stdout.write(dumps(doc) + "\n")
+            sys.stdout.flush()
+        if code:
+            raise typer.Exit(code)
 
     return wrapper
+
+
+def _guarded(fn, args, kwargs, debug: bool) -> tuple[int, Any, str | None]:
+    """(exit code, result object, one-line error) of running a command body; the error line goes to stderr."""
+    from rich.markup import escape
+
+    from onnxforge.errors import CheckFailed, UserError, one_line
+
+    err = _stderr()
+    try:
+        return 0, fn(*args, **kwargs), None
+    except typer.Exit as e:
+        return e.exit_code, None, (None if e.exit_code == 0 else f"exit {e.exit_code}")
+    except CheckFailed as e:
+        if debug:
+            err.print_exception()
+        err.print(f"[bold red]check failed:[/bold red] {escape(one_line(e))}", soft_wrap=True)
+        return 1, e.result, one_line(e)
+    except UserError as e:
+        if debug:
+            err.print_exception()
+        err.print(f"[bold red]error:[/bold red] {escape(one_line(e))}", soft_wrap=True)
+        return 2, None, one_line(e)
+    except KeyboardInterrupt:
+        return 130, None, "interrupted"
+    except Exception as e:  # a bug in onnxforge or a framework: one line, exit 3
+        if debug:
+            err.print_exception()
+        msg = one_line(f"{type(e).__name__}: {e}")[:400]
+        err.print(f"[bold red]internal error:[/bold red] {escape(msg)} — rerun with --debug for the traceback",
+                  soft_wrap=True)
+        return 3, None, msg
+
+
+def _flush_all() -> None:
+    for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            s.flush()
+    with contextlib.suppress(Exception):  # C stdio buffers (native libraries' printf)
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """While a --json command runs, whatever writes to stdout — print(), progress bars, rich, native code
+    (TensorFlow, torch export, skl2onnx) writing to file descriptor 1 — lands on stderr; the envelope is then
+    the only thing on the real stdout."""
+    _flush_all()
+    saved = None
+    with contextlib.suppress(OSError, ValueError):
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _flush_all()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+class _JsonCommand(TyperCommand):
+    """A usage error (unknown option, bad value, missing argument) still answers --json with one envelope."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        wants_json = "--json" in args  # before parsing: it consumes the list
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except typer.TyperException as e:
+            if wants_json:
+                from onnxforge.envelope import dumps, envelope
+
+                names = [info_name]
+                while parent is not None and parent.parent is not None:
+                    names.insert(0, parent.info_name)
+                    parent = parent.parent
+                code = getattr(e, "exit_code", 2)
+                sys.stdout.write(dumps(envelope(" ".join(names), code, None, e.format_message())) + "\n")
+            raise
+
+
+_PREFIX: dict[int, str] = {id(config_app): "config "}
+
+
+def _cmd(group: typer.Typer, name: str):
+    """Register a command on `group` under `name`, wrapped by `command`."""
+
+    def deco(fn):
+        return group.command(name, cls=_JsonCommand)(command(fn, name=_PREFIX.get(id(group), "") + name))
+
+    return deco
+
+
+def _lock_mode(remeasure: bool, locked: bool) -> str:
+    from onnxforge.errors import UserError
+
+    if remeasure and locked:
+        raise UserError("--remeasure and --locked contradict each other — give one (--locked in CI, --remeasure to "
+                        "re-time and rewrite the lock)")
+    return "remeasure" if remeasure else "locked" if locked else "use"
+
+
+def _lock_kw(lock: str) -> dict:
+    return {} if lock == "use" else {"lock": lock}
 
 
 def _stderr():
@@ -109,29 +219,29 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version_c
 # ------------------------------------------------------------------ pipeline
 
 
-@app.command()
-@command
+@_cmd(app, "run")
 def run(config: Annotated[Path, typer.Argument(help="pipeline YAML")],
         force: Annotated[bool, typer.Option("--force", help="rerun stages even when cached")] = False,
         until: Annotated[str | None, typer.Option(help="stop after this stage")] = None,
         run_dir: Annotated[Path | None, typer.Option(
             "--run-dir", help="parent folder of the run folder (overrides the config's run_dir; may be anywhere)")] = None,
+        remeasure: RemeasureOpt = False, locked: LockedOpt = False,
         as_json: JsonOpt = False, debug: DebugOpt = False):
     """Run every stage the config lists, into run_dir/NAME/ with a manifest.json."""
     from onnxforge.config import load_config
     from onnxforge.errors import CheckFailed
     from onnxforge.pipeline import run_pipeline
 
+    lock = _lock_mode(remeasure, locked)
     cfg = load_config(config, run_dir=run_dir)
     con = _out(as_json)
     try:
-        manifest = run_pipeline(cfg, force=force, until=until, console=con)
+        manifest = run_pipeline(cfg, force=force, until=until, console=con, **_lock_kw(lock))
     except CheckFailed as e:
         _print_run(e.result, cfg, con)
         raise
     _print_run(manifest, cfg, con)
-    if as_json:
-        _emit({"ok": True, "exit_code": 0, "result": manifest})
+    return manifest
 
 
 def _print_run(manifest: dict | None, cfg, con) -> None:
@@ -154,14 +264,23 @@ def _print_run(manifest: dict | None, cfg, con) -> None:
 
 
 def _stage(stage: str, model: Path | None, output: Path | None, config: Path | None, opts: dict, sets, as_json,
-           data: dict | None = None, source: dict | None = None, top: dict | None = None):
+           data: dict | None = None, source: dict | None = None, top: dict | None = None,
+           lock: str = "use") -> dict:
+    """Run one stage alone; its result is {stage, verdict, model, summary} (onnxforge.envelope.stage_result),
+    also on a failed check."""
+    from onnxforge.envelope import stage_result, stage_result_from
+    from onnxforge.errors import CheckFailed
     from onnxforge.standalone import build_config, parse_sets, run_alone
 
     opts = {k: v for k, v in opts.items() if v is not None} | parse_sets(sets)
     cfg = build_config(stage, model, config, opts, data={k: v for k, v in (data or {}).items() if v is not None},
                        source=source, top=top)
     con = _out(as_json)
-    res, final = run_alone(stage, cfg, model, output, console=con)
+    try:
+        res, final = run_alone(stage, cfg, model, output, console=con, **_lock_kw(lock))
+    except CheckFailed as e:
+        e.result = stage_result_from(stage, e.result)
+        raise
     summary = res.summary if hasattr(res, "summary") else res.get("summary", {})
     verdict = res.verdict if hasattr(res, "verdict") else res.get("verdict")
     if summary.get("synthesized_inputs"):
@@ -170,9 +289,7 @@ def _stage(stage: str, model: Path | None, output: Path | None, config: Path | N
         con.print(f"synthesized inputs: {line(summary['synthesized_inputs'])}", markup=False, soft_wrap=True)
     if final:
         con.print(f"[green]wrote[/green] {final}")
-    if as_json:
-        _emit({"ok": True, "exit_code": 0, "verdict": verdict, "model": str(final) if final else None,
-               "result": summary})
+    return stage_result(stage, verdict, final, summary)
 
 
 def _data_flags(data: Path | None, labels: str | None = None, synthetic: bool = False, rows: int | None = None):
@@ -211,8 +328,7 @@ def _parse_input(spec: str) -> dict:
     return d
 
 
-@app.command()
-@command
+@_cmd(app, "convert")
 def convert(config: ConfigOpt = None,
             framework: Annotated[str | None, typer.Option(help="torch | keras | sklearn | xgboost | lightgbm | "
                                                                "pymc | onnx")] = None,
@@ -221,11 +337,13 @@ def convert(config: ConfigOpt = None,
                                                              help="input spec name:dtype:dims, repeatable")] = None,
             source_opt: Annotated[list[str] | None, typer.Option("--source-opt", help="source.key=value")] = None,
             opset: Annotated[int | None, typer.Option(help="target opset")] = None,
-            output: OutOpt = None, sets: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
+            output: OutOpt = None, sets: SetOpt = None, remeasure: RemeasureOpt = False, locked: LockedOpt = False,
+            as_json: JsonOpt = False, debug: DebugOpt = False):
     """Export a source model to ONNX (checked, stamped with provenance metadata)."""
     from onnxforge.errors import UserError
     from onnxforge.standalone import parse_sets
 
+    lock = _lock_mode(remeasure, locked)
     if output is None:
         raise UserError("convert: give -o/--output PATH.onnx")
     source: dict[str, Any] = parse_sets(source_opt)
@@ -240,11 +358,11 @@ def convert(config: ConfigOpt = None,
         top["name"] = (model.stem if model else framework)
     if inputs:
         top["inputs"] = [_parse_input(s) for s in inputs]
-    _stage("convert", None, output, config, {"opset": opset}, sets, as_json, source=source, top=top)
+    return _stage("convert", None, output, config, {"opset": opset}, sets, as_json, source=source, top=top,
+                  lock=lock)
 
 
-@app.command()
-@command
+@_cmd(app, "validate")
 def validate(model: Annotated[Path | None, typer.Argument(help="the .onnx to check")] = None,
              config: ConfigOpt = None,
              against: Annotated[str | None, typer.Option(help="source | previous | onnx-reference | REF.onnx")] = None,
@@ -253,30 +371,33 @@ def validate(model: Annotated[Path | None, typer.Argument(help="the .onnx to che
              rtol: Annotated[float | None, typer.Option()] = None,
              atol: Annotated[float | None, typer.Option()] = None,
              synthetic: Annotated[bool, typer.Option(help="allow inputs synthesized from the input spec")] = False,
-             shape: ShapeOpt = None, value: ValueOpt = None,
-             sets: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
+             shape: ShapeOpt = None, value: ValueOpt = None, sets: SetOpt = None,
+             remeasure: RemeasureOpt = False, locked: LockedOpt = False,
+             as_json: JsonOpt = False, debug: DebugOpt = False):
     """Check a model: onnx.checker, shapes, a session, then outputs against a reference. Exit 1 on mismatch."""
-    _stage("validate", model, None, config, {"against": against, "rtol": rtol, "atol": atol}, sets, as_json,
-           data=_data_flags(data, labels, synthetic), top=_input_flags(shape, value))
+    return _stage("validate", model, None, config, {"against": against, "rtol": rtol, "atol": atol}, sets,
+                  as_json, data=_data_flags(data, labels, synthetic), top=_input_flags(shape, value),
+                  lock=_lock_mode(remeasure, locked))
 
 
-@app.command()
-@command
+@_cmd(app, "quantize")
 def quantize(model: Annotated[Path | None, typer.Argument(help="the float .onnx")] = None,
              output: OutOpt = None, config: ConfigOpt = None,
              mode: Annotated[str | None, typer.Option(help="auto (default) | static | dynamic | fp16")] = None,
              data: DataOpt = None,
              labels: Annotated[str | None, typer.Option(help="labels key/column (for accuracy budgets)")] = None,
              max_accuracy_drop: Annotated[float | None, typer.Option(help="e.g. 0.005 = half a point")] = None,
-             shape: ShapeOpt = None, value: ValueOpt = None,
-             sets: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
+             shape: ShapeOpt = None, value: ValueOpt = None, sets: SetOpt = None,
+             require_faster: RequireFasterOpt = False, remeasure: RemeasureOpt = False, locked: LockedOpt = False,
+             as_json: JsonOpt = False, debug: DebugOpt = False):
     """INT8 (dynamic/static) or FP16, under an accuracy budget that is never exceeded."""
-    _stage("quantize", model, output, config, {"mode": mode, "max_accuracy_drop": max_accuracy_drop}, sets,
-           as_json, data=_data_flags(data, labels), top=_input_flags(shape, value))
+    return _stage("quantize", model, output, config, {"mode": mode, "max_accuracy_drop": max_accuracy_drop,
+                                                      "require_faster": require_faster or None}, sets,
+                  as_json, data=_data_flags(data, labels), top=_input_flags(shape, value),
+                  lock=_lock_mode(remeasure, locked))
 
 
-@app.command()
-@command
+@_cmd(app, "optimize")
 def optimize(model: Annotated[Path | None, typer.Argument(help="the .onnx to optimize")] = None,
              output: OutOpt = None, config: ConfigOpt = None,
              level: Annotated[str | None, typer.Option(help="none | basic | extended | all")] = None,
@@ -285,19 +406,20 @@ def optimize(model: Annotated[Path | None, typer.Argument(help="the .onnx to opt
              data: DataOpt = None,
              synthetic: Annotated[bool, typer.Option(help="compare passes on inputs synthesized from the input "
                                                           "spec when no data is given")] = False,
-             shape: ShapeOpt = None, value: ValueOpt = None,
-             sets: SetOpt = None, as_json: JsonOpt = False, debug: DebugOpt = False):
+             shape: ShapeOpt = None, value: ValueOpt = None, sets: SetOpt = None,
+             require_faster: RequireFasterOpt = False, remeasure: RemeasureOpt = False, locked: LockedOpt = False,
+             as_json: JsonOpt = False, debug: DebugOpt = False):
     """Graph optimization (ORT levels, simplification, transformer fusion); each pass checked numerically."""
-    _stage("optimize", model, output, config, {"level": level, "portable": portable,
-                                               "allow_synthetic": synthetic or None}, sets, as_json,
-           data=_data_flags(data), top=_input_flags(shape, value))
+    return _stage("optimize", model, output, config, {"level": level, "portable": portable,
+                                                      "allow_synthetic": synthetic or None,
+                                                      "require_faster": require_faster or None}, sets, as_json,
+                  data=_data_flags(data), top=_input_flags(shape, value), lock=_lock_mode(remeasure, locked))
 
 
 # ------------------------------------------------------------------ artifacts
 
 
-@app.command()
-@command
+@_cmd(app, "inspect")
 def inspect(model: Annotated[Path, typer.Argument(help="an .onnx file")], as_json: JsonOpt = False,
             debug: DebugOpt = False):
     """IO, opsets, op histogram, parameters, sizes and metadata of an ONNX file."""
@@ -307,8 +429,7 @@ def inspect(model: Annotated[Path, typer.Argument(help="an .onnx file")], as_jso
 
     info = inspect_file(model)
     if as_json:
-        _emit(info)
-        return
+        return info
     con = _out(False)
     con.print(f"[bold]{model}[/bold]  {info['file_bytes']:,} bytes · IR {info['ir_version']} · "
               f"opset {info['opset']} · {info['producer']}")
@@ -327,10 +448,10 @@ def inspect(model: Annotated[Path, typer.Argument(help="an .onnx file")], as_jso
         for k, v in info["metadata"].items():
             meta.add_row(k, v if len(v) < 120 else v[:117] + "...")
         con.print(meta)
+    return info
 
 
-@app.command()
-@command
+@_cmd(app, "predict")
 def predict(model: Annotated[Path, typer.Argument(help="an .onnx file")],
             input: Annotated[Path, typer.Option("--input", help=".csv .parquet .npz .npy")],
             output: Annotated[Path, typer.Option("--output", "-o", help=".parquet .csv .npz")],
@@ -349,14 +470,12 @@ def predict(model: Annotated[Path, typer.Argument(help="an .onnx file")],
 
     res = predict_file(model, input, output, chunk_rows=chunk_rows, threads=threads, seed=seed,
                        columns=parse_columns(columns), allow_nan=allow_nan, console=_stderr())
-    if as_json:
-        _emit(res)
-    else:
+    if not as_json:
         _out(False).print(f"[green]wrote[/green] {output} ({res['rows']:,} rows, {res['seconds']:.2f} s)")
+    return res
 
 
-@app.command()
-@command
+@_cmd(app, "report")
 def report(targets: Annotated[list[Path], typer.Argument(help="a run folder, or one or more .onnx files")],
            out: Annotated[Path | None, typer.Option("--out", help="folder for report.{json,md,html}")] = None,
            formats: Annotated[str, typer.Option(help="comma list of json,md,html")] = "json,md,html",
@@ -374,12 +493,10 @@ def report(targets: Annotated[list[Path], typer.Argument(help="a run folder, or 
 
     res = build_report(targets, out=out, formats=[f.strip() for f in formats.split(",") if f.strip()],
                        bench=bench, data=data, console=_out(as_json), config=config, native=native)
-    if as_json:
-        _emit(res)
+    return res
 
 
-@app.command("bench")
-@command
+@_cmd(app, "bench")
 def bench_cmd(model: Annotated[Path, typer.Argument(help="an .onnx file")],
               batch: Annotated[list[int] | None, typer.Option("--batch", help="batch sizes, repeatable")] = None,
               threads: Annotated[list[int] | None, typer.Option("--threads", help="thread counts")] = None,
@@ -391,24 +508,28 @@ def bench_cmd(model: Annotated[Path, typer.Argument(help="an .onnx file")],
 
     res = bench_cli(model, batches=batch or [1, 64], threads=threads or [1], runs=runs, config=config,
                     console=_out(as_json), shapes=_input_flags(shape, value))
-    if as_json:
-        _emit(res)
+    return res
 
 
 # ------------------------------------------------------------------ config
 
 
-@config_app.command("schema")
-@command
-def config_schema(debug: DebugOpt = False):
-    """Print the JSON Schema of the pipeline YAML (for editors and CI linting)."""
+@_cmd(config_app, "schema")
+def config_schema(envelope: Annotated[bool, typer.Option(
+                      "--envelope", help="the schema of the --json envelope every command prints, instead")] = False,
+                  as_json: JsonOpt = False, debug: DebugOpt = False):
+    """Print the JSON Schema of the pipeline YAML (for editors and CI linting); plain output is the schema
+    itself, --json wraps it in the envelope like every command."""
+    from onnxforge import envelope as env
     from onnxforge.config import json_schema
 
-    _emit(json_schema())
+    schema = env.schema() if envelope else json_schema()
+    if not as_json:
+        _emit(schema)
+    return schema
 
 
-@config_app.command("check")
-@command
+@_cmd(config_app, "check")
 def config_check(config: Annotated[Path, typer.Argument(help="pipeline YAML")], as_json: JsonOpt = False,
                  debug: DebugOpt = False):
     """Validate a pipeline YAML without running it; list the code it would run (a config that names code is code)."""
@@ -419,16 +540,17 @@ def config_check(config: Annotated[Path, typer.Argument(help="pipeline YAML")], 
     cfg = load_config(config)
     preflight(cfg)  # the same checks `run` makes before it creates anything
     code = code_refs(cfg)
+    result = {"name": cfg.name, "framework": cfg.source.framework, "stages": cfg.stages.order,
+              "runs_code": [c.as_dict() for c in code], "trust_pickle": cfg.source.trust_pickle}
     if as_json:
-        _emit({"ok": True, "name": cfg.name, "framework": cfg.source.framework, "stages": cfg.stages.order,
-               "runs_code": [c.as_dict() for c in code], "trust_pickle": cfg.source.trust_pickle})
-        return
+        return result
     con = _out(False)
     con.print(f"[green]ok[/green] {config}: {cfg.source.framework} → {' → '.join(cfg.stages.order)}")
     for c in code:
         con.print(f"runs code: {c.field} = {c.ref} ({c.trusted_by})", soft_wrap=True, markup=False)
     if cfg.source.trust_pickle:
         con.print("loads pickles: source.trust_pickle is true")
+    return result
 
 
 def main() -> None:

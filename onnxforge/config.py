@@ -60,14 +60,19 @@ DType = Literal["float32", "float64", "float16", "int64", "int32", "int8", "uint
 class TensorSpec(StrictModel):
     """One model input: name, dtype, shape (ints, or names for dynamic dims) and where its data comes from."""
 
-    name: str
-    dtype: DType = "float32"
-    shape: list[int | str | None] = Field(default_factory=lambda: ["batch"])
+    name: str = Field(description="the input's name in the ONNX graph (convert names the exported input so); also "
+                      "the data-file key/column read for it unless `column`/`columns` say otherwise")
+    dtype: DType = Field("float32", description="element type of the input tensor; string inputs need "
+                         "`categories` to be synthesized")
+    shape: list[int | str | None] = Field(default_factory=lambda: ["batch"], description="dims: an int is fixed, a "
+                                          "name (or null) is symbolic; the first dim is the rows (batch) axis of a "
+                                          "batched input. Default: [batch]")
     column: str | None = Field(None, description="data-file key/column for this input (default: the input name)")
     columns: list[str] | None = Field(None, description="table columns stacked into a [rows, k] input")
     categories: list[str | int] | None = Field(None, description="allowed levels, used for synthetic inputs")
-    low: float = 0.0
-    high: float = 1.0
+    low: float = Field(0.0, description="synthetic inputs: lowest value drawn (float: uniform in [low, high); "
+                       "integer: uniform integers in [low, high))")
+    high: float = Field(1.0, description="synthetic inputs: upper bound of the values drawn (exclusive)")
     batched: bool | None = Field(None, description="dim 0 is the batch axis (rows); false for state tensors and "
                                  "scalars, fed whole to every run; null = read off the model")
     value: float | None = Field(None, description="feed this value in every element when synthesizing (e.g. a "
@@ -75,8 +80,19 @@ class TensorSpec(StrictModel):
     _synth: list[int] | None = PrivateAttr(None)  # dims the input model resolved, for synthesis only
 
 
+def _describe_framework(schema: dict[str, Any], cls: type) -> None:
+    """Every frontend's `framework: Literal[...]` tag gets its description here, plugins' included."""
+    prop = schema.get("properties", {}).get("framework")
+    if isinstance(prop, dict) and not prop.get("description"):
+        name = prop.get("const") or (prop.get("enum") or ["the frontend's name"])[0]
+        prop["description"] = (f"'{name}': the frontend that loads this source and exports it to ONNX; it "
+                               "decides which other source keys are allowed")
+
+
 class SourceBase(StrictModel):
     """Fields every frontend accepts; frontends subclass this with `framework: Literal[...]`."""
+
+    model_config = ConfigDict(json_schema_extra=_describe_framework)
 
     framework: str
     path: RelPath | None = Field(None, description="the model file")
@@ -91,12 +107,16 @@ class DataConfig(StrictModel):
     calibration: RelPath | None = Field(None, description="calibration data for static quantization")
     rows: int | None = Field(None, gt=0, description="use at most this many rows")
     synthetic: bool = Field(False, description="allow inputs synthesized from the input spec")
-    synthetic_rows: int = Field(64, gt=0)
-    seed: int = 0
+    synthetic_rows: int = Field(64, gt=0, description="rows synthesized when `synthetic` inputs are used "
+                                "(validate and report; quantize and optimize size their own)")
+    seed: int = Field(0, description="seed for synthesized inputs and for sampling calibration rows: the same seed "
+                      "gives the same rows")
 
 
 class RuntimeConfig(StrictModel):
-    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], description="onnxruntime "
+                                 "execution providers in order of preference; one not available here is skipped "
+                                 "with a warning, and CPUExecutionProvider is always added last")
     threads: int | None = Field(None, gt=0, description="intra-op threads (default: onnxruntime's choice)")
 
 
@@ -121,14 +141,18 @@ class StagesBase(StrictModel):
 
 class PipelineBase(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name; artifacts go to run_dir/name")
-    inputs: list[TensorSpec] = Field(default_factory=list)
+    inputs: list[TensorSpec] = Field(default_factory=list, description="the model inputs: names, dtypes, shapes "
+                                     "and where their data comes from (default: read off the ONNX model; "
+                                     "frontends without an input signature, e.g. torch, need them for convert)")
     outputs: list[str] | None = Field(None, description="names for the model outputs")
     input_shapes: dict[str, list[int]] = Field(default_factory=dict, description="shapes for model inputs whose "
                                                "dims the model leaves symbolic (--shape NAME=d0,d1,...)")
     input_values: dict[str, float] = Field(default_factory=dict, description="a fixed value for an input when "
                                            "synthesizing, e.g. a sample rate (--value NAME=16000)")
-    data: DataConfig = Field(default_factory=DataConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="evaluation, calibration and synthetic data "
+                             "for validate, quantize, optimize and report")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="onnxruntime settings used by every "
+                                   "stage: execution providers and intra-op threads")
     run_dir: RelPath = Field(Path("runs"), description="parent folder of run folders (default: ./runs in the "
                            "working directory; a value given here is relative to this file)")
     _path: Path | None = PrivateAttr(None)
@@ -154,8 +178,10 @@ def pipeline_model() -> type[PipelineBase]:
     return create_model(
         "Pipeline",
         __base__=PipelineBase,
-        source=(source_t, ...),
-        stages=(stages, Field(default_factory=stages)),
+        source=(source_t, Field(description="the model to start from; `framework` picks the frontend "
+                                "(torch, keras, sklearn, xgboost, lightgbm, pymc, onnx) and its keys")),
+        stages=(stages, Field(default_factory=stages, description="the stages to run, in the order written; a stage "
+                              "key with no body runs with its defaults")),
     )
 
 
@@ -345,11 +371,19 @@ def load_config(path: str | Path, run_dir: Path | None = None) -> PipelineBase:
     return parse_config(data, Path(path), lines, run_dir)
 
 
+SCHEMA_ID = "https://onnxforge.dev/schemas/pipeline.schema.json"
+
+
 def json_schema() -> dict:
-    schema = pipeline_model().model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "onnxforge pipeline"
-    return schema
+    """The JSON Schema (draft 2020-12) of the pipeline YAML, from the models here, every registered frontend's
+    Source model and every stage's options model."""
+    body = pipeline_model().model_json_schema()
+    head = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+            "title": "onnxforge pipeline",
+            "description": "A pipeline config for `onnxforge run` (and --config of the stage commands): the source "
+                           "model, its inputs, data, runtime and the stages to run, in the order written. Relative "
+                           "paths are relative to the YAML file."}
+    return head | {k: v for k, v in body.items() if k not in head}
 
 
 def slug(text: str) -> str:

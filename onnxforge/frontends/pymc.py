@@ -60,11 +60,13 @@ class PymcSource(SourceBase):
     model: CodeRef | None = Field(None, description="'file.py:builder' returning the pm.Model (needed only for "
                                                     "the pm.sample_posterior_predictive draws reference)")
     observed: str = Field("y", description="the observed variable in the PyMC model")
-    family: FamilyName = "normal"
+    family: FamilyName = Field("normal", description="likelihood of the observed variable: the distribution the "
+                                                     "mean, std, quantiles and draws are computed from")
     params: dict[str, str | float] = Field(
         default_factory=dict, description="family parameter → posterior variable, input name, or number, "
                                           "e.g. {sigma: sigma}, {n: trials}, {alpha: phi}")
-    outputs: PymcOutputs = Field(default_factory=PymcOutputs)
+    outputs: PymcOutputs = Field(default_factory=PymcOutputs, description="which posterior predictive outputs "
+                                                                          "the ONNX graph returns")
     samples: int | None = Field(1000, gt=0, description="thin the posterior to at most this many samples")
     categorical: dict[str, PymcCategorical] = Field(default_factory=dict,
                                                     description="inputs holding raw category levels")

@@ -16,23 +16,31 @@ REFERENCES = ("source", "previous", "onnx-reference")
 
 
 class OutputTolerance(StrictModel):
-    rtol: float | None = Field(None, ge=0)
-    atol: float | None = Field(None, ge=0)
+    """Tolerances for one output, overriding the stage-wide rtol/atol."""
+
+    rtol: float | None = Field(None, ge=0, description="relative tolerance for this output: passes when |got - ref| "
+                               "<= atol + rtol·|ref| everywhere; null = the stage's rtol")
+    atol: float | None = Field(None, ge=0, description="absolute tolerance for this output, in the output's units; "
+                               "null = the stage's atol")
     max_flip_rate: float = Field(0.0, ge=0, le=1, description="label outputs: allowed fraction of changed labels")
-    skip: bool = False
+    skip: bool = Field(False, description="do not compare this output (e.g. a timestamp or an id); the others are "
+                       "still compared")
 
 
 class ValidateOptions(StrictModel):
     against: str = Field("source", description="source | previous | onnx-reference | path/to/reference.onnx")
     rtol: float | None = Field(None, ge=0, description="default: the frontend's (source) or 1e-4 (ONNX reference)")
-    atol: float | None = Field(None, ge=0)
+    atol: float | None = Field(None, ge=0, description="absolute tolerance, in the outputs' units: an output passes "
+                               "when |got - ref| <= atol + rtol·|ref| everywhere; default: the frontend's (source) "
+                               "or 1e-5 (ONNX reference)")
     outputs: dict[str, OutputTolerance] = Field(default_factory=dict, description="per-output overrides")
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 0], description="0 = all rows in one batch")
     batch1_rows: int = Field(16, gt=0, description="rows scored one at a time for batch size 1")
     stochastic: list[str] | None = Field(None, description="outputs compared as distributions (default: metadata)")
-    draw_axis: int = -1
+    draw_axis: int = Field(-1, description="stochastic outputs: the axis holding the draws (-1 = last)")
     sigmas: float = Field(4.0, gt=0, description="allowed Monte-Carlo standard errors for stochastic means")
-    max_rows: int | None = Field(1000, gt=0)
+    max_rows: int | None = Field(1000, gt=0, description="compare at most this many data rows (the first ones); "
+                                 "null = every row")
 
 
 def _is_ours(model, ctx) -> bool:
