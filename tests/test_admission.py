@@ -221,7 +221,7 @@ def test_ir3_zoo_model_is_admitted(tmp_path):
     model = shutil.copyfile(src, tmp_path / "squeezenet.onnx")
     res = run_cli("inspect", model, "--json")
     assert res.code == 0, res.stderr
-    assert res.json()["ir_version"] == 3
+    assert res.json()["result"]["ir_version"] == 3
     res = run_cli("validate", model, "--synthetic", "--set", "max_rows=2", cwd=tmp_path)
     assert res.code == 0, res.stderr
 

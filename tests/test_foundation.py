@@ -57,7 +57,7 @@ def test_rerun_from_scratch_is_byte_identical(project, cli):
 
 def test_converted_onnx_is_stamped(project, cli):
     assert cli("run", project / "p.yaml").code == 0
-    info = cli("inspect", project / "runs/lin/01-convert/model.onnx", "--json").json()
+    info = cli("inspect", project / "runs/lin/01-convert/model.onnx", "--json").json()["result"]
     meta = info["metadata"]
     assert meta["onnxforge.source.framework"] == "onnx"
     assert json.loads(meta["onnxforge.source.sha256"])["lin.onnx"] == sha256_file(project / "lin.onnx")
@@ -157,7 +157,7 @@ def test_failing_stage_leaves_no_artifact(project, cli):
 def test_stage_alone_never_overwrites_input(project, cli):
     res = cli("validate", project / "lin.onnx", "--data", project / "data.npz", "--json")
     assert res.code == 0, res.stderr
-    assert res.json()["verdict"] == "pass"
+    assert res.json()["result"]["verdict"] == "pass"
     before = sha256_file(project / "lin.onnx")
     res = cli("convert", "--framework", "onnx", "--model", project / "lin.onnx", "-o", project / "lin.onnx")
     assert res.code == 2 and "never overwritten" in res.stderr
@@ -168,7 +168,7 @@ def test_convert_alone_with_flags(project, cli):
     out = project / "out" / "m.onnx"
     res = cli("convert", "--framework", "onnx", "--model", project / "lin.onnx", "-o", out, "--json")
     assert res.code == 0, res.stderr
-    assert res.json()["model"] == str(out) and out.is_file()
+    assert res.json()["result"]["model"] == str(out) and out.is_file()
     assert [p.name for p in out.parent.iterdir()] == ["m.onnx"]  # no temp folders left behind
 
 
@@ -203,7 +203,7 @@ def test_inspect_external_data(tmp_path, cli):
 
     convert_model_to_external_data(m, all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=0)
     onnx.save(m, str(tmp_path / "ext.onnx"))
-    info = cli("inspect", tmp_path / "ext.onnx", "--json").json()
+    info = cli("inspect", tmp_path / "ext.onnx", "--json").json()["result"]
     assert info["params"] == 15
     assert info["file_bytes"] == os.path.getsize(tmp_path / "ext.onnx") + os.path.getsize(tmp_path / "ext.onnx.data")
 

@@ -165,7 +165,7 @@ def test_good_labels_still_score(work):
     res = run_cli("validate", work / "lin.onnx", "--data", data, "--labels", "label", "--against", "onnx-reference",
                   "--json")
     assert res.code == 0, res.stderr
-    assert res.json()["result"]["metrics"]["candidate"]["accuracy"] == 1.0
+    assert res.json()["result"]["summary"]["metrics"]["candidate"]["accuracy"] == 1.0
 
 
 def test_report_with_named_bad_labels(work, tmp_path):
@@ -180,7 +180,7 @@ def test_report_with_named_bad_labels(work, tmp_path):
     # the same column found by its name only ('label'), without a config: no accuracy, a note, exit 0
     res = run_cli("report", work / "lin.onnx", "--data", data, "--no-bench", "--out", tmp_path / "rep2", "--json")
     assert res.code == 0, res.stderr
-    rep = res.json()
+    rep = res.json()["result"]
     assert rep["data"]["labels"] is None and any("'label' looks like labels" in n for n in rep["notes"]), rep["notes"]
 
 

@@ -137,7 +137,7 @@ def test_minus_one_batch_dim_is_dynamic(tmp_path):
     data = write_data(tmp_path / "d.npz")
     res = run_cli("validate", model, "--data", data, "--against", "onnx-reference", "--json", cwd=tmp_path)
     assert res.code == 0, res.stderr
-    r = res.json()["result"]
+    r = res.json()["result"]["summary"]
     assert r["verdict"] == "pass" and r["rows"] == 40
     assert {c["batch"] for c in r["comparisons"]} == {1, 40}  # the default batch sizes [1, all rows]
     res = run_cli("quantize", model, "-o", tmp_path / "q.onnx", "--data", data, "--mode", "dynamic", *FAST_Q,
@@ -157,7 +157,7 @@ def test_batch_pinned_to_one_validates_every_row(tmp_path):
     data = write_data(tmp_path / "d.npz")
     res = run_cli("validate", model, "--data", data, "--labels", "label", "--json", cwd=tmp_path)
     assert res.code == 0, res.stderr
-    r = res.json()["result"]
+    r = res.json()["result"]["summary"]
     assert r["verdict"] == "pass" and r["rows"] == 40
     assert {c["batch"] for c in r["comparisons"]} == {1}
     assert all(c["total"] in (40, 120) for c in r["comparisons"])  # every row: label [40], y [40, 3]
@@ -171,7 +171,7 @@ def test_batch_size_1_only_still_scores_every_row(tmp_path):
     res = run_cli("validate", model, "--data", data, "--labels", "label", "--set", "batch_sizes=[1]", "--json",
                   cwd=tmp_path)
     assert res.code == 0, res.stderr
-    r = res.json()["result"]
+    r = res.json()["result"]["summary"]
     assert r["verdict"] == "pass" and r["metrics"]["candidate"]["accuracy"] == pytest.approx(1.0)
 
 
@@ -223,7 +223,7 @@ def test_shape_flag_resolves_symbolic_dims(tmp_path, command):
     r = run_cli(*args, "--shape", "input=1,1,8,8", "--json", cwd=tmp_path)
     assert r.code == 0, r.stderr[-600:]
     if command != "bench":
-        fed = json.loads(r.stdout)["result"]["synthesized_inputs"]
+        fed = json.loads(r.stdout)["result"]["summary"]["synthesized_inputs"]
         assert fed[0]["name"] == "input" and fed[0]["shape"][1:] == [1, 8, 8], fed
 
 
@@ -271,7 +271,7 @@ def test_scalar_output_is_compared_where_all_rows_run_at_once(tmp_path):
     data = write_data(tmp_path / "d.npz")
     res = run_cli("validate", model, "--data", data, "--against", "onnx-reference", "--json", cwd=tmp_path)
     assert res.code == 0, res.stderr
-    compared = {(c["output"], c["batch"]) for c in res.json()["result"]["comparisons"]}
+    compared = {(c["output"], c["batch"]) for c in res.json()["result"]["summary"]["comparisons"]}
     rows = len(_x(data))
     assert ("y_mean", rows) in compared and ("y_mean", 1) not in compared and ("y", 1) in compared
 

@@ -58,7 +58,7 @@ def cell(tmp_path):
 
 def _json(res):
     assert res.code == 0, res.stderr[-800:]
-    return json.loads(res.stdout)["result"]
+    return json.loads(res.stdout)["result"]["summary"]
 
 
 def test_state_without_batch_axis_is_fed_whole(cell, tmp_path):
@@ -81,7 +81,7 @@ def test_data_file_with_state_of_another_leading_size(cell, tmp_path):
     got = ort.InferenceSession(str(out)).run(None, {"x": x, "h": h})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     r = run_cli("validate", out, "--against", cell, "--data", tmp_path / "d.npz", "--json", cwd=tmp_path)
-    assert r.code == 0 and json.loads(r.stdout)["verdict"] == "pass", r.stderr[-800:]
+    assert r.code == 0 and json.loads(r.stdout)["result"]["verdict"] == "pass", r.stderr[-800:]
 
 
 def test_state_of_the_wrong_shape_is_one_line(cell, tmp_path):

@@ -43,7 +43,7 @@ def optimize(model: Path, out: Path, *args, timed: bool = False) -> dict:
     timing = [] if timed else ["--set", "min_pass_speedup=0"]
     res = run_cli("optimize", model, "-o", out, *data, "--set", "latency_rounds=1", *timing, *args, "--json")
     assert res.code == 0, res.stderr
-    return res.json()["result"]
+    return res.json()["result"]["summary"]
 
 
 @pytest.mark.parametrize("name", ["cnn", "mlp"])

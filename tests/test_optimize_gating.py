@@ -86,7 +86,7 @@ def _optimize(model: Path, out: Path, *args, cwd: Path | None = None) -> dict:
     res = run_cli("optimize", model, "-o", out, "--data", _data(model, out.parent), "--set", "latency_rounds=1",
                   *args, "--json", cwd=cwd)
     assert res.code == 0, res.stderr
-    return res.json()["result"]
+    return res.json()["result"]["summary"]
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:

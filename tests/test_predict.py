@@ -60,7 +60,7 @@ def test_npz_by_input_name_to_npz(work, cli):
     res = cli("predict", tmp / "plain.onnx", "--input", tmp / "x.npz", "--output", tmp / "y.npz", "--json",
               "--chunk-rows", "25")
     assert res.code == 0, res.stderr
-    info = res.json()
+    info = res.json()["result"]
     assert info["rows"] == 103 and info["chunks"] == 5 and info["seconds"] > 0 and info["rows_per_s"] > 0
     want = ort_run(tmp / "plain.onnx", {"x": work["x"]})
     with np.load(tmp / "y.npz") as got:
@@ -153,7 +153,7 @@ def test_json_result_is_machine_readable(work, cli):
     res = cli("predict", work["hier"], "--input", tmp / "hier.parquet", "--output", tmp / "j.npz", "--json",
               "--seed", "1", "--threads", "1")
     assert res.code == 0, res.stderr
-    info = json.loads(res.stdout)
+    info = json.loads(res.stdout)["result"]
     assert info["reseeded_nodes"] == 1 and info["seed"] == 1 and info["outputs"][-1] == "draws"
     with np.load(tmp / "j.npz") as z:
         assert z["draws"].shape == (len(work["hdf"]), 50) and z["quantiles"].shape == (len(work["hdf"]), 3)

@@ -88,14 +88,14 @@ def test_flip_budget_fails_above_the_counted_flip_rate_and_passes_at_it(project)
     for budget in (None, rate - 0.5 / len(x)):  # the default budget (0), and just under the real rate, fail
         res = validate(budget)
         assert res.code == 1, (budget, res.stderr)
-        result = res.json()["result"]
+        result = res.json()["result"]["summary"]
         assert result["failing"] == ["label"], (budget, result["failing"])
         (lab,) = [c for c in result["comparisons"] if c["output"] == "label"]
         assert (lab["flips"], lab["total"], lab["pass"]) == (flips, len(x), False)
         assert lab["flip_rate"] == pytest.approx(rate)
     res = validate(rate)  # the budget is an upper bound: a rate equal to it passes
     assert res.code == 0, res.stderr
-    (lab,) = [c for c in res.json()["result"]["comparisons"] if c["output"] == "label"]
+    (lab,) = [c for c in res.json()["result"]["summary"]["comparisons"] if c["output"] == "label"]
     assert lab["flips"] == flips and lab["pass"]
 
 
@@ -172,7 +172,8 @@ def test_unexpected_exception_in_a_plugin_stage_is_exit_3_one_line(project, monk
 
     res = run_cli("run", project / "p.yaml", "--json")
     assert res.code == 3 and "Traceback" not in res.stderr + res.stdout
-    assert res.json() == {"ok": False, "exit_code": 3, "error": "RuntimeError: plugin stage exploded at row 7"}
+    assert res.json() == {"ok": False, "exit_code": 3, "command": "run", "result": None, "warnings": [],
+                          "error": "RuntimeError: plugin stage exploded at row 7"}
 
     res = run_cli("run", project / "p.yaml", "--debug")
     assert res.code == 3
@@ -236,10 +237,10 @@ def test_skip_leaves_an_output_uncompared(project):
         return run_cli("validate", project / "perturbed.onnx", "--config", project / "v.yaml", "--json")
 
     res = validate({})
-    assert res.code == 1 and res.json()["result"]["failing"] == ["y"], res.stderr
+    assert res.code == 1 and res.json()["result"]["summary"]["failing"] == ["y"], res.stderr
     res = validate({"y": {"skip": True}})
     assert res.code == 0, res.stderr
-    comps = res.json()["result"]["comparisons"]
+    comps = res.json()["result"]["summary"]["comparisons"]
     assert {c["output"] for c in comps} == {"label"} and all(c["pass"] for c in comps)  # label still compared
 
 
@@ -266,11 +267,11 @@ def test_max_rows_limits_the_rows_compared(project):
 
     res = validate(10)
     assert res.code == 0, res.stderr
-    result = res.json()["result"]
+    result = res.json()["result"]["summary"]
     assert result["rows"] == 10
     assert {(c["output"], c["batch"]) for c in result["comparisons"]} == {("y", 10), ("label", 10)}
     assert [c["total"] for c in result["comparisons"] if c["output"] == "label"] == [10]
     assert result["metrics"]["candidate"]["accuracy"] == pytest.approx(float((got[:10].argmax(1) == 0).mean()))
     res = validate(11)  # one row more reaches a perturbed row
-    assert res.code == 1 and res.json()["result"]["failing"] == ["y"], res.stderr
-    assert res.json()["result"]["rows"] == 11
+    assert res.code == 1 and res.json()["result"]["summary"]["failing"] == ["y"], res.stderr
+    assert res.json()["result"]["summary"]["rows"] == 11

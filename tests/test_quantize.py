@@ -188,7 +188,7 @@ def test_fp16_output_validates(cnn, digits, tmp_path):
     res = run_cli("quantize", cnn, "-o", out, "--mode", "fp16", "--data", TEST, "--labels", "label",
                   "--set", "latency_rounds=1", "--json")
     assert res.code == 0, res.stderr
-    s = res.json()["result"]
+    s = res.json()["result"]["summary"]
     m = onnx.load(str(out))
     onnx.checker.check_model(m, full_check=True)
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer)
@@ -213,7 +213,7 @@ def test_dynamic_mlp_quantizes_matmul_only(mlp, digits, tmp_path):
     acc_f = (run_model(mlp, {"x": te["x"]}).argmax(1) == te["label"]).mean()
     acc_q = (run_model(out, {"x": te["x"]}).argmax(1) == te["label"]).mean()
     assert acc_f - acc_q <= 0.01
-    assert res.json()["result"]["accuracy_drop"] == pytest.approx(acc_f - acc_q)
+    assert res.json()["result"]["summary"]["accuracy_drop"] == pytest.approx(acc_f - acc_q)
 
 
 def test_dynamic_conv_is_weight_only_never_conv_integer(cnn, tmp_path):

@@ -211,7 +211,7 @@ def test_opset9_export_with_initializers_as_inputs_is_converted_on_a_copy(conv_m
     assert res.code == 0, res.stderr
     assert model.read_bytes() == before
     assert (tmp_path / "q.onnx").stat().st_size <= 0.35 * model.stat().st_size
-    assert any("opset 9" in w for w in json.loads(res.stdout)["result"]["warnings"])
+    assert any("opset 9" in w for w in json.loads(res.stdout)["result"]["summary"]["warnings"])
     x = np.random.default_rng(1).random((3, 8, 12, 12), dtype=np.float32)
     check_output(model, tmp_path / "q.onnx", {"x": x}, rtol=0.02)
 

@@ -91,7 +91,7 @@ def loose(work):
     res = run_cli("report", work / "cnn.onnx", work / "cnn_int8.onnx", "--data", DATA, "--out", out, "--json",
                   cwd=work)
     assert res.code == 0, res.stderr[-2000:]
-    return {"dir": out, "report": res.json(), "file": json.loads((out / "report.json").read_text())}
+    return {"dir": out, "report": res.json()["result"], "file": json.loads((out / "report.json").read_text())}
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def chained(work, run):
     # --config for the data (the run folder's own config is never read); no --native: no source model needed
     res = run_cli("report", d, "--json", "--formats", "json,md", "--config", work / "demo.yaml")
     assert res.code == 0, res.stderr[-2000:]
-    return {"dir": d, "report": res.json(), "before": before, "after": after}
+    return {"dir": d, "report": res.json()["result"], "before": before, "after": after}
 
 
 def _ort_logits(path: Path) -> np.ndarray:
@@ -282,7 +282,9 @@ def test_markdown_key_rows(run, loose):
     lmd = (loose["dir"] / "report.md").read_text()
     assert re.search(r"^\| `cnn_int8\.onnx` \| logits \| `cnn\.onnx` \| ", lmd, re.M)
     int8 = loose["report"]["artifacts"][1]
-    assert f"{int8['size_ratio']:.2f}×" in next(ln for ln in lmd.splitlines() if ln.startswith("| `cnn_int8.onnx` | "))
+    # a ratio in words: the INT8 file is smaller, and says by how much
+    assert f"{1 / int8['size_ratio']:.2f}× smaller" in next(ln for ln in lmd.splitlines()
+                                                            if ln.startswith("| `cnn_int8.onnx` | "))
 
 
 # ------------------------------------------------------------------ HTML in a real browser
@@ -360,7 +362,7 @@ def test_no_bench_json_only(run, tmp_path):
     res = run_cli("report", run["dir"], "--no-bench", "--formats", "json", "--out", tmp_path / "r", "--json")
     assert res.code == 0, res.stderr
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["report.json"]
-    rep = res.json()
+    rep = res.json()["result"]
     assert rep["latency"] is None and rep["files"] == {"json": "report.json"}
     assert rep["artifacts"][0]["nodes"] == run["report"]["artifacts"][0]["nodes"]
 
@@ -384,7 +386,7 @@ def test_bench_cli_batches_and_percentiles(work):
     res = run_cli("bench", work / "cnn.onnx", "--batch", "1", "--batch", "16", "--threads", "1", "--runs", "8",
                   "--json")
     assert res.code == 0, res.stderr
-    out = res.json()
+    out = res.json()["result"]
     assert out["inputs"] == "synthetic" and out["baseline"] is None and out["ratios"] == []
     assert [(r["batch"], r["threads"]) for r in out["results"]] == [(1, 1), (16, 1)]
     for r in out["results"]:
@@ -397,7 +399,7 @@ def test_bench_cli_with_config_compares_with_source(work):
     res = run_cli("bench", work / "cnn_int8.onnx", "--batch", "4", "--runs", "5", "--config", work / "demo.yaml",
                   "--json")
     assert res.code == 0, res.stderr
-    out = res.json()
+    out = res.json()["result"]
     assert out["inputs"] == str(DATA) and out["baseline"] == "source cnn.onnx"
     assert {r["label"] for r in out["results"]} == {"cnn_int8.onnx", "source cnn.onnx"}
     (q,) = out["ratios"]
@@ -424,7 +426,7 @@ data: {{path: {DATA}, labels: label}}
     res = run_cli("bench", work / "cnn.onnx", "--batch", "1", "--batch", "8", "--runs", "5", "--config", cfg,
                   "--json")
     assert res.code == 0, res.stderr
-    out = res.json()
+    out = res.json()["result"]
     native = [r for r in out["results"] if r["engine"] == "torch native"]
     assert [(r["batch"], r["threads"], r["threads_applied"]) for r in native] == [(1, 1, True), (8, 1, True)]
     assert out["baseline"] == "torch (native)" and len(out["ratios"]) == 2
@@ -438,7 +440,7 @@ def test_bench_cli_fixed_batch_and_bad_runs(work, tmp_path):
     onnx.save(m, tmp_path / "fixed.onnx")
     res = run_cli("bench", tmp_path / "fixed.onnx", "--batch", "1", "--batch", "4", "--runs", "3", "--json")
     assert res.code == 0, res.stderr
-    out = res.json()
+    out = res.json()["result"]
     assert out["batches"] == [4] and out["skipped_batches"] == [1]
     assert "fixed batch of 4" in res.stderr
     assert "at least 1" in assert_one_line_error(run_cli("bench", work / "cnn.onnx", "--runs", "0"), 2)
@@ -465,7 +467,7 @@ def test_classifier_label_flips_and_zipmap_match_sklearn(tmp_path):
     res = run_cli("report", "a.onnx", "b.onnx", "a_zip.onnx", "--data", "iris.npz", "--no-bench", "--json",
                   cwd=tmp_path)
     assert res.code == 0, res.stderr
-    rep = res.json()
+    rep = res.json()["result"]
     flips = int((a.predict(x) != b.predict(x)).sum())
     assert flips > 0
     err = {(e["label"], e["output"]): e for e in rep["errors"]}

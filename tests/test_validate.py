@@ -33,7 +33,7 @@ def test_perturbed_weight_fails_naming_the_output(models, cli):
               models / "data.npz", "--json")
     assert res.code == 1, res.stderr
     assert "validation failed for y" in res.stderr and "Traceback" not in res.stderr
-    result = res.json()["result"]
+    result = res.json()["result"]["summary"]
     assert result["failing"] == ["y"]
     y = [c for c in result["comparisons"] if c["output"] == "y"]
     assert {c["batch"] for c in y} == {1, 40} and not any(c["pass"] for c in y)
@@ -54,7 +54,7 @@ def test_matching_optimized_model_passes(models, cli):
     res = cli("validate", models / "optimized.onnx", "--against", models / "base.onnx", "--data",
               models / "data.npz", "--labels", "label", "--json")
     assert res.code == 0, res.stderr
-    result = res.json()["result"]
+    result = res.json()["result"]["summary"]
     assert all(c["pass"] for c in result["comparisons"])
     assert result["metrics"]["candidate"]["accuracy"] == 1.0
     assert result["metrics"]["candidate"]["top1_agreement"] == 1.0
@@ -66,7 +66,7 @@ def test_bernoulli_op_fails_distributional_check(tmp_path, cli):
     res = cli("validate", tmp_path / "bern.onnx", "--against", "onnx-reference", "--data", tmp_path / "p.npz",
               "--json")
     assert res.code == 1, res.stderr
-    dist = res.json()["result"]["comparisons"][0]
+    dist = res.json()["result"]["summary"]["comparisons"][0]
     assert dist["kind"] == "distribution" and dist["output"] == "draws" and not dist["pass"]
     assert dist["max_z"] > 10
 
@@ -77,7 +77,7 @@ def test_uniform_less_than_p_passes_distributional_check(tmp_path, cli):
     res = cli("validate", tmp_path / "good.onnx", "--against", "onnx-reference", "--data", tmp_path / "p.npz",
               "--json")
     assert res.code == 0, res.stderr
-    assert res.json()["result"]["comparisons"][0]["pass"]
+    assert res.json()["result"]["summary"]["comparisons"][0]["pass"]
 
 
 def test_distribution_check_against_intended_probabilities():
@@ -154,7 +154,7 @@ def test_synthetic_inputs_need_permission(models, cli):
     line = assert_one_line_error(cli("validate", models / "base.onnx"))
     assert "data.synthetic" in line
     res = cli("validate", models / "base.onnx", "--synthetic", "--json")
-    assert res.code == 0 and res.json()["result"]["data"] == "synthetic"
+    assert res.code == 0 and res.json()["result"]["summary"]["data"] == "synthetic"
 
 
 def test_pipeline_records_failed_validation(models, cli):

@@ -137,7 +137,7 @@ def test_config_check_lists_the_code_a_config_runs(tmp_path):
     cfg = write_config(tmp_path / "cfg", {"framework": "torch", "factory": "net.py:build"})
     res = run_cli("config", "check", cfg, "--json", cwd=tmp_path)
     assert res.code == 0, res.stderr
-    code = res.json()["runs_code"]
+    code = res.json()["result"]["runs_code"]
     assert [c["field"] for c in code] == ["source.factory"] and code[0]["trusted_by"] == "beside the config"
     assert not (tmp_path / "PWNED").exists()  # checking imports nothing
     text = run_cli("config", "check", ROOT / "configs/torch_cnn.yaml", cwd=tmp_path)

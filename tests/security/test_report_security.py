@@ -86,7 +86,7 @@ def test_report_runs_no_code_the_manifest_names(run_dir, tmp_path, where):
     time.sleep(0.2)
     assert res.code == 0, res.stderr[-2000:]
     assert not marker.exists()
-    rep = res.json()
+    rep = res.json()["result"]
     assert rep["native"] is None
     (note,) = [n for n in rep["notes"] if n.startswith("native-model figures skipped")]
     assert "--config CONFIG.yaml --native" in note
@@ -106,14 +106,14 @@ def test_report_runs_the_source_only_with_config_and_native(run_dir, tmp_path):
     res = run_cli("report", run_dir, "--no-bench", "--config", cfg, "--native", "--json", cwd=tmp_path)
     assert res.code == 0, res.stderr[-2000:]
     assert marker.exists()  # the user asked for it: the factory was imported
-    assert any("native reference unavailable" in n for n in res.json()["notes"])
+    assert any("native reference unavailable" in n for n in res.json()["result"]["notes"])
 
 
 def test_config_gives_data_without_running_code(run_dir, work, tmp_path):
     """--config without --native: the user's config supplies the data (accuracy appears), nothing is run."""
     res = run_cli("report", run_dir, "--no-bench", "--config", work / "forest.yaml", "--json", cwd=tmp_path)
     assert res.code == 0, res.stderr[-2000:]
-    rep = res.json()
+    rep = res.json()["result"]
     assert rep["data"]["eval"] == "cancer_test.csv" and rep["data"]["labels"] == "target"
     assert rep["native"] is None and rep["artifacts"][0]["metrics"]["accuracy"] > 0.8
 
@@ -221,7 +221,7 @@ def test_report_command_writes_no_absolute_paths(run_dir, work, tmp_path):
     for f in (out / f for f in REPORT_FILES):
         for prefix in _machine_prefixes(tmp_path, work):
             assert prefix not in f.read_text(), (f.name, prefix)
-    assert res.json()["data"]["eval"] == "fixtures/data/cancer_test.csv"  # relative to the working directory
+    assert res.json()["result"]["data"]["eval"] == "fixtures/data/cancer_test.csv"  # relative to the working directory
 
 
 # ------------------------------------------------------------------ 4. paths stay inside the run folder
