@@ -5,7 +5,6 @@ the report."""
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,16 +24,27 @@ ORT = "onnxruntime"
 def feeds_for(model, *, cfg=None, data: Path | None = None, rows: int = 64, seed: int = 0, path=None,
               shapes: dict | None = None):
     """Benchmark inputs: the given or configured data file, else synthesized from the input model (fine for
-    latency). Returns (feeds, provenance, what was synthesized or None)."""
+    latency). Returns (feeds, provenance, what was synthesized or None, the input specs)."""
     from onnxforge import data as d
     from onnxforge.inputspec import plan
 
     specs = plan(model, path, _with_overrides(cfg, shapes))
     path = data or (cfg.data.path if cfg is not None else None)
     if path is not None:
-        return d.feeds_from_table(d.load_table(path), specs), str(path), None
+        return d.feeds_from_table(d.load_table(path), specs), str(path), None, specs
     feeds = d.synthesize(specs, rows, seed)
-    return feeds, "synthetic", (specs.log[-1] if specs.log else None)
+    return feeds, "synthetic", (specs.log[-1] if specs.log else None), specs
+
+
+def inputs_label(feeds: dict[str, np.ndarray], batch: int, *, specs=None, source: str | None = None) -> str:
+    """What a timing at `batch` was computed on: 'synthetic inputs: x float32[1, 64] in [0, 30522)' (the very
+    shapes fed, symbolic dims as the input model resolved them), or 'real data: data/test.npz, 450 rows'."""
+    from onnxforge import data as d
+    from onnxforge.inputspec import describe, line
+
+    if source is not None:
+        return f"real data: {source}, {d.n_rows(feeds):,} rows"
+    return "synthetic inputs: " + line(describe(tile_rows(feeds, batch), specs))
 
 
 def _with_overrides(cfg, shapes: dict | None):
@@ -83,7 +93,8 @@ def progress_bar(console) -> Iterator[Any]:
 
 @dataclass
 class Case:
-    """One thing to time: a callable plus the row it becomes."""
+    """One thing to time: a callable plus the row it becomes. `wrap` is entered around every block of calls; when
+    it yields a ThreadLimit (a native framework's thread limit), the row says whether it held each time."""
 
     engine: str
     label: str
@@ -93,6 +104,17 @@ class Case:
     extra: dict = field(default_factory=dict)
     wrap: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     times: list[float] = field(default_factory=list)
+    limits: list = field(default_factory=list)
+
+    def entered(self, got) -> None:
+        if hasattr(got, "applied"):
+            self.limits.append(got)
+
+    def row_extra(self) -> dict:
+        if not self.limits:
+            return self.extra
+        bad = next((g for g in self.limits if not g.applied), None)
+        return {**self.extra, "threads_applied": bad is None, "threads_note": (bad or self.limits[-1]).how}
 
 
 def stats(times_s: list[float], rows: int) -> dict[str, float]:
@@ -113,12 +135,14 @@ def run_cases(cases: list[Case], *, runs: int, warmup: int, max_seconds: float, 
     rounds = max(1, min(rounds, runs))
     per_round = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
     for c in cases:
-        with c.wrap():
+        with c.wrap() as got:
+            c.entered(got)
             for _ in range(warmup):
                 c.fn()
     for n in per_round:
         for c in cases:
-            with c.wrap():
+            with c.wrap() as got:
+                c.entered(got)
                 if warmup:
                     c.fn()  # the other cases ran in between: re-warm caches, untimed
                 deadline = time.perf_counter() + max_seconds / rounds
@@ -132,7 +156,7 @@ def run_cases(cases: list[Case], *, runs: int, warmup: int, max_seconds: float, 
                 progress.advance(task, 1 / rounds)
     return [{"engine": c.engine, "label": c.label, "batch": c.batch, "threads": c.threads,
              **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats(c.times, c.batch).items()},
-             **c.extra} for c in cases]
+             **c.row_extra()} for c in cases]
 
 
 def onnx_cases(model_path: Path, feeds: dict[str, np.ndarray], *, batches: list[int], threads: list[int | None],
@@ -153,43 +177,44 @@ def onnx_cases(model_path: Path, feeds: dict[str, np.ndarray], *, batches: list[
     return cases
 
 
-@contextlib.contextmanager
-def native_threads(n: int | None):
-    """Apply a thread count to the native framework where it can be changed at run time (torch); yields
-    whether it was applied, so the table can say 'framework default' otherwise."""
-    torch = sys.modules.get("torch")
-    if n is None or torch is None:
-        yield False
-        return
-    prev = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield True
-    finally:
-        torch.set_num_threads(prev)
-
-
 def native_cases(fe, native, cfg, feeds: dict[str, np.ndarray], *, batches: list[int],
                  threads: list[int | None]) -> list[Case]:
-    """The frontend's own predict (the reference validate uses), timed like the ONNX model."""
+    """The frontend's own predict (the reference validate uses), timed like the ONNX model. Each thread count is
+    applied through the frontend's `threads` hook (XGBoost nthread, LightGBM num_threads, sklearn n_jobs plus
+    OpenMP/BLAS pools, torch.set_num_threads, TensorFlow's pools); whether it held is read back and recorded in
+    the row (`threads_applied`, `threads_note`), and a row whose limit did not hold gets no ratio."""
     cases = []
     for t in threads:
-        applied = t is not None and "torch" in sys.modules  # what native_threads can change
         for b in batches:
             batch = tile_rows(feeds, b)
             cases.append(Case(f"{fe.name} native", f"{fe.name} (native)", b, t,
-                              lambda f=batch: fe.predict(native, f, cfg), {"threads_applied": applied},
-                              wrap=lambda t=t: native_threads(t)))
+                              lambda f=batch: fe.predict(native, f, cfg),
+                              wrap=(lambda t=t: fe.threads(native, t)) if t is not None else contextlib.nullcontext))
     return cases
 
 
+def applied(row: dict) -> bool:
+    """False for a row whose thread limit was asked for but did not hold (the framework ran on its default)."""
+    return row.get("threads_applied", True) is not False
+
+
+def pick_baseline(rows: list[dict], preferred: str | None) -> str | None:
+    """`preferred` when some of its rows held their thread limit, else the first label whose rows all did: a
+    figure taken on an unknown number of threads is no baseline."""
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    if preferred is not None and any(applied(r) for r in rows if r["label"] == preferred):
+        return preferred
+    return next((lab for lab in labels if all(applied(r) for r in rows if r["label"] == lab)), None)
+
+
 def ratios(rows: list[dict], baseline: str) -> list[dict]:
-    """Speed of every engine relative to the `baseline` label at the same batch and threads (>1 = faster)."""
-    base = {(r["batch"], r["threads"]): r for r in rows if r["label"] == baseline}
+    """Speed of every engine relative to the `baseline` label at the same batch and threads (>1 = faster). Rows
+    whose thread limit did not hold (on either side) get none."""
+    base = {(r["batch"], r["threads"]): r for r in rows if r["label"] == baseline and applied(r)}
     out = []
     for r in rows:
         b = base.get((r["batch"], r["threads"]))
-        if b is None or r["label"] == baseline:
+        if b is None or r["label"] == baseline or not applied(r):
             continue
         out.append({"label": r["label"], "baseline": baseline, "batch": r["batch"], "threads": r["threads"],
                     "p50_ms": r["p50_ms"], "baseline_p50_ms": b["p50_ms"],
@@ -233,8 +258,14 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
         console.print(f"[yellow]{model.name} has a fixed batch of {ok[0]}: skipping batch {skipped}[/yellow]")
     # 64 rows at most, tiled up to each batch: latency does not need distinct rows, and the synthetic-input cap
     # then guards the model's declared shapes while the batch the user asked for meets the memory cap
-    feeds, provenance, synthesized = feeds_for(proto, cfg=cfg, rows=min(max(ok), 64), path=model, shapes=shapes)
+    feeds, provenance, synthesized, specs = feeds_for(proto, cfg=cfg, rows=min(max(ok), 64), path=model,
+                                                      shapes=shapes)
     check_feeds(feeds, proto, what=f"the inputs ({provenance})", model_name=model.name)
+    source = None
+    if provenance != "synthetic":
+        from onnxforge.reporting.paths import shown
+
+        source = shown(provenance, Path.cwd(), cfg.config_path.parent if cfg is not None and cfg.config_path else None)
     label = model.name
     providers = cfg.runtime.providers if cfg is not None else None
     native_kind, fe, native = None, None, None
@@ -244,6 +275,7 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
             from onnxforge.registry import frontend
 
             fe = frontend(cfg.source.framework)
+            fe.preset_threads(threads[0])  # TensorFlow fixes its pools when it starts: before the model loads
             native = fe.load(cfg)
         elif cfg.source.path is None or Path(cfg.source.path).resolve() == model.resolve():
             native_kind = None  # the source is this very file: nothing else to compare with
@@ -265,9 +297,16 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
         task = prog.add_task(f"bench {label}", total=len(cases))
         rows = run_cases(cases, runs=runs, warmup=warmup, max_seconds=max_seconds, rounds=rounds, progress=prog,
                          task=task)
-    result = {"model": str(model), "inputs": provenance, "synthesized_inputs": synthesized, "runs": runs,
-              "warmup": warmup, "rounds": rounds,
-              "batches": ok,
+    shown_inputs = {b: inputs_label(feeds, b, specs=specs, source=source) for b in ok}
+    for r in rows:
+        r["inputs"] = shown_inputs[r["batch"]]
+    asked = baseline
+    baseline = pick_baseline(rows, baseline) if baseline else None
+    if asked and baseline != asked:
+        baseline = None  # the source is what a bench compares with: no ratio rather than one against another
+    result = {"model": str(model), "inputs": provenance,
+              "synthesized_inputs": synthesized, "inputs_by_batch": {str(b): v for b, v in shown_inputs.items()},
+              "runs": runs, "warmup": warmup, "rounds": rounds, "batches": ok,
               "skipped_batches": skipped, "threads": list(threads), "baseline": baseline, "results": rows,
               "ratios": ratios(rows, baseline) if baseline else []}
     if console is not None:
@@ -278,19 +317,24 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
 def render(result: dict, console) -> None:
     from rich.table import Table
 
-    t = Table(title=f"latency of {Path(result['model']).name} — inputs: {result['inputs']}, "
-                    f"{result['runs']} timed runs after {result['warmup']} warm-up")
+    from onnxforge.reporting.fmt import threads as threads_text
+
+    t = Table(title=f"latency of {Path(result['model']).name} — {result['runs']} timed runs after "
+                    f"{result['warmup']} warm-up")
     for c in ("engine", "model", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "mean ms", "rows/s", "runs"):
         t.add_column(c, justify="left" if c in ("engine", "model") else "right")
     for r in result["results"]:
-        thr = str(r["threads"]) if r.get("threads_applied", True) else f"{r['threads']} (default)"
-        t.add_row(r["engine"], r["label"], str(r["batch"]), thr, f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
-                  f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['rows_per_s']:,.0f}", str(r["runs"]))
+        t.add_row(r["engine"], r["label"], str(r["batch"]), threads_text(r), f"{r['p50_ms']:.3f}",
+                  f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['rows_per_s']:,.0f}",
+                  str(r["runs"]))
     console.print(t)
-    if result.get("synthesized_inputs"):
-        from onnxforge.inputspec import line
-
-        console.print(f"synthesized inputs: {line(result['synthesized_inputs'])}", markup=False, soft_wrap=True)
+    for b, text in (result.get("inputs_by_batch") or {}).items():
+        console.print(f"batch {b}: {text}", markup=False, soft_wrap=True)
+    for r in result["results"]:
+        if not applied(r) and r["batch"] == result["batches"][0]:
+            console.print(f"{r['label']}, {r['threads']} thread(s) asked: not applied — {r.get('threads_note')}; "
+                          "its figures ran on the framework's default threads and get no speed ratio",
+                          markup=False, soft_wrap=True)
     if result["ratios"]:
         rt = Table(title=f"speed relative to {result['baseline']} (same run; >1 = faster)")
         for c in ("model", "batch", "threads", "p50 ms", "baseline p50 ms", "speedup"):

@@ -52,6 +52,7 @@ def build_report(targets: list[Path], *, out: Path | None = None, formats: list[
     if ctx is None:
         collect.with_config(src, cfg, native)
     out = Path(out)
+    src.out = out
     report = collect.collect(src, opts, bench=bench, data=Path(data) if data else None, console=console)
     report["files"] = {f: FORMATS[f] for f in dict.fromkeys(formats)}
     out.mkdir(parents=True, exist_ok=True)

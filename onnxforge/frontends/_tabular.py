@@ -6,7 +6,9 @@ Not a registered frontend itself (the leading underscore keeps the registry from
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
 import sys
 import warnings
 import zipfile
@@ -19,7 +21,7 @@ from pydantic import Field
 from onnxforge.config import SourceBase, TensorSpec
 from onnxforge.errors import UserError, one_line
 from onnxforge.frontends._files import sniff, wrong_file
-from onnxforge.frontends.base import Frontend, dist_version, refuse_pickle, require
+from onnxforge.frontends.base import Frontend, ThreadLimit, dist_version, pool_threads, refuse_pickle, require
 
 BOOSTER_MAX_OPSET = 15  # onnxmltools 1.16 refuses a higher target_opset for XGBoost and LightGBM
 BOOSTER_MAX_ML_OPSET = 3  # ... and ai.onnx.ml above 3
@@ -581,6 +583,42 @@ def finish(model, specs, names: list[str], upgrade_to: int | None, notes: dict[s
 # ------------------------------------------------------------------ the shared frontend
 
 
+def _xgb_nthread(est) -> str | None:
+    """The nthread an XGBoost estimator's booster really holds (its saved config), None when it has no booster."""
+    try:
+        return json.loads(est.get_booster().save_config())["learner"]["generic_param"]["nthread"]
+    except Exception:
+        return None
+
+
+def limit_parts(est, n: int, stack: contextlib.ExitStack) -> list[str]:
+    """n_jobs=n on every estimator in `est` that has it (an XGBoost booster's nthread too), each restored when
+    `stack` closes; returns what does not read back as n (empty: the limit holds)."""
+    off, seen = [], set()
+    for p in parts(est):
+        if id(p) in seen or not hasattr(p, "get_params"):
+            continue
+        seen.add(id(p))
+        xgb_prev = _xgb_nthread(p) if type(p).__module__.startswith("xgboost") else None
+        if xgb_prev is not None:  # set_params(n_jobs=None) keeps the booster at n: restore its nthread itself
+            stack.callback(lambda p=p, v=xgb_prev: p.get_booster().set_param({"nthread": int(v)}))
+        try:
+            params = p.get_params(deep=False)
+        except Exception:
+            continue
+        if "n_jobs" not in params:
+            continue
+        stack.callback(lambda p=p, v=params["n_jobs"]: p.set_params(n_jobs=v))
+        p.set_params(n_jobs=n)
+        if xgb_prev is not None:
+            p.get_booster().set_param({"nthread": n})
+            if (got := _xgb_nthread(p)) != str(n):
+                off.append(f"{type(p).__name__} booster nthread {got}")
+        elif p.get_params(deep=False).get("n_jobs") != n:
+            off.append(f"{type(p).__name__} n_jobs {p.get_params(deep=False).get('n_jobs')}")
+    return off
+
+
 class SklearnAPIFrontend(Frontend):
     """Any fitted estimator with the scikit-learn API (Pipelines included), from skops or trusted pickle files."""
 
@@ -618,6 +656,17 @@ class SklearnAPIFrontend(Frontend):
         if booster:
             notes["opset_cap"] = f"{BOOSTER_MAX_OPSET} (onnxmltools' limit for XGBoost/LightGBM)"
         return finish(model, specs, output_names(task_of(native), cfg), upgrade, notes)
+
+    @contextlib.contextmanager
+    def threads(self, native, n: int):
+        """n_jobs=n on every estimator that has it (XGBoost: the booster's nthread, read back from its config;
+        LightGBM: n_jobs becomes predict's num_threads) and every OpenMP/BLAS pool at n; restored after."""
+        with contextlib.ExitStack() as stack:
+            off = limit_parts(native, n, stack)
+            pools = stack.enter_context(pool_threads(n))
+            ok = not off and pools.applied
+            yield ThreadLimit(ok, (f"n_jobs={n} read back from every estimator that has it; {pools.how}" if ok else
+                                   "; ".join([*off, *([] if pools.applied else [pools.how])])))
 
     def predict(self, native, feeds, cfg):
         specs = self.specs(native, cfg)

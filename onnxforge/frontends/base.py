@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +35,44 @@ def refuse_pickle(path: Path, trust: bool) -> None:
     if not trust:
         raise UserError(f"{path.name} is a pickle/joblib file, which runs code when loaded — set "
                         "source.trust_pickle: true if you trust it, or save it as skops/native format")
+
+
+@dataclass(frozen=True)
+class ThreadLimit:
+    """Whether a thread limit really holds in the native framework (read back from it, never assumed), and how:
+    what was set and read back, or why it could not be."""
+
+    applied: bool
+    how: str
+
+
+@contextlib.contextmanager
+def pool_threads(n: int) -> Iterator[ThreadLimit]:
+    """Every OpenMP and BLAS pool loaded in the process limited to n threads (threadpoolctl), read back inside."""
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        yield ThreadLimit(False, "threadpoolctl is not installed (pip install threadpoolctl)")
+        return
+    with threadpool_limits(n):
+        pools = threadpool_info()
+        off = sorted({f"{p.get('internal_api')} {p.get('num_threads')}" for p in pools if p.get("num_threads") != n})
+        yield ThreadLimit(not off, f"OpenMP/BLAS pools at {n} (threadpoolctl, {len(pools)} read back)" if not off
+                          else f"threadpoolctl could not limit {', '.join(off)} to {n}")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[ThreadLimit]:
+    """torch's intra-op pool at n threads (torch.set_num_threads), read back, restored after."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        got = torch.get_num_threads()
+        yield ThreadLimit(got == n, f"torch.set_num_threads({n}); get_num_threads() = {got}")
+    finally:
+        torch.set_num_threads(prev)
 
 
 class Frontend:
@@ -76,6 +117,16 @@ class Frontend:
     def predict(self, native: Any, feeds: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
         """Native predictions keyed by the ONNX output names: the reference `validate` compares against."""
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def threads(self, native: Any, n: int) -> Iterator[ThreadLimit]:
+        """While inside, `predict` runs on n threads; yields whether that really holds (read back from the
+        framework) so a timing whose limit did not apply is labelled and kept out of ratios. Frontends override."""
+        yield ThreadLimit(False, f"the {self.name} frontend has no thread control")
+
+    def preset_threads(self, n: int) -> None:
+        """Called before `load` when a thread count is known: for frameworks whose pools are fixed once they
+        start (TensorFlow)."""
 
     def metadata(self, native: Any, cfg) -> dict[str, Any]:
         """Extra metadata_props (e.g. class labels)."""

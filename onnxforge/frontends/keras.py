@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ from onnxforge.config import SourceBase
 from onnxforge.errors import UserError
 from onnxforge.frontends._export import first_line, name_dims, quiet
 from onnxforge.frontends._files import sniff, wrong_file
-from onnxforge.frontends.base import Frontend, require
+from onnxforge.frontends.base import Frontend, ThreadLimit, require, torch_threads
 from onnxforge.registry import register_frontend
 
 DEFAULT_OPSET = 18
@@ -38,6 +39,20 @@ def _keras():
 
             tf.get_logger().setLevel("ERROR")
     return keras
+
+
+def _tf_threads(n: int) -> tuple[int, int]:
+    """Ask TensorFlow for n intra-op and 1 inter-op threads; it refuses once started. Returns what it holds
+    (0 = its default: every core)."""
+    import tensorflow as tf
+
+    th = tf.config.threading
+    for setter, v in ((th.set_intra_op_parallelism_threads, n), (th.set_inter_op_parallelism_threads, 1)):
+        try:
+            setter(v)
+        except RuntimeError:  # "cannot be modified after initialization"
+            pass
+    return th.get_intra_op_parallelism_threads(), th.get_inter_op_parallelism_threads()
 
 
 def _check_file(path: Path | None) -> Path:
@@ -220,6 +235,27 @@ class KerasFrontend(Frontend):
         outs = list(out) if isinstance(out, list | tuple) else [out]
         return {n: np.asarray(keras.ops.convert_to_numpy(t)) for n, t in
                 zip(_out_names(native, cfg), outs, strict=True)}
+
+    def preset_threads(self, n: int) -> None:
+        if _keras().backend.backend() == "tensorflow":
+            _tf_threads(n)
+
+    @contextlib.contextmanager
+    def threads(self, native, n: int):
+        """TensorFlow: its intra-op pool at n (inter-op 1), which holds only if set before TF started (see
+        preset_threads); read back from tf.config.threading. The torch backend: torch.set_num_threads."""
+        backend = _keras().backend.backend()
+        if backend == "torch":
+            with torch_threads(n) as got:
+                yield got
+            return
+        if backend != "tensorflow":
+            yield ThreadLimit(False, f"Keras backend {backend}: onnxforge has no thread control for it")
+            return
+        intra, inter = _tf_threads(n)
+        yield ThreadLimit(intra == n and inter == 1, f"TensorFlow intra-op {intra}, inter-op {inter} threads" + (
+            "" if intra == n else " (default = all cores): TensorFlow fixes its pools when it starts, before this "
+            "model was timed — `onnxforge bench --config` sets them before loading"))
 
     def metadata(self, native, cfg):
         return {"keras.model": native.name, "keras.class": type(native).__name__,

@@ -4,6 +4,7 @@ LightGBM (see fix_lightgbm_thresholds)."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,7 +27,7 @@ from onnxforge.frontends._tabular import (
     output_names,
     plan_opset,
 )
-from onnxforge.frontends.base import require
+from onnxforge.frontends.base import ThreadLimit, pool_threads, require
 from onnxforge.registry import register_frontend
 
 REGRESSION_OBJECTIVES = ("regression", "quantile", "huber", "poisson", "gamma", "tweedie")
@@ -45,6 +46,7 @@ class NativeBooster:
     objective: str
     num_class: int
     name: str
+    num_threads: int | None = None  # predict's num_threads while a thread limit is applied (None: LightGBM's)
 
 
 def task_for(objective: str, asked: str, name: str) -> str:
@@ -113,13 +115,28 @@ class LightGBMFrontend(SklearnAPIFrontend):
         if not isinstance(native, NativeBooster):
             return super().predict(native, feeds, cfg)
         X = native_input(native, feeds, self.specs(native, cfg))
-        raw = np.asarray(native.booster.predict(X))
+        raw = np.asarray(native.booster.predict(X, **({"num_threads": native.num_threads} if native.num_threads
+                                                      else {})))
         names = output_names(native.task, cfg)
         if native.task != "classifier":
             return {names[0]: raw}
         proba = np.column_stack([1 - raw, raw]) if raw.ndim == 1 else raw
         # LGBMClassifier.predict: argmax of the probabilities (a tie goes to the first class)
         return {names[0]: proba.argmax(1).astype(np.int64), names[1]: proba}
+
+    @contextlib.contextmanager
+    def threads(self, native, n: int):
+        """A native text model: Booster.predict(num_threads=n), and LightGBM's OpenMP pool read back at n."""
+        if not isinstance(native, NativeBooster):
+            with super().threads(native, n) as got:
+                yield got
+            return
+        prev, native.num_threads = native.num_threads, n
+        try:
+            with pool_threads(n) as pools:
+                yield ThreadLimit(pools.applied, f"Booster.predict(num_threads={n}); {pools.how}")
+        finally:
+            native.num_threads = prev
 
     def metadata(self, native, cfg):
         if not isinstance(native, NativeBooster):

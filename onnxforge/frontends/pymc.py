@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from onnxforge.config import SourceBase, StrictModel, resolve_path
-from onnxforge.frontends.base import Frontend
+from onnxforge.frontends.base import Frontend, pool_threads
 from onnxforge.registry import register_frontend
 
 FamilyName = Literal["normal", "bernoulli", "binomial", "poisson", "student-t", "negative-binomial"]
@@ -110,6 +110,10 @@ class PymcFrontend(Frontend):
 
     def predict(self, native, feeds, cfg):
         return native.outputs(feeds)
+
+    def threads(self, native, n: int):
+        # predict is numpy (bayes.predictive.outputs): its only pools are BLAS/OpenMP, limited and read back
+        return pool_threads(n)
 
     def sample(self, native, feeds, cfg):
         if not native.n_draws:

@@ -22,7 +22,7 @@ from onnxforge.config import SourceBase, resolve_path
 from onnxforge.errors import UserError
 from onnxforge.frontends._export import first_line, name_dims, quiet, strip_provenance
 from onnxforge.frontends._files import sniff, wrong_file
-from onnxforge.frontends.base import Frontend, require
+from onnxforge.frontends.base import Frontend, require, torch_threads
 from onnxforge.registry import register_frontend
 
 DYNAMO_OPSET = 18
@@ -413,6 +413,9 @@ class TorchFrontend(Frontend):
             tensors, keys = _flatten(native(*args))
         names = _output_names(cfg, len(tensors), keys)
         return {n: t.detach().cpu().numpy() for n, t in zip(names, tensors, strict=True)}
+
+    def threads(self, native: TorchModel, n: int):
+        return torch_threads(n)
 
     def metadata(self, native: TorchModel, cfg):
         meta = {"torch.model": native.origin, "torch.exporter": native.exporter}

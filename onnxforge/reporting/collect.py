@@ -39,6 +39,7 @@ class Sources:
     run_dir: Path | None = None
     native: Callable[[], tuple[Any, Any]] | None = None  # → (frontend, native model), loaded on demand
     notes: list[str] = field(default_factory=list)
+    out: Path | None = None  # the report's folder: loose files' paths are shown relative to it
 
 
 # ------------------------------------------------------------------ where the artifacts come from
@@ -150,8 +151,8 @@ def _synthetic(specs) -> str:
 
 
 def _eval_data(src: Sources, data: Path | None, first_model, max_rows: int | None):
-    """(feeds, labels, provenance, label key). The report never fails for lack of data: without a data file it
-    uses synthetic inputs, and says so."""
+    """(feeds, labels, provenance, label key, input specs, data file as shown or None). The report never fails for
+    lack of data: without a data file it uses synthetic inputs, and says so."""
     from onnxforge import data as d
 
     cfg = src.cfg
@@ -162,11 +163,11 @@ def _eval_data(src: Sources, data: Path | None, first_model, max_rows: int | Non
     if path is None:
         if cfg is not None and cfg.data.synthetic:
             feeds = d.synthesize(specs, cfg.data.synthetic_rows, cfg.data.seed)
-            return feeds, None, _synthetic(specs), None
+            return feeds, None, _synthetic(specs), None, specs, None
         src.notes.append("no data file: outputs, errors and agreement use synthetic inputs, no accuracy (give --data "
                          "FILE, or --config CONFIG.yaml for the run's data)")
         feeds = d.synthesize(specs, 64, 0)
-        return feeds, None, _synthetic(specs), None
+        return feeds, None, _synthetic(specs), None, specs, None
     table = d.load_table(path)
     feeds = d.feeds_from_table(table, specs, cfg.data.rows if cfg is not None else None)
     used = {s.column or s.name for s in specs} | {c for s in specs for c in (s.columns or [])}
@@ -184,13 +185,15 @@ def _eval_data(src: Sources, data: Path | None, first_model, max_rows: int | Non
             if named:  # the user named this column: a bad one is their error, as in validate and quantize
                 raise
             src.notes.append(f"no accuracy: the column '{key}' looks like labels but is not usable as such ({e})")
-    return d.take(feeds, rows), labels, shown(path, *_bases(src)), key if labels is not None else None
+    where = shown(path, *_bases(src))
+    return d.take(feeds, rows), labels, where, key if labels is not None else None, specs, where
 
 
 def _bases(src: Sources) -> list:
-    """Folders a path in the report is shown relative to (see reporting.paths)."""
+    """Folders a path in the report is shown relative to (see reporting.paths): the run folder, else (loose
+    files) the report's own folder; then the config's folder and the working directory."""
     cfg_dir = src.cfg.config_path.parent if src.cfg is not None and src.cfg.config_path else None
-    return [src.run_dir, cfg_dir, Path.cwd()]
+    return [src.run_dir or src.out, cfg_dir, Path.cwd()]
 
 
 def _run_model(path: Path, proto, feeds: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
@@ -241,7 +244,7 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
     from onnxforge.benchmark import progress_bar
 
     protos = [admit(a.path, session=False).model for a in src.artifacts]  # the gate every command's model passes
-    feeds, labels, provenance, label_key = _eval_data(src, data, protos[0], opts.max_rows)
+    feeds, labels, provenance, label_key, specs, source = _eval_data(src, data, protos[0], opts.max_rows)
     native_fe, native, native_out, native_info = None, None, None, None
     outputs: dict[str, dict | None] = {}
     artifacts, errors = [], []
@@ -251,6 +254,8 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
         task = prog.add_task("report: outputs on the data", total=len(protos) + with_native)
         if with_native:
             prog.update(task, description="report: loading the source model")
+            if bench and src.cfg is not None:  # TensorFlow fixes its thread pools when it starts: ask first
+                _preset_threads(src.cfg, opts.threads[0])
             native_fe, native, native_out, native_info = _native(src, feeds)
             if native_info is not None:
                 native_info["metrics"] = _metrics(_without(native_out, _stochastic(protos[0], src.artifacts[0].path)), labels)
@@ -268,7 +273,8 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
     latency = None
     if bench:
         runnable = [(a, p) for a, p in zip(src.artifacts, protos, strict=True) if outputs[a.label] is not None]
-        latency = _latency(runnable, feeds, opts, src, native_fe, native, native_info, console)
+        latency = _latency(runnable, feeds, opts, src, native_fe, native, native_info, console,
+                           inputs=(specs, source))
 
     man = src.manifest or {}
     report = {
@@ -281,7 +287,7 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
                  "labels": label_key},
         "native": native_info, "artifacts": artifacts, "latency": latency, "errors": errors,
         "validations": _validations(man, {a.label for a in src.artifacts}),
-        "stage_changes": _stage_changes(man), "stage_tables": _stage_tables(man), "stages": _stages(man),
+        "stage_changes": _stage_changes(man, src.run_dir), "stage_tables": _stage_tables(man), "stages": _stages(man),
         "environment": _environment(), "notes": src.notes, "files": {},
     }
     return scrub(clean(report), *_bases(src))  # no absolute path of this machine leaves in a report
@@ -362,8 +368,26 @@ def _reference_of(a: Artifact, outputs, native_info, native_out):
     return None, None
 
 
-def _latency(runnable, feeds, opts, src: Sources, fe, native, native_info, console) -> dict:
-    from onnxforge.benchmark import native_cases, onnx_cases, progress_bar, ratios, run_cases, usable_batches
+def _preset_threads(cfg, n: int) -> None:
+    try:
+        from onnxforge.registry import frontend
+
+        frontend(cfg.source.framework).preset_threads(n)
+    except Exception:  # a missing framework is reported when the model loads
+        pass
+
+
+def _latency(runnable, feeds, opts, src: Sources, fe, native, native_info, console, inputs=(None, None)) -> dict:
+    from onnxforge.benchmark import (
+        inputs_label,
+        native_cases,
+        onnx_cases,
+        pick_baseline,
+        progress_bar,
+        ratios,
+        run_cases,
+        usable_batches,
+    )
 
     threads = list(opts.threads)
     providers = src.cfg.runtime.providers if src.cfg is not None else None
@@ -386,11 +410,24 @@ def _latency(runnable, feeds, opts, src: Sources, fe, native, native_info, conso
             cases = [c for c in cases if not c.engine.endswith("native")]
             for c in cases:
                 c.times.clear()
+                c.limits.clear()
             rows = run_cases(cases, runs=opts.runs, warmup=opts.warmup, max_seconds=opts.max_seconds,
                              rounds=opts.rounds)
-    baseline = rows[0]["label"] if rows else None
+    specs, source = inputs
+    shown_inputs = {b: inputs_label(feeds, b, specs=specs, source=source)
+                    for b in dict.fromkeys(r["batch"] for r in rows)}
+    for r in rows:
+        r["inputs"] = shown_inputs[r["batch"]]
+    noted = set()
+    for r in rows:
+        if r.get("threads_applied") is False and (r["label"], r["threads"]) not in noted:
+            noted.add((r["label"], r["threads"]))
+            src.notes.append(f"{r['label']}: {r['threads']} thread(s) asked but not applied ({r.get('threads_note')});"
+                             " its latency ran on the framework's default threads and has no speed ratio")
+    baseline = pick_baseline(rows, rows[0]["label"] if rows else None)
     return {"baseline": baseline, "runs": opts.runs, "warmup": opts.warmup, "rounds": opts.rounds,
-            "batches": list(opts.batches), "threads": threads, "rows": rows,
+            "batches": list(opts.batches), "threads": threads,
+            "inputs": [{"batch": b, "label": v} for b, v in shown_inputs.items()], "rows": rows,
             "ratios": ratios(rows, baseline) if baseline else []}
 
 
@@ -485,14 +522,31 @@ def _flatten(d: dict, prefix: str = "", depth: int = 0) -> dict:
     return out
 
 
-def _stage_changes(man: dict) -> list[dict]:
-    """quantize/optimize summaries carry `before`/`after` dicts: one row per figure present in either."""
+def _on_disk(run_dir: Path | None, rel) -> int | None:
+    """The size on disk (external data included) of a model the manifest names, None when it is not there."""
+    from onnxforge.artifact import file_size
+
+    if run_dir is None or not isinstance(rel, str):
+        return None
+    try:
+        path = inside(run_dir, rel, "a stage names model")
+        return file_size(path) if path.is_file() else None
+    except (UserError, OSError):
+        return None
+
+
+def _stage_changes(man: dict, run_dir: Path | None = None) -> list[dict]:
+    """quantize/optimize summaries carry `before`/`after` dicts: one row per figure present in either. The file
+    sizes are those of the files on disk (the stage's input and output model) wherever they are in the run."""
     out = []
     for s in man.get("stages", []):
         summ = _dict(s.get("summary"))
         if not (isinstance(summ.get("before"), dict) and isinstance(summ.get("after"), dict)):
             continue
         b, a = _flatten(summ["before"]), _flatten(summ["after"])
+        for figs, rel in ((b, next(iter(_dict(s.get("inputs"))), None)), (a, s.get("model"))):
+            if "file_bytes" in figs and (size := _on_disk(run_dir, rel)) is not None:
+                figs["file_bytes"] = size
         rows = []
         for k in dict.fromkeys([*b, *a]):
             bv, av = b.get(k), a.get(k)

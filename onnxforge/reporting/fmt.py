@@ -25,6 +25,43 @@ def size(n: int | None) -> str:
     return f"{n} B"
 
 
+def times(ratio: float | None) -> str:
+    """A size ratio (this file / the other) in words: '3.41× smaller', '2.91× larger' or 'same size' — never
+    '0.34× smaller' for a file that grew."""
+    if ratio is None or not isinstance(ratio, int | float) or isinstance(ratio, bool) or ratio != ratio or ratio <= 0:
+        return ""
+    if ratio == 1:
+        return "same size"
+    x, word = (1 / ratio, "smaller") if ratio < 1 else (ratio, "larger")
+    return f"{x:.3f}× {word}" if x < 1.01 else f"{x:,.2f}× {word}"
+
+
+def size_change(before, after) -> str:
+    """'863 → 2,511 B' as a ratio in words: '2.91× larger'."""
+    ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (before, after))
+    return times(after / before) if ok and before else ""
+
+
+def is_size(key: str) -> bool:
+    """A figure that is a size in bytes (file_bytes, initializer_bytes, …)."""
+    return str(key).rsplit(".", 1)[-1].endswith("bytes")
+
+
+def row_ratio(r: dict) -> str:
+    """A before → after row's ratio: sizes in words ('2.91× larger'), other figures as after/before."""
+    if is_size(r.get("key", "")):
+        return size_change(r.get("before"), r.get("after"))
+    ratio = r.get("ratio")
+    return f"{ratio:.3g}" if isinstance(ratio, int | float) and not isinstance(ratio, bool) else ""
+
+
+def threads(row: dict) -> str:
+    """The threads a latency row ran on: '1', or 'default (not applied)' when the limit asked did not hold."""
+    if row.get("threads_applied") is False:
+        return "default (not applied)"
+    return "default" if row.get("threads") is None else str(row["threads"])
+
+
 def opset(d: dict | None, ops: dict | None = None) -> str:
     """'18' or '18, com.microsoft 1'; with the op histogram, only the domains some node uses (quantizers import
     every domain they know)."""

@@ -96,9 +96,9 @@ def render_html(rep: dict, notes_out=None) -> str:
         summary += '<p class="muted">Plots need matplotlib: pip install \'onnxforge[report]\'.</p>'
     parts.append(_section("summary", "Summary", summary))
 
-    rows = [[_code(a["label"]), a.get("stage") or "", fmt.size(a["file_bytes"]), f"{a['size_ratio']:.2f}×",
+    rows = [[_code(a["label"]), a.get("stage") or "", fmt.size(a["file_bytes"]), fmt.times(a["size_ratio"]) if i else "first",
              f"{a['nodes']:,}", f"{a['params']:,}", fmt.opset(a["opset"], a["ops"]), fmt.metrics(a.get("metrics")),
-             fmt.deltas(a.get("metric_deltas")), a.get("reference") or ""] for a in arts]
+             fmt.deltas(a.get("metric_deltas")), a.get("reference") or ""] for i, a in enumerate(arts)]
     if rep.get("native") and rep["native"].get("metrics"):
         n = rep["native"]
         rows.insert(0, [_code(n["label"]), "source", "", "", "", "", "", fmt.metrics(n["metrics"]), "", ""])
@@ -112,13 +112,16 @@ def render_html(rep: dict, notes_out=None) -> str:
     lat = rep.get("latency")
     if lat and lat["rows"]:
         speed = {(r["label"], r["batch"], r["threads"]): r["speedup"] for r in lat["ratios"]}
-        lrows = [[_code(r["label"]), r["batch"], r["threads"], fmt.ms(r["p50_ms"]), fmt.ms(r["p90_ms"]),
+        lrows = [[_code(r["label"]), r["batch"], fmt.threads(r), fmt.ms(r["p50_ms"]), fmt.ms(r["p90_ms"]),
                   fmt.ms(r["p99_ms"]), fmt.ms(r["mean_ms"]), fmt.num(r["rows_per_s"]), r["runs"],
+                  "no ratio" if r.get("threads_applied") is False else
                   "baseline" if r["label"] == lat["baseline"] else
                   (f"{speed[(r['label'], r['batch'], r['threads'])]:.2f}×"
                    if (r["label"], r["batch"], r["threads"]) in speed else "")] for r in lat["rows"]]
         body = (f'<p class="muted">{e(lat["warmup"])} warm-up runs, then up to {e(lat["runs"])} timed runs per '
-                f'setting; speed is relative to {_code(lat["baseline"])} in the same run (&gt;1 = faster).</p>'
+                + (f'setting; speed is relative to {_code(lat["baseline"])} in the same run (&gt;1 = faster).</p>'
+                   if lat["baseline"] else 'setting; no speed ratio (no baseline held its thread limit).</p>')
+                + "".join(f'<p class="muted">batch {e(x["batch"])}: {e(x["label"])}</p>' for x in lat.get("inputs") or [])
                 + _t(["engine / artifact", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "mean ms", "rows/s", "runs",
                       "speed"], lrows)
                 + _img("plot-latency", plots.latency_bars(lat["rows"]) if can_plot else None, "latency per artifact"))
@@ -170,8 +173,7 @@ def render_html(rep: dict, notes_out=None) -> str:
     for sc in rep["stage_changes"]:
         sbody += f"<h3>{e(sc['stage'])}: before → after</h3>" + _t(
             ["figure", "before", "after", "after/before"],
-            [[r["key"], fmt.value(r["before"]), fmt.value(r["after"]),
-              f"{r['ratio']:.3g}" if r["ratio"] is not None else ""] for r in sc["rows"]])
+            [[r["key"], fmt.value(r["before"]), fmt.value(r["after"]), fmt.row_ratio(r)] for r in sc["rows"]])
     for tb in rep["stage_tables"]:
         sbody += (f"<h3>{e(tb['stage'])}: {e(tb['key'])}{' (truncated)' if tb['truncated'] else ''}</h3>"
                   + _t(tb["columns"], [[fmt.value(v) for v in r] for r in tb["rows"]], left=1))

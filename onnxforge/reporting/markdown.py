@@ -63,6 +63,9 @@ def _latency_cells(rep: dict) -> tuple[list[str], dict[str, list[str]]]:
         for b in batches:
             r = next((r for r in rows if r["label"] == lab and r["batch"] == b and r["threads"] == t0), None)
             s = speed.get((lab, b, t0))
+            if r is not None and r.get("threads_applied") is False:
+                cells[lab].append(f"{fmt.ms(r['p50_ms'])} (threads: default, not applied — no ratio)")
+                continue
             cells[lab].append("" if r is None else fmt.ms(r["p50_ms"]) + (f" ({s:.2f}×)" if s else ""))
     return [f"p50 ms b={b}" for b in batches], cells
 
@@ -73,8 +76,9 @@ def render_markdown(rep: dict) -> str:
     lat = rep.get("latency") or {}
     out.append(f"_{len(rep['artifacts'])} artifact(s) · data: {code(d['eval'])} ({d['rows']} rows"
                f"{', labels ' + code(d['labels']) if d['labels'] else ''})"
-               + (f" · latency: {lat['threads'][0]} thread(s) on {rep['environment']['cpus']} CPUs, ratios vs "
-                  f"{code(lat['baseline'])}" if lat else "")
+               + (f" · latency: {lat['threads'][0]} thread(s) on {rep['environment']['cpus']} CPUs, "
+                  + (f"ratios vs {code(lat['baseline'])}" if lat.get("baseline") else "no speed ratio")
+                  if lat else "")
                + f" · onnxforge {text(rep['onnxforge'])}_")
     out.append("")
     for s in rep["stages"]:  # the reason a CI job failed belongs at the top of its comment
@@ -83,7 +87,8 @@ def render_markdown(rep: dict) -> str:
     lat_cols, lat_cells = _latency_cells(rep)
     rows = []
     for a in rep["artifacts"]:
-        rows.append([code(a["label"]), fmt.size(a["file_bytes"]), f"{a['size_ratio']:.2f}×", str(a["nodes"]),
+        rows.append([code(a["label"]), fmt.size(a["file_bytes"]),
+                     fmt.times(a["size_ratio"]) if rows else "first", str(a["nodes"]),
                      f"{a['params']:,}", fmt.opset(a["opset"], a["ops"]), fmt.metrics(a.get("metrics")),
                      fmt.deltas(a.get("metric_deltas")), *lat_cells.get(a["label"], [""] * len(lat_cols))])
     nat = rep.get("native") or {}
@@ -93,6 +98,10 @@ def render_markdown(rep: dict) -> str:
     out += ["### Artifacts", ""]
     out += _table(["artifact", "size", "size vs first", "nodes", "params", "opset", "metrics", "Δ vs reference",
                    *lat_cols], rows)
+    for x in lat.get("inputs") or []:  # what every latency figure above was computed on
+        out.append(f"- latency at batch {x['batch']}: {text(x['label'])}")
+    if lat.get("inputs"):
+        out.append("")
     if rep["validations"]:
         vrows = []
         for v in rep["validations"]:
@@ -115,8 +124,8 @@ def render_markdown(rep: dict) -> str:
     for sc in rep["stage_changes"]:
         out += [f"### {text(sc['stage'])}: before → after", ""]
         out += _table(["figure", "before", "after", "after/before"],
-                      [[r["key"], fmt.value(r["before"]), fmt.value(r["after"]),
-                        f"{r['ratio']:.3g}" if r["ratio"] is not None else ""] for r in sc["rows"]])
+                      [[r["key"], fmt.value(r["before"]), fmt.value(r["after"]), fmt.row_ratio(r)]
+                       for r in sc["rows"]])
     for tb in rep["stage_tables"]:  # wide tables (e.g. quantize candidates) folded away
         # an HTML block: Markdown is not parsed inside it, so its text is made inert as HTML instead
         summary = _inert_html(f"{tb['stage']}: {tb['key']} ({len(tb['rows'])} rows)")

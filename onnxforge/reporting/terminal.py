@@ -21,25 +21,30 @@ def render_terminal(rep: dict, console, brief: bool = False) -> None:
     console.print(f"[bold]report {_m(rep['title'])}[/bold] · verdict [{color}]{_m(rep['verdict'])}[/{color}] · data "
                   f"{_m(d['eval'])} ({d['rows']} rows{', labels ' + _m(d['labels']) if d['labels'] else ''})")
     t = Table(title="artifacts")
-    for c in ("artifact", "size", "×size", "nodes", "params", "opset", "metric", "Δ vs reference", "reference"):
+    for c in ("artifact", "size", "vs first", "nodes", "params", "opset", "metric", "Δ vs reference", "reference"):
         t.add_column(c, justify="left" if c in ("artifact", "reference", "metric", "Δ vs reference") else "right")
     for a in rep["artifacts"]:
-        t.add_row(_m(a["label"]), fmt.size(a["file_bytes"]), f"{a['size_ratio']:.2f}", str(a["nodes"]),
+        t.add_row(_m(a["label"]), fmt.size(a["file_bytes"]), fmt.times(a["size_ratio"]) if a is not rep["artifacts"][0]
+                  else "first", str(a["nodes"]),
                   f"{a['params']:,}", _m(fmt.opset(a["opset"], a["ops"])), fmt.metrics(a.get("metrics")),
                   fmt.deltas(a.get("metric_deltas")), _m(a.get("reference")))
     console.print(t)
     lat = rep.get("latency")
     if lat and lat["rows"]:
-        lt = Table(title=f"latency ({lat['runs']} runs max per setting; speed vs {_m(lat['baseline'])}, >1 = faster)")
+        lt = Table(title=f"latency ({lat['runs']} runs max per setting; "
+                         + (f"speed vs {_m(lat['baseline'])}, >1 = faster)" if lat["baseline"] else "no speed ratio)"))
         for c in ("engine / artifact", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "rows/s", "speed"):
             lt.add_column(c, justify="left" if c == "engine / artifact" else "right")
         speed = {(r["label"], r["batch"], r["threads"]): r["speedup"] for r in lat["ratios"]}
         for r in lat["rows"]:
             s = speed.get((r["label"], r["batch"], r["threads"]))
-            lt.add_row(_m(r["label"]), str(r["batch"]), str(r["threads"]), fmt.ms(r["p50_ms"]), fmt.ms(r["p90_ms"]),
+            lt.add_row(_m(r["label"]), str(r["batch"]), fmt.threads(r), fmt.ms(r["p50_ms"]), fmt.ms(r["p90_ms"]),
                        fmt.ms(r["p99_ms"]), fmt.num(r["rows_per_s"]),
+                       "no ratio" if r.get("threads_applied") is False else
                        "baseline" if r["label"] == lat["baseline"] else (f"{s:.2f}×" if s else ""))
         console.print(lt)
+        for x in lat.get("inputs") or []:
+            console.print(f"batch {x['batch']}: {_m(x['label'])}", soft_wrap=True)
     if brief:
         return
     for v in rep["validations"]:
@@ -68,8 +73,7 @@ def render_terminal(rep: dict, console, brief: bool = False) -> None:
         for c in ("figure", "before", "after", "after/before"):
             ct.add_column(c, justify="left" if c == "figure" else "right")
         for r in sc["rows"]:
-            ct.add_row(_m(r["key"]), _m(fmt.value(r["before"])), _m(fmt.value(r["after"])),
-                       f"{r['ratio']:.3g}" if r["ratio"] is not None else "")
+            ct.add_row(_m(r["key"]), _m(fmt.value(r["before"])), _m(fmt.value(r["after"])), fmt.row_ratio(r))
         console.print(ct)
     for tb in rep["stage_tables"]:
         tt = Table(title=_m(f"{tb['stage']}: {tb['key']}") + (" (truncated)" if tb["truncated"] else ""))
