@@ -13,15 +13,35 @@ def _is_label(a: np.ndarray) -> bool:
     return a.dtype.kind in "iubUSO"
 
 
+def fmt_shape(shape) -> str:
+    """An array's shape as numpy writes it: (64, 3), (64,), ()."""
+    return str(tuple(int(d) for d in shape))
+
+
+def fmt_dims(dims) -> str:
+    """A declared ONNX shape: [batch, 1], with ? for a dim that has neither a value nor a name."""
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def _family(a: np.ndarray) -> str:
+    """text, integer (bool included) or float: outputs of different families differ in type, not in tolerance."""
+    k = a.dtype.kind
+    if k in "US" or (k == "O" and a.size > 0 and isinstance(a.flat[0], str | bytes)):
+        return "text"
+    return "integer" if k in "biu" else "float" if k in "fc" else k
+
+
 def compare(name: str, ref: np.ndarray, got: np.ndarray, rtol: float, atol: float) -> dict[str, Any]:
     ref, got = np.asarray(ref), np.asarray(got)
     out: dict[str, Any] = {"output": name, "shape": list(got.shape), "rtol": rtol, "atol": atol}
     if ref.shape != got.shape:
+        # (N,) vs (N, 1) is the same prediction; nothing else is reshaped or broadcast: (N, 3) vs (N,) is a
+        # different output, not a tolerance problem
         if ref.size == got.size and ref.squeeze().shape == got.squeeze().shape:
-            ref = ref.reshape(got.shape)  # (N,) vs (N, 1) is the same prediction
+            ref = ref.reshape(got.shape)
         else:
-            return out | {"kind": "shape", "pass": False,
-                          "reason": f"shape {list(got.shape)} differs from reference {list(ref.shape)}"}
+            return out | {"kind": "shape", "pass": False, "ref_shape": list(ref.shape),
+                          "reason": f"shape mismatch: onnx {fmt_shape(got.shape)} vs reference {fmt_shape(ref.shape)}"}
     if _is_label(ref) or _is_label(got):
         r = ref.astype(str) if ref.dtype.kind in "USO" or got.dtype.kind in "USO" else ref
         g = got.astype(str) if r.dtype.kind == "U" else got
@@ -29,6 +49,9 @@ def compare(name: str, ref: np.ndarray, got: np.ndarray, rtol: float, atol: floa
         n_bad = int(bad.sum())
         res = out | {"kind": "label", "pass": n_bad == 0, "flips": n_bad, "total": int(bad.size),
                      "flip_rate": n_bad / max(bad.size, 1)}
+        if n_bad and _family(ref) != _family(got):  # e.g. text vs numbers that differ: a type, not flips
+            res |= {"kind": "dtype", "ref_dtype": str(ref.dtype), "dtype": str(got.dtype),
+                    "reason": f"dtype mismatch: onnx {got.dtype} vs reference {ref.dtype}"}
         if n_bad:
             idx = np.unravel_index(int(np.argmax(bad)), bad.shape)
             res["worst"] = {"index": [int(i) for i in idx], "ref": _py(r[idx]), "got": _py(g[idx])}
@@ -70,6 +93,51 @@ def compare(name: str, ref: np.ndarray, got: np.ndarray, rtol: float, atol: floa
         idx = np.unravel_index(int(np.argmax(np.where(finite, excess, np.inf))), d.shape)
         res["worst"] = {"index": [int(i) for i in idx], "ref": float(r[idx]), "got": float(g[idx]),
                         "abs": float(d[idx])}
+    return res
+
+
+def declared_outputs(model) -> dict[str, tuple[int, list | None]]:
+    """Each tensor output's declared element type and dims (None where the graph declares no shape). A dim is its
+    value, its name, or None; -1 and 0 count as symbolic, as onnxruntime reads them."""
+    out = {}
+    for o in model.graph.output:
+        if not o.type.HasField("tensor_type"):
+            continue  # sequences and maps (ZipMap) carry no tensor shape to check
+        tt = o.type.tensor_type
+        dims = None
+        if tt.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+                    for d in tt.shape.dim]
+        out[o.name] = (tt.elem_type, dims)
+    return out
+
+
+def conforms(name: str, declared: tuple[int, list | None], got: np.ndarray) -> dict[str, Any]:
+    """What onnxruntime returned for an output against what the graph declares for it: the rank and every fixed dim
+    must match (a symbolic dim matches any size), and the element type. onnxruntime itself only warns."""
+    import onnx
+
+    elem, dims = declared
+    got = np.asarray(got)
+    res: dict[str, Any] = {"output": name, "kind": "declared", "pass": True, "shape": list(got.shape),
+                           "dtype": str(got.dtype), "declared": None if dims is None else fmt_dims(dims),
+                           "declared_dims": dims}
+    if dims is not None and (len(dims) != got.ndim or any(isinstance(d, int) and d != n
+                                                          for d, n in zip(dims, got.shape, strict=False))):
+        return res | {"kind": "shape", "pass": False,
+                      "reason": f"shape mismatch: declared {fmt_dims(dims)} vs onnxruntime {fmt_shape(got.shape)}"}
+    if elem == onnx.TensorProto.STRING:
+        ok = got.dtype.kind in "OUS"
+        want = "string"
+    else:
+        try:
+            want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+        except (KeyError, TypeError, ValueError):
+            return res  # an element type numpy has no name for (float8, ...): nothing to compare
+        ok = got.dtype == want
+    if not ok:
+        res = res | {"kind": "dtype", "pass": False, "declared_dtype": str(want),
+                     "reason": f"dtype mismatch: declared {want} vs onnxruntime {got.dtype}"}
     return res
 
 

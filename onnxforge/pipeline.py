@@ -70,15 +70,18 @@ class StageContext:
         specs.log = self.synthesized  # data.synthesize records what it made: the stage summary shows it
         return specs
 
-    def feeds(self, which: str = "eval", model_path: Path | None = None) -> tuple[dict[str, np.ndarray], str]:
-        """Inputs for checks: the data file, or (only if allowed) synthetic data. Returns (feeds, provenance)."""
+    def feeds(self, which: str = "eval", model_path: Path | None = None, *,
+              nonfinite: str = "refuse") -> tuple[dict[str, np.ndarray], str]:
+        """Inputs for checks: the data file, or (only if allowed) synthetic data. Returns (feeds, provenance).
+        `nonfinite`: 'nan' lets NaN in the data through (a model that scores missing values, see data.check_values)."""
         from onnxforge import data
 
         d = self.cfg.data
         path = d.calibration if which == "calibration" and d.calibration else d.path
         specs = self.input_specs(model_path)
         if path is not None:  # provenance goes into manifest/report files: no absolute path
-            return data.feeds_from_table(data.load_table(path), specs, d.rows), shown(path, *path_bases(self.cfg))
+            return (data.feeds_from_table(data.load_table(path), specs, d.rows, nonfinite=nonfinite),
+                    shown(path, *path_bases(self.cfg)))
         if d.synthetic:
             return data.synthesize(specs, d.synthetic_rows, d.seed), "synthetic"
         raise UserError("no data for checks: set data.path (or data.synthetic: true to allow synthesized inputs)")

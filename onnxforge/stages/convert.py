@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 from pydantic import Field
 
 from onnxforge.config import StrictModel
@@ -13,6 +19,9 @@ from onnxforge.registry import register_stage
 
 class ConvertOptions(StrictModel):
     opset: int | None = Field(None, ge=7, le=24, description="target opset (default: the frontend's choice)")
+    verify_rows: int = Field(32, ge=0, le=4096, description="rows the new artifact runs on in onnxruntime before it "
+                             "is written: declared output shapes/dtypes and values against the native predict "
+                             "(the data's first rows, else synthesized inputs; 0 = write it unchecked)")
 
 
 @register_stage("convert", ConvertOptions, produces_model=True, help="export the source model to ONNX")
@@ -43,7 +52,112 @@ def run_convert(ctx, opts: ConvertOptions):
         "opset": str(opset),
         **fe.metadata(native, cfg),
     })
-    out = save_model(model, ctx.stage_dir / "model.onnx")
-    s = summarize(model, out)
-    return StageResult(model=out, summary={k: s[k] for k in ("opset", "nodes", "params", "file_bytes")} | {
-        "inputs": s["inputs"], "outputs": s["outputs"]}, message=json.dumps({"opset": opset}))
+    # written beside the final path, checked there, then renamed: a failed check leaves no artifact, and the bytes
+    # checked are the bytes shipped
+    final = ctx.stage_dir / "model.onnx"
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=ctx.stage_dir))
+    try:
+        staged = save_model(model, staging / final.name)
+        verified = verify(ctx, opts, model, staged)
+        for f in staging.iterdir():  # the model, and its .data file when over 2 GB
+            os.replace(f, final.parent / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    s = summarize(model, final)
+    return StageResult(model=final, summary={k: s[k] for k in ("opset", "nodes", "params", "file_bytes")} | {
+        "inputs": s["inputs"], "outputs": s["outputs"], "verified": verified}, message=json.dumps({"opset": opset}))
+
+
+def verify(ctx, opts: ConvertOptions, model, path: Path) -> dict[str, Any]:
+    """Run the new artifact in onnxruntime on a few rows and hold it to what it declares and to the native model:
+    every output's shape (rank, fixed dims) and element type as the graph declares them, then its values against the
+    frontend's predict at the tolerances validate would use (validate's own reference and comparison). Stochastic
+    outputs (PyMC draws) are held to their declared shape and type only: validate compares their distribution.
+    Returns what was verified; raises CheckFailed (exit 1) on a mismatch."""
+    from onnxforge import admission, data, runtime
+    from onnxforge.errors import CheckFailed, UserError
+    from onnxforge.stages.validate import (
+        ValidateOptions,
+        _reference,
+        _stochastic_outputs,
+        compare_output,
+        declared_mismatches,
+        default_tolerances,
+        figure,
+        nan_policy,
+    )
+
+    if not opts.verify_rows:
+        return {"checked": False, "reason": "convert.verify_rows is 0"}
+    cfg = ctx.cfg
+    given = cfg.stages.validate
+    # validate's per-output tolerances, skips and flip rates apply when it compares against this same source
+    vopts = given.model_copy() if given is not None and given.against == "source" else ValidateOptions()
+    if cfg.data.path is not None:
+        feeds, provenance = ctx.feeds("eval", path, nonfinite=nan_policy(model))
+        feeds = data.take(feeds, opts.verify_rows)
+    else:
+        try:
+            feeds, provenance = data.synthesize(ctx.input_specs(path), opts.verify_rows, cfg.data.seed), "synthetic"
+        except UserError as e:  # e.g. a text input without its categories: nothing to run it on
+            return {"checked": False, "reason": f"no inputs could be synthesized: {e}"}
+    rows = data.n_rows(feeds)
+    sess = admission.open_session(path, ours=True, provider_list=cfg.runtime.providers, threads=cfg.runtime.threads)
+    try:
+        got = runtime.run(sess, feeds)
+    except UserError as e:
+        if provenance != "synthetic":
+            raise  # the data does not fit the model: validate would say the same
+        return {"checked": False, "rows": rows, "data": provenance,
+                "reason": f"onnxruntime cannot run it on synthesized inputs: {e}"}
+    result: dict[str, Any] = {"checked": True, "rows": rows, "data": provenance, "outputs": {
+        name: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype)} for name, v in got.items()}}
+    bad = declared_mismatches(model, got, rows)
+    if bad:
+        c = bad[0]
+        what = ("the converter mis-declared a multi-output model" if c["kind"] == "shape" and _wider(c, got)
+                else "the converter mis-declared it")
+        said = (f"declares {c['declared']} but onnxruntime returns {_shape(got[c['output']])}" if c["kind"] == "shape"
+                else f"declares {c['declared_dtype']} but onnxruntime returns {c['dtype']}")
+        raise CheckFailed(f"convert: output '{c['output']}' {said} on {rows} {provenance} rows — {what}; nothing was "
+                          "written (a runtime that trusts the declared shape would misread it): report it with the "
+                          "model file", result | {"failing": bad})
+    stochastic = _stochastic_outputs(model, vopts)
+    try:
+        ref_desc, ref, _ = _reference(ctx, vopts, feeds, stochastic)
+    except UserError as e:
+        if provenance != "synthetic":
+            raise
+        return result | {"values": False, "reason": f"the native model cannot run on synthesized inputs: {e}"}
+    defaults = default_tolerances(ctx, vopts)
+    comparisons = [c for name in got if (c := compare_output(name, ref, got[name], rows, rows, vopts, stochastic,
+                                                             defaults)) is not None]
+    result |= {"reference": ref_desc, "rtol": defaults[0], "atol": defaults[1],
+               "unchecked": [n for n in got if n not in {c["output"] for c in comparisons}]}
+    for c in comparisons:
+        result["outputs"][c["output"]] |= {k: c[k] for k in ("kind", "pass", "max_abs", "max_rel", "flips", "reason")
+                                           if k in c}
+    failing = [c for c in comparisons if not c["pass"]]
+    if failing:
+        c = failing[0]
+        raise CheckFailed(f"convert: output '{c['output']}' differs from {ref_desc} on {rows} {provenance} rows: "
+                          f"{figure(c)} — the converted graph does not compute what the model does; nothing was "
+                          "written: report it with the model file, or try another convert.opset",
+                          result | {"failing": failing})
+    result["values"] = bool(comparisons)
+    return result
+
+
+def _shape(a) -> str:
+    from onnxforge.compare import fmt_shape
+
+    return fmt_shape(np.shape(a))
+
+
+def _wider(c: dict, got: dict) -> bool:
+    """More values per row than declared (a matrix declared as one column): a multi-output model."""
+    import math
+
+    fixed = [d for d in (c.get("declared_dims") or [])[1:] if isinstance(d, int)]
+    shape = np.shape(got[c["output"]])
+    return len(shape) > 1 and bool(fixed) and math.prod(shape[1:]) > math.prod(fixed)

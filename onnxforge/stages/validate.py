@@ -108,11 +108,11 @@ def _reference(ctx, opts: ValidateOptions, feeds, stochastic: list[str], model=N
         raise UserError(f"validate.against: reference model not found ({against}: {ref_path}) — give a .onnx path")
     from onnxforge import admission
 
-    if Path(ref_path).resolve() == Path(ctx.model).resolve():  # the file under test, admitted already
+    if ctx.model is not None and Path(ref_path).resolve() == Path(ctx.model).resolve():  # under test: admitted
         sess = admission.open_session(ref_path, level="disable")
     else:
         ref = admission.admit(ref_path, what="reference model", session={"level": "disable"})
-        if model is not None:
+        if model is not None and ctx.model is not None:
             admission.same_inputs(model, ref.model, model_name=Path(ctx.model).name, ref_name=str(ref_path))
         sess = ref.session
     return (f"ONNX {Path(ref_path).name} (no graph optimizations)", runtime.run(sess, feeds),
@@ -137,24 +137,72 @@ def _stochastic_outputs(model, opts, where=None) -> list[str]:
     return meta_json(model, "stochastic_outputs", list, [], items=str, where=where)
 
 
+def default_tolerances(ctx, opts: ValidateOptions) -> tuple[float, float]:
+    """(rtol, atol) for outputs without their own: the options', else the frontend's against the source, else
+    1e-4/1e-5 against another ONNX model."""
+    source = opts.against == "source"
+    return (opts.rtol if opts.rtol is not None else (ctx.frontend.rtol if source else 1e-4),
+            opts.atol if opts.atol is not None else (ctx.frontend.atol if source else 1e-5))
+
+
+def compare_output(name: str, ref: dict, got, n: int, rows: int, opts: ValidateOptions, stochastic: list[str],
+                   defaults: tuple[float, float]) -> dict | None:
+    """One deterministic output of a run on the first `n` of `rows` rows against the reference's, at its tolerances;
+    None where there is nothing to compare (skipped, stochastic, not in the reference, or a scalar/batch statistic
+    that only a run over all rows can be compared on). convert's self-check uses it too."""
+    from onnxforge.compare import compare
+
+    tol = opts.outputs.get(name, OutputTolerance())
+    if tol.skip or name in stochastic or name not in ref or got is None:
+        return None
+    r = np.asarray(ref[name])
+    aligned = r.ndim > 0 and r.shape[0] == rows
+    if not aligned and n != rows:
+        return None  # a scalar or batch statistic: compared where all rows ran as one batch
+    c = compare(name, r[:n] if aligned else r, got, tol.rtol if tol.rtol is not None else defaults[0],
+                tol.atol if tol.atol is not None else defaults[1])
+    if c.get("kind") == "label" and not c["pass"] and c["flip_rate"] <= tol.max_flip_rate:
+        c["pass"] = True
+    return c
+
+
+def declared_mismatches(model, outputs: dict, rows: int) -> list[dict]:
+    """Outputs whose shape or element type from onnxruntime contradicts what the graph declares (onnxruntime only
+    warns): failing comparisons that say so, rather than a tolerance figure further on."""
+    from onnxforge.compare import conforms, declared_outputs
+
+    found = []
+    for name, decl in declared_outputs(model).items():
+        if outputs.get(name) is None:
+            continue
+        c = conforms(name, decl, outputs[name])
+        if not c["pass"]:
+            found.append(c | {"batch": rows})
+    return found
+
+
+def nan_policy(model) -> str:
+    """NaN may reach a model convert stamped as scoring missing values as its source does (tree ensembles)."""
+    from onnxforge.artifact import metadata
+
+    return "nan" if metadata(model).get("onnxforge.accepts_missing") == "true" else "refuse"
+
+
 def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     from onnxforge import admission, data, metrics, runtime
-    from onnxforge.compare import compare, distribution
+    from onnxforge.compare import distribution
     from onnxforge.errors import CheckFailed
 
     st = structural(ctx.model, ctx)
     sess, model = st.pop("session"), st.pop("model")
-    feeds, provenance = ctx.feeds("eval", ctx.model)
+    feeds, provenance = ctx.feeds("eval", ctx.model, nonfinite=nan_policy(model))
     admission.check_feeds(feeds, model, what=f"the data ({provenance})", model_name=Path(ctx.model).name)
     if opts.max_rows:
         feeds = data.take(feeds, opts.max_rows)
     rows = data.n_rows(feeds)
     stochastic = _stochastic_outputs(model, opts, Path(ctx.model).name)
     ref_desc, ref, sampler = _reference(ctx, opts, feeds, stochastic, model)
-    default_rtol = opts.rtol if opts.rtol is not None else (
-        ctx.frontend.rtol if opts.against == "source" else 1e-4)
-    default_atol = opts.atol if opts.atol is not None else (
-        ctx.frontend.atol if opts.against == "source" else 1e-5)
+    default_rtol, default_atol = default_tolerances(ctx, opts)
     out_names = [o.name for o in sess.get_outputs()]
     comparisons: list[dict] = []
     got_full = None
@@ -171,24 +219,13 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
         if bs == 0 or n == rows:
             got_full = got
         for name in out_names:
-            tol = opts.outputs.get(name, OutputTolerance())
-            if tol.skip or name in stochastic:
-                continue
-            if name not in ref:
-                continue
-            r = np.asarray(ref[name])
-            aligned = r.ndim > 0 and r.shape[0] == rows
-            if got[name] is None or (not aligned and n != rows):
-                continue  # a scalar or batch statistic: compared where all rows ran as one batch
-            c = compare(name, r[:n] if aligned else r, got[name],
-                        tol.rtol if tol.rtol is not None else default_rtol,
-                        tol.atol if tol.atol is not None else default_atol)
-            if c.get("kind") == "label" and not c["pass"] and c["flip_rate"] <= tol.max_flip_rate:
-                c["pass"] = True
-            c["batch"] = size
-            comparisons.append(c)
+            c = compare_output(name, ref, got[name], n, rows, opts, stochastic, (default_rtol, default_atol))
+            if c is not None:
+                c["batch"] = size
+                comparisons.append(c)
     if got_full is None:  # batch_sizes named only 1 (a sample of the rows): the metrics need every row
         got_full = runtime.run(sess, feeds)
+    comparisons[:0] = declared_mismatches(model, got_full, rows)  # first: they explain the value failures
     for name in stochastic:
         if name not in out_names:
             continue
@@ -261,6 +298,18 @@ def render(result: dict, console) -> None:
         console.print(f"metrics: candidate {json.dumps(cand)}  reference {json.dumps(refm)}")
 
 
+def figure(c: dict) -> str:
+    """A failing comparison in a few words: a shape or type mismatch as such, else its tolerance figure."""
+    if "reason" in c:
+        return c["reason"]
+    if c.get("kind") == "float":
+        return f"max_abs={c['max_abs']:.3g} (needs atol≥{c['min_atol']:.3g})"
+    if c.get("kind") == "distribution":
+        return (f"{c['mean_fail_rows']}/{c['rows']} rows off in mean (max z={c['max_z']:.1f}), "
+                f"{c['quantile_fail_rows']} in quantiles")
+    return f"{c['flips']}/{c['total']} labels changed"
+
+
 @register_stage("validate", ValidateOptions, produces_model=False,
                 help="compare the current model with a reference; exit 1 on mismatch")
 def run_validate(ctx, opts: ValidateOptions):
@@ -274,18 +323,6 @@ def run_validate(ctx, opts: ValidateOptions):
     if ctx.console:
         render(result, ctx.console)
     if result["verdict"] == "fail":
-        worst = []
-        for c in result["comparisons"]:
-            if not c["pass"]:
-                if "reason" in c:
-                    fig = c["reason"]
-                elif c.get("kind") == "float":
-                    fig = f"max_abs={c['max_abs']:.3g} (needs atol≥{c['min_atol']:.3g})"
-                elif c.get("kind") == "distribution":
-                    fig = (f"{c['mean_fail_rows']}/{c['rows']} rows off in mean (max z={c['max_z']:.1f}), "
-                           f"{c['quantile_fail_rows']} in quantiles")
-                else:
-                    fig = f"{c['flips']}/{c['total']} labels changed"
-                worst.append(f"{c['output']}@batch{c.get('batch')}: {fig}")
+        worst = [f"{c['output']}@batch{c.get('batch')}: {figure(c)}" for c in result["comparisons"] if not c["pass"]]
         raise CheckFailed(f"validation failed for {', '.join(result['failing'])}: {'; '.join(worst[:4])}", result)
     return StageResult(verdict="pass", summary=result, files=[out])
