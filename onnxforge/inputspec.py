@@ -249,10 +249,20 @@ def _int_domains(model, specs, notes) -> None:
             size, what = table
             s.low, s.high = 0, size
             notes.setdefault(s.name, f"indices 0…{size - 1}: the table it indexes, {what}, has {size}")
+        elif is_mask(s):
+            # a padding mask (attention_mask, input_mask): 0 or 1 — a 7 would be a weight, not a mask, and fused
+            # Attention (mask_index) reads any non-zero as 1, so garbage masks make correct fusions look wrong
+            s.low, s.high = 0, 2
+            notes.setdefault(s.name, "0 or 1: a padding mask (its name)")
         else:
             s.low, s.high = 0, INT_HIGH
             notes.setdefault(s.name, f"values 0…{INT_HIGH - 1}: it indexes no table the model stores (give "
                                      f"--value {s.name}=V for a fixed value)")
+
+
+def is_mask(spec) -> bool:
+    """An integer/bool input named like a padding mask (attention_mask, input_mask, padding_mask, ...)."""
+    return "mask" in spec.name.lower() and spec.dtype.startswith(("int", "uint", "bool"))
 
 
 def _loop_controls(model) -> dict[str, str]:

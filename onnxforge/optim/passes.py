@@ -49,18 +49,12 @@ def detect_transformer(path: Path) -> str | None:
 
 
 def fuse_transformer(src: Path, dst: Path, model_type: str, num_heads: int = 0, hidden_size: int = 0) -> dict:
-    from onnxruntime.transformers import optimizer
+    """Transformer fusion whatever the exporter (onnxforge.optim.attention): onnxscript's ort_fusions for dynamo
+    graphs, onnxruntime.transformers' for TorchScript graphs — the route that fuses the most attention wins. The
+    info carries `fused` (counts), `route`, `routes` and `contrib_before`/`contrib_after` histograms."""
+    from onnxforge.optim import attention
 
-    from onnxforge.artifact import save_model
-    from onnxforge.quant.int8 import quiet
-
-    with quiet():
-        # opt_level=0: python fusions only; onnxruntime's own optimizer is the separate ort-<level> pass
-        om = optimizer.optimize_model(str(src), model_type=model_type, num_heads=num_heads,
-                                      hidden_size=hidden_size, opt_level=0)
-        fused = {k: v for k, v in (om.get_fused_operator_statistics() or {}).items() if v}
-    save_model(om.model, dst, run_check=False)
-    return {"model_type": model_type, "fused": fused}
+    return attention.fuse(src, dst, model_type, num_heads, hidden_size)
 
 
 def ort_level(src: Path, dst: Path, level: str) -> dict:
