@@ -273,3 +273,22 @@ def test_report_md_and_html_name_no_machine_path(xgb_run):
         if home not in ("", "/"):
             assert home not in text, name
         assert not re.search(r"(?<![\w.])/(?:home|root|Users|var|private)/", text), name
+
+
+def test_loose_report_paths_are_relative_to_its_folder(xgb_run, tmp_path):
+    """Loose files: paths are shown relative to the report's folder (here the project), whatever the working
+    directory; nothing of the machine's layout above it."""
+    proj, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    (proj / "models").mkdir(parents=True)
+    (proj / "data").mkdir()
+    elsewhere.mkdir()
+    shutil.copyfile(xgb_run["run"] / "01-convert" / "model.onnx", proj / "models" / "wine.onnx")
+    np.savez(proj / "data" / "wine.npz", input=np.load(FIXTURES / "data" / "wine_test.npz")["x"].astype(np.float32))
+    res = run_cli("report", proj / "models" / "wine.onnx", "--data", proj / "data" / "wine.npz", "--out", proj,
+                  "--formats", "json,md,html", "--no-bench", "--json", cwd=elsewhere)
+    assert res.code == 0, res.stderr[-2000:]
+    rep = _result(res)
+    assert rep["data"]["eval"] == "data/wine.npz" and rep["artifacts"][0]["path"] == "models/wine.onnx"
+    for name in ("report.md", "report.html", "report.json"):
+        text = (proj / name).read_text()
+        assert str(tmp_path) not in text and "/tmp" not in text, name

@@ -316,7 +316,7 @@ def _measure(a: Artifact, proto, feeds, labels, src: Sources, outputs: dict, ref
     m = _metrics(got, labels, ref_out)
     ref_metrics.setdefault(a.label, _metrics(got, labels))
     return {
-        "label": a.label, "path": a.path.relative_to(src.run_dir).as_posix() if src.run_dir else shown(a.path, Path.cwd()),
+        "label": a.label, "path": a.path.relative_to(src.run_dir).as_posix() if src.run_dir else shown(a.path, *_bases(src)),
         "stage": a.stage, "parent": a.parent, "reference": ref_label, "sha256": sha256_file(a.path),
         "file_bytes": info["file_bytes"], "size_ratio": 1.0,
         "nodes": info["nodes"], "params": info["params"], "initializer_bytes": info["initializer_bytes"],
