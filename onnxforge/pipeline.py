@@ -43,6 +43,7 @@ class StageContext:
     results: dict[str, dict] = field(default_factory=dict)  # earlier stages' manifest entries, by stage name
     console: Any = None
     _cache: dict[str, Any] = field(default_factory=dict)  # shared by the stages of one run
+    decisions: Any = None  # lock.Decisions: this stage's entry in the config's lock (None: no lock, measure)
     synthesized: list = field(default_factory=list)  # what this stage synthesized (data.synthesize appends)
 
     @property
@@ -162,12 +163,54 @@ def first_new_folder(path: Path) -> Path | None:
     return path
 
 
+def stage_dir_name(cfg, name: str) -> str:
+    """NN-stage, NN the stage's position in the config's full `stages` order: a single-stage command, a run with
+    --until and a full run all write the same folder."""
+    return f"{cfg.stages.order.index(name) + 1:02d}-{name}"
+
+
+def _is_stage_dir(p: Path) -> bool:
+    head, sep, tail = p.name.partition("-")
+    return p.is_dir() and not p.is_symlink() and sep == "-" and len(head) == 2 and head.isdigit() and tail in STAGES
+
+
+REPORT_COPIES = ("report.md", "report.html", "report.json")
+
+
+def _tidy(run_path: Path, manifest: dict) -> None:
+    """The run folder holds what its manifest describes: stage folders (NN-<stage>) of an earlier run that this
+    one did not write (a later stage after --until, a stage skipped after a failure, an old numbering) are
+    removed — nothing else is touched. The report stage's files are copied beside the numbered folders
+    (runs/NAME/report.md, …, each written atomically) so CI does not depend on the stage count; stale copies go."""
+    from onnxforge.standalone import copy_atomic
+
+    keep = {s["dir"] for s in manifest["stages"] if s.get("status") in ("ran", "cached")}
+    for p in sorted(run_path.iterdir()):
+        if _is_stage_dir(p) and p.name not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+    report = next((s for s in manifest["stages"] if s["name"] == "report" and s.get("status") == "ran"), None)
+    made = {Path(rel).name: run_path / rel for rel in (report or {}).get("outputs", {})}
+    for name in REPORT_COPIES:
+        if name in made and made[name].is_file():
+            copy_atomic(made[name], run_path / name)
+        elif (run_path / name).is_file() and not (run_path / name).is_symlink():
+            (run_path / name).unlink()
+
+
 def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_models: bool = False,
-                 console=None, progress=None) -> dict:
+                 console=None, progress=None, lock: str = "use") -> dict:
     """Run every stage in cfg.stages order. Returns the manifest; raises CheckFailed (after writing the manifest)
-    when a check failed, UserError for bad input."""
+    when a check failed, UserError for bad input.
+
+    `lock`: decisions made from measurements and the config's lock file (<config>.lock, see onnxforge.lock) —
+    "use" reuses matching entries and records missing ones, "remeasure" times every decision again (no stage
+    that decides is taken from the run cache) and rewrites them, "locked" fails (CheckFailed) before anything
+    runs when a decision would have to be measured. `force` reruns stages and still reuses the lock."""
+    from onnxforge.lock import Decisions, Lock, decides, upstream_hash
+
     run_path = cfg.run_path
-    order = cfg.stages.order
+    full_order = order = cfg.stages.order
+    locks = Lock.for_config(cfg, lock)
     if until:
         if until not in order:
             raise UserError(f"stage '{until}' is not in the config's stages ({', '.join(order)}) — add it")
@@ -175,6 +218,10 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
         if only_models:
             order = [s for s in order if STAGES[s].produces_model or s == until]
     preflight(cfg)
+    upstream = ({n: upstream_hash(cfg, n, full_order) for n in order if decides(getattr(cfg.stages, n))}
+                if locks.enabled else {})
+    if locks.enabled:  # --locked refuses here, before anything is created, if a decision would be measured
+        locks.precheck([locks.key(cfg, n, getattr(cfg.stages, n), None, up) for n, up in upstream.items()])
     created = first_new_folder(run_path)  # a refused run leaves no folder behind
     run_path.mkdir(parents=True, exist_ok=True)
     mpath = run_path / MANIFEST
@@ -202,10 +249,10 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
     prev_key = ""
     failed = None
     results: dict[str, dict] = {}
-    for i, name in enumerate(order, 1):
+    for name in order:
         spec = STAGES[name]
         opts = getattr(cfg.stages, name)
-        stage_dir = run_path / f"{i:02d}-{name}"
+        stage_dir = run_path / stage_dir_name(cfg, name)
         entry: dict[str, Any] = {"name": name, "dir": stage_dir.name}
         if failed is not None and name != "report":
             entry.update(status="skipped", verdict="skip", message=f"skipped after {failed} failed")
@@ -216,16 +263,30 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
         prev_key = key
         entry.update(key=key, inputs={str(current.relative_to(run_path)): model_hash} if current else {})
         cached = old.get(name)
-        if name != "report" and cached and cached.get("key") == key and _outputs_intact(cached, run_path):
+        lkey, lock_ok = None, True
+        if name in upstream and locks.enabled:
+            stage_in = current or onnx_source
+            lkey = locks.key(cfg, name, opts, sha256_file(stage_in) if stage_in else None, upstream[name])
+            was = (cached or {}).get("lock") or {}
+            have = locks.matching(lkey)
+            # a cached stage's decision must be the lock's (a lock pulled from elsewhere wins), or be restorable
+            lock_ok = lock != "remeasure" and was.get("key") == lkey.digest and (
+                have["decision"] == was.get("decision") if have else lock == "use")
+        if (name != "report" and cached and cached.get("key") == key and lock_ok
+                and _outputs_intact(cached, run_path)):
             entry.update({k: cached[k] for k in ("verdict", "summary", "outputs", "model", "message") if k in cached})
             entry.update(scrub({k: entry[k] for k in ("summary", "message") if k in entry}, *bases))  # older runs
             entry.update(status="cached", wall_s=0.0)
+            if lkey is not None:
+                locks.keep(lkey, cached["lock"])
+                entry["lock"] = cached["lock"]
             if console:
                 console.print(f"[dim]• {name}: unchanged, cached[/dim]")
         else:
             stage_dir.mkdir(parents=True, exist_ok=True)
             ctx = StageContext(cfg, name, stage_dir, current or onnx_source, source_model or onnx_source,
-                               dict(results), console, ctx_shared)
+                               dict(results), console, ctx_shared, decisions=Decisions(locks, lkey))
+            locks.settled.add(name)
             if console:
                 console.print(f"[bold cyan]▶ {name}[/bold cyan]")
             t0 = time.perf_counter()
@@ -246,6 +307,8 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
                 atomic_write_json(mpath, manifest)
                 raise
             entry["wall_s"] = round(time.perf_counter() - t0, 4)
+            if lkey is not None and name in locks.now:  # restores the lock entry when the stage comes from cache
+                entry["lock"] = {"key": locks.now[name]["key"], "decision": locks.now[name]["decision"]}
             with_synthesized(res, ctx)
             outs = [p for p in ([res.model] if res.model else []) + list(res.files) if p and Path(p).is_file()]
             entry.update(status="ran", verdict=res.verdict, summary=scrub(res.summary, *bases),
@@ -265,6 +328,8 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
         atomic_write_json(mpath, manifest)
     manifest["finished"] = datetime.now(UTC).isoformat()
     atomic_write_json(mpath, manifest)
+    _tidy(run_path, manifest)
+    locks.save(full_order)
     if failed:
         msg = next(s.get("message") for s in manifest["stages"] if s["name"] == failed)
         raise CheckFailed(f"stage {failed} failed: {msg}", manifest)

@@ -74,7 +74,7 @@ def cfg_source_files(cfg) -> list[Path]:
     return frontend(cfg.source.framework).source_files(cfg)
 
 
-def _copy_atomic(src: Path, dest: Path) -> None:
+def copy_atomic(src: Path, dest: Path) -> None:
     """A copy that is either complete at `dest` or absent (temporary file in the same folder, then rename)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
@@ -88,12 +88,20 @@ def _copy_atomic(src: Path, dest: Path) -> None:
         raise
 
 
-def run_alone(stage: str, cfg, model: Path | None, output: Path | None, console=None):
-    """Returns (StageResult, final model path or None)."""
+def run_alone(stage: str, cfg, model: Path | None, output: Path | None, console=None, lock: str = "use"):
+    """Returns (StageResult, final model path or None).
+
+    `lock` as in run_pipeline. With a config, decisions live in the lock beside it (with a config and no model,
+    the earlier stages run as in `onnxforge run`, into the same NN-stage folders). A loose model without a config
+    writes no lock (there is no config to sit beside, and nothing is written outside the output asked for), so
+    `locked` is refused there."""
+    from onnxforge.errors import CheckFailed
+    from onnxforge.lock import Decisions, Lock, decides
     from onnxforge.pipeline import StageContext, first_new_folder, run_pipeline, with_synthesized
 
     spec = STAGES[stage]
     model_in = Path(model) if model is not None else None
+    locks = Lock.for_config(cfg, lock)  # --locked without a config: exit 2 before anything
     if output is not None:  # checked first, for every mode: inputs are never overwritten
         inputs = [model_in, *cfg_source_files(cfg), cfg.data.path, cfg.data.calibration, cfg.config_path]
         if Path(output).resolve() in {Path(p).resolve() for p in inputs if p}:
@@ -102,25 +110,38 @@ def run_alone(stage: str, cfg, model: Path | None, output: Path | None, console=
     if model_in is None:
         # with a config and no model: earlier model-producing stages run (or come from cache) first
         if stage != "convert":
-            manifest = run_pipeline(cfg, until=stage, only_models=True, console=console)
+            manifest = run_pipeline(cfg, until=stage, only_models=True, console=console, lock=lock)
             entry = manifest["stages"][-1]
             final = cfg.run_path / entry["model"] if entry.get("model") else None
             if output and final:
-                _copy_atomic(final, Path(output))
+                copy_atomic(final, Path(output))
                 return entry, output
             return entry, final
     elif not model_in.is_file():
         raise UserError(f"model not found: {model_in} — check the path")
     if spec.produces_model and output is None:
         raise UserError(f"{stage} produces a model: give -o/--output PATH.onnx")
+    opts = getattr(cfg.stages, stage)
+    key = None
+    if locks.enabled and model_in is not None and decides(opts):
+        from onnxforge.artifact import sha256_file
+
+        digest = sha256_file(model_in)
+        key = locks.key(cfg, stage, opts, digest, f"file:{digest}")
+        locks.precheck([key])
     out_dir = (Path(output).resolve().parent if output else Path.cwd())
     created = first_new_folder(out_dir)  # removed again if the stage fails
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".onnxforge-{stage}-", dir=out_dir))
     ok = False
     try:
-        ctx = StageContext(cfg, stage, work, model_in, model_in, {}, console)
-        res = spec.run(ctx, getattr(cfg.stages, stage))
+        ctx = StageContext(cfg, stage, work, model_in, model_in, {}, console, decisions=Decisions(locks, key))
+        locks.settled.add(stage)
+        try:
+            res = spec.run(ctx, opts)
+        except CheckFailed:
+            locks.save(cfg.stages.order)  # a failing verdict measured is a decision too
+            raise
         with_synthesized(res, ctx)
         final = None
         if res.model and output:
@@ -132,6 +153,7 @@ def run_alone(stage: str, cfg, model: Path | None, output: Path | None, console=
             f = Path(f)
             if f.is_file() and output:
                 os.replace(f, Path(output).with_name(f"{Path(output).stem}.{f.name}"))
+        locks.save(cfg.stages.order)
         ok = True
         return res, final
     finally:

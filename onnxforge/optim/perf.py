@@ -35,14 +35,23 @@ class Timings(dict):
 
     samples: dict[str, dict[str, list[float]]]
 
+    def paired(self, base: str, cand: str) -> dict[str, Any]:
+        """Per batch size, `cand` against `base` from the same rounds (timing.Paired: base time / cand time, its
+        interval and verdict). Each round times the models back to back, so a shared machine's slow spells hit
+        both sides of a ratio alike."""
+        from onnxforge.timing import paired
+
+        return {b: paired(xs, self.samples[cand][b]) for b, xs in self.samples[base].items()}
+
+    def paired_over(self, base: str, cand: str):
+        """One timing.Paired over every batch size (per round, the geometric mean of the batch sizes' ratios)."""
+        from onnxforge.timing import paired_over
+
+        return paired_over(self.samples[base], self.samples[cand])
+
     def speedup(self, base: str, cand: str) -> dict[str, float]:
-        """base/cand per batch size: the median of per-round ratios. Each round times the models back to back,
-        so a shared machine's slow spells hit both sides of a ratio alike."""
-        out = {}
-        for b, xs in self.samples[base].items():
-            ys = self.samples[cand][b]
-            out[b] = float(np.median([x / y for x, y in zip(xs, ys, strict=True) if y > 0]))
-        return out
+        """base/cand per batch size: the geometric mean of the per-round ratios (see paired)."""
+        return {b: p.ratio for b, p in self.paired(base, cand).items()}
 
 
 # Timing stays bounded on big inputs (an audio model's row is 43,844 samples; a detector's 1.2 MB): a timed batch
@@ -130,18 +139,19 @@ def latency(models: dict[str, str | Path], feeds: dict[str, np.ndarray], batch_s
 
 
 def pass_speedup(before: str | Path, after: str | Path, feeds: dict[str, np.ndarray], batch_sizes: list[int], *,
-                 threshold: float, threads: int = 1, level: str = "all", rounds: int = 9) -> dict[str, float]:
-    """Paired speedup of `after` over `before`. A result under `threshold` is measured again and the rounds
-    pooled before it counts: on a busy machine single rounds swing by 2× either way."""
+                 threshold: float, threads: int = 1, level: str = "all", rounds: int = 9) -> dict[str, Any]:
+    """Paired comparison of `after` against `before` per batch size (timing.Paired). A result that looks slower
+    than `threshold` (its verdict is "slower") is measured again and the rounds pooled before it counts: on a busy
+    machine single rounds swing by 2× either way."""
     kw = {"threads": threads, "level": level, "rounds": rounds, "seconds": 0.08}
     t = latency({"a": before, "b": after}, feeds, batch_sizes, **kw)
-    spd = t.speedup("a", "b")
-    if any(v < threshold for v in spd.values()):
+    spd = t.paired("a", "b")
+    if any(p.verdict(threshold) == "slower" for p in spd.values()):
         t2 = latency({"a": before, "b": after}, feeds, batch_sizes, **kw)
         for k in t.samples:
             for b in t.samples[k]:
                 t.samples[k][b] = t.samples[k][b] + t2.samples[k][b]
-        spd = t.speedup("a", "b")
+        spd = t.paired("a", "b")
     return spd
 
 

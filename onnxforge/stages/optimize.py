@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -17,6 +17,8 @@ from onnxforge.registry import register_stage
 
 
 class OptimizeOptions(StrictModel):
+    timed_decisions: ClassVar[bool] = True  # passes kept for speed, and the speed verdict: in the config's lock
+
     level: Literal["none", "basic", "extended", "all"] = Field(
         "extended", description="onnxruntime offline optimization level (extended/all add com.microsoft ops)")
     portable: bool = Field(False, description="standard ONNX ops only (no com.microsoft): ORT level capped at "
@@ -33,10 +35,14 @@ class OptimizeOptions(StrictModel):
     rows: int = Field(256, gt=0, description="evaluation rows for the comparisons")
     allow_synthetic: bool = Field(False, description="compare passes on random inputs when no data is configured")
     min_pass_speedup: float = Field(0, ge=0, description="0 (default): passes are judged by checker, load, "
-                                    "numerics, size and node count only — deterministic, reruns give identical "
-                                    "bytes. > 0: also keep a pass only if its output is at least this many times as "
-                                    "fast as its input at every batch size (paired timing, ORT default level; as "
-                                    "written when portable) — timing noise can flip that choice between runs")
+                                    "numerics, size and node count only. > 0: also reject a pass whose output is "
+                                    "measurably slower than this many times its input's speed at some batch size "
+                                    "(paired rounds, 95 % interval outside a ±5 % band; ORT default level, as "
+                                    "written when portable) — recorded in the config's lock, so reruns reuse it")
+    require_faster: bool = Field(False, description="fail the stage (exit 1) when the optimized model is measurably "
+                                 "slower than its input (paired rounds at ORT's default level, as written when "
+                                 "portable; the ±5 % band is the same speed). It judges the recorded figures: "
+                                 "toggling it keeps the lock")
     pass_timing_rounds: int = Field(9, gt=0, description="paired timing rounds per pass (repeated once when "
                                                          "the pass looks slower)")
     upgrade_opset: bool = Field(True, description="a pass whose fused op exists only from a later opset "
@@ -49,7 +55,8 @@ class OptimizeOptions(StrictModel):
                                    "null = no limit")
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], description="latency batch sizes")
     threads: int = Field(1, gt=0, description="intra-op threads for latency")
-    latency_rounds: int = Field(3, gt=0, description="interleaved timing rounds (median reported)")
+    latency_rounds: int = Field(3, gt=0, description="paired timing rounds (input and output back to back): the "
+                                "ratio is their geometric mean, with a 95 % interval")
     timing_budget_s: float = Field(10.0, gt=0, description="seconds the latency figures may spend before they stop "
                                    "adding rounds (slow models get fewer calls per round and no repeated warm-up)")
     max_eval_mb: float = Field(16.0, gt=0, description="evaluation rows are capped so their inputs hold at most "
@@ -127,12 +134,18 @@ def run_optimize(ctx, opts: OptimizeOptions):
 
         raise UserError("optimize.batch_sizes: give positive batch sizes, e.g. [1, 64]")
     # the admission gate's session (optimizations off) is the reference the first pass is compared with
+    from onnxforge.lock import Decisions
+
+    dec = ctx.decisions or Decisions()
+    locked = dec.recorded()  # --locked without a matching entry fails here, before any work
     adm = admit(input_model(ctx), session={"level": "disable"})
-    work = ctx.stage_dir / ".optimize-work"
+    # absolute: each pass runs with its cwd inside it (a relative run_dir broke every pass: the input path was
+    # resolved against the work folder)
+    work = (ctx.stage_dir / ".optimize-work").resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        return _run(ctx, opts, adm, work)
+        return _run(ctx, opts, adm, work, locked, dec)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -183,9 +196,10 @@ def _call(fn, src: Path, dst: Path, work: Path) -> dict:
     from onnxforge.errors import one_line
     from onnxforge.optim import gate
 
+    src, dst = Path(src).resolve(), Path(dst).resolve()  # before the chdir: relative paths would move
     try:
         with contextlib.chdir(work):
-            return fn(Path(src).resolve(), dst) or {}
+            return fn(src, dst) or {}
     except Exception as e:
         raise gate.Rejected(f"the pass failed: {type(e).__name__}: {one_line(e)[:200]}") from None
 
@@ -235,9 +249,10 @@ def _attempt(fn, current: Path, work: Path, stem: str, feeds: dict, rec: dict, w
 
 
 def _judge(rec: dict, dst: Path, current: Path, ref: dict, got: dict, original: dict, feeds: dict, batches: list[int],
-           opts: OptimizeOptions) -> None:
+           opts: OptimizeOptions, timed: dict) -> None:
     """Numerics against the pass's input, then portability, file size, node count and (only when asked:
-    min_pass_speedup > 0, timing flips on a shared machine) speed. Fills rec; raises gate.Rejected."""
+    min_pass_speedup > 0) speed — from `timed` (the lock's record of this pass) when it holds one, else measured
+    and recorded there. Fills rec; raises gate.Rejected."""
     from onnxforge.optim import gate, passes, perf
 
     ok, cmp = _check(ref, got, opts, _quantum_atol(current))
@@ -263,13 +278,20 @@ def _judge(rec: dict, dst: Path, current: Path, ref: dict, got: dict, original: 
     if stats["nodes"] > rec["nodes_before"] and not opts.allow_more_nodes:
         raise gate.Rejected(f"adds nodes ({rec['nodes_before']} → {stats['nodes']})")
     if opts.min_pass_speedup > 0:
-        # how the model will run: ORT at its default level, or as written for other runtimes (portable)
-        rec["speedup"] = perf.pass_speedup(current, dst, feeds, batches, threshold=opts.min_pass_speedup,
-                                           threads=opts.threads, rounds=opts.pass_timing_rounds,
-                                           level="disable" if opts.portable else "all")
-        if any(v < opts.min_pass_speedup for v in rec["speedup"].values()):
+        if rec["pass"] not in timed:
+            # how the model will run: ORT at its default level, or as written for other runtimes (portable)
+            spd = perf.pass_speedup(current, dst, feeds, batches, threshold=opts.min_pass_speedup,
+                                    threads=opts.threads, rounds=opts.pass_timing_rounds,
+                                    level="disable" if opts.portable else "all")
+            slow = any(p.verdict(opts.min_pass_speedup) == "slower" for p in spd.values())
+            timed[rec["pass"]] = {"kept": not slow, "speed": {b: p.as_dict() | {"verdict": p.verdict(
+                opts.min_pass_speedup)} for b, p in spd.items()}}
+        speed = timed[rec["pass"]]["speed"]
+        rec["speed"], rec["speedup"] = speed, {b: v["ratio"] for b, v in speed.items()}
+        if not timed[rec["pass"]]["kept"]:
             raise gate.Rejected("slower than its input (" + ", ".join(
-                f"{v:.2f}× at {k}" for k, v in rec["speedup"].items()) + ")")
+                f"{v['ratio']:.2f}× ({v['interval'][0]:.2f}–{v['interval'][1]:.2f}) at {k}" for k, v in speed.items())
+                + f"; bar {opts.min_pass_speedup:g}× ± 5 %)")
 
 
 def _runnable_batches(sess, feeds: dict, batches: list[int]) -> tuple[list[int], str | None]:
@@ -290,12 +312,12 @@ def _runnable_batches(sess, feeds: dict, batches: list[int]) -> tuple[list[int],
     return ok, "; ".join(why) or None
 
 
-def _run(ctx, opts: OptimizeOptions, adm, work: Path):
-    from onnxforge import data, runtime
+def _run(ctx, opts: OptimizeOptions, adm, work: Path, locked: dict | None, dec):
+    from onnxforge import data, runtime, timing
     from onnxforge.admission import check_feeds
     from onnxforge.artifact import atomic_write_json, load_model, metadata, save_model, stamp
     from onnxforge.data import fixed_batch
-    from onnxforge.errors import UserError
+    from onnxforge.errors import CheckFailed, UserError
     from onnxforge.optim import gate, passes, perf
     from onnxforge.optim.ui import progress_bar
     from onnxforge.pipeline import StageResult
@@ -324,6 +346,14 @@ def _run(ctx, opts: OptimizeOptions, adm, work: Path):
     batches, dropped = _runnable_batches(adm.session, feeds, batches)
     if dropped:
         timing_note = ((timing_note + "; ") if timing_note else "") + dropped
+    timed: dict[str, dict] = {}
+    if locked is not None:
+        try:
+            timed = dict(locked["passes"])
+            assert all(isinstance(v, dict) and isinstance(v.get("speed"), dict) for v in timed.values())
+            assert isinstance(locked["speed"], dict) and isinstance(locked["p50_ms"], dict)
+        except (AssertionError, KeyError, TypeError) as e:
+            raise dec.invalid(str(e) or type(e).__name__) from None
     with progress_bar(ctx.console, "optimize", len(plan)) as bar:
         for i, (name, fn) in enumerate(plan):
             bar.describe(f"optimize: {name}")
@@ -332,7 +362,7 @@ def _run(ctx, opts: OptimizeOptions, adm, work: Path):
             try:
                 dst, got = _attempt(fn, current, work, f"{i}-{name}", feeds, rec, warnings,
                                     opts.upgrade_opset)
-                _judge(rec, dst, current, ref, got, original, feeds, batches, opts)
+                _judge(rec, dst, current, ref, got, original, feeds, batches, opts, timed)
             except gate.Rejected as e:
                 rec.update(status="rejected", reason=str(e))
                 warnings.append(f"pass {name} rejected: {e}")
@@ -344,45 +374,82 @@ def _run(ctx, opts: OptimizeOptions, adm, work: Path):
             records.append(rec)
             bar()
 
-    # timing (reported, never a decision unless min_pass_speedup > 0): every accepted intermediate as written (ORT
-    # optimizations off: what the pass itself changed), and the input vs the result as ORT users run them (level
-    # all). Bounded: capped batch bytes, one call per round for slow models, rounds cut past the time budget.
-    n_meas = opts.latency_rounds * len(batches) * (len(accepted) + 2)
-    kw = {"threads": opts.threads, "rounds": opts.latency_rounds, "budget_s": opts.timing_budget_s / 2}
-    with progress_bar(ctx.console, "optimize: timing", n_meas) as bar:
-        raw = perf.latency(accepted, feeds, batches, level="disable", progress=bar, **kw)
-        full = perf.latency({"input": src, "output": current}, feeds, batches, level="all", progress=bar, **kw)
+    # timing: every accepted intermediate as written (ORT optimizations off: what the pass itself changed), and
+    # the input vs the result as they will run (ORT's default level; as written when portable) — the speed
+    # verdict require_faster judges. Measured once and recorded in the lock; reruns reuse the figures. Bounded:
+    # capped batch bytes, one call per round for slow models, rounds cut past the time budget.
+    reused = locked is not None and set(locked["p50_ms"].get("raw") or {}) == set(accepted)
+    if locked is not None and not reused:  # the passes applied differ from when the lock was written
+        if dec.lock.mode == "locked":
+            raise CheckFailed(f"optimize: the passes applied ({', '.join(accepted)}) differ from the lock's "
+                              f"({', '.join(locked['p50_ms'].get('raw') or {})}) — rerun with --remeasure and "
+                              "commit the lock")
+    if reused:
+        decision = locked
+    else:
+        n_meas = opts.latency_rounds * len(batches) * (len(accepted) + 2)
+        kw = {"threads": opts.threads, "rounds": opts.latency_rounds, "budget_s": opts.timing_budget_s / 2}
+        with progress_bar(ctx.console, "optimize: timing", n_meas) as bar:
+            raw = perf.latency(accepted, feeds, batches, level="disable", progress=bar, **kw)
+            full = perf.latency({"input": src, "output": current}, feeds, batches, level="all", progress=bar, **kw)
+        last = list(accepted)[-1]
+        spd = raw.paired("input", last) if opts.portable else full.paired("input", "output")
+        decision = {"passes": timed, "rule": RULE,
+                    "speed": {b: p.as_dict() | {"verdict": p.verdict()} for b, p in spd.items()},
+                    "p50_ms": {"raw": {k: _ms(v) for k, v in raw.items()},
+                               "input": _ms(full["input"]), "output": _ms(full["output"])},
+                    "measured": {"rounds": {"raw": raw.rounds, "ort_all": full.rounds},
+                                 "runs": {"raw": raw.runs, "ort_all": full.runs}}}
+        dec.record(decision)
+    p50 = decision["p50_ms"]
     for rec in records:
         if rec["status"] == "applied":
-            rec["p50_ms_raw"] = raw[rec["pass"]]
-    after = perf.model_stats(current)
-    before |= {"p50_ms": full["input"], "p50_ms_raw": raw["input"]}
-    after |= {"p50_ms": full["output"], "p50_ms_raw": raw[list(accepted)[-1]]}
+            rec["p50_ms_raw"] = p50["raw"][rec["pass"]]
+    before |= {"p50_ms": p50["input"], "p50_ms_raw": p50["raw"]["input"]}
     latency_info = {"threads": opts.threads, "batch_sizes": batches, "rounds": opts.latency_rounds,
-                    "rounds_measured": {"raw": raw.rounds, "ort_all": full.rounds},
-                    "runs": {"raw": raw.runs, "ort_all": full.runs},
+                    "rounds_measured": decision["measured"]["rounds"], "runs": decision["measured"]["runs"],
                     "p50_ms": "onnxruntime default level (all)",
-                    "p50_ms_raw": "graph as written (optimizations disabled)"}
+                    "p50_ms_raw": "graph as written (optimizations disabled)",
+                    "speed": "output vs input, " + ("as written (portable)" if opts.portable else "ORT default level")}
     if timing_note:
         latency_info["note"] = timing_note
     applied = [r["pass"] for r in records if r["status"] == "applied"]
     rejected = [r["pass"] for r in records if r["status"] == "rejected"]
-    summary = {"before": before, "after": after, "passes": records, "applied": applied, "rejected": rejected,
+    speed = decision["speed"]
+    summary = {"before": before, "passes": records, "applied": applied, "rejected": rejected,
                "portable": opts.portable, "contrib_ops": passes.contrib_ops(current), "data": prov,
                "rows": data.n_rows(feeds), "tolerance": {"rtol": opts.rtol, "atol": opts.atol},
-               "latency": latency_info,
+               "latency": latency_info, "speed": speed, "speedup": {b: v["ratio"] for b, v in speed.items()},
+               "decision": dec.source(reused) | {"rule": decision["rule"], "speed": timing.overall(speed, 1.0)},
                "warnings": warnings}
     model = load_model(current)
     stamp(model, **metadata(load_model(src, load_external=False)))
     stamp(model, optimize={"applied": applied, "rejected": rejected, "portable": opts.portable})
     gate.prune_opsets(model)  # also when no pass applied: the artifact declares the domains its nodes use
+    if opts.require_faster and timing.overall(speed, 1.0) == "slower":
+        summary["verdict"] = "fail"
+        raise CheckFailed("optimize: the optimized model is measurably slower than its input (" + ", ".join(
+            f"{v['ratio']:.2f}× ({v['interval'][0]:.2f}–{v['interval'][1]:.2f}) at {k}" for k, v in speed.items())
+            + f"; {'from the lock' if reused else 'measured'}) and require_faster is set — try another level, "
+              "portable: false, or drop --require-faster", summary)
     out = save_model(model, ctx.stage_dir / "model.onnx")
+    # sizes are the files as written (metadata stamped, unused opsets pruned), not the pass's last output
+    after = perf.model_stats(out) | {"p50_ms": p50["output"], "p50_ms_raw": p50["raw"][list(accepted)[-1]]}
+    summary = {"before": before, "after": after} | summary
     side = atomic_write_json(ctx.stage_dir / "optimize.json", summary)
     if ctx.console:
         _render(summary, ctx.console)
     return StageResult(model=out, summary=summary, files=[side],
                        message=f"nodes {before['nodes']} → {after['nodes']}; applied {', '.join(applied) or 'none'}"
                                + (f"; rejected {', '.join(rejected)}" if rejected else ""))
+
+
+RULE = ("paired rounds (input and output back to back, same feeds); faster or slower only when the 95 % interval of "
+        "the per-round ratios clears a ±5 % band, else the same speed")
+
+
+def _ms(p50: dict) -> dict:
+    return {b: float(f"{v:.4g}") for b, v in p50.items()}
 
 
 def _render(s: dict, console) -> None:

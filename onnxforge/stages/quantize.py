@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -32,6 +33,8 @@ class CandidateOptions(_Int8Fields):
 
 
 class QuantizeOptions(_Int8Fields):
+    timed_decisions: ClassVar[bool] = True  # which candidate, and is it slower: recorded in the config's lock
+
     mode: Literal["auto", "static", "dynamic", "fp16"] = Field(
         "auto", description="auto: measure INT8 candidates and keep the fastest within budget")
     candidates: list[CandidateOptions] | None = Field(None, description="mode auto: the INT8 configurations to "
@@ -54,13 +57,22 @@ class QuantizeOptions(_Int8Fields):
         "auto", description="fallback ranking: probe = quantize with each node kept float in turn; tensor = "
                             "per-node output error from one run; auto = probe up to max_probes nodes")
     max_probes: int = Field(16, gt=0, description="sensitivity auto: probe up to this many nodes, else tensor")
-    allow_slower: bool | None = Field(None, description="ship an INT8 model even when it is slower than the float "
-                                      "one; default: yes when you named the mode (static/dynamic: the speed is "
-                                      "reported and warned about), no in auto mode or when min_speedup is set")
-    min_speedup: float = Field(1.0, gt=0, description="INT8 must be this many times faster at every batch size")
+    allow_slower: bool | None = Field(None, description="the speed gate while choosing: false skips INT8 candidates "
+                                      "measurably slower than min_speedup × float (exit 1 if none is left), true "
+                                      "ships one anyway (warned); default: false in auto mode or when min_speedup "
+                                      "is set, true when you named the mode (static/dynamic: reported and warned "
+                                      "about). require_faster is the CI switch on top: it fails the stage whatever "
+                                      "allow_slower says")
+    require_faster: bool = Field(False, description="fail the stage (exit 1) when the model it would ship is "
+                                 "measurably slower than its input (min_speedup × float, at some batch size; the "
+                                 "±5 % band is the same speed) — for any mode, fp16 included, and even with "
+                                 "allow_slower: true. It judges the recorded figures, so toggling it keeps the lock")
+    min_speedup: float = Field(1.0, gt=0, description="the speed bar: INT8 must not be measurably slower than this "
+                               "many times the float speed at any batch size")
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], description="latency batch sizes")
     threads: int = Field(1, gt=0, description="intra-op threads for latency")
-    latency_rounds: int = Field(3, gt=0, description="interleaved timing rounds (median reported)")
+    latency_rounds: int = Field(3, gt=0, description="paired timing rounds (float and candidates back to back): "
+                                "the ratio is their geometric mean, with a 95 % interval")
 
 
 def _default_candidates(has_calibration: bool, has_conv: bool) -> list[dict]:
@@ -126,19 +138,30 @@ def _allow_slower(opts) -> bool:
 
 
 def _fmt_speed(spd: dict) -> str:
-    return ", ".join(f"{v:.2f}× at {k}" for k, v in spd.items())
+    """'0.86× (0.80–0.93) at batch1, …' from recorded figures (a plain ratio per batch size works too)."""
+    def one(v) -> str:
+        if isinstance(v, dict):
+            lo, hi = v["interval"]
+            return f"{v['ratio']:.2f}× ({lo:.2f}–{hi:.2f})"
+        return f"{v:.2f}×"
+
+    return ", ".join(f"{one(v)} at {k}" for k, v in spd.items())
 
 
 @register_stage("quantize", QuantizeOptions, produces_model=True,
                 help="INT8 (static/dynamic/auto) or FP16 under an accuracy budget; never slower unless allowed")
 def run_quantize(ctx, opts: QuantizeOptions):
+    from onnxforge.lock import Decisions
+
     _check_options(opts)
+    dec = ctx.decisions or Decisions()
+    locked = dec.recorded()  # --locked without a matching entry fails here, before any work
     # absolute: onnxruntime's tools run with their cwd inside it (quant/sandbox.py)
     work = (ctx.stage_dir / ".quantize-work").resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        return _run(ctx, opts, work)
+        return _run(ctx, opts, work, locked, dec)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -152,8 +175,8 @@ def _nonfinite_weights(model, mode: str) -> list[str]:
     return refusable_weights(model, ops)
 
 
-def _run(ctx, opts: QuantizeOptions, work: Path):
-    from onnxforge import data
+def _run(ctx, opts: QuantizeOptions, work: Path, locked: dict | None, dec):
+    from onnxforge import data, timing
     from onnxforge.admission import admit, check_feeds
     from onnxforge.artifact import atomic_write_json, save_model
     from onnxforge.data import fixed_batch
@@ -161,7 +184,6 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
     from onnxforge.normalize import default_opset
     from onnxforge.optim import perf
     from onnxforge.optim.inputs import input_model
-    from onnxforge.optim.ui import progress_bar
     from onnxforge.pipeline import StageResult
     from onnxforge.quant import budget as qb
     from onnxforge.quant import feeds as qfeeds
@@ -254,14 +276,135 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
                         "`onnxforge inspect` for node names")
 
     alive = fp16.has_fp16_weights if opts.mode == "fp16" else int8.has_int8_weights
-
-    # ---- phase 1: every candidate as is, scored and timed in the same rounds as the float model
     lat_feeds, lat_prov = qfeeds.latency_feeds(ctx, src, eval_feeds, calib_feeds)
-    if eval_feeds is None and calib_feeds is None:  # synthesized for timing: never run on the model yet
-        qfeeds.probe(adm.session, adm.model, lat_feeds)
+    batches = perf.batch_plan([src], opts.batch_sizes)
+    summary["latency"] = {"threads": opts.threads, "data": lat_prov, "rounds": opts.latency_rounds,
+                          "band": timing.BAND, "bar": opts.min_speedup}
+    env = _Env(ctx, opts, plans, src, assess, alive, lat_feeds, batches)
+
+    decision, chosen = None, None
+    if locked is not None:
+        decision, chosen = _reuse(env, locked, dec)
+    reused = decision is not None
+    if decision is None:
+        if eval_feeds is None and calib_feeds is None:  # synthesized for timing: never run on the model yet
+            qfeeds.probe(adm.session, adm.model, lat_feeds)
+        decision, chosen = _measure(env, nodes)
+        dec.record(decision)
+
+    summary["decision"] = dec.source(reused) | {"rule": decision.get("rule"), "chosen": decision.get("chosen")}
+    if decision.get("speed"):
+        summary["decision"]["speed"] = timing.overall(decision["speed"], 1.0)
+    summary["candidates"] = decision["candidates"]
+    before["p50_ms"] = decision["p50_ms"]["float"]
+    if decision["verdict"] == "fail":
+        summary["verdict"] = "fail"
+        if ctx.console:
+            _render(summary, ctx.console)
+        raise CheckFailed(decision["message"], summary)
+
+    # ---- the result
+    r = chosen["result"]
+    speed = decision["speed"]
+    after = perf.model_stats(chosen["path"]) | {"p50_ms": decision["p50_ms"]["chosen"]}
+    if eval_feeds is not None:
+        after["accuracy"] = r["accuracy"]
+        summary["accuracy_drop"] = r["accuracy_drop"]
+        summary["errors"] = r["errors"]
+    float_nodes = [{"node": n, "op_type": next((x.op_type for x in nodes if x.name == n), "?"),
+                    "reason": "listed in nodes_to_exclude"} for n in opts.nodes_to_exclude]
+    float_nodes += (chosen.get("fallback") or {}).get("float_nodes", [])
+    speedup = {b: v["ratio"] for b, v in speed.items()}
+    summary.update(after=after, chosen=chosen["label"], config=chosen["config"], float_nodes=float_nodes,
+                   fallback=chosen.get("fallback"), speedup=speedup, speed=speed, verdict="pass")
+    if opts.require_faster and timing.overall(speed, opts.min_speedup) == "slower":
+        summary["verdict"] = "fail"
+        if ctx.console:
+            _render(summary, ctx.console)
+        bar = "its float input" if opts.min_speedup == 1 else f"{opts.min_speedup:g}× its float input"
+        raise CheckFailed(f"quantize: {chosen['label']} is measurably slower than {bar} ({_fmt_speed(speed)}; "
+                          f"{'from the lock' if reused else 'measured'}) and require_faster is set — try "
+                          "another --mode, batch_sizes: [64] if you serve batches, or drop --require-faster",
+                          summary)
+    slower = timing.overall(speed, 1.0) == "slower"  # measurably slower than the float input (the ±5 % band aside)
+    if opts.mode == "fp16" and slower:
+        warnings.append(f"fp16 is slower than float32 here ({_fmt_speed(speed)}): onnxruntime's CPU provider has "
+                        "few fp16 kernels — fp16 pays off on GPUs")
+    elif slower and opts.mode != "fp16":
+        why = ("allow_slower: true" if opts.allow_slower else
+               f"--mode {opts.mode} was asked for (require_faster: true refuses it)")
+        warnings.append(f"shipping an INT8 model slower than float ({_fmt_speed(speed)}) because {why}")
+    out = _save(src, chosen, summary, ctx.stage_dir / "model.onnx")
+    after.update(perf.model_stats(out))  # the shipped file, metadata included
+    summary["size_ratio"] = before["file_bytes"] / max(after["file_bytes"], 1)
+    side = atomic_write_json(ctx.stage_dir / "quantize.json", summary)
+    if ctx.console:
+        _render(summary, ctx.console)
+    return StageResult(
+        model=out, summary=summary, files=[side],
+        message=f"{chosen['label']}: {size_change(before['file_bytes'], after['file_bytes'])}, {_fmt_speed(speed)}")
+
+
+@dataclass
+class _Env:
+    """What choosing a candidate needs: the plans, the float model, the budget, and the timing feeds."""
+
+    ctx: Any
+    opts: QuantizeOptions
+    plans: list
+    src: Path
+    assess: Any
+    alive: Any
+    feeds: dict
+    batches: list[int]
+
+
+def _speed(paired: dict) -> dict:
+    return {b: p.as_dict() | {"verdict": p.verdict()} for b, p in paired.items()}
+
+
+def _ms(p50: dict) -> dict:
+    return {b: float(f"{v:.4g}") for b, v in p50.items()}
+
+
+def _fit(env: _Env, c: dict, bar) -> Any:
+    """The candidate within the accuracy budget: as built, or with its most sensitive nodes kept float."""
+    from onnxforge.quant import budget as qb
+
+    builder, tg, ref_model = next((b, t, m) for lab, _, b, t, m in env.plans if lab == c["label"])
+    opts = env.opts
+    if c["result"]["within"]:
+        return qb.Outcome(True, c["path"], c["result"], [], [{"float_nodes": list(opts.nodes_to_exclude),
+                                                              **qb.brief(c["result"])}], None)
+    return qb.fit_budget(builder.build, env.assess, tg, list(opts.nodes_to_exclude), alive=env.alive,
+                         method=opts.sensitivity, max_probes=opts.max_probes, float_path=ref_model, bar=bar)
+
+
+def _preference(c: dict, index: int) -> tuple:
+    """Among candidates of the same speed: standard ops over contrib ops, fewer nodes, smaller file, list order."""
+    from onnxforge.optim import passes, perf
+
+    st = perf.model_stats(c["path"])
+    return (bool(passes.contrib_ops(c["path"])), st["nodes"], st["file_bytes"], index)
+
+
+RULE = ("paired rounds (float and candidates back to back, same feeds); a candidate is faster or slower only when the "
+        "95 % interval of its per-round ratios clears a ±5 % band, else the same speed; same speed: standard ops, "
+        "fewer nodes, smaller file, then candidate order")
+
+
+def _measure(env: _Env, nodes) -> tuple[dict, dict | None]:
+    """Build every candidate, time them against the float model in paired rounds, and choose: ranked by
+    timing.rank (measurably faster first, ties by preference), each fitted to the accuracy budget in turn."""
+    from onnxforge import timing
+    from onnxforge.errors import CheckFailed, UserError
+    from onnxforge.optim import perf
+    from onnxforge.optim.ui import progress_bar
+
+    ctx, opts, src = env.ctx, env.opts, env.src
     candidates: list[dict] = []
-    with progress_bar(ctx.console, "quantize: candidates", len(plans)) as bar:
-        for label, cfg, builder, tg, _ in plans:
+    with progress_bar(ctx.console, "quantize: candidates", len(env.plans)) as bar:
+        for label, cfg, builder, tg, _ in env.plans:
             bar.describe(f"quantize: {label}")
             path = builder.build(list(opts.nodes_to_exclude))
             entry: dict[str, Any] = {"label": label, "config": cfg.as_dict() if cfg else {"mode": "fp16"},
@@ -272,11 +415,10 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
                 entry.update(status="rejected", reason=broken)
             elif grown:
                 entry.update(status="rejected", reason=grown)
-            elif not alive(path):
+            elif not env.alive(path):
                 entry.update(status="skipped", reason="quantizes nothing in this model")
             else:
-                r = assess(path)
-                entry.update(status="measured", result=r)
+                entry.update(status="measured", result=env.assess(path))
             candidates.append(entry)
             bar()
     live = [c for c in candidates if c["status"] == "measured"]
@@ -295,37 +437,32 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
                         "the ops INT8 covers (Conv, ConvTranspose, MatMul, Gemm, LSTM, GRU, RNN, Attention; weights "
                         "that are graph inputs are not stored); if an earlier ORT optimization wrote contrib ops "
                         "(FusedConv, FusedGemm), put quantize before optimize")
-    batches = perf.batch_plan([src], opts.batch_sizes)
     models = {"float": src} | {c["label"]: c["path"] for c in live}
-    with progress_bar(ctx.console, "quantize: timing", opts.latency_rounds * len(models) * len(batches)) as bar:
-        lat = perf.latency(models, lat_feeds, batches, threads=opts.threads, rounds=opts.latency_rounds,
+    with progress_bar(ctx.console, "quantize: timing", opts.latency_rounds * len(models) * len(env.batches)) as bar:
+        lat = perf.latency(models, env.feeds, env.batches, threads=opts.threads, rounds=opts.latency_rounds,
                            progress=bar)
-    for c in live:
-        c["p50_ms"], c["speedup"] = lat[c["label"]], lat.speedup("float", c["label"])
-    before["p50_ms"] = lat["float"]
-    summary["latency"] = {"threads": opts.threads, "data": lat_prov, "rounds": opts.latency_rounds}
-
+    pref = {}
+    for i, c in enumerate(live):
+        c["p50_ms"], c["speed"] = lat[c["label"]], _speed(lat.paired("float", c["label"]))
+        pref[c["label"]] = _preference(c, i)
+    float_p50 = lat["float"]
     gate_speed = opts.mode != "fp16" and not _allow_slower(opts)
 
-    def fast_enough(spd: dict) -> bool:
-        return not gate_speed or all(v >= opts.min_speedup for v in spd.values())
+    def slower(speed: dict) -> bool:
+        return gate_speed and timing.overall(speed, opts.min_speedup) == "slower"
 
-    # ---- phase 2: fastest first; fit the budget (keeping sensitive nodes float); re-time after a fallback
-    live.sort(key=lambda c: -perf.geomean(c["speedup"].values()))
+    # ---- fastest first (noise-aware); fit the budget (keeping sensitive nodes float); re-time after a fallback
+    faster = lambda a, b: lat.paired_over(b, a).verdict() == "faster"  # noqa: E731 — a measurably faster than b
+    ranked = timing.rank([c["label"] for c in live], faster, pref.__getitem__)
+    by_label = {c["label"]: c for c in live}
     chosen = None
-    for c in live:
-        if not fast_enough(c["speedup"]):
-            c.update(status="rejected", reason=f"slower than float ({_fmt_speed(c['speedup'])})")
+    for label in ranked:
+        c = by_label[label]
+        if slower(c["speed"]):
+            c.update(status="rejected", reason=f"slower than float ({_fmt_speed(c['speed'])})")
             continue
-        builder, tg, ref_model = next((b, t, m) for lab, _, b, t, m in plans if lab == c["label"])
         with progress_bar(ctx.console, f"quantize: budget for {c['label']}", 1) as bar:
-            if c["result"]["within"]:
-                out = qb.Outcome(True, c["path"], c["result"], [], [{"float_nodes": list(opts.nodes_to_exclude),
-                                                                    **qb.brief(c["result"])}], None)
-            else:
-                out = qb.fit_budget(builder.build, assess, tg, list(opts.nodes_to_exclude), alive=alive,
-                                    method=opts.sensitivity, max_probes=opts.max_probes, float_path=ref_model,
-                                    bar=bar)
+            out = _fit(env, c, bar)
             bar()
         c["fallback"] = {"method": out.method, "steps": out.steps, "float_nodes": out.float_nodes}
         if not out.ok:
@@ -333,32 +470,33 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
             continue
         if out.float_nodes:
             c["path"], c["result"] = out.path, out.result
-            with progress_bar(ctx.console, "quantize: re-timing", opts.latency_rounds * 2 * len(batches)) as bar:
-                lat2 = perf.latency({"float": src, "q": out.path}, lat_feeds, batches, threads=opts.threads,
-                                    rounds=opts.latency_rounds, progress=bar)
-            c["p50_ms"], c["speedup"] = lat2["q"], lat2.speedup("float", "q")
-            before["p50_ms"] = lat2["float"]  # ratios always compare timings from the same rounds
-            if not fast_enough(c["speedup"]):
+            with progress_bar(ctx.console, "quantize: re-timing", opts.latency_rounds * 2 * len(env.batches)) as b:
+                lat2 = perf.latency({"float": src, "q": out.path}, env.feeds, env.batches, threads=opts.threads,
+                                    rounds=opts.latency_rounds, progress=b)
+            c["p50_ms"], c["speed"] = lat2["q"], _speed(lat2.paired("float", "q"))
+            float_p50 = lat2["float"]  # ratios always compare timings from the same rounds
+            if slower(c["speed"]):
                 c.update(status="rejected", reason=f"within budget with {len(out.float_nodes)} nodes in float, but "
-                                                   f"then slower than float ({_fmt_speed(c['speedup'])})")
+                                                   f"then slower than float ({_fmt_speed(c['speed'])})")
                 continue
         c["status"] = "chosen"
         chosen = c
         break
 
-    summary["candidates"] = [{"label": c["label"], "config": c["config"], "status": c["status"],
-                              "reason": c.get("reason"), "speedup": c.get("speedup"), "p50_ms": c.get("p50_ms"),
-                              "file_bytes": c["path"].stat().st_size if c.get("path") and c["path"].is_file()
-                              else None,
-                              "accuracy_drop": c.get("result", {}).get("accuracy_drop"),
-                              "within_budget": c.get("result", {}).get("within"),
-                              "fallback": c.get("fallback")} for c in candidates]
+    rows = [{"label": c["label"], "config": c["config"], "status": c["status"], "reason": c.get("reason"),
+             "speedup": {b: v["ratio"] for b, v in c["speed"].items()} if c.get("speed") else None,
+             "speed": c.get("speed"), "p50_ms": _ms(c["p50_ms"]) if c.get("p50_ms") else None,
+             "file_bytes": c["path"].stat().st_size if c.get("path") and c["path"].is_file() else None,
+             "accuracy_drop": c.get("result", {}).get("accuracy_drop"),
+             "within_budget": c.get("result", {}).get("within"), "fallback": c.get("fallback")} for c in candidates]
+    decision: dict[str, Any] = {"candidates": rows, "rule": RULE, "ranked": ranked,
+                                "p50_ms": {"float": _ms(float_p50)}}
     if chosen is None:
         slow = [c for c in live if "slower" in (c.get("reason") or "")]
         if slow and len(slow) == len(live):
-            best = max(slow, key=lambda c: perf.geomean(c["speedup"].values()))
+            best = next(c for lab in ranked for c in slow if c["label"] == lab)
             why = (f"no INT8 model is at least {opts.min_speedup:g}× as fast as the float input at every batch size "
-                   f"(best of {len(live)}: {best['label']}, {_fmt_speed(best['speedup'])})")
+                   f"(best of {len(live)}: {best['label']}, {_fmt_speed(best['speed'])})")
             hint = " — set allow_slower: true to ship it anyway, or batch_sizes: [64] if you serve batches"
         else:
             why = "no model within budget" + (" and not slower" if gate_speed else "") + " (" + "; ".join(
@@ -366,40 +504,57 @@ def _run(ctx, opts: QuantizeOptions, work: Path):
                 f"; {len(candidates) - 3} more" if len(candidates) > 3 else "") + ")"
             hint = (" — loosen max_accuracy_drop/max_error, or try another mode" if not slow else
                     " — loosen the budget, or set allow_slower: true")
-        summary["verdict"] = "fail"
-        if ctx.console:
-            _render(summary, ctx.console)
-        raise CheckFailed(f"quantize: {why}{hint}", summary)
+        return decision | {"verdict": "fail", "chosen": None, "message": f"quantize: {why}{hint}"}, None
+    decision |= {"verdict": "pass", "chosen": chosen["label"], "speed": chosen["speed"],
+                 "float_nodes": [n["node"] for n in chosen["fallback"]["float_nodes"]]}
+    decision["p50_ms"]["chosen"] = _ms(chosen["p50_ms"])
+    return decision, chosen
 
-    # ---- the result
-    r = chosen["result"]
-    after = perf.model_stats(chosen["path"]) | {"p50_ms": chosen["p50_ms"]}
-    if eval_feeds is not None:
-        after["accuracy"] = r["accuracy"]
-        summary["accuracy_drop"] = r["accuracy_drop"]
-        summary["errors"] = r["errors"]
-    float_nodes = [{"node": n, "op_type": next((x.op_type for x in nodes if x.name == n), "?"),
-                    "reason": "listed in nodes_to_exclude"} for n in opts.nodes_to_exclude]
-    float_nodes += (chosen.get("fallback") or {}).get("float_nodes", [])
-    summary.update(after=after, chosen=chosen["label"], config=chosen["config"], float_nodes=float_nodes,
-                   fallback=chosen.get("fallback"), speedup=chosen["speedup"],
-                   size_ratio=before["file_bytes"] / max(after["file_bytes"], 1), verdict="pass")
-    if opts.mode == "fp16" and any(v < 1 for v in chosen["speedup"].values()):
-        warnings.append(f"fp16 is slower than float32 here ({_fmt_speed(chosen['speedup'])}): onnxruntime's CPU "
-                        "provider has few fp16 kernels — fp16 pays off on GPUs")
-    if gate_speed is False and opts.mode != "fp16" and any(v < 1 for v in chosen["speedup"].values()):
-        why = "allow_slower: true" if opts.allow_slower else f"--mode {opts.mode} was asked for (allow_slower: " \
-                                                            "false refuses it)"
-        warnings.append(f"shipping an INT8 model slower than float ({_fmt_speed(chosen['speedup'])}) because {why}")
-    out = _save(src, chosen, summary, ctx.stage_dir / "model.onnx")
-    after.update(perf.model_stats(out))  # the shipped file, metadata included
-    summary["size_ratio"] = before["file_bytes"] / max(after["file_bytes"], 1)
-    side = atomic_write_json(ctx.stage_dir / "quantize.json", summary)
-    if ctx.console:
-        _render(summary, ctx.console)
-    return StageResult(
-        model=out, summary=summary, files=[side],
-        message=f"{chosen['label']}: {summary['size_ratio']:.2f}× smaller, {_fmt_speed(chosen['speedup'])}")
+
+def _reuse(env: _Env, locked: dict, dec) -> tuple[dict | None, dict | None]:
+    """The locked decision, without timing: the chosen candidate is built and fitted to the budget again (both
+    deterministic: the same bytes as when it was measured). (None, None) when the entry does not reproduce and may
+    be measured again (`use`); `locked` fails instead."""
+    from onnxforge.errors import CheckFailed
+    from onnxforge.optim.ui import progress_bar
+
+    try:
+        verdict, label, rows = locked["verdict"], locked.get("chosen"), locked["candidates"]
+        assert verdict in ("pass", "fail") and isinstance(rows, list) and isinstance(locked["p50_ms"]["float"], dict)
+        if verdict == "fail":
+            assert isinstance(locked["message"], str)
+            return locked, None
+        assert isinstance(locked["speed"], dict) and isinstance(locked["float_nodes"], list)
+        plan = next((p for p in env.plans if p[0] == label), None)
+        assert plan is not None, f"no candidate {label!r} here"
+    except (AssertionError, KeyError, TypeError) as e:
+        raise dec.invalid(str(e) or type(e).__name__) from None
+    _, cfg, builder, _, _ = plan
+    path = builder.build(list(env.opts.nodes_to_exclude))
+    c = {"label": label, "config": cfg.as_dict() if cfg else {"mode": "fp16"}, "path": path,
+         "result": env.assess(path)}
+    with progress_bar(env.ctx.console, f"quantize: budget for {label} (locked choice)", 1) as bar:
+        out = _fit(env, c, bar)
+        bar()
+    got = [n["node"] for n in out.float_nodes]
+    if not out.ok or got != locked["float_nodes"]:
+        why = (f"quantize: the locked choice {label} does not reproduce here (float nodes {got} vs "
+               f"{locked['float_nodes']} in the lock)")
+        if dec.lock.mode == "locked":
+            raise CheckFailed(f"{why} — rerun with --remeasure and commit the lock")
+        return None, None
+    c["fallback"] = {"method": out.method, "steps": out.steps, "float_nodes": out.float_nodes}
+    c["path"], c["result"] = out.path, out.result
+    return locked, c
+
+
+def size_change(before: int, after: int) -> str:
+    """'3.49× smaller' / '2.91× larger' / 'same size': a file that grew never reads 'smaller'."""
+    if after < before:
+        return f"{before / max(after, 1):.2f}× smaller"
+    if after > before:
+        return f"{after / max(before, 1):.2f}× larger"
+    return "same size"
 
 
 def _save(src: Path, chosen: dict, summary: dict, dest: Path) -> Path:
@@ -421,7 +576,7 @@ def _render(s: dict, console) -> None:
         t.add_column(col)
     for c in s["candidates"]:
         drop = c.get("accuracy_drop")
-        t.add_row(c["label"], c["status"], _fmt_speed(c["speedup"]) if c.get("speedup") else "",
+        t.add_row(c["label"], c["status"], _fmt_speed(c.get("speed") or c["speedup"]) if c.get("speedup") else "",
                   f"{drop * 100:.2f} pt" if isinstance(drop, float) and drop == drop else "",
                   f"{c['file_bytes']:,}" if c.get("file_bytes") else "", (c.get("reason") or "")[:90])
     console.print(t)
@@ -430,7 +585,8 @@ def _render(s: dict, console) -> None:
     if "after" not in s:
         return
     b, a = s["before"], s["after"]
-    console.print(f"size {b['file_bytes']:,} → {a['file_bytes']:,} B ({s['size_ratio']:.2f}× smaller); "
+    console.print(f"size {b['file_bytes']:,} → {a['file_bytes']:,} B "
+                  f"({size_change(b['file_bytes'], a['file_bytes'])}); "
                   f"p50 {json.dumps({k: round(v, 4) for k, v in b['p50_ms'].items()})} → "
                   f"{json.dumps({k: round(v, 4) for k, v in a['p50_ms'].items()})} ms")
     if "accuracy" in a:
