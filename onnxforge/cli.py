@@ -42,7 +42,7 @@ RemeasureOpt = Annotated[bool, typer.Option("--remeasure", help="re-time decisio
 LockedOpt = Annotated[bool, typer.Option(
     "--locked", help="fail (exit 1) if a recorded decision would have to be re-measured; for CI")]
 RequireFasterOpt = Annotated[bool, typer.Option(
-    "--require-faster", help="keep the result only when it is measured faster than its input "
+    "--require-faster", help="fail (exit 1) when the result is measurably slower than its input "
                              "(sets the stage option require_faster: true)")]
 
 
