@@ -200,11 +200,12 @@ def _call_floors() -> dict[str, float]:
 
 def run() -> list[dict]:
     from onnxforge.bayes.module import export_onnx
+    from onnxforge.frontends.base import pool_threads
     from onnxforge.serve import Predictor
 
     logging.getLogger("pymc").setLevel(logging.ERROR)
     rng = np.random.default_rng(0)
-    rows_out, setup_rows, data = [], [], []
+    rows_out, setup_rows, data, limits = [], [], [], []
     cpus = __import__("os").cpu_count()
     for name, family in MODELS:
         t0 = time.perf_counter()
@@ -249,15 +250,19 @@ def run() -> list[dict]:
                 fns[("numpy", a)] = (lambda f=nps[a], x=X: f(x), runs)
                 fns[("pytensor", a)] = (lambda f=pts[a], x=X: f(x), runs)
                 fns[("numba", a)] = (lambda f=nbs[a], x=X: f(x), runs)
-            t = _timed(fns, n)
+            with pool_threads(1) as limit:  # numpy/pytensor/PSP single-threaded like ORT: OpenMP/BLAS pools
+                t = _timed(fns, n)
+            limits.append(limit)
             for a in preds:
                 alts = {"numpy": t[("numpy", a)], "pytensor": t[("pytensor", a)], "pytensor numba": t[("numba", a)]}
                 which = min(alts, key=alts.get)
                 best_py = alts[which]
+                ok = limit.applied  # no ratio against a Python figure taken on an unknown number of threads
                 rows_out.append([f"{name} ({family})", n, a, t[("ort", a)], t[("ort_run", a)], t[("ort_all", a)],
                                  t[("numpy", a)], t[("pytensor", a)], t[("numba", a)], t[("psp", None)],
-                                 t[("psp", None)] / t[("ort", a)], best_py / t[("ort", a)],
-                                 best_py / t[("ort_run", a)], which])
+                                 t[("psp", None)] / t[("ort", a)] if ok else "—",
+                                 best_py / t[("ort", a)] if ok else "—",
+                                 best_py / t[("ort_run", a)] if ok else "—", which])
                 data.append({"model": name, "family": family, "rows": n, "artifact": a,
                              "ort_bound_call_1thread_ms": t[("ort", a)], "ort_run_1thread_ms": t[("ort_run", a)],
                              "ort_bound_call_all_cores_ms": t[("ort_all", a)],
@@ -265,7 +270,8 @@ def run() -> list[dict]:
                              "pytensor_numba_ms": t[("numba", a)],
                              "psp_ms": t[("psp", None)], "speedup_vs_psp": t[("psp", None)] / t[("ort", a)],
                              "speedup_vs_best_python": best_py / t[("ort", a)],
-                             "speedup_vs_best_python_session_run": best_py / t[("ort_run", a)], "best_python": which})
+                             "speedup_vs_best_python_session_run": best_py / t[("ort_run", a)], "best_python": which,
+                             "python_threads_applied": limit.applied, "python_threads_note": limit.how})
         setup_rows.append([f"{name} ({family})", full.posterior.samples, exports["mean+std+draws"] * 1e3,
                            pt_compile * 1e3, nb_compile * 1e3, psp_first[1] * 1e3, (time.perf_counter() - t0)])
     floors = _call_floors()
@@ -287,7 +293,12 @@ def run() -> list[dict]:
                    "numpy: the fastest numpy spelling (scipy expit, einsum, np.sort). pytensor: pre-compiled "
                    "functions called with float32 inputs and trust_input=True, C backend (FAST_RUN, pip install: "
                    "no BLAS link) and numba backend (mode='NUMBA'). Ratios use onnxruntime at 1 thread; best "
-                   "Python is the fastest of numpy and both pytensor backends in that row."),
+                   "Python is the fastest of numpy and both pytensor backends in that row. numpy, pytensor and PSP "
+                   "are timed with every OpenMP/BLAS pool at 1 thread: "
+                   + ("applied (threadpoolctl, read back)" if limits and all(x.applied for x in limits) else
+                      "NOT applied in some rows (their ratios are left out, —): "
+                      + "; ".join(sorted({x.how for x in limits if not x.applied})))
+                   + ". Inputs: synthetic X float32 [rows, k] ~ N(0, 1) (seed 0)."),
          "data": data},
         {"title": "PyMC predictive: one-off costs (ms)",
          "columns": ["model", "posterior samples", "ONNX export (+draws)", "pytensor C compile (3 fns)",

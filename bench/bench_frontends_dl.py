@@ -44,6 +44,7 @@ def bench_one(name: str, workdir: Path, runs: int = 300, max_seconds: float = 2.
     from onnxforge import data, runtime
     from onnxforge.config import load_config
     from onnxforge.registry import frontend
+    from onnxforge.reporting.paths import shown
     from onnxforge.timing import measure
 
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
@@ -56,16 +57,19 @@ def bench_one(name: str, workdir: Path, runs: int = 300, max_seconds: float = 2.
     got = runtime.run(sess, _rows(feeds, 16))
     for k in ref:  # the two sides compute the same thing before they are timed
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-3, atol=1e-5)
-    row: dict = {"fixture": name, "framework": fe.name, "nodes": len(model.graph.node)}
-    for n in (1, BATCH):
-        f = _rows(feeds, n)
-        ort_ms = measure(lambda f=f: sess.run(None, f), runs=runs, max_seconds=max_seconds, rows=n)["p50_ms"]
-        natives = {label: measure(fn, runs=runs, max_seconds=max_seconds, rows=n)["p50_ms"]
-                   for label, fn in _native_fns(fe, native, cfg, f).items()}
-        best = min(natives, key=natives.get)
-        row[f"ort_{n}"], row[f"native_{n}"], row[f"native_how_{n}"] = ort_ms, natives[best], best
-        row[f"all_native_{n}"] = natives
-        row[f"speedup_{n}"] = natives[best] / ort_ms
+    row: dict = {"fixture": name, "framework": fe.name, "nodes": len(model.graph.node),
+                 "inputs": f"real data: {shown(cfg.data.path, ROOT)}, {data.n_rows(feeds)} rows"}
+    with fe.threads(native, 1) as limit:  # read back from torch / tf.config.threading (set in _one_thread)
+        row["native_threads_applied"], row["native_threads_note"] = limit.applied, limit.how
+        for n in (1, BATCH):
+            f = _rows(feeds, n)
+            ort_ms = measure(lambda f=f: sess.run(None, f), runs=runs, max_seconds=max_seconds, rows=n)["p50_ms"]
+            natives = {label: measure(fn, runs=runs, max_seconds=max_seconds, rows=n)["p50_ms"]
+                       for label, fn in _native_fns(fe, native, cfg, f).items()}
+            best = min(natives, key=natives.get)
+            row[f"ort_{n}"], row[f"native_{n}"], row[f"native_how_{n}"] = ort_ms, natives[best], best
+            row[f"all_native_{n}"] = natives
+            row[f"speedup_{n}"] = natives[best] / ort_ms if limit.applied else None  # no ratio on unknown threads
     return row
 
 
@@ -97,15 +101,18 @@ def run() -> list[dict]:
             progress.advance(task)
     how = {r["fixture"]: r["native_how_1"] if r["native_how_1"] == r[f"native_how_{BATCH}"]
            else f"{r['native_how_1']} / {r[f'native_how_{BATCH}']}" for r in rows}
-    table = [[r["fixture"], how[r["fixture"]], r["ort_1"], r["native_1"], f"{r['speedup_1']:.1f}×",
-              r["ort_256"], r["native_256"], f"{r['speedup_256']:.1f}×"] for r in rows]
+    table = [[r["fixture"], how[r["fixture"]], "1" if r["native_threads_applied"] else "default (not applied)",
+              r["ort_1"], r["native_1"], f"{r['speedup_1']:.1f}×" if r["speedup_1"] else "—",
+              r["ort_256"], r["native_256"], f"{r['speedup_256']:.1f}×" if r["speedup_256"] else "—"] for r in rows]
     return [{
         "title": "Deep-learning frontends: onnxruntime (1 thread) vs native forward pass, p50 latency in ms",
-        "columns": ["fixture", "native call", "ORT 1 row", "native 1 row", "speedup 1 row",
+        "columns": ["fixture", "native call", "native threads", "ORT 1 row", "native 1 row", "speedup 1 row",
                     f"ORT {BATCH} rows", f"native {BATCH} rows", f"speedup {BATCH}"],
         "rows": table,
-        "notes": "Same process, same inputs, both sides single-threaded (torch.set_num_threads(1); TF intra/inter-op "
-                 "pools 1; ORT intra_op_num_threads=1, default graph optimizations). Speedup = native p50 / ORT "
-                 "p50. Keras: the faster of model(x, training=False) and predict_on_batch is shown (both in data).",
+        "notes": "Same process, same inputs (real data: each fixture's test file, rows tiled to the batch), both "
+                 "sides single-threaded (torch.set_num_threads(1); TF intra-op 1 / inter-op 1, set before any model "
+                 "loads; ORT intra_op_num_threads=1, default graph optimizations). native threads = what torch / "
+                 "tf.config.threading read back; a figure whose limit did not hold would read 'default (not "
+                 "applied)' and get no speedup. Speedup = native p50 / ORT p50. Keras: the faster of model(x, training=False) and predict_on_batch is shown (both in data).",
         "data": rows,
     }]
