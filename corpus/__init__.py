@@ -41,3 +41,21 @@ def entries() -> list[dict]:
                 e[k] = str(root / e[k])
         out.append(e)
     return out
+
+
+def sources() -> list[dict]:
+    """The model sources (weights a frontend exports, e.g. a transformers model folder) with `dir` absolute, or []
+    when `make corpus` has not run."""
+    p = index_path()
+    if not p.is_file():
+        return []
+    root = cache_dir()
+    return [dict(s, dir=str(root / s["dir"])) for s in json.loads(p.read_text()).get("sources", [])]
+
+
+def source(name: str) -> Path | None:
+    """The folder of one model source (every listed file present), or None when the cache does not hold it."""
+    for s in sources():
+        if s["name"] == name and all((Path(s["dir"]) / f).is_file() for f in s["files"]):
+            return Path(s["dir"])
+    return None

