@@ -10,7 +10,6 @@ import contextlib
 import importlib
 import json
 import sys
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -189,7 +188,8 @@ def parts(est) -> list:
             params = {}
         found += [v for v in params.values() if hasattr(v, "fit") and not isinstance(v, type)]
     for attr in ("transformers_", "estimators_"):
-        for item in getattr(est, attr, None) or []:
+        items = getattr(est, attr, None)  # GradientBoosting keeps an ndarray of trees: no truth value
+        for item in (np.ravel(items) if isinstance(items, np.ndarray) else items or []):
             obj = item[1] if isinstance(item, tuple) else item
             if hasattr(obj, "fit"):
                 found += parts(obj)
@@ -452,23 +452,19 @@ def initial_types(specs, mltools: bool = False) -> list:
 def convert_estimator(est, specs, opset, what: str):
     """skl2onnx conversion of any sklearn-API estimator: tensors, not ZipMap, for classifier probabilities, and
     StandardScaler dividing like sklearn (multiplying by 1/scale flips tree splits for some rows)."""
-    skl2onnx = require("skl2onnx", "sklearn")
+    require("skl2onnx", "sklearn")
     from sklearn.preprocessing import StandardScaler
+
+    from onnxforge.frontends import skl_compat  # skl2onnx's gaps on this stack (HistGradientBoosting, ...)
 
     register_boosters(est)
     options: dict[Any, dict] = {StandardScaler: {"div": "div"}}
-    if task_of(est) == "classifier":
+    task = task_of(est)
+    if task == "classifier":
         options[id(final_estimator(est))] = {"zipmap": False}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return skl2onnx.convert_sklearn(est, initial_types=initial_types(specs), options=options,
-                                            target_opset=opset)
-    except UserError:
-        raise
-    except Exception as e:
-        raise UserError(f"skl2onnx cannot convert {what} ({type(e).__name__}: {one_line(e)[:240]}) — check inputs: "
-                        "against the model, or use a supported estimator") from None
+    model = skl_compat.convert(est, initial_types(specs), options, opset, what)
+    skl_compat.check_outputs(model, task, what)
+    return model
 
 
 def fix_lightgbm_thresholds(model, boosters) -> dict[str, int]:

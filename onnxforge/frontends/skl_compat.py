@@ -1,0 +1,422 @@
+"""skl2onnx 1.20 on this stack (scikit-learn 1.9, protobuf 7, onnx 1.23): what its converters get wrong and how
+onnxforge works around it, all within one `convert_sklearn` call — a converter passed as its
+`custom_conversion_functions`, options it accepts, a retry, a repair of what it declares. Nothing global is changed:
+skl2onnx used directly, in the same process, behaves as shipped.
+
+- HistGradientBoosting*: skl2onnx hands numpy bools (`nodes_missing_value_tracks_true`) and uint32s to
+  `onnx.helper.make_attribute`, which protobuf 7 refuses (`AttributeProto.ints: Expected an int, got a boolean`).
+  Its converter also ignores native categorical features (`categorical_features=`: the model's own OrdinalEncoder
+  and column order, and set-membership splits) and a log link (`loss='poisson'`/`'gamma'` predict exp of the
+  trees), and rounds thresholds to the nearest float32. `convert_hist_gradient_boosting` runs skl2onnx's own
+  converter through a container that rewrites the tree node before it is made: plain Python ints, categorical
+  splits as chains of BRANCH_EQ nodes sharing their child (what onnxmltools does for LightGBM, and what
+  onnxruntime accepts), the encoder and column order in front, Exp behind, each threshold the largest float32 at or
+  below the double (float32 inputs then split exactly as scikit-learn's `x <= t` in double).
+- Options a converter does not take (`zipmap` for LinearSVC, RFE) are dropped instead of failing the conversion.
+- Models whose converter writes ai.onnx.ml 4 nodes it cannot version (IsolationForest) are retried at ai.onnx.ml 3.
+- Declared shapes skl2onnx gets wrong (PLSRegression's output, OneVsOne's intermediate ArgMax) fail
+  onnx.checker's full check: intermediate value_info is dropped and an output's declared dims replaced by the ones
+  shape inference derives where they contradict.
+- A failure names the estimator and the converter's real reason on one line (`reason`), not a dump of attributes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from onnxforge.errors import UserError, one_line
+
+ML_RETRY = re.compile(r"version \d+ of domain 'ai\.onnx\.ml' not supported yet.*target_opset=\{'ai\.onnx\.ml': (\d+)\}")
+
+
+# ------------------------------------------------------------------ what skl2onnx can convert
+
+
+def registered(cls: type) -> bool:
+    from skl2onnx._supported_operators import sklearn_operator_name_map
+
+    return cls in sklearn_operator_name_map
+
+
+def unconvertible(est) -> list[str]:
+    """Estimator types in `est` (itself, pipeline steps, ColumnTransformer/FeatureUnion members) that skl2onnx has
+    no converter for. Parameters such as a search's unfitted `estimator` are not looked at: the converter decides."""
+    out: list[str] = []
+
+    def walk(obj):
+        if isinstance(obj, str) or obj is None:
+            return
+        if not registered(type(obj)) and type(obj).__name__ not in out:
+            out.append(type(obj).__name__)
+        for _, step in getattr(obj, "steps", None) or []:
+            walk(step)
+        for item in getattr(obj, "transformer_list", None) or []:
+            walk(item[1])
+        for item in getattr(obj, "transformers_", None) or []:
+            walk(item[1])
+
+    walk(est)
+    return out
+
+
+def allowed_options(cls: type) -> dict | None:
+    """The options skl2onnx's converter for `cls` accepts (None: unknown, pass everything)."""
+    from skl2onnx._supported_operators import sklearn_operator_name_map
+    from skl2onnx.common._registration import get_converter
+
+    alias = sklearn_operator_name_map.get(cls)
+    try:
+        return get_converter(alias).get_allowed_options() or {}
+    except Exception:
+        return None
+
+
+def applicable(options: dict, est_by_id: dict[int, Any]) -> dict:
+    """`options` without what a converter would refuse (skl2onnx raises NameError on an unknown option)."""
+    out = {}
+    for key, opts in options.items():
+        cls = type(est_by_id[key]) if isinstance(key, int) and key in est_by_id else key
+        allowed = allowed_options(cls) if isinstance(cls, type) else None
+        keep = opts if allowed is None else {k: v for k, v in opts.items() if k in allowed}
+        if keep:
+            out[key] = keep
+    return out
+
+
+# ------------------------------------------------------------------ one line from a converter failure
+
+
+def _innermost(e: BaseException) -> BaseException:
+    seen = 0
+    while seen < 10 and (e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__)):
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return e
+
+
+def reason(e: BaseException, limit: int = 200) -> str:
+    """The converter's real reason on one line: the innermost cause (skl2onnx wraps protobuf's complaint in a dump
+    of every attribute), a missing converter named by its class."""
+    inner = _innermost(e)
+    text = str(inner)
+    m = re.search(r"(?:shape calculator|converter) for (?:type|alias) '<class '([\w.]+)'>'", text) or \
+        re.search(r"(?:shape calculator|converter) for (?:type|alias) '([\w.]+)'", text)
+    if m:
+        return f"skl2onnx has no converter for {m.group(1).rsplit('.', 1)[-1]}"
+    text = re.split(r" and attributes=| with name=", text, maxsplit=1)[0]
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = one_line(f"{type(inner).__name__}: {first}")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def conversion_error(e: BaseException, what: str) -> UserError:
+    r = reason(e)
+    fix = ("replace it, or register a converter for it with skl2onnx.update_registered_converter"
+           if r.startswith("skl2onnx has no converter") else "rerun with --debug for the converter's traceback")
+    return UserError(f"skl2onnx cannot convert {what}: {r} — {fix}")
+
+
+# ------------------------------------------------------------------ attribute values protobuf 7 accepts
+
+
+def plain(value):
+    """numpy scalars and bool/integer arrays as Python ints/floats (protobuf 7 refuses numpy bools in `ints`)."""
+    if isinstance(value, np.ndarray):
+        return value.astype(np.int64).tolist() if value.dtype.kind in "biu" else value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (bool, np.bool_, np.integer)):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+# ------------------------------------------------------------------ HistGradientBoosting
+
+
+def _bitset_members(bitset) -> list[int]:
+    """Category codes set in one of scikit-learn's 8×uint32 bitsets."""
+    words = np.asarray(bitset, dtype=np.uint32)
+    return [i * 32 + b for i, w in enumerate(words) for b in range(32) if (int(w) >> b) & 1]
+
+
+def _floor32(t: float) -> float:
+    """The largest float32 ≤ t: for a float32 x, x <= t (in double) exactly when x <= _floor32(t)."""
+    f = np.float32(t)
+    if np.isfinite(t) and float(f) > t:
+        f = np.nextafter(f, np.float32(-np.inf))
+    return float(f)
+
+
+def _categories(est) -> dict[int, int]:
+    """{column of the encoded matrix: number of known category codes} for a model with native categorical
+    features (codes are 0..k-1 after its OrdinalEncoder; unknown and missing are NaN)."""
+    pre = est._preprocessor
+    enc = pre.named_transformers_["encoder"]
+    cols = np.arange(pre.n_features_in_)[pre.output_indices_["encoder"]]
+    out = {}
+    for col, cats in zip(cols, enc.categories_, strict=True):
+        cats = np.asarray(cats)
+        out[int(col)] = int(len(cats) - (1 if len(cats) and cats.dtype.kind == "f" and np.isnan(cats[-1]) else 0))
+    return out
+
+
+def hgb_tree_attributes(est, attrs: dict, float32: bool) -> dict:
+    """skl2onnx's TreeEnsemble attributes for a HistGradientBoosting model, rebuilt from the model's own nodes:
+    numeric splits at the float32 floor of their double threshold (float32 inputs), categorical splits as BRANCH_EQ
+    chains on the encoded codes, NaN (missing and unknown categories) where scikit-learn sends it."""
+    predictors = [p for it in est._predictors for p in it]  # skl2onnx's tree id k·n_trees_per_iteration + j
+    n_known = _categories(est) if getattr(est, "_preprocessor", None) is not None else {}
+    keys = ("nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_modes", "nodes_values",
+            "nodes_truenodeids", "nodes_falsenodeids", "nodes_missing_value_tracks_true", "nodes_hitrates")
+    old = {k: list(attrs[k]) for k in keys if k in attrs}
+    new: dict[str, list] = {k: [] for k in old}
+    next_id: dict[int, int] = {}
+
+    def emit(tree, node, feat, mode, value, true, false, missing):
+        row = {"nodes_treeids": tree, "nodes_nodeids": node, "nodes_featureids": feat, "nodes_modes": mode,
+               "nodes_values": value, "nodes_truenodeids": true, "nodes_falsenodeids": false,
+               "nodes_missing_value_tracks_true": missing, "nodes_hitrates": 1.0}
+        for k in new:
+            new[k].append(row[k])
+
+    for i in range(len(old["nodes_nodeids"])):
+        tree, nid = int(old["nodes_treeids"][i]), int(old["nodes_nodeids"][i])
+        pred = predictors[tree]
+        node = pred.nodes[nid]
+        next_id.setdefault(tree, len(pred.nodes))
+        if node["is_leaf"]:
+            emit(tree, nid, 0, "LEAF", 0.0, 0, 0, 0)
+            continue
+        feat, left, right = int(node["feature_idx"]), int(node["left"]), int(node["right"])
+        nan_left = bool(node["missing_go_to_left"])
+        if not node["is_categorical"]:
+            t = float(node["num_threshold"])
+            emit(tree, nid, feat, "BRANCH_LEQ", _floor32(t) if float32 else t, left, right, int(nan_left))
+            continue
+        if feat not in n_known:
+            raise NotImplementedError(f"categorical split on feature {feat}, which the model's encoder does not "
+                                      "encode")
+        in_left = set(_bitset_members(pred.raw_left_cat_bitsets[int(node["bitset_idx"])]))
+        codes = range(n_known[feat])
+        lefts = [c for c in codes if c in in_left]
+        rights = [c for c in codes if c not in in_left]
+        # test the shorter list; a value not in it (or NaN) falls through to the other side
+        chain, hit, miss = (lefts, left, right) if len(lefts) <= len(rights) else (rights, right, left)
+        nan_to_hit = nan_left == (hit == left)
+        if not chain:  # every known code on one side: a test that never holds, NaN routed by missing
+            emit(tree, nid, feat, "BRANCH_LT", -1.0, hit, miss, int(nan_to_hit))
+            continue
+        ids = [nid] + [next_id[tree] + k for k in range(len(chain) - 1)]
+        next_id[tree] += len(chain) - 1
+        for k, code in enumerate(chain):
+            false = ids[k + 1] if k + 1 < len(chain) else miss
+            emit(tree, ids[k], feat, "BRANCH_EQ", float(code), hit, false, int(nan_to_hit and k == 0))
+    out = dict(attrs)
+    for k, v in new.items():
+        ref = attrs[k]
+        out[k] = np.asarray(v, dtype=ref.dtype) if isinstance(ref, np.ndarray) else v
+    return out
+
+
+class _HGBContainer:
+    """skl2onnx's container as its HistGradientBoosting converter sees it: every call passes through, except that
+    the TreeEnsemble node is rewritten (hgb_tree_attributes), fed the encoded matrix when the model has categorical
+    features, followed by Exp for a log link, and every node gets plain attribute values."""
+
+    def __init__(self, container, scope, operator):
+        object.__setattr__(self, "_c", container)
+        object.__setattr__(self, "_scope", scope)
+        object.__setattr__(self, "_op", operator)
+
+    def __getattr__(self, name):
+        return getattr(self._c, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._c, name, value)
+
+    def add_node(self, op_type, inputs, outputs, op_domain="", op_version=None, name=None, **attrs):
+        est = self._op.raw_operator
+        if op_domain == "ai.onnx.ml" and op_type.startswith("TreeEnsemble"):
+            values = attrs.get("nodes_values")
+            float32 = values is None or np.asarray(values).dtype != np.float64
+            attrs = hgb_tree_attributes(est, attrs, float32)
+            if getattr(est, "_preprocessor", None) is not None:
+                inputs = [self._encode(inputs[0] if isinstance(inputs, list) else inputs, float32)]
+            link = type(getattr(getattr(est, "_loss", None), "link", None)).__name__
+            if op_type == "TreeEnsembleRegressor" and link not in ("IdentityLink", "NoneType"):
+                if link != "LogLink":
+                    raise NotImplementedError(f"{type(est).__name__} with a {link} (loss={est.loss!r})")
+                final = outputs[0] if isinstance(outputs, list) else outputs
+                raw = self._scope.get_unique_variable_name("hgb_raw")
+                self._c.add_node(op_type, inputs, raw, op_domain=op_domain, op_version=op_version, name=name,
+                                 **{k: plain(v) for k, v in attrs.items()})
+                return self._c.add_node("Exp", raw, final, name=self._scope.get_unique_operator_name("HgbLink"))
+        return self._c.add_node(op_type, inputs, outputs, op_domain=op_domain, op_version=op_version, name=name,
+                                **{k: plain(v) for k, v in attrs.items()})
+
+    def _encode(self, x: str, float32: bool) -> str:
+        """What the model's `_preprocessor` does: each categorical column through its OrdinalEncoder (known
+        category → its code, anything else → NaN; categories a float32 cannot hold are unreachable from float32
+        inputs, as in scikit-learn), encoded columns first, then the numeric ones in order."""
+        from onnx import TensorProto
+
+        est, scope, c = self._op.raw_operator, self._scope, self._c
+        pre = est._preprocessor
+        enc = pre.named_transformers_["encoder"]
+        dt, tp = (np.float32, TensorProto.FLOAT) if float32 else (np.float64, TensorProto.DOUBLE)
+        cols = np.arange(pre.n_features_in_)
+        cat_cols, num_cols = cols[est.is_categorical_], cols[~est.is_categorical_]
+        xf = scope.get_unique_variable_name("hgb_x")
+        c.add_node("Cast", x, xf, to=tp, name=scope.get_unique_operator_name("HgbCast"))
+        parts = []
+        for col, cats in zip(cat_cols, enc.categories_, strict=True):
+            cats = np.asarray(cats)
+            if cats.dtype.kind not in "fiub":
+                raise NotImplementedError(f"{type(est).__name__} with text categories in column {int(col)}: encode "
+                                          "them before the model (an OrdinalEncoder in a Pipeline)")
+            keys, codes = [], []
+            for code, v in enumerate(cats):
+                v = float(v)
+                if not np.isnan(v) and float(dt(v)) == v:
+                    keys.append(v)
+                    codes.append(float(code))
+            idx = scope.get_unique_variable_name("hgb_col")
+            c.add_initializer(idx, TensorProto.INT64, [1], [int(col)])
+            colv, code_v = scope.get_unique_variable_name("hgb_raw_cat"), scope.get_unique_variable_name("hgb_code")
+            c.add_node("Gather", [xf, idx], colv, axis=1, name=scope.get_unique_operator_name("HgbGather"))
+            if float32:
+                c.add_node("LabelEncoder", colv, code_v, op_domain="ai.onnx.ml", op_version=2, keys_floats=keys,
+                           values_floats=codes, default_float=float("nan"),
+                           name=scope.get_unique_operator_name("HgbEncode"))
+            else:  # LabelEncoder has no double keys: Equal against the categories, then the code where one matched
+                parts_ = self._encode_double(colv, keys, codes)
+                c.add_node("Identity", parts_, code_v, name=scope.get_unique_operator_name("HgbCode"))
+            parts.append(code_v)
+        if len(num_cols):
+            idx = scope.get_unique_variable_name("hgb_num")
+            c.add_initializer(idx, TensorProto.INT64, [len(num_cols)], [int(i) for i in num_cols])
+            nums = scope.get_unique_variable_name("hgb_nums")
+            c.add_node("Gather", [xf, idx], nums, axis=1, name=scope.get_unique_operator_name("HgbGather"))
+            parts.append(nums)
+        out = scope.get_unique_variable_name("hgb_encoded")
+        c.add_node("Concat", parts, out, axis=1, name=scope.get_unique_operator_name("HgbConcat"))
+        return out
+
+    def _encode_double(self, colv: str, keys: list[float], codes: list[float]) -> str:
+        from onnx import TensorProto
+
+        scope, c = self._scope, self._c
+        k, v, nan, zero = (scope.get_unique_variable_name(n) for n in ("hgb_keys", "hgb_codes", "hgb_nan", "hgb_0"))
+        c.add_initializer(k, TensorProto.DOUBLE, [1, len(keys)], keys or [np.nan])
+        c.add_initializer(v, TensorProto.DOUBLE, [1, len(codes)], codes or [np.nan])
+        c.add_initializer(nan, TensorProto.DOUBLE, [], [np.nan])
+        c.add_initializer(zero, TensorProto.DOUBLE, [], [0.0])
+        eq, picked, code, anyhit, out = (scope.get_unique_variable_name(n) for n in
+                                         ("hgb_eq", "hgb_pick", "hgb_sum", "hgb_any", "hgb_dcode"))
+        c.add_node("Equal", [colv, k], eq, name=scope.get_unique_operator_name("HgbEq"))
+        c.add_node("Where", [eq, v, zero], picked, name=scope.get_unique_operator_name("HgbWhere"))
+        axis = scope.get_unique_variable_name("hgb_axis")
+        c.add_initializer(axis, TensorProto.INT64, [1], [1])
+        c.add_node("ReduceSum", [picked, axis], code, keepdims=1, name=scope.get_unique_operator_name("HgbSum"))
+        eqf, hit = scope.get_unique_variable_name("hgb_eqf"), scope.get_unique_variable_name("hgb_hit")
+        c.add_node("Cast", eq, eqf, to=TensorProto.DOUBLE, name=scope.get_unique_operator_name("HgbCastEq"))
+        c.add_node("ReduceMax", [eqf, axis], anyhit, keepdims=1, name=scope.get_unique_operator_name("HgbAny"))
+        c.add_node("Greater", [anyhit, zero], hit, name=scope.get_unique_operator_name("HgbHit"))
+        c.add_node("Where", [hit, code, nan], out, name=scope.get_unique_operator_name("HgbWhereNan"))
+        return out
+
+
+def convert_hist_gradient_boosting(scope, operator, container):
+    """skl2onnx's own HistGradientBoosting converter, through _HGBContainer."""
+    from skl2onnx.common._registration import get_converter
+
+    get_converter(operator.type)(scope, operator, _HGBContainer(container, scope, operator))
+
+
+def custom_converters() -> dict[type, Any]:
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    return {HistGradientBoostingClassifier: convert_hist_gradient_boosting,
+            HistGradientBoostingRegressor: convert_hist_gradient_boosting}
+
+
+# ------------------------------------------------------------------ declared shapes
+
+
+def repair_declared_shapes(model) -> None:
+    """Drop skl2onnx's intermediate value_info and, where an output's declared dims contradict what shape inference
+    derives from the graph, declare the inferred ones (the batch dim keeps its name)."""
+    import onnx
+
+    del model.graph.value_info[:]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for o in probe.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False)
+    except Exception:
+        return
+    got = {o.name: o for o in inferred.graph.output}
+    for o in model.graph.output:
+        inf = got.get(o.name)
+        if inf is None or not inf.type.tensor_type.HasField("shape") or not o.type.tensor_type.HasField("shape"):
+            continue
+        want, have = inf.type.tensor_type.shape.dim, o.type.tensor_type.shape.dim
+        if len(want) != len(have):
+            continue  # a rank inference cannot be sure of: left as declared
+        for d_have, d_want in zip(have, want, strict=True):
+            if d_want.HasField("dim_value") and d_have.HasField("dim_value") and d_have.dim_value != d_want.dim_value:
+                d_have.dim_value = d_want.dim_value
+
+
+# ------------------------------------------------------------------ the conversion
+
+
+def convert(est, initial_types, options: dict, target_opset, what: str):
+    """skl2onnx.convert_sklearn with the workarounds above; a failure is a UserError with the converter's reason
+    (its traceback chained for --debug)."""
+    import warnings
+
+    import skl2onnx
+
+    from onnxforge.frontends._tabular import parts
+
+    by_id = {id(p): p for p in parts(est)}
+    kwargs = dict(initial_types=initial_types, options=applicable(options, by_id),
+                  custom_conversion_functions=custom_converters())
+    opset = target_opset
+    for _ in range(2):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = skl2onnx.convert_sklearn(est, target_opset=opset, **kwargs)
+            break
+        except UserError:
+            raise
+        except Exception as e:
+            m = ML_RETRY.search(str(e))
+            if m and opset == target_opset:  # e.g. IsolationForest: retried once at the ai.onnx.ml it names
+                main = opset.get("", None) if isinstance(opset, dict) else opset
+                opset = {"": main, "ai.onnx.ml": int(m.group(1))} if main else {"ai.onnx.ml": int(m.group(1))}
+                continue
+            raise conversion_error(e, what) from e
+    repair_declared_shapes(model)
+    return model
+
+
+def check_outputs(model, task: str, what: str) -> None:
+    """onnxforge's tabular contract: a classifier gives label + probabilities, a regressor or transformer one
+    tensor. Converters of other kinds (clusterers, outlier detectors: label + scores; a feature selector that is
+    also a classifier) are refused by name instead of failing later on the output names."""
+    names = [o.name for o in model.graph.output]
+    want = 2 if task == "classifier" else 1
+    if len(names) != want:
+        kinds = "label + probabilities for a classifier, one tensor for a regressor or transformer"
+        raise UserError(f"skl2onnx converts {what} to {len(names)} outputs ({', '.join(names)}) but onnxforge "
+                        f"takes it as a {task} ({kinds}) — not supported")
