@@ -186,10 +186,6 @@ def _lock_mode(remeasure: bool, locked: bool) -> str:
     return "remeasure" if remeasure else "locked" if locked else "use"
 
 
-def _lock_kw(lock: str) -> dict:
-    return {} if lock == "use" else {"lock": lock}
-
-
 def _stderr():
     from rich.console import Console
 
@@ -236,7 +232,7 @@ def run(config: Annotated[Path, typer.Argument(help="pipeline YAML")],
     cfg = load_config(config, run_dir=run_dir)
     con = _out(as_json)
     try:
-        manifest = run_pipeline(cfg, force=force, until=until, console=con, **_lock_kw(lock))
+        manifest = run_pipeline(cfg, force=force, until=until, console=con, lock=lock)
     except CheckFailed as e:
         _print_run(e.result, cfg, con)
         raise
@@ -277,7 +273,7 @@ def _stage(stage: str, model: Path | None, output: Path | None, config: Path | N
                        source=source, top=top)
     con = _out(as_json)
     try:
-        res, final = run_alone(stage, cfg, model, output, console=con, **_lock_kw(lock))
+        res, final = run_alone(stage, cfg, model, output, console=con, lock=lock)
     except CheckFailed as e:
         e.result = stage_result_from(stage, e.result)
         raise
