@@ -161,7 +161,8 @@ class NoAssess:
     accuracy_float = float("nan")
 
     def __call__(self, path):
-        return {"accuracy": float("nan"), "accuracy_drop": 0.0, "errors": {}, "within": True, "score": 0.0,
+        # accuracy_drop None, not 0.0: nothing was measured, and no table may print a figure for it
+        return {"accuracy": float("nan"), "accuracy_drop": None, "errors": {}, "within": True, "score": 0.0,
                 "worst": "", "tiebreak": 0.0}
 
     def describe(self, r):

@@ -195,13 +195,16 @@ def token_feeds(specs, rows: int = 32, seq: int | None = None, seed: int = 0,
     from onnxforge import data
     from onnxforge.inputspec import is_mask
 
-    specs = list(specs)
     masks = [s for s in specs if is_mask(s) and s.shape is not None and len(s.shape) == 2]
+    specs = list(specs)
     if seq is None:
-        resolved = [d for s in specs if s.shape is not None and len(s.shape) == 2 for d in [s.shape[1]]
-                    if isinstance(d, int) and d > 0]
-        seq = max([64, *resolved]) if not all(_fixed_seq(s) for s in specs if s.shape and len(s.shape) == 2) \
-            else max(resolved)
+        two = [s for s in specs if s.shape is not None and len(s.shape) == 2]
+        fixed = [s.shape[1] for s in two if isinstance(s.shape[1], int) and s.shape[1] > 0]
+        # a symbolic seq dim the input model resolved by probing (the smallest size that runs: 16) is no sentence
+        # length: at least 64 then; a dim the model or the user fixed is used as is
+        guessed = [d for s in two if not isinstance(s.shape[1], int)
+                   for d in [(getattr(s, "_synth", None) or s.shape)[1]] if isinstance(d, int)]
+        seq = max(fixed) if fixed and len(fixed) == len(two) else max([64, *fixed, *guessed])
     rng = np.random.default_rng(seed)
     lengths = np.linspace(min(min_len, seq), seq, rows).round().astype(int)
     rng.shuffle(lengths)
@@ -233,11 +236,6 @@ def token_feeds(specs, rows: int = 32, seq: int | None = None, seed: int = 0,
         feeds.update(rest)
         desc += [{"name": k, "shape": list(np.shape(v)), "what": "data.synthesize"} for k, v in rest.items()]
     return {s.name: feeds[s.name] for s in specs}, desc
-
-
-def _fixed_seq(spec) -> bool:
-    """The sequence dim was fixed by the model or the user (not a probed guess)."""
-    return not getattr(spec, "_probed", False) and isinstance(spec.shape[1], int)
 
 
 # ------------------------------------------------------------------ CPU

@@ -1,0 +1,151 @@
+"""Issue #13 item 5: a real sentence encoder (all-MiniLM-L6-v2, the corpus source `minilm_l6_v2` that `make corpus`
+extracts from a pinned wheel) — attention fused whatever the exporter, INT8 held to an output-fidelity budget
+without labels, realistic token inputs. Skipped only when the corpus cache or onnxforge[transformers] is absent."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import corpus  # noqa: E402
+from onnxforge.quant import fidelity  # noqa: E402
+
+MODEL_DIR = corpus.source("minilm_l6_v2")
+
+
+def _need():
+    if MODEL_DIR is None:
+        pytest.skip(f"corpus source minilm_l6_v2 not in {corpus.cache_dir()}: run `make corpus`")
+    pytest.importorskip("transformers", reason="pip install onnxforge[transformers]")
+    pytest.importorskip("tokenizers", reason="pip install onnxforge[transformers]")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("minilm")
+
+
+@pytest.fixture(scope="module")
+def exported(work):
+    """The default (dynamo) export through onnxforge's torch frontend."""
+    _need()
+    from bench.bench_transformer import export
+
+    return export(MODEL_DIR, work / "dynamo.onnx", "dynamo")
+
+
+@pytest.fixture(scope="module")
+def optimized(exported, work):
+    """optimize's passes for a transformer, as the stage calls them: onnxslim → fusion-bert → ort-extended."""
+    from bench.bench_transformer import optimize_passes
+
+    return optimize_passes(exported, work)
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    from fixtures.transformer_models import sentences as read
+    from fixtures.transformer_models import tokenize
+
+    return tokenize(MODEL_DIR, read("search")), tokenize(MODEL_DIR, read("heldout"))
+
+
+def _ops(path: Path) -> Counter:
+    import onnx
+
+    return Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def test_dynamo_export_fuses_attention(optimized):
+    path, steps = optimized
+    fusion = next(s for s in steps if s["pass"] == "fusion-bert")
+    assert fusion["status"] == "applied", fusion
+    assert fusion["route"] == "onnxscript"  # onnxruntime.transformers alone finds no attention in a dynamo graph
+    assert fusion["masks_simplified"] == 6  # the padding mask fed to every Attention's mask_index
+    ops = _ops(path)
+    assert ops["Attention"] == 6 and ops["SkipLayerNormalization"] == 12 and ops["BiasGelu"] == 6, ops
+    assert ops["Softmax"] == 0 and ops["Transpose"] == 0
+    # 42 fused encoder nodes (18 MatMul, 12 SkipLayerNorm, 6 Attention, 6 BiasGelu), embeddings, mean pooling;
+    # measured 58 (the TorchScript export through the same passes: 58 too)
+    assert sum(ops.values()) <= 58, ops
+
+
+def test_fused_model_matches_float(exported, optimized, sentences):
+    from onnxforge import runtime
+
+    _, held = sentences
+    ref = runtime.run(runtime.session(exported), held)["sentence_embedding"]
+    got = runtime.run(runtime.session(optimized[0]), held)["sentence_embedding"]
+    assert fidelity.row_cosines(ref, got).min() > 0.99999
+    assert np.abs(ref - got).max() < 1e-4
+
+
+def test_fidelity_rejects_naive_int8_and_accepts_the_search(optimized, sentences, work):
+    from onnxforge.quant import int8
+
+    search, held = sentences
+    res, used = fidelity.quantize_within(optimized[0], work / "q", search)
+    pre = work / "q" / "preprocessed.onnx"
+    check = fidelity.FidelityCheck(pre, held)  # held-out sentences: never seen by the search
+    naive = int8.Int8Builder(pre, work / "q", int8.Int8Config(mode="dynamic", op_types=("MatMul",)),
+                             tag="naive").build([])
+    r = check(naive)
+    assert not r["within"] and r["fidelity"]["sentence_embedding"]["min"] < 0.99, r["fidelity"]
+    assert r["accuracy_drop"] is None  # nothing measured against labels: no figure to print
+    assert res.ok, res.message
+    assert 0 < len(res.float_nodes) < used["targets"]  # some MatMuls kept float, some quantized
+    assert int8.has_int8_weights(res.path)
+    final = check(res.path)
+    assert final["fidelity"]["sentence_embedding"]["min"] >= 0.99, final["fidelity"]
+    assert final["within"]
+
+
+def test_token_feeds_within_vocab_with_padded_masks(exported):
+    import onnx
+
+    from onnxforge import inputspec
+
+    specs = inputspec.plan(onnx.load(str(exported), load_external_data=False), exported)
+    by = {s.name: s for s in specs}
+    assert (by["input_ids"].low, by["input_ids"].high) == (0, 30522)
+    assert (by["attention_mask"].low, by["attention_mask"].high) == (0, 2)  # a mask, not 0…7
+    feeds, desc = fidelity.token_feeds(specs, rows=16)
+    ids, mask, tt = feeds["input_ids"], feeds["attention_mask"], feeds["token_type_ids"]
+    assert ids.shape == mask.shape == tt.shape == (16, 64) and ids.dtype == np.int64
+    assert ids.min() >= 0 and ids.max() < 30522
+    lengths = mask.sum(1)
+    assert lengths.min() == 4 and lengths.max() == 64 and len(set(lengths)) > 8  # a spread of lengths
+    assert all((row[:n] == 1).all() and (row[n:] == 0).all() for row, n in zip(mask, lengths, strict=True))
+    assert (ids[mask == 0] == 0).all() and (tt == 0).all()
+    assert {d["name"] for d in desc} == {"input_ids", "attention_mask", "token_type_ids"}
+
+
+def test_cpu_flags():
+    assert fidelity.cpu_int8_features("flags\t: fpu avx2 avx512f avx512_vnni\n")["vnni"]
+    assert fidelity.cpu_int8_features("flags\t: fpu avx2 avx_vnni\n")["vnni"]
+    no = fidelity.cpu_int8_features("flags\t: fpu sse4_2 avx2 fma\n")
+    assert not no["vnni"] and no["avx2"]
+    assert fidelity.dynamic_config(no) == {"per_channel": True, "reduce_range": True}
+    assert fidelity.dynamic_config(fidelity.cpu_int8_features("flags: amx_int8 amx_tile\n"))["reduce_range"] is False
+    assert fidelity.dynamic_config(fidelity.cpu_int8_features(""))["reduce_range"] is True  # unknown: safe side
+
+
+def test_fidelity_measure_kinds():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(8, 32)).astype(np.float32)
+    logits = rng.normal(size=(8, 3)).astype(np.float32)
+    b = fidelity.FidelityBudget()
+    m = fidelity.measure({"e": emb, "l": logits}, {"e": emb * 3.0, "l": logits * 1.01}, {}, b)
+    assert m["e"]["kind"] == "cosine" and m["e"]["min"] > 0.99999  # scale does not change direction
+    assert m["l"]["kind"] == "rel_error" and abs(m["l"]["max"] - 0.01) < 1e-5
+    flipped = emb.copy()
+    flipped[0] *= -1
+    m = fidelity.measure({"e": emb}, {"e": flipped}, {}, b)
+    assert m["e"]["min"] < -0.99 and m["e"]["ratio"] > 1
