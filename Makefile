@@ -51,6 +51,10 @@ lint: install
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# __pycache__ folders are removed everywhere except in the venv, .git and other hidden folders, and the corpus
+# cache when $ONNXFORGE_CORPUS points inside the checkout (a venv's own __pycache__ folders are part of its install)
+CLEAN_KEEP := -path './.*' -o -path './$(VENV)'$(if $(ONNXFORGE_CORPUS), -o -path '$(ONNXFORGE_CORPUS)' -o -path './$(ONNXFORGE_CORPUS)')
+
 clean:
 	rm -rf runs .pytest_cache .ruff_cache build *.egg-info
-	find . -name __pycache__ -prune -exec rm -rf {} +
+	find . \( $(CLEAN_KEEP) \) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
