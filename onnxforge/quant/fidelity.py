@@ -406,7 +406,7 @@ def _why(names: list[str], ranking: dict[str, float], ops: dict[str, str]) -> li
 
 def quantize_within(src: Path, work: Path, feeds: dict[str, np.ndarray], budget: FidelityBudget | None = None, *,
                     per_channel: bool | None = None, reduce_range: bool | None = None, method: str = "isolate",
-                    op_types: tuple[str, ...] = ("MatMul",), preprocess: bool = True,
+                    op_types: tuple[str, ...] = ("MatMul",), preprocess: bool = True, margin: float = 0.5,
                     progress: Callable[[], None] | None = None) -> tuple[SearchResult, dict]:
     """Dynamic INT8 of `src` (onnxruntime.quantization through onnxforge.quant.int8, as the quantize stage builds
     it) held to the fidelity budget on `feeds`: per-channel / reduce_range from the CPU's flags unless given,
@@ -429,11 +429,16 @@ def quantize_within(src: Path, work: Path, feeds: dict[str, np.ndarray], budget:
         shutil.copyfile(src, pre)
         int8.name_nodes(pre)
         status = "off"
-    check = FidelityCheck(pre, feeds, budget)
+    # the search holds to a stricter budget than the one promised (`margin` of the allowed loss): the smallest k
+    # that just fits the search rows left held-out sentences at 0.982 (measured: 32 search → 48 held-out)
+    budget = budget or FidelityBudget()
+    strict = FidelityBudget(1.0 - (1.0 - budget.min_cosine) * margin, budget.max_rel_error * margin)
+    check = FidelityCheck(pre, feeds, strict)
     builder = int8.Int8Builder(pre, work, cfg, tag="fid")
     targets = [t for t in int8.targets(int8.graph_nodes(pre), cfg) if t.op_type in op_types]
     res = keep_float_search(builder.build, check, targets, method=method, float_path=pre,
                             alive=int8.has_int8_weights, progress=progress)
     used = {"config": cfg.as_dict(), "cpu": cpu, "preprocess": status, "targets": len(targets),
-            "budget": check.budget.as_dict(), "rows": int(next(iter(feeds.values())).shape[0])}
+            "budget": budget.as_dict(), "search_budget": strict.as_dict(),
+            "rows": int(next(iter(feeds.values())).shape[0])}
     return res, used
