@@ -44,20 +44,17 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(Path(p).read_bytes()).hexdigest()
 
 
-def test_raw_converter_output_really_is_misdeclared(three_targets):
-    """The premise, measured: onnxruntime returns three columns for an output declared as one."""
+def test_convert_refuses_a_misdeclared_output(three_targets, tmp_path):
+    """The real onnxmltools output given to convert (framework onnx): exit 1, one line naming the output and both
+    shapes, and nothing at the -o path (nor a temporary file beside it)."""
     import onnxruntime as ort
 
+    # the premise, measured: onnxruntime returns three columns for an output the converter declared as one
     raw = onnx.load(three_targets["raw"])
     assert raw.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 1
     got = ort.InferenceSession(str(three_targets["raw"]), providers=["CPUExecutionProvider"]).run(
         None, {"input": three_targets["x"]})[0]
     assert got.shape == (40, 3)
-
-
-def test_convert_refuses_a_misdeclared_output(three_targets, tmp_path):
-    """The real onnxmltools output given to convert (framework onnx): exit 1, one line naming the output and both
-    shapes, and nothing at the -o path (nor a temporary file beside it)."""
     out = tmp_path / "out" / "m.onnx"
     res = run_cli("convert", "--framework", "onnx", "--model", three_targets["raw"], "-o", out)
     line = assert_one_line_error(res, 1)

@@ -26,6 +26,7 @@ BOOSTER_MAX_OPSET = 15  # onnxmltools 1.16 refuses a higher target_opset for XGB
 BOOSTER_MAX_ML_OPSET = 3  # ... and ai.onnx.ml above 3
 CLASSIFIER_OUTPUTS = ("label", "probabilities")
 VALUE_OUTPUTS = ("variable",)
+RANKER_OUTPUTS = ("scores",)  # XGBRanker/LGBMRanker: one relevance score per row (the raw margin, as predict)
 
 
 class TabularSource(SourceBase):
@@ -34,8 +35,8 @@ class TabularSource(SourceBase):
 
 
 class BoosterSource(TabularSource):
-    task: Literal["auto", "classifier", "regressor"] = Field(
-        "auto", description="native model files: classifier or regressor (auto: from the model's objective)")
+    task: Literal["auto", "classifier", "regressor", "ranker"] = Field(
+        "auto", description="native model files: classifier, regressor or ranker (auto: from the model's objective)")
 
 
 def model_path(cfg) -> Path:
@@ -211,8 +212,8 @@ def uses(est, package: str) -> bool:
 # rows with 30 % NaN: XGBoost and LightGBM (native files and sklearn API, also after a StandardScaler) to ≤ 6e-5;
 # HistGradientBoosting exact once skl2onnx can build its node (protobuf < 7). Not RandomForest/DecisionTree:
 # sklearn ≥ 1.4 routes their NaN, skl2onnx does not (28 of 143 labels differed).
-NAN_AWARE = {("xgboost", "XGBClassifier"), ("xgboost", "XGBRegressor"), ("lightgbm", "LGBMClassifier"),
-             ("lightgbm", "LGBMRegressor"), ("sklearn", "HistGradientBoostingClassifier"),
+NAN_AWARE = {("xgboost", "XGBClassifier"), ("xgboost", "XGBRegressor"), ("xgboost", "XGBRanker"),
+             ("lightgbm", "LGBMClassifier"), ("lightgbm", "LGBMRegressor"), ("lightgbm", "LGBMRanker"), ("sklearn", "HistGradientBoostingClassifier"),
              ("sklearn", "HistGradientBoostingRegressor")}
 NAN_PASSING = {("sklearn", "Pipeline"), ("sklearn", "StandardScaler")}  # NaN in, NaN out, in sklearn and in ONNX
 
@@ -245,6 +246,9 @@ def confirm_task(task: str, asked: str, objective: str, name: str) -> str:
 def task_of(est) -> str:
     from sklearn.base import is_classifier, is_regressor
 
+    final = final_estimator(est)
+    if getattr(final, "_estimator_type", None) == "ranker" or _kind(final) == ("lightgbm", "LGBMRanker"):
+        return "ranker"  # XGBRanker says so; LGBMRanker does not (nor do sklearn's tags)
     if is_classifier(est):
         return "classifier"
     if is_regressor(est) or hasattr(est, "predict"):
@@ -378,7 +382,8 @@ def specs_for(cfg, est, n_features: int | None, what: str) -> list:
 
 
 def output_names(task: str, cfg) -> list[str]:
-    default = list(CLASSIFIER_OUTPUTS if task == "classifier" else VALUE_OUTPUTS)
+    default = list(CLASSIFIER_OUTPUTS if task == "classifier" else RANKER_OUTPUTS if task == "ranker" else
+                   VALUE_OUTPUTS)
     if not cfg.outputs:
         return default
     if len(cfg.outputs) != len(default):
@@ -407,6 +412,9 @@ def register_boosters(est) -> None:
                                     calculate_linear_classifier_output_shapes, convert_xgboost, options=cls_opts)
         update_registered_converter(xgboost.XGBRegressor, "XGBoostXGBRegressor",
                                     calculate_linear_regressor_output_shapes, convert_xgboost)
+        # a ranker's score is its raw margin: onnxmltools' regressor conversion (no link), measured equal
+        update_registered_converter(xgboost.XGBRanker, "XGBoostXGBRanker",
+                                    calculate_linear_regressor_output_shapes, convert_xgboost)
     if uses(est, "lightgbm"):
         import lightgbm
         from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
@@ -414,6 +422,9 @@ def register_boosters(est) -> None:
         update_registered_converter(lightgbm.LGBMClassifier, "LightGbmLGBMClassifier",
                                     calculate_linear_classifier_output_shapes, convert_lightgbm, options=cls_opts)
         update_registered_converter(lightgbm.LGBMRegressor, "LightGbmLGBMRegressor",
+                                    calculate_linear_regressor_output_shapes, convert_lightgbm,
+                                    options={"split": None})
+        update_registered_converter(lightgbm.LGBMRanker, "LightGbmLGBMRanker",
                                     calculate_linear_regressor_output_shapes, convert_lightgbm,
                                     options={"split": None})
 

@@ -1,6 +1,7 @@
-"""LightGBM: native text model files (classifiers and regressors, converted by onnxmltools at opset ≤ 15) and sklearn
-Pipelines holding an LGBMClassifier/LGBMRegressor. Thresholds are re-rounded so float32 inputs split exactly as in
-LightGBM (see fix_lightgbm_thresholds)."""
+"""LightGBM: native text model files (classifiers, regressors and rankers, converted by onnxmltools at opset ≤ 15) and
+sklearn Pipelines holding an LGBMClassifier/LGBMRegressor/LGBMRanker. Thresholds are re-rounded so float32 inputs
+split exactly as in LightGBM (see fix_lightgbm_thresholds). Categorical splits and missing values convert exactly;
+linear trees (`linear_tree=True`) are refused: onnxmltools keeps only each leaf's constant."""
 
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ from onnxforge.frontends._tabular import (
     model_path,
     native_input,
     output_names,
+    parts,
     plan_opset,
 )
 from onnxforge.frontends.base import ThreadLimit, pool_threads, require
 from onnxforge.registry import register_frontend
 
 REGRESSION_OBJECTIVES = ("regression", "quantile", "huber", "poisson", "gamma", "tweedie")
+RANKER_OBJECTIVES = ("lambdarank", "rank_xendcg")
 
 
 class LightGBMSource(BoosterSource):
@@ -54,10 +57,36 @@ def task_for(objective: str, asked: str, name: str) -> str:
         task = "classifier"
     elif objective.startswith(REGRESSION_OBJECTIVES):
         task = "regressor"
+    elif objective in RANKER_OBJECTIVES:
+        task = "ranker"  # the score is the raw sum of the trees, as Booster.predict and LGBMRanker.predict give it
     else:
         raise UserError(f"{name}: LightGBM objective '{objective}' has no exact ONNX converter — supported: binary, "
-                        f"multiclass, {', '.join(REGRESSION_OBJECTIVES)}")
+                        f"multiclass, {', '.join(REGRESSION_OBJECTIVES)}, {', '.join(RANKER_OBJECTIVES)}")
     return confirm_task(task, asked, objective, name)
+
+
+def linear_leaves(booster) -> int:
+    """Trees whose leaves hold a linear model (linear_tree=True): onnxmltools converts only each leaf's value."""
+    dump = booster.dump_model()
+    n = 0
+    for tree in dump.get("tree_info", []):
+        stack = [tree.get("tree_structure", {})]
+        while stack:
+            node = stack.pop()
+            if "left_child" in node:
+                stack += [node["left_child"], node["right_child"]]
+            elif node.get("leaf_coeff"):
+                n += 1
+                break
+    return n
+
+
+def refuse_linear_trees(boosters, what: str) -> None:
+    for b in boosters:
+        if (b.params or {}).get("linear_tree") in (True, "true", "1", 1) or linear_leaves(b):
+            raise UserError(f"{what} was trained with linear_tree=True (a linear model in each leaf), which "
+                            "onnxmltools cannot convert: it keeps only each leaf's constant and drops the linear "
+                            "terms — retrain without linear_tree for an ONNX artifact")
 
 
 @register_frontend
@@ -95,7 +124,10 @@ class LightGBMFrontend(SklearnAPIFrontend):
 
     def export(self, native, cfg, opset, workdir):
         if not isinstance(native, NativeBooster):
+            refuse_linear_trees([p.booster_ for p in parts(native) if type(p).__module__.startswith("lightgbm")
+                                 and hasattr(p, "booster_")], self.what(native, cfg))
             return super().export(native, cfg, opset, workdir)
+        refuse_linear_trees([native.booster], self.what(native, cfg))
         onnxmltools = require("onnxmltools", "lightgbm")
         specs = self.specs(native, cfg)
         at, upgrade = plan_opset(opset, booster=True)
