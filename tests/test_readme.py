@@ -9,6 +9,8 @@ Run the whole file: a block may use what an earlier block wrote.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -68,6 +70,10 @@ def test_pip_install_lines_install_what_exists():
             if words[:2] != ["pip", "install"] and words[1:3] != ["-m", "pip"]:
                 continue
             seen += 1
+            if "# extras:" in c.text:   # the list the README gives is the one pyproject.toml defines
+                listed = set(c.text.split("# extras:")[1].split())
+                assert listed == extras - {"dev"}, f"README.md:{c.line}: extras listed {sorted(listed)}, " \
+                                                   f"pyproject.toml has {sorted(extras - {'dev'})}"
             args = iter(words[words.index("install") + 1:])
             for a in args:
                 a = a.strip("'\"")
@@ -80,6 +86,11 @@ def test_pip_install_lines_install_what_exists():
                     assert (root / path / "pyproject.toml").is_file(), f"README.md:{c.line}: {a}"
                     unknown = set(ex.rstrip("]").split(",")) - extras - {""}
                     assert not unknown, f"README.md:{c.line}: unknown extras {unknown} (pyproject: {sorted(extras)})"
+                    # pip itself, offline, installing nothing: the checkout builds and resolves under the constraints
+                    p = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps",
+                                        "--no-build-isolation", "--no-index", "-c", "constraints.txt", a],
+                                       cwd=root, capture_output=True, text=True, timeout=300)
+                    assert p.returncode == 0 and "Would install onnxforge" in p.stdout, (p.stdout, p.stderr)
                 else:
                     assert "==" in a, f"README.md:{c.line}: {a!r} is neither pinned nor this checkout"
     assert seen, "the README shows no pip install line"
