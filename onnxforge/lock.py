@@ -257,8 +257,16 @@ def render(decisions: dict, config_name: str) -> str:
     head = (f"# onnxforge lock for {config_name}: decisions made from measurements, with their figures.\n"
             f"# Commit it: reruns with the same inputs reuse these decisions (byte-identical artifacts).\n"
             f"# `onnxforge run {config_name} --remeasure` measures again; `--locked` refuses to (CI).\n")
-    body = yaml.safe_dump({"format": FORMAT, "decisions": decisions}, sort_keys=True, default_flow_style=None,
-                          allow_unicode=True, width=120)
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def seq(dumper, data):  # [0.91, 1.12] on one line; lists of mappings as blocks
+        flow = all(not isinstance(x, (dict, list)) for x in data)
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+    Dumper.add_representer(list, seq)
+    body = yaml.dump({"format": FORMAT, "decisions": decisions}, Dumper=Dumper, sort_keys=True,
+                     default_flow_style=False, allow_unicode=True, width=120)
     return head + body
 
 

@@ -244,6 +244,9 @@ def test_synthetic_calibration_refused_unless_allowed(cnn, tmp_path):
 
 
 def test_auto_picks_the_fastest_measured_candidate(mlp, tmp_path):
+    """Noise-aware (issue #14): candidates are ranked by paired timing — one counts as faster only when its interval
+    clears the ±5 % band — and ties fall to a fixed preference order, so the chosen one is the first ranked and no
+    other candidate's figures show it clearly faster."""
     cands = [{"mode": "static"}, {"mode": "dynamic"}]
     cfg = write_config(tmp_path / "q.yaml", mlp, {"quantize": {"mode": "auto", "candidates": cands,
                                                                "allow_slower": True, "latency_rounds": 2}})
@@ -251,14 +254,13 @@ def test_auto_picks_the_fastest_measured_candidate(mlp, tmp_path):
     assert res.code == 0, res.stderr
     s = res.json()["result"]["stages"][0]["summary"]
     measured = s["candidates"]
-    assert len(measured) == 2 and all(c["speedup"] for c in measured)
-
-    def geo(c):
-        v = list(c["speedup"].values())
-        return float(np.exp(np.mean(np.log(v))))
-
+    assert len(measured) == 2 and all(c["speedup"] and c["speed"] for c in measured)
     chosen = next(c for c in measured if c["status"] == "chosen")
-    assert geo(chosen) == max(geo(c) for c in measured) and s["chosen"] == chosen["label"]
+    assert s["chosen"] == chosen["label"] == s["decision"]["ranked"][0] and s["decision"]["source"] == "measured"
+    for c in measured:  # nothing the figures show clearly faster than the chosen one at every batch size
+        assert c is chosen or not all(c["speed"][b]["interval"][0] > chosen["speed"][b]["interval"][1]
+                                      for b in c["speed"])
+    assert (tmp_path / "q.yaml.lock").is_file()
 
 
 def test_example_configs_parse():

@@ -292,7 +292,8 @@ def _run(ctx, opts: QuantizeOptions, work: Path, locked: dict | None, dec):
         decision, chosen = _measure(env, nodes)
         dec.record(decision)
 
-    summary["decision"] = dec.source(reused) | {"rule": decision.get("rule"), "chosen": decision.get("chosen")}
+    summary["decision"] = dec.source(reused) | {"rule": decision.get("rule"), "chosen": decision.get("chosen"),
+                                                "ranked": decision.get("ranked")}
     if decision.get("speed"):
         summary["decision"]["speed"] = timing.overall(decision["speed"], 1.0)
     summary["candidates"] = decision["candidates"]
