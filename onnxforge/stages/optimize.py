@@ -29,7 +29,8 @@ class OptimizeOptions(StrictModel):
     num_heads: int = Field(0, ge=0, description="fusion: attention heads (0 = detect)")
     hidden_size: int = Field(0, ge=0, description="fusion: hidden size (0 = detect)")
     rtol: float = Field(1e-3, ge=0, description="a pass is rejected when |after - before| > atol + rtol·|before|")
-    atol: float = Field(1e-4, ge=0)
+    atol: float = Field(1e-4, ge=0, description="absolute tolerance of each pass's check, in the outputs' units: "
+                                                 "|after − before| ≤ atol + rtol·|before|")
     quantum_steps: float = Field(2.0, ge=0, description="quantized outputs: also allow this many steps of the "
                                                         "output's quantization scale (integer kernels round)")
     rows: int = Field(256, gt=0, description="evaluation rows for the comparisons")

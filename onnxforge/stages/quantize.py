@@ -23,13 +23,16 @@ class _Int8Fields(StrictModel):
     per_channel: bool = Field(False, description="per-channel weight scales")
     reduce_range: bool = Field(False, description="7-bit weights (for CPUs without VNNI saturation-free u8s8)")
     activation_type: QType = Field("QUInt8", description="static: activation type (u8s8 is the CPU default)")
-    weight_type: QType = "QInt8"
+    weight_type: QType = Field("QInt8", description="INT8 weight type: QInt8 (signed; onnxruntime's CPU default, "
+                               "u8s8 with QUInt8 activations) or QUInt8")
     op_types: list[str] | None = Field(None, description="op types to quantize (default: all ORT can, "
                                                          "dynamic: MatMul/Gemm/Attention/LSTM — never Conv)")
 
 
 class CandidateOptions(_Int8Fields):
-    mode: Literal["static", "dynamic"] = "static"
+    mode: Literal["static", "dynamic"] = Field(
+        "static", description="static: activation scales from calibration rows; dynamic: activation scales computed "
+                              "at run time (Conv gets weight-only INT8)")
 
 
 class QuantizeOptions(_Int8Fields):
@@ -39,7 +42,9 @@ class QuantizeOptions(_Int8Fields):
         "auto", description="auto: measure INT8 candidates and keep the fastest within budget")
     candidates: list[CandidateOptions] | None = Field(None, description="mode auto: the INT8 configurations to "
                                                                          "measure (default: a built-in set)")
-    calibrate_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
+    calibrate_method: Literal["MinMax", "Entropy", "Percentile"] = Field(
+        "MinMax", description="static: how activation ranges come from the calibration rows — MinMax (observed "
+                              "range), Entropy (KL-divergence threshold), Percentile (clipped at `percentile`)")
     percentile: float = Field(99.999, gt=0, le=100, description="calibrate_method Percentile")
     calibration_rows: int = Field(256, gt=0, description="calibration sample count")
     allow_synthetic_calibration: bool = Field(False, description="calibrate on random inputs when no data "
