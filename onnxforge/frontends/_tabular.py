@@ -537,10 +537,22 @@ def _rename_outputs(model, names: list[str]) -> None:
     mapping = {o: n for o, n in zip(old, names, strict=True) if o != n}
     if not mapping:
         return
-    taken = {v for node in graph.node for v in (*node.input, *node.output)} | {i.name for i in graph.input}
+    inputs = {i.name for i in graph.input}
+    taken = {v for node in graph.node for v in (*node.input, *node.output)} | inputs
     clash = [n for n in mapping.values() if n in taken and n not in mapping]
-    if clash:
+    if any(n in inputs for n in clash):
         raise UserError(f"output name {clash[0]} is already used inside the model — choose other outputs: names")
+    for n in clash:  # an inner tensor holds the name (skl2onnx calls a ColumnTransformer's parts 'variable'): renamed
+        fresh = next(f"{n}_inner{i}" for i in range(len(taken) + 1) if f"{n}_inner{i}" not in taken)
+        taken.add(fresh)
+        for node in graph.node:
+            for seq in (node.input, node.output):
+                for i, v in enumerate(seq):
+                    if v == n:
+                        seq[i] = fresh
+        for t in (*graph.initializer, *graph.value_info):
+            if t.name == n:
+                t.name = fresh
 
     def sub(seq):
         for i, v in enumerate(seq):
@@ -680,12 +692,21 @@ class SklearnAPIFrontend(Frontend):
         X = native_input(native, feeds, specs)
         task = task_of(native)
         names = output_names(task, cfg)
+
+        def call(method):  # scikit-learn refusing the values (unknown categories, NaN) is about the inputs: exit 2
+            try:
+                out = getattr(native, method)(X)
+            except ValueError as e:
+                raise UserError(f"{describe(native)}.{method} refuses these inputs ({one_line(e)[:200]}) — check "
+                                "the data against what the model was fitted on") from e
+            return np.asarray(out.toarray() if hasattr(out, "toarray") else out)  # sparse (TfidfTransformer, ...)
+
         if task == "classifier":
-            out = {names[0]: np.asarray(native.predict(X))}
+            out = {names[0]: call("predict")}
             if hasattr(native, "predict_proba"):  # e.g. SVC(probability=False) has none: labels are still checked
-                out[names[1]] = np.asarray(native.predict_proba(X))
+                out[names[1]] = call("predict_proba")
             return out
-        return {names[0]: np.asarray(native.predict(X) if task == "regressor" else native.transform(X))}
+        return {names[0]: call("transform" if task == "transformer" else "predict")}
 
     def metadata(self, native, cfg):
         task = task_of(native)

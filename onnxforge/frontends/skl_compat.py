@@ -62,6 +62,44 @@ def unconvertible(est) -> list[str]:
     return out
 
 
+# estimators onnxforge's tabular inputs (one matrix, or one tensor per table column) cannot feed
+NOT_TABULAR = {
+    **dict.fromkeys(("LabelEncoder", "LabelBinarizer", "MultiLabelBinarizer"),
+                    "encodes targets (y), not features: there is nothing to deploy — convert the model that is fed "
+                    "the features"),
+    **dict.fromkeys(("CountVectorizer", "TfidfVectorizer", "HashingVectorizer"),
+                    "takes raw text documents; onnxforge's tabular inputs are table columns — not supported"),
+    **dict.fromkeys(("DictVectorizer", "FeatureHasher"),
+                    "takes dicts of features; onnxforge's tabular inputs are table columns — not supported"),
+}
+
+
+def refuse_unsupported(est, what: str) -> None:
+    """Before any input schema is derived: an estimator fed something other than a table, or a part skl2onnx has no
+    converter for, is refused by name (exit 2) instead of failing later on its inputs or deep in the converter."""
+    from onnxforge.frontends._tabular import register_boosters
+
+    first = est
+    while hasattr(first, "steps"):
+        first = first.steps[0][1]
+    why = NOT_TABULAR.get(type(first).__name__)
+    if why:
+        raise UserError(f"{what}: {type(first).__name__} {why}")
+    final = est
+    while hasattr(final, "steps"):
+        final = final.steps[-1][1]
+    classes = getattr(final, "classes_", None)
+    if type(final).__name__ == "OneVsOneClassifier" and classes is not None and \
+            not np.array_equal(np.asarray(classes, dtype=object), np.arange(len(classes)).astype(object)):
+        raise UserError(f"skl2onnx cannot convert {what}: its OneVsOneClassifier converter returns the class index, "
+                        f"and the classes are {[str(c) for c in list(classes)[:4]]} — fit it on labels 0..n-1 (a LabelEncoder on y)")
+    register_boosters(est)  # XGBoost/LightGBM parts get onnxmltools' converters
+    missing = unconvertible(est)
+    if missing:
+        raise UserError(f"skl2onnx cannot convert {what}: skl2onnx has no converter for {', '.join(missing)} — "
+                        "replace it, or register a converter for it with skl2onnx.update_registered_converter")
+
+
 def allowed_options(cls: type) -> dict | None:
     """The options skl2onnx's converter for `cls` accepts (None: unknown, pass everything)."""
     from skl2onnx._supported_operators import sklearn_operator_name_map
@@ -80,7 +118,8 @@ def applicable(options: dict, est_by_id: dict[int, Any]) -> dict:
     for key, opts in options.items():
         cls = type(est_by_id[key]) if isinstance(key, int) and key in est_by_id else key
         allowed = allowed_options(cls) if isinstance(cls, type) else None
-        keep = opts if allowed is None else {k: v for k, v in opts.items() if k in allowed}
+        # a dict lists what the converter takes; anything else ('passthrough' for GridSearchCV) forwards the options
+        keep = {k: v for k, v in opts.items() if k in allowed} if isinstance(allowed, dict) else opts
         if keep:
             out[key] = keep
     return out
@@ -90,9 +129,10 @@ def applicable(options: dict, est_by_id: dict[int, Any]) -> dict:
 
 
 def _innermost(e: BaseException) -> BaseException:
+    """The end of the explicit `raise … from` chain (not __context__: that may be anything being handled)."""
     seen = 0
-    while seen < 10 and (e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__)):
-        e = e.__cause__ or e.__context__
+    while seen < 10 and e.__cause__ is not None:
+        e = e.__cause__
         seen += 1
     return e
 
@@ -338,41 +378,123 @@ def convert_hist_gradient_boosting(scope, operator, container):
     get_converter(operator.type)(scope, operator, _HGBContainer(container, scope, operator))
 
 
+# ------------------------------------------------------------------ TunedThresholdClassifierCV
+
+
+def convert_tuned_threshold(scope, operator, container):
+    """skl2onnx forwards TunedThresholdClassifierCV to its inner classifier and drops the tuned threshold (labels
+    then come from argmax, 3 of 64 differed on breast_cancer). Here: the inner classifier's probabilities as the
+    probabilities, and the label as scikit-learn decides it: classes[score >= best_threshold_], the score being the
+    positive class's probability."""
+    from onnx import TensorProto
+    from skl2onnx._supported_operators import sklearn_operator_name_map
+    from skl2onnx.common.data_types import Int64TensorType, guess_proto_type
+
+    model = operator.raw_operator
+    inner = model.estimator_
+    if model.response_method not in ("auto", "predict_proba") or not hasattr(inner, "predict_proba"):
+        raise NotImplementedError(f"{type(model).__name__} thresholding {model.response_method} (only "
+                                  "predict_proba scores are converted)")
+    classes = np.asarray(model.classes_)
+    pos_label = model._curve_scorer._get_pos_label()
+    pos = 1 if pos_label is None else int(np.flatnonzero(classes == pos_label)[0])
+    order = [0, 1] if pos_label is None else [int(np.flatnonzero(classes != pos_label)[0]), pos]
+
+    this = scope.declare_local_operator(sklearn_operator_name_map[type(inner)], inner)
+    this.inputs = operator.inputs
+    label_in = scope.declare_local_variable("label_inner", Int64TensorType())
+    proba_in = scope.declare_local_variable("proba_inner", operator.outputs[1].type.__class__())
+    this.outputs.append(label_in)
+    this.outputs.append(proba_in)
+    proba = proba_in.onnx_name
+    name = scope.get_unique_variable_name
+    c = container
+    c.add_node("Identity", [proba], [operator.outputs[1].full_name], name=scope.get_unique_operator_name("TtProba"))
+    col, thr, ge, idx, pick, flat = (name(n) for n in ("tt_col", "tt_thr", "tt_ge", "tt_pos", "tt_pick", "tt_flat"))
+    c.add_initializer(col, TensorProto.INT64, [], [pos])
+    c.add_initializer(thr, guess_proto_type(operator.outputs[1].type), [], [float(model.best_threshold_)])
+    score = name("tt_score")
+    c.add_node("Gather", [proba, col], score, axis=1, name=scope.get_unique_operator_name("TtScore"))
+    c.add_node("GreaterOrEqual", [score, thr], ge, name=scope.get_unique_operator_name("TtGe"))
+    c.add_node("Cast", ge, idx, to=TensorProto.INT64, name=scope.get_unique_operator_name("TtCast"))
+    mapping = name("tt_map")
+    c.add_initializer(mapping, TensorProto.INT64, [2], order)
+    c.add_node("Gather", [mapping, idx], pick, axis=0, name=scope.get_unique_operator_name("TtMap"))
+    labels = name("tt_classes")
+    if classes.dtype.kind in "OUS":
+        c.add_initializer(labels, TensorProto.STRING, [len(classes)], [str(v).encode() for v in classes])
+    else:
+        c.add_initializer(labels, TensorProto.INT64, [len(classes)], [int(v) for v in classes])
+    c.add_node("Gather", [labels, pick], flat, axis=0, name=scope.get_unique_operator_name("TtLabel"))
+    c.add_node("Identity", flat, operator.outputs[0].full_name, name=scope.get_unique_operator_name("TtOut"))
+
+
 def custom_converters() -> dict[type, Any]:
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.model_selection import TunedThresholdClassifierCV
 
     return {HistGradientBoostingClassifier: convert_hist_gradient_boosting,
-            HistGradientBoostingRegressor: convert_hist_gradient_boosting}
+            HistGradientBoostingRegressor: convert_hist_gradient_boosting,
+            TunedThresholdClassifierCV: convert_tuned_threshold}
 
 
 # ------------------------------------------------------------------ declared shapes
 
 
-def repair_declared_shapes(model) -> None:
-    """Drop skl2onnx's intermediate value_info and, where an output's declared dims contradict what shape inference
-    derives from the graph, declare the inferred ones (the batch dim keeps its name)."""
+def _inferred_outputs(model) -> dict:
+    """Output name → ValueInfo as shape inference derives it with the declared output shapes cleared."""
     import onnx
 
-    del model.graph.value_info[:]
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     for o in probe.graph.output:
-        o.type.tensor_type.ClearField("shape")
+        if o.type.HasField("tensor_type"):
+            o.type.tensor_type.ClearField("shape")
     try:
         inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False)
     except Exception:
-        return
-    got = {o.name: o for o in inferred.graph.output}
+        return {}
+    return {o.name: o for o in inferred.graph.output}
+
+
+def repair_declared_shapes(model) -> None:
+    """Drop skl2onnx's intermediate value_info and, where an output's declared dims contradict what shape inference
+    derives from the graph, declare the inferred ones (the batch dim keeps its name). A `label` skl2onnx computes as
+    [N, 1] (OneVsOneClassifier's ArgMax) or [1, N] (QuadraticDiscriminantAnalysis) while every other classifier
+    gives [N] is reshaped to [N]."""
+    del model.graph.value_info[:]
+    got = _inferred_outputs(model)
     for o in model.graph.output:
-        inf = got.get(o.name)
-        if inf is None or not inf.type.tensor_type.HasField("shape") or not o.type.tensor_type.HasField("shape"):
+        if not o.type.HasField("tensor_type") or not o.type.tensor_type.HasField("shape"):
             continue
-        want, have = inf.type.tensor_type.shape.dim, o.type.tensor_type.shape.dim
+        inf = got.get(o.name)
+        have = o.type.tensor_type.shape.dim
+        want = inf.type.tensor_type.shape.dim if inf is not None and inf.type.tensor_type.HasField("shape") else None
+        if o.name == "label" and ((len(have) == 2 and have[0].dim_value == 1) or
+                                  (len(have) == 1 and want is not None and len(want) == 2)):
+            _flatten(model, o)
+            continue
+        if want is None:
+            continue
         if len(want) != len(have):
             continue  # a rank inference cannot be sure of: left as declared
         for d_have, d_want in zip(have, want, strict=True):
             if d_want.HasField("dim_value") and d_have.HasField("dim_value") and d_have.dim_value != d_want.dim_value:
                 d_have.dim_value = d_want.dim_value
+
+
+def _flatten(model, o) -> None:
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    raw, shape = f"{o.name}_unflat", f"{o.name}_flat_shape"
+    for node in graph.node:
+        node.output[:] = [raw if v == o.name else v for v in node.output]
+        node.input[:] = [raw if v == o.name else v for v in node.input]
+    graph.initializer.append(helper.make_tensor(shape, TensorProto.INT64, [1], [-1]))
+    graph.node.append(helper.make_node("Reshape", [raw, shape], [o.name], name=f"{o.name}_flatten"))
+    o.type.tensor_type.shape.ClearField("dim")
+    o.type.tensor_type.shape.dim.add()
 
 
 # ------------------------------------------------------------------ the conversion
@@ -415,6 +537,11 @@ def check_outputs(model, task: str, what: str) -> None:
     tensor. Converters of other kinds (clusterers, outlier detectors: label + scores; a feature selector that is
     also a classifier) are refused by name instead of failing later on the output names."""
     names = [o.name for o in model.graph.output]
+    for o in model.graph.output:
+        if not o.type.HasField("tensor_type"):
+            raise UserError(f"skl2onnx converts {what} with output '{o.name}' as a sequence or map (e.g. one "
+                            "probability array per target of a multi-output classifier) — onnxforge's outputs are "
+                            "tensors: not supported")
     want = 2 if task == "classifier" else 1
     if len(names) != want:
         kinds = "label + probabilities for a classifier, one tensor for a regressor or transformer"

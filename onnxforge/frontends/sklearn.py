@@ -18,3 +18,10 @@ class SklearnFrontend(SklearnAPIFrontend):
     name = "sklearn"
     Source = SklearnSource
     packages = ("scikit-learn", "skl2onnx", "skops")
+
+    def export(self, native, cfg, opset, workdir):
+        from onnxforge.frontends import skl_compat
+
+        # what skl2onnx cannot convert, or onnxforge's tabular inputs cannot feed, named before any input schema
+        skl_compat.refuse_unsupported(native, self.what(native, cfg))
+        return super().export(native, cfg, opset, workdir)
