@@ -135,14 +135,13 @@ def fuse(src: Path, dst: Path, model_type: str = "bert", num_heads: int = 0, hid
                                                                          for k, v in tried.items()))
     _, name, out, model = best
     masks = simplify_attention_masks(model)
-    if masks:
-        # with the mask fed to Attention directly, onnxruntime's EmbedLayerNormalization fusion may now apply
-        model = _embed_layer_norm(model, out, model_type, num_heads, hidden_size) or model
+    embed = fuse_embed_layer_norm(model)
     from onnxforge.artifact import save_model
 
     save_model(model, dst, run_check=False)
     out.unlink(missing_ok=True)
     return {"model_type": model_type, "route": name, "routes": tried, "masks_simplified": masks,
+            "embed_layer_norm": embed,
             "fused": _fused_summary(tried[name]), "nodes_before": len(before.graph.node),
             "nodes_after": len(model.graph.node), "contrib_before": contrib_histogram(before),
             "contrib_after": contrib_histogram(model)}
@@ -154,36 +153,6 @@ def _fused_summary(rec: dict) -> dict[str, int]:
     for k in ("fused", "onnxscript", "onnxruntime"):
         out.update(rec.get(k) or {})
     return dict(sorted(out.items()))
-
-
-def _embed_layer_norm(model, path: Path, model_type: str, num_heads: int, hidden_size: int):
-    """onnxruntime.transformers' fusions once more (EmbedLayerNormalization needs the mask at Attention); the
-    model only if that removed nodes, else None."""
-    import contextlib
-    import io
-    import logging
-
-    import onnx
-
-    from onnxforge.artifact import save_model
-    from onnxforge.quant.int8 import quiet
-
-    tmp_in, tmp_out = path.with_name(path.stem + "-masks.onnx"), path.with_name(path.stem + "-embed.onnx")
-    try:
-        save_model(model, tmp_in, run_check=False)
-        with quiet(), contextlib.redirect_stdout(io.StringIO()):
-            logging.disable(logging.WARNING)
-            try:
-                _route_ort(tmp_in, tmp_out, model_type, num_heads, hidden_size, 0)
-            finally:
-                logging.disable(logging.NOTSET)
-        m = onnx.load(str(tmp_out))
-        return m if len(m.graph.node) < len(model.graph.node) else None
-    except Exception:
-        return None
-    finally:
-        tmp_in.unlink(missing_ok=True)
-        tmp_out.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ attention masks
@@ -338,3 +307,113 @@ def _drop_dead(graph) -> None:
             return
         for n in dead:
             graph.node.remove(n)
+
+
+# ------------------------------------------------------------------ embeddings
+
+
+def _gather_leaves(tensor: str, producers: dict, depth: int = 0) -> list | None:
+    """The Gather nodes an Add tree sums into `tensor` (word + segment + position embeddings), or None."""
+    n = producers.get(tensor)
+    if n is None or depth > 3:
+        return None
+    if n.op_type == "Gather" and n.domain in STANDARD_DOMAINS:
+        return [n]
+    if n.op_type == "Add" and n.domain in STANDARD_DOMAINS:
+        a, b = (_gather_leaves(t, producers, depth + 1) for t in n.input)
+        return a + b if a is not None and b is not None else None
+    return None
+
+
+def _position_indices(model, index: str, graph_inputs: dict) -> bool:
+    """Whether `index` (a position Gather's indices, computed from constants and the inputs' shapes) is 0…S-1 for
+    sequence lengths 5 and 9."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    if any(len(vi.type.tensor_type.shape.dim) != 2 for vi in graph_inputs.values()):
+        return False
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_empty_tensor_value_info(index))
+    try:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        for seq in (5, 9):
+            feeds = {k: np.zeros((2, seq), dtype=tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+                     for k, vi in graph_inputs.items()}
+            got = np.asarray(sess.run([index], feeds)[0])
+            if got.shape[-1] != seq or not (got.reshape(-1, seq) == np.arange(seq)).all():
+                return False
+    except Exception:
+        return False
+    return True
+
+
+def fuse_embed_layer_norm(model) -> int:
+    """LayerNormalization(word[ids] + segment[type_ids] + position[0…S-1]) → com.microsoft EmbedLayerNormalization
+    (int32 ids: two Casts), for the dynamo exporter's BERT embeddings, which onnxruntime.transformers does not
+    match. The position indices are checked to be 0…S-1 by running their subgraph at two lengths. Returns the
+    number of fusions; `model` is changed in place."""
+    import onnx
+    from onnx import helper
+
+    g = model.graph
+    producers = _producers(g)
+    inits = {t.name: t for t in g.initializer}
+    inputs = {i.name: i for i in g.input if i.name not in inits}
+    done = 0
+    for ln in list(g.node):
+        if ln.op_type != "LayerNormalization" or ln.domain not in STANDARD_DOMAINS or len(ln.input) < 3:
+            continue
+        axis = next((a.i for a in ln.attribute if a.name == "axis"), -1)
+        if axis != -1 or ln.input[1] not in inits or ln.input[2] not in inits:
+            continue
+        leaves = _gather_leaves(ln.input[0], producers)
+        if not leaves or len(leaves) not in (2, 3):
+            continue
+        if any(n.input[0] not in inits or len(inits[n.input[0]].dims) != 2 or
+               next((a.i for a in n.attribute if a.name == "axis"), 0) != 0 for n in leaves):
+            continue
+        direct = [n for n in leaves if n.input[1] in inputs]
+        position = [n for n in leaves if n.input[1] not in inputs]
+        if len(position) != 1 or not 1 <= len(direct) <= 2:
+            continue
+        word = max(direct, key=lambda n: inits[n.input[0]].dims[0])
+        segment = next((n for n in direct if n is not word), None)
+        if not _position_indices(model, position[0].input[1], inputs):
+            continue
+        casts = []
+        for n in (word, segment):
+            if n is None:
+                casts.append("")
+                continue
+            src = n.input[1]
+            if inputs[src].type.tensor_type.elem_type == onnx.TensorProto.INT32:
+                casts.append(src)
+                continue
+            out = f"{src}_int32"
+            if not any(out in x.output for x in g.node):
+                g.node.insert(0, helper.make_node("Cast", [src], [out], name=f"{src}_to_int32",
+                                                  to=onnx.TensorProto.INT32))
+            casts.append(out)
+        eps = next((a.f for a in ln.attribute if a.name == "epsilon"), 1e-5)
+        fused = helper.make_node(
+            "EmbedLayerNormalization",
+            [casts[0], casts[1], word.input[0], position[0].input[0], segment.input[0] if segment else "",
+             ln.input[1], ln.input[2]],
+            # mask_index is a required output of the schema (unused: Attention gets the 2-D mask itself)
+            [ln.output[0], f"{ln.output[0]}_unused_mask_index"], name=f"EmbedLayerNormalization_{done}",
+            domain="com.microsoft", epsilon=eps)
+        g.node.insert(list(g.node).index(ln), fused)
+        g.node.remove(ln)
+        done += 1
+    if done:
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        _drop_dead(g)
+    return done

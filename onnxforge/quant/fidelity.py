@@ -299,12 +299,68 @@ def isolate_ranking(build: Callable[[list[str]], Path], check: FidelityCheck, na
     return out
 
 
+def emulated_ranking(float_path: Path, check: FidelityCheck, names: list[str], per_channel: bool = True,
+                     reduce_range: bool = False, progress: Callable[[], None] | None = None) -> dict[str, float] | None:
+    """Sensitivity per MatMul with a constant 2-D weight, each quantized alone — without onnxruntime's quantizer:
+    the node is swapped in memory for com.microsoft DynamicQuantizeMatMul (what onnxruntime's session fuses a
+    dynamically quantized MatMul into) with symmetric int8 weights, the model served to onnxruntime as bytes,
+    then put back. ~2 s per node on a 90 MB model instead of ~7–15 s per quantize_dynamic build; the ranking only
+    orders the search — every model it keeps is built by the real quantizer and checked. None when a name is not
+    such a MatMul."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from onnxforge import runtime
+
+    m = onnx.load(str(float_path))
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    index = {n.name: i for i, n in enumerate(g.node)}
+    if not any(o.domain == "com.microsoft" for o in m.opset_import):
+        m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    qmax = 63.0 if reduce_range else 127.0
+    out: dict[str, float] = {}
+    for name in names:
+        i = index.get(name)
+        node = g.node[i] if i is not None else None
+        if node is None or node.op_type != "MatMul" or node.input[1] not in inits or \
+                len(inits[node.input[1]].dims) != 2:
+            return None
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        amax = np.abs(w).max(axis=0) if per_channel else np.full(w.shape[1], np.abs(w).max())
+        scale = np.where(amax > 0, amax / qmax, 1.0)
+        q = np.clip(np.round(w / scale), -qmax, qmax).astype(np.int8)
+        extra = [numpy_helper.from_array(q, f"{name}__fid_q"),
+                 numpy_helper.from_array(scale.astype(np.float32), f"{name}__fid_s"),
+                 numpy_helper.from_array(np.zeros(w.shape[1], np.int8), f"{name}__fid_z")]
+        swap = helper.make_node("DynamicQuantizeMatMul", [node.input[0], *(t.name for t in extra)],
+                                list(node.output), name=f"{name}__fid", domain="com.microsoft")
+        original = onnx.NodeProto()
+        original.CopyFrom(node)
+        g.initializer.extend(extra)
+        g.node[i].CopyFrom(swap)
+        try:
+            got = runtime.run(runtime.session(m.SerializeToString()), check.feeds, user_inputs=False)
+        finally:
+            g.node[i].CopyFrom(original)
+            for _ in extra:
+                g.initializer.pop()
+        r = check.score(got)
+        out[name] = r["score"] + 1e-3 * r["tiebreak"]
+        if progress:
+            progress()
+    return out
+
+
 def keep_float_search(build: Callable[[list[str]], Path], check: FidelityCheck, targets: list,
-                      start: list[str] | None = None, *, method: str = "isolate", float_path: Path | None = None,
+                      start: list[str] | None = None, *, method: str = "emulate", float_path: Path | None = None,
                       alive: Callable[[Path], bool] | None = None,
                       progress: Callable[[], None] | None = None) -> SearchResult:
-    """Quantize with `start` excluded; if the fidelity budget fails, rank the remaining targets (`isolate`: each
-    quantized alone; `tensor`: the error each adds, from one run of the quantized model — budget.tensor_ranking)
+    """Quantize with `start` excluded; if the fidelity budget fails, rank the remaining targets (`emulate`: each
+    MatMul quantized alone, swapped in memory — `emulated_ranking`; `isolate`: the same with one quantize_dynamic
+    build per node, exact; `tensor`: the error each adds, from one run of the quantized model —
+    budget.tensor_ranking; on all-MiniLM-L6-v2 `emulate` ordered the 18 MatMuls exactly as `isolate` did, in 24 s
+    instead of ~250 s, while `tensor` ranked a node `isolate` puts 14th first)
     and keep the top k in float, k = 1, 2, 4, … until one holds, then bisect down to the smallest k that holds.
     Never returns a model with nothing quantized (`alive`)."""
     t0 = time.perf_counter()
@@ -327,6 +383,11 @@ def keep_float_search(build: Callable[[list[str]], Path], check: FidelityCheck, 
     ops = {t.name: t.op_type for t in targets if hasattr(t, "name")}
     t1 = time.perf_counter()
     ranking: dict[str, float] | None = None
+    if method == "emulate" and float_path is not None:
+        cfg = getattr(build, "__self__", None)
+        cfg = getattr(cfg, "cfg", None)
+        ranking = emulated_ranking(float_path, check, pool, per_channel=getattr(cfg, "per_channel", True),
+                                   reduce_range=getattr(cfg, "reduce_range", False), progress=progress)
     if method == "tensor" and float_path is not None:
         from onnxforge.quant.budget import tensor_ranking
 
@@ -335,7 +396,7 @@ def keep_float_search(build: Callable[[list[str]], Path], check: FidelityCheck, 
         if ranking is None:
             method = "isolate"
     if ranking is None:
-        method = "isolate"
+        method = "isolate"  # exact: one quantize_dynamic build per node
 
         def counted(extra: list[str]) -> Path:
             nonlocal builds
@@ -405,7 +466,7 @@ def _why(names: list[str], ranking: dict[str, float], ops: dict[str, str]) -> li
 
 
 def quantize_within(src: Path, work: Path, feeds: dict[str, np.ndarray], budget: FidelityBudget | None = None, *,
-                    per_channel: bool | None = None, reduce_range: bool | None = None, method: str = "isolate",
+                    per_channel: bool | None = None, reduce_range: bool | None = None, method: str = "emulate",
                     op_types: tuple[str, ...] = ("MatMul",), preprocess: bool = True, margin: float = 0.5,
                     progress: Callable[[], None] | None = None) -> tuple[SearchResult, dict]:
     """Dynamic INT8 of `src` (onnxruntime.quantization through onnxforge.quant.int8, as the quantize stage builds
