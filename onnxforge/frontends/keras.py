@@ -17,6 +17,9 @@ from onnxforge.config import SourceBase
 from onnxforge.errors import UserError
 from onnxforge.frontends._export import first_line, name_dims, quiet
 from onnxforge.frontends._files import sniff, wrong_file
+from onnxforge.frontends._keras_freeze import canonical_order, canonical_subgraphs, stable_merge
+from onnxforge.frontends._keras_freeze import export_checked as _export_frozen
+from onnxforge.frontends._keras_freeze import flaws as _flaws
 from onnxforge.frontends.base import Frontend, ThreadLimit, require, torch_threads
 from onnxforge.registry import register_frontend
 
@@ -161,6 +164,7 @@ def _canonical(model) -> None:
         c.name = mapping.get(t.name, t.name)
     del g.initializer[:]
     g.initializer.extend(copies)
+    canonical_subgraphs(g, mapping, ids)  # Loop/If bodies: their own counters, and references to renamed values
     dims: dict[str, str] = {}
     for vi in [*g.input, *g.output, *g.value_info]:
         for d in vi.type.tensor_type.shape.dim:
@@ -202,16 +206,21 @@ class KerasFrontend(Frontend):
         sig = [tf.TensorSpec([d if isinstance(d, int) else None for d in s.shape], s.dtype, name=s.name)
                for s in specs]
         tmp = Path(tempfile.mkdtemp(prefix=".keras-export-", dir=workdir))
+        model, failed = None, None
         try:
-            with quiet():
+            with quiet(), stable_merge():
                 native.export(str(tmp / "model.onnx"), format="onnx", verbose=False, opset_version=opset,
                               input_signature=sig if len(sig) == 1 else [sig])
             model = onnx.load(str(tmp / "model.onnx"))
         except Exception as e:
-            raise UserError(f"Keras ONNX export failed ({first_line(e)}) — check the input spec and that the "
-                            "model's layers have ONNX equivalents") from None
+            failed = first_line(e)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        flaws = _flaws(model, native, len(specs)) if model is not None else None
+        if model is None or flaws:  # constants left as inputs, TF ops left unconverted: freeze first, convert that
+            model = _export_frozen(native, sig, opset, failed, flaws)
+        else:
+            canonical_order(model.graph)  # tf2onnx's node order follows its set-ordered counters
         got_in = [i.name for i in model.graph.input]
         got_out = [o.name for o in model.graph.output]
         if len(got_out) != len(names) or len(got_in) != len(specs):
