@@ -312,10 +312,57 @@ def _dynamo(native: TorchModel, example, specs, names, opset):
         kwargs["dynamic_shapes"] = tuple(
             {i: cache.setdefault(n, torch.export.Dim(n)) for i, n in d.items()} or None for d in dims)
     with quiet():
+        # output names are set afterwards: torch renames the output value to the given name even when a value
+        # inside the graph already has it (an output called "embedding" beside aten.embedding's "embedding"),
+        # which writes a graph onnx.checker refuses (not SSA)
         program = torch.onnx.export(native.module, example, dynamo=True, verbose=False, external_data=False,
-                                    input_names=[s.name for s in specs], output_names=names,
-                                    opset_version=opset, **kwargs)
-        return program.model_proto
+                                    input_names=[s.name for s in specs], opset_version=opset, **kwargs)
+        model = program.model_proto
+    _name_outputs(model, names)
+    return model
+
+
+def _rename_value(graph, old: str, new: str) -> None:
+    """Every use of value `old` in `graph` (and in subgraphs that read it) becomes `new`."""
+    for n in graph.node:
+        n.input[:] = [new if i == old else i for i in n.input]
+        n.output[:] = [new if o == old else o for o in n.output]
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                _rename_value(sub, old, new)
+    for coll in (graph.value_info, graph.output):
+        for vi in coll:
+            if vi.name == old:
+                vi.name = new
+
+
+def _name_outputs(model, names: list[str]) -> None:
+    """Graph outputs named `names`, in order; a value inside the graph that already holds a wanted name is renamed
+    out of the way first, and an output that is a graph input, an initializer or a repeated value gets an
+    Identity so it can carry its own name."""
+    import onnx
+
+    g = model.graph
+    taken = {v for n in g.node for v in n.output} | {i.name for i in g.input} | {t.name for t in g.initializer}
+    outputs = list(g.output)
+    for vi, want in zip(outputs, names, strict=False):
+        cur = vi.name
+        if cur == want:
+            continue
+        if want in taken and want not in {i.name for i in g.input}:
+            k = 1
+            while f"{want}_{k}" in taken:
+                k += 1
+            _rename_value(g, want, f"{want}_{k}")
+            taken.add(f"{want}_{k}")
+        fixed = cur in {i.name for i in g.input} or cur in {t.name for t in g.initializer} or \
+            sum(o.name == cur for o in g.output) > 1
+        if fixed:
+            g.node.append(onnx.helper.make_node("Identity", [cur], [want], name=f"{want}_identity"))
+            vi.name = want
+        else:
+            _rename_value(g, cur, want)
+        taken.add(want)
 
 
 def _torchscript(native: TorchModel, example, specs, names, opset):
