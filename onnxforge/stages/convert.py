@@ -28,7 +28,7 @@ class ConvertOptions(StrictModel):
 def run_convert(ctx, opts: ConvertOptions):
     from onnxforge import __version__
     from onnxforge.artifact import save_model, sha256_file, stamp
-    from onnxforge.errors import UserError
+    from onnxforge.errors import CheckFailed, UserError
     from onnxforge.inspect import summarize
     from onnxforge.pipeline import StageResult
 
@@ -58,14 +58,23 @@ def run_convert(ctx, opts: ConvertOptions):
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=ctx.stage_dir))
     try:
         staged = save_model(model, staging / final.name)
-        verified = verify(ctx, opts, model, staged)
+        try:
+            verified = verify(ctx, opts, model, staged)
+        except CheckFailed:  # an earlier run's artifact there no longer matches this source: not left behind
+            for stale in (final, final.with_name(final.name + ".data")):
+                stale.unlink(missing_ok=True)
+            raise
         for f in staging.iterdir():  # the model, and its .data file when over 2 GB
             os.replace(f, final.parent / f.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     s = summarize(model, final)
-    return StageResult(model=final, summary={k: s[k] for k in ("opset", "nodes", "params", "file_bytes")} | {
-        "inputs": s["inputs"], "outputs": s["outputs"], "verified": verified}, message=json.dumps({"opset": opset}))
+    summary = {k: s[k] for k in ("opset", "nodes", "params", "file_bytes")} | {
+        "inputs": s["inputs"], "outputs": s["outputs"], "verified": verified}
+    if not verified.get("values"):  # said where it is seen (--json warnings, the manifest), not only recorded
+        summary["warnings"] = [f"convert: the artifact's values were not checked against {fe.name}'s own predict "
+                               f"({verified.get('reason', 'no output could be compared')}) — run validate"]
+    return StageResult(model=final, summary=summary, message=json.dumps({"opset": opset}))
 
 
 def verify(ctx, opts: ConvertOptions, model, path: Path) -> dict[str, Any]:
@@ -145,6 +154,8 @@ def verify(ctx, opts: ConvertOptions, model, path: Path) -> dict[str, Any]:
                           "written: report it with the model file, or try another convert.opset",
                           result | {"failing": failing})
     result["values"] = bool(comparisons)
+    if not comparisons:
+        result["reason"] = f"no output of the model is among {ref_desc}'s ({', '.join(ref) or 'none'})"
     return result
 
 
