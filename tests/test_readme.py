@@ -42,7 +42,7 @@ def scratch(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(("block", "skipped_cmd"), _items())
 def test_readme_block(block: rb.Block, skipped_cmd: rb.Command | None, scratch: Path):
     if skipped_cmd is not None:
-        pytest.skip(f"README.md:{skipped_cmd.line}: {skipped_cmd.skip}")
+        pytest.skip(f"README.md:{skipped_cmd.line}: `{skipped_cmd.text.split('#')[0].strip()}`: {skipped_cmd.skip}")
     if block.skip_reason:
         pytest.skip(f"README.md:{block.line}: {block.skip_reason}")
     if block.slow and not ALL:
