@@ -23,7 +23,7 @@ import re
 
 import numpy as np
 
-ONNX_OPS: frozenset[str] | None = None
+ONNX_OPS: frozenset[tuple[str, str]] | None = None
 
 
 def _tables_handler(tables):
@@ -338,8 +338,9 @@ def flaws(proto, model, n_inputs: int) -> dict:
 
 
 def _layers_named(names, model) -> str:
+    """"layer 'a' (A)" / "layers 'a' (A), 'b' (B)" for the layers the graph names belong to; '' for none."""
     found = sorted({w for w in (layer_of(n, model) for n in names) if w})
-    return ", ".join(found)
+    return f"{'layer' if len(found) == 1 else 'layers'} {', '.join(found)}" if found else ""
 
 
 def describe(found: dict, model, *, brief: bool = False) -> str:
@@ -352,7 +353,7 @@ def describe(found: dict, model, *, brief: bool = False) -> str:
         names = f"{n} extra graph input{'s' if n > 1 else ''}" if brief else \
             f"extra graph inputs {', '.join(found['extra'])}"
         parts.append(f"produced {names} that the Keras model does not have"
-                     + (f" (constants of layer {where})" if where else ""))
+                     + (f" (constants of {where})" if where else ""))
     if found.get("foreign"):
         ops = sorted({op for op, _ in found["foreign"]})
         parts.append(f"left TensorFlow ops {', '.join(ops)} unconverted")
@@ -367,8 +368,8 @@ def refusal(found: dict, model) -> str:
     if found.get("foreign"):
         by_layer: dict[str, set[str]] = {}
         for op, name in found["foreign"]:
-            by_layer.setdefault(layer_of(name, model) or "(no layer)", set()).add(op)
-        items = [f"{w} (TensorFlow op{'s' if len(ops) > 1 else ''} {', '.join(sorted(ops))})"
+            by_layer.setdefault(layer_of(name, model) or "", set()).add(op)
+        items = [f"{w or 'outside any layer'} (TensorFlow op{'s' if len(ops) > 1 else ''} {', '.join(sorted(ops))})"
                  for w, ops in sorted(by_layer.items())]
         n_ops = sum(map(len, by_layer.values()))
         return (f"{'layer' if len(items) == 1 else 'layers'} {'; '.join(items)} cannot be exported to ONNX: {tool} "

@@ -1,5 +1,7 @@
 """Keras 3 source: a .keras file (Sequential or Functional), exported with `model.export(format="onnx")` — not
-`tf2onnx.convert.from_keras`, which fails on Sequential models — then renamed to the config's input/output names."""
+`tf2onnx.convert.from_keras`, which fails on Sequential models — then renamed to the config's input/output names.
+Where that export leaves a layer's constants as graph inputs (adapted Normalization, lookup layers) or TF ops
+unconverted (Discretization, IntegerLookup), the model is frozen first and that is converted (_keras_freeze.py)."""
 
 from __future__ import annotations
 
