@@ -44,16 +44,7 @@ def whole(feeds) -> frozenset:
 def load_table(path: str | Path) -> Mapping[str, np.ndarray]:
     """Named columns/arrays of a data file, read lazily: only the columns a caller indexes are read, each after a
     check of what it costs in memory (onnxforge.limits). Never unpickles (object arrays are refused)."""
-    import importlib.util
-
-    for mod in _READERS.get(Path(path).suffix.lower(), ()):  # the extra is the fix, not the file's format
-        if importlib.util.find_spec(mod) is None:
-            raise UserError(f"{path}: reading {Path(path).suffix.lower()} files needs {mod}, which is not installed "
-                            "— pip install 'onnxforge[data]'")
     return open_table(path)
-
-
-_READERS = {".csv": ("pandas",), ".parquet": ("pandas", "pyarrow")}
 
 
 def _where(source) -> str:

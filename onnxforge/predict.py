@@ -152,6 +152,9 @@ class _Writer:
         self.path, self.suffix = path, path.suffix.lower()
         if self.suffix not in OUT_SUFFIXES:
             raise UserError(f"{path}: unsupported output format '{path.suffix}' — use .parquet, .csv or .npz")
+        from onnxforge.tables import need_readers
+
+        need_readers(path, "writing")
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)

@@ -62,6 +62,20 @@ def sniff(path: Path) -> None:
             raise not_readable(path, "binary data: NUL bytes")
 
 
+_READERS = {".csv": ("pandas",), ".parquet": ("pandas", "pyarrow")}
+
+
+def need_readers(path: Path, verb: str = "reading") -> None:
+    """csv/parquet need the [data] extra: say so (exit 2) instead of a ModuleNotFoundError (exit 3)."""
+    import importlib.util
+
+    suffix = Path(path).suffix.lower()
+    for mod in _READERS.get(suffix, ()):  # the extra is the fix, not the file's format
+        if importlib.util.find_spec(mod) is None:
+            raise UserError(f"{path}: {verb} {suffix} files needs {mod}, which is not installed — "
+                            "pip install 'onnxforge[data]'")
+
+
 def read_error(path: Path, e: Exception) -> UserError:
     if isinstance(e, UserError):
         return e
@@ -122,6 +136,7 @@ def open_table(path: str | Path) -> Table:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path} — check the path")
+    need_readers(path)
     suffix = path.suffix.lower()
     opener = {".npy": _npy, ".npz": _npz, ".csv": _csv, ".parquet": _parquet}.get(suffix)
     if opener is None:
@@ -288,6 +303,7 @@ def iter_chunks(path: Path, chunk_rows: int, select: Callable[[list[str]], list[
     suffix = path.suffix.lower()
     if not path.is_file():
         raise UserError(f"input file not found: {path} — check --input")
+    need_readers(path)
     if suffix in SUFFIXES:
         sniff(path)
     if suffix == ".parquet":

@@ -422,3 +422,27 @@ def test_nothing_reads_past_a_cheap_sniff(tmp_path, work):
         f.write(os.urandom(1 << 20))
     line = assert_one_line_error(run_cli("predict", work / "lin.onnx", "--input", big, "-o", tmp_path / "o.csv"))
     assert "not a readable .csv file" in line, line
+
+
+@pytest.mark.parametrize("hidden, out", [("pandas", "x.npz"), ("pandas", "x.csv"), ("pyarrow", "x.parquet")])
+def test_missing_reader_names_the_extra(tmp_path, hidden, out):
+    """csv/parquet without the [data] extra: exit 2 naming it, for validate's data and predict's input and
+    output alike (predict's streaming reader raised ModuleNotFoundError: exit 3)."""
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "m.onnx")
+    (tmp_path / "rows.csv").write_text("a,b\n1,2\n3,4\n")
+    code = (f"import sys; sys.modules[{hidden!r}] = None; from onnxforge.cli import main; "
+            f"sys.argv = ['onnxforge', 'predict', 'm.onnx', '--input', 'rows.csv', '--columns', 'x=a,b', "
+            f"'--output', {out!r}]; main()")
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "pip install 'onnxforge[data]'" in p.stderr and "Traceback" not in p.stderr
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.onnx", "rows.csv"]  # nothing left behind

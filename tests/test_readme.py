@@ -153,15 +153,3 @@ def test_bad_directives_are_refused(doc):
     with pytest.raises(rb.ReadmeError):
         for b in rb.shell_blocks(doc):
             b.commands  # noqa: B018
-
-
-def test_missing_reader_names_the_extra(tmp_path, monkeypatch):
-    """The README's install line lists extras: a .csv/.parquet without pandas says which one to install."""
-    from onnxforge import data
-    from onnxforge.errors import UserError
-
-    f = tmp_path / "rows.csv"
-    f.write_text("a,b\n1,2\n")
-    monkeypatch.setitem(__import__("sys").modules, "pandas", None)
-    with pytest.raises(UserError, match=r"needs pandas.*onnxforge\[data\]"):
-        data.load_table(f)
