@@ -155,6 +155,7 @@ def test_layers_tf2onnx_cannot_convert_are_refused_by_name(tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".*onnx*"))
 
 
+@pytest.mark.filterwarnings("ignore:In the future `np.object`:FutureWarning")  # Keras's tf2onnx numpy-2 patch
 def test_discretization_boundaries_and_integer_lookup_oov(keras):
     """Edge rows the fixtures do not hit: values exactly on a Discretization boundary (TF buckets x ≥ b upward) and
     int64 keys outside an IntegerLookup vocabulary (→ the OOV index)."""
