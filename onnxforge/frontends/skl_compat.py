@@ -12,12 +12,18 @@ skl2onnx used directly, in the same process, behaves as shipped.
   splits as chains of BRANCH_EQ nodes sharing their child (what onnxmltools does for LightGBM, and what
   onnxruntime accepts), the encoder and column order in front, Exp behind, each threshold the largest float32 at or
   below the double (float32 inputs then split exactly as scikit-learn's `x <= t` in double).
-- Options a converter does not take (`zipmap` for LinearSVC, RFE) are dropped instead of failing the conversion.
+- TunedThresholdClassifierCV: skl2onnx drops the tuned threshold (labels from argmax); `convert_tuned_threshold`
+  thresholds the positive class's probability as scikit-learn does.
+- Options a converter does not take (`zipmap` for LinearSVC) are dropped instead of failing the conversion.
 - Models whose converter writes ai.onnx.ml 4 nodes it cannot version (IsolationForest) are retried at ai.onnx.ml 3.
-- Declared shapes skl2onnx gets wrong (PLSRegression's output, OneVsOne's intermediate ArgMax) fail
-  onnx.checker's full check: intermediate value_info is dropped and an output's declared dims replaced by the ones
-  shape inference derives where they contradict.
-- A failure names the estimator and the converter's real reason on one line (`reason`), not a dump of attributes.
+- Declared shapes skl2onnx gets wrong (PLSRegression's output; OneVsOne's label [N, 1], QDA's [1, N]) fail
+  onnx.checker's full check or reach users: intermediate value_info is dropped, an output's declared dims replaced
+  by the ones shape inference derives where they contradict, and a label that is not [N] reshaped to [N].
+- What cannot be converted is refused by name before anything else (`refuse_unsupported`: no converter, inputs that
+  are not a table, OneVsOne with classes other than 0..n-1), or right after conversion (`check_outputs`: outputs
+  that are not onnxforge's label + probabilities / one tensor); a converter failure names the estimator and the
+  real reason on one line (`reason`: the innermost cause, not skl2onnx's dump of attributes), its traceback chained
+  for `--debug`.
 """
 
 from __future__ import annotations
@@ -93,6 +99,10 @@ def refuse_unsupported(est, what: str) -> None:
             not np.array_equal(np.asarray(classes, dtype=object), np.arange(len(classes)).astype(object)):
         raise UserError(f"skl2onnx cannot convert {what}: its OneVsOneClassifier converter returns the class index, "
                         f"and the classes are {[str(c) for c in list(classes)[:4]]} — fit it on labels 0..n-1 (a LabelEncoder on y)")
+    if type(final).__name__ in ("RadiusNeighborsClassifier", "RadiusNeighborsRegressor"):
+        raise UserError(f"skl2onnx cannot convert {what}: its {type(final).__name__} graph fails in onnxruntime "
+                        "(ArrayFeatureExtractor index -1) when rows have different numbers of neighbours within the "
+                        "radius — use KNeighbors* instead")
     register_boosters(est)  # XGBoost/LightGBM parts get onnxmltools' converters
     missing = unconvertible(est)
     if missing:
@@ -146,7 +156,7 @@ def reason(e: BaseException, limit: int = 200) -> str:
         re.search(r"(?:shape calculator|converter) for (?:type|alias) '([\w.]+)'", text)
     if m:
         return f"skl2onnx has no converter for {m.group(1).rsplit('.', 1)[-1]}"
-    text = re.split(r" and attributes=| with name=", text, maxsplit=1)[0]
+    text = re.split(r" and attributes=| with name=|\.? You may raise an issue", text, maxsplit=1)[0]
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     line = one_line(f"{type(inner).__name__}: {first}")
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -282,11 +292,14 @@ class _HGBContainer:
     def add_node(self, op_type, inputs, outputs, op_domain="", op_version=None, name=None, **attrs):
         est = self._op.raw_operator
         if op_domain == "ai.onnx.ml" and op_type.startswith("TreeEnsemble"):
-            values = attrs.get("nodes_values")
-            float32 = values is None or np.asarray(values).dtype != np.float64
-            attrs = hgb_tree_attributes(est, attrs, float32)
+            from skl2onnx.common.data_types import DoubleTensorType
+
+            if isinstance(self._op.inputs[0].type, DoubleTensorType):
+                raise NotImplementedError(f"{type(est).__name__} with a float64 input: skl2onnx builds a float32 "
+                                          "tree ensemble and declares float64 outputs; declare the input float32")
+            attrs = hgb_tree_attributes(est, attrs, True)
             if getattr(est, "_preprocessor", None) is not None:
-                inputs = [self._encode(inputs[0] if isinstance(inputs, list) else inputs, float32)]
+                inputs = [self._encode(inputs[0] if isinstance(inputs, list) else inputs)]
             link = type(getattr(getattr(est, "_loss", None), "link", None)).__name__
             if op_type == "TreeEnsembleRegressor" and link not in ("IdentityLink", "NoneType"):
                 if link != "LogLink":
@@ -299,7 +312,7 @@ class _HGBContainer:
         return self._c.add_node(op_type, inputs, outputs, op_domain=op_domain, op_version=op_version, name=name,
                                 **{k: plain(v) for k, v in attrs.items()})
 
-    def _encode(self, x: str, float32: bool) -> str:
+    def _encode(self, x: str) -> str:
         """What the model's `_preprocessor` does: each categorical column through its OrdinalEncoder (known
         category → its code, anything else → NaN; categories a float32 cannot hold are unreachable from float32
         inputs, as in scikit-learn), encoded columns first, then the numeric ones in order."""
@@ -308,11 +321,10 @@ class _HGBContainer:
         est, scope, c = self._op.raw_operator, self._scope, self._c
         pre = est._preprocessor
         enc = pre.named_transformers_["encoder"]
-        dt, tp = (np.float32, TensorProto.FLOAT) if float32 else (np.float64, TensorProto.DOUBLE)
         cols = np.arange(pre.n_features_in_)
         cat_cols, num_cols = cols[est.is_categorical_], cols[~est.is_categorical_]
         xf = scope.get_unique_variable_name("hgb_x")
-        c.add_node("Cast", x, xf, to=tp, name=scope.get_unique_operator_name("HgbCast"))
+        c.add_node("Cast", x, xf, to=TensorProto.FLOAT, name=scope.get_unique_operator_name("HgbCast"))
         parts = []
         for col, cats in zip(cat_cols, enc.categories_, strict=True):
             cats = np.asarray(cats)
@@ -322,20 +334,16 @@ class _HGBContainer:
             keys, codes = [], []
             for code, v in enumerate(cats):
                 v = float(v)
-                if not np.isnan(v) and float(dt(v)) == v:
+                if not np.isnan(v) and float(np.float32(v)) == v:
                     keys.append(v)
                     codes.append(float(code))
             idx = scope.get_unique_variable_name("hgb_col")
             c.add_initializer(idx, TensorProto.INT64, [1], [int(col)])
             colv, code_v = scope.get_unique_variable_name("hgb_raw_cat"), scope.get_unique_variable_name("hgb_code")
             c.add_node("Gather", [xf, idx], colv, axis=1, name=scope.get_unique_operator_name("HgbGather"))
-            if float32:
-                c.add_node("LabelEncoder", colv, code_v, op_domain="ai.onnx.ml", op_version=2, keys_floats=keys,
-                           values_floats=codes, default_float=float("nan"),
-                           name=scope.get_unique_operator_name("HgbEncode"))
-            else:  # LabelEncoder has no double keys: Equal against the categories, then the code where one matched
-                parts_ = self._encode_double(colv, keys, codes)
-                c.add_node("Identity", parts_, code_v, name=scope.get_unique_operator_name("HgbCode"))
+            c.add_node("LabelEncoder", colv, code_v, op_domain="ai.onnx.ml", op_version=2, keys_floats=keys,
+                       values_floats=codes, default_float=float("nan"),
+                       name=scope.get_unique_operator_name("HgbEncode"))
             parts.append(code_v)
         if len(num_cols):
             idx = scope.get_unique_variable_name("hgb_num")
@@ -345,29 +353,6 @@ class _HGBContainer:
             parts.append(nums)
         out = scope.get_unique_variable_name("hgb_encoded")
         c.add_node("Concat", parts, out, axis=1, name=scope.get_unique_operator_name("HgbConcat"))
-        return out
-
-    def _encode_double(self, colv: str, keys: list[float], codes: list[float]) -> str:
-        from onnx import TensorProto
-
-        scope, c = self._scope, self._c
-        k, v, nan, zero = (scope.get_unique_variable_name(n) for n in ("hgb_keys", "hgb_codes", "hgb_nan", "hgb_0"))
-        c.add_initializer(k, TensorProto.DOUBLE, [1, len(keys)], keys or [np.nan])
-        c.add_initializer(v, TensorProto.DOUBLE, [1, len(codes)], codes or [np.nan])
-        c.add_initializer(nan, TensorProto.DOUBLE, [], [np.nan])
-        c.add_initializer(zero, TensorProto.DOUBLE, [], [0.0])
-        eq, picked, code, anyhit, out = (scope.get_unique_variable_name(n) for n in
-                                         ("hgb_eq", "hgb_pick", "hgb_sum", "hgb_any", "hgb_dcode"))
-        c.add_node("Equal", [colv, k], eq, name=scope.get_unique_operator_name("HgbEq"))
-        c.add_node("Where", [eq, v, zero], picked, name=scope.get_unique_operator_name("HgbWhere"))
-        axis = scope.get_unique_variable_name("hgb_axis")
-        c.add_initializer(axis, TensorProto.INT64, [1], [1])
-        c.add_node("ReduceSum", [picked, axis], code, keepdims=1, name=scope.get_unique_operator_name("HgbSum"))
-        eqf, hit = scope.get_unique_variable_name("hgb_eqf"), scope.get_unique_variable_name("hgb_hit")
-        c.add_node("Cast", eq, eqf, to=TensorProto.DOUBLE, name=scope.get_unique_operator_name("HgbCastEq"))
-        c.add_node("ReduceMax", [eqf, axis], anyhit, keepdims=1, name=scope.get_unique_operator_name("HgbAny"))
-        c.add_node("Greater", [anyhit, zero], hit, name=scope.get_unique_operator_name("HgbHit"))
-        c.add_node("Where", [hit, code, nan], out, name=scope.get_unique_operator_name("HgbWhereNan"))
         return out
 
 
@@ -544,6 +529,7 @@ def check_outputs(model, task: str, what: str) -> None:
                             "tensors: not supported")
     want = 2 if task == "classifier" else 1
     if len(names) != want:
-        kinds = "label + probabilities for a classifier, one tensor for a regressor or transformer"
-        raise UserError(f"skl2onnx converts {what} to {len(names)} outputs ({', '.join(names)}) but onnxforge "
-                        f"takes it as a {task} ({kinds}) — not supported")
+        raise UserError(f"skl2onnx converts {what} to {len(names)} output{'s' if len(names) > 1 else ''} "
+                        f"({', '.join(names)}), not what onnxforge takes for a {task} (a classifier: label + "
+                        "probabilities; a regressor or transformer: one tensor; clusterers and outlier detectors "
+                        "are not supported yet) — not supported")
