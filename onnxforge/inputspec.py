@@ -314,6 +314,11 @@ def _indexed(name: str, consumers, sizes, model, depth: int = 0):
             dims = sizes[node.input[0]]
             if dims and -len(dims) <= axis < len(dims):
                 return int(dims[axis]), f"'{node.input[0]}' ({node.op_type})"
+        if node.op_type == "EmbedLayerNormalization" and pos in (0, 1):
+            # com.microsoft's fused BERT embeddings: ids index input 2 (words), segment ids input 4 (segments)
+            table = node.input[2 if pos == 0 else 4] if len(node.input) > (2 if pos == 0 else 4) else ""
+            if table in sizes and sizes[table]:
+                return int(sizes[table][0]), f"'{table}' (EmbedLayerNormalization)"
         if node.op_type == "OneHot" and pos == 0 and len(node.input) > 1:
             arr = sizes.get(node.input[1] + "#value")
             if arr is not None and np.size(arr) == 1 and int(np.ravel(arr)[0]) > 0:

@@ -169,3 +169,16 @@ def test_fidelity_measure_kinds():
     flipped[0] *= -1
     m = fidelity.measure({"e": emb}, {"e": flipped}, {}, b)
     assert m["e"]["min"] < -0.99 and m["e"]["ratio"] > 1
+
+
+def test_input_model_reads_fused_embedding_tables(optimized):
+    """After fusion the ids reach com.microsoft EmbedLayerNormalization, not a Gather: the input model still finds
+    the tables (else ids 0…7 and segment ids past the 2-row table: synthesized inputs the model cannot run)."""
+    import onnx
+
+    from onnxforge import inputspec
+
+    path = optimized[0]
+    specs = {s.name: s for s in inputspec.plan(onnx.load(str(path), load_external_data=False), path)}
+    assert (specs["input_ids"].low, specs["input_ids"].high) == (0, 30522)
+    assert (specs["token_type_ids"].low, specs["token_type_ids"].high) == (0, 2)
