@@ -100,7 +100,7 @@ def refuse_unsupported(est, what: str) -> None:
         raise UserError(f"skl2onnx cannot convert {what}: its OneVsOneClassifier converter returns the class index, "
                         f"and the classes are {[str(c) for c in list(classes)[:4]]} — fit it on labels 0..n-1 (a LabelEncoder on y)")
     if type(final).__name__ in ("RadiusNeighborsClassifier", "RadiusNeighborsRegressor"):
-        raise UserError(f"skl2onnx cannot convert {what}: its {type(final).__name__} graph fails in onnxruntime "
+        raise UserError(f"skl2onnx cannot convert {what}: skl2onnx's {type(final).__name__} graph fails in onnxruntime "
                         "(ArrayFeatureExtractor index -1) when rows have different numbers of neighbours within the "
                         "radius — use KNeighbors* instead")
     register_boosters(est)  # XGBoost/LightGBM parts get onnxmltools' converters
@@ -156,7 +156,7 @@ def reason(e: BaseException, limit: int = 200) -> str:
         re.search(r"(?:shape calculator|converter) for (?:type|alias) '([\w.]+)'", text)
     if m:
         return f"skl2onnx has no converter for {m.group(1).rsplit('.', 1)[-1]}"
-    text = re.split(r" and attributes=| with name=|\.? You may raise an issue", text, maxsplit=1)[0]
+    text = re.split(r" and attributes=| with name=|\.? You may raise an is+ue", text, maxsplit=1)[0]
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     line = one_line(f"{type(inner).__name__}: {first}")
     return line if len(line) <= limit else line[: limit - 1] + "…"
