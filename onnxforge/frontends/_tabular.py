@@ -210,7 +210,7 @@ def uses(est, package: str) -> bool:
 # Estimators whose ONNX conversion scores NaN as the library does: a missing value follows each split's learned
 # default branch (ONNX TreeEnsemble's missing_value_tracks_true). Measured against native predictions on held-out
 # rows with 30 % NaN: XGBoost and LightGBM (native files and sklearn API, also after a StandardScaler) to ≤ 6e-5;
-# HistGradientBoosting exact once skl2onnx can build its node (protobuf < 7). Not RandomForest/DecisionTree:
+# HistGradientBoosting (skl_compat builds its node) exact, categorical features too. Not RandomForest/DecisionTree:
 # sklearn ≥ 1.4 routes their NaN, skl2onnx does not (28 of 143 labels differed).
 NAN_AWARE = {("xgboost", "XGBClassifier"), ("xgboost", "XGBRegressor"), ("xgboost", "XGBRanker"),
              ("lightgbm", "LGBMClassifier"), ("lightgbm", "LGBMRegressor"), ("lightgbm", "LGBMRanker"), ("sklearn", "HistGradientBoostingClassifier"),
