@@ -182,3 +182,25 @@ def test_input_model_reads_fused_embedding_tables(optimized):
     specs = {s.name: s for s in inputspec.plan(onnx.load(str(path), load_external_data=False), path)}
     assert (specs["input_ids"].low, specs["input_ids"].high) == (0, 30522)
     assert (specs["token_type_ids"].low, specs["token_type_ids"].high) == (0, 2)
+
+
+def test_quantize_stage_holds_a_token_model_to_output_fidelity(optimized, sentences, work, tmp_path):
+    """The quantize command on the fused encoder with unlabelled real sentences: judged by output fidelity (no
+    accuracy figure that was not measured), sensitive MatMuls kept float, and the shipped model keeps min cosine
+    ≥ 0.99 on held-out sentences it never saw."""
+    from conftest import run_cli
+
+    search, held = sentences
+    np.savez(tmp_path / "search.npz", **search)
+    out = tmp_path / "q.onnx"
+    res = run_cli("quantize", optimized[0], "-o", out, "--mode", "dynamic", "--data", tmp_path / "search.npz",
+                  "--json", timeout=900)
+    assert res.code == 0, res.stderr[-2000:]
+    s = res.json()["result"]["summary"]
+    assert s["budget"]["kind"] == "output fidelity" and s["budget"]["min_cosine"] == 0.99
+    assert s.get("accuracy_drop") is None and "accuracy" not in s["after"]
+    assert s["fidelity"]["sentence_embedding"]["min"] >= 0.99
+    assert s["float_nodes"], "naive dynamic INT8 misses the budget here: some MatMuls must stay float"
+    check = fidelity.FidelityCheck(optimized[0], held)
+    final = check(out)
+    assert final["fidelity"]["sentence_embedding"]["min"] >= 0.99, final["fidelity"]
