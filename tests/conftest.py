@@ -57,6 +57,26 @@ def run_examples(cases, workdir: Path) -> dict:
     return out
 
 
+def example_runs(cases, name: str):
+    """The module fixtures a test file of example configs uses: `workdir` (one scratch folder), `runs` (every
+    case run once, see run_examples) and `ran` (parametrized over the cases). Assign them at module level:
+    `workdir, runs, ran = example_runs(CASES, "keras")`."""
+
+    @pytest.fixture(scope="module")
+    def workdir(tmp_path_factory) -> Path:
+        return tmp_path_factory.mktemp(name)
+
+    @pytest.fixture(scope="module")
+    def runs(workdir) -> dict:
+        return run_examples(cases, workdir)
+
+    @pytest.fixture(params=sorted(cases))
+    def ran(request, runs):
+        return runs[request.param]
+
+    return workdir, runs, ran
+
+
 def assert_one_line_error(res: Result, code: int = 2) -> str:
     assert res.code == code, (res.code, res.stdout, res.stderr)
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout, res.stderr

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import CONFIGS, FIXTURES, assert_one_line_error, run_cli, run_examples
+from conftest import CONFIGS, FIXTURES, assert_one_line_error, example_runs, run_cli
 
 TEST = FIXTURES / "data/digits_test.npz"
 CASES = {  # config → (model file, input name, data key, outputs)
@@ -54,19 +54,7 @@ def assert_matches_keras(model_path: Path, want: list[np.ndarray], x: np.ndarray
     assert (got_all[0].argmax(1) == want[0].argmax(1)).all()
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("keras")
-
-
-@pytest.fixture(scope="module")
-def runs(workdir) -> dict:
-    return run_examples(CASES, workdir)
-
-
-@pytest.fixture(params=sorted(CASES))
-def ran(request, runs):
-    return runs[request.param]
+workdir, runs, ran = example_runs(CASES, "keras")
 
 
 def test_run_converts_and_validates(ran):

@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import CONFIGS, FIXTURES, ROOT, assert_one_line_error, run_cli, run_examples
+from conftest import CONFIGS, FIXTURES, ROOT, assert_one_line_error, example_runs, run_cli
 
 if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repo root on sys.path
     sys.path.insert(0, str(ROOT))
@@ -52,19 +52,7 @@ def assert_matches_torch(model_path: Path, module, x: np.ndarray, input_name: st
     assert (got_all.argmax(1) == want.argmax(1)).all()
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("torch")
-
-
-@pytest.fixture(scope="module")
-def runs(workdir) -> dict:
-    return run_examples(CASES, workdir)
-
-
-@pytest.fixture(params=sorted(CASES))
-def ran(request, runs):
-    return runs[request.param]
+workdir, runs, ran = example_runs(CASES, "torch")
 
 
 def test_run_converts_and_validates(ran):

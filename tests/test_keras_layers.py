@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import CONFIGS, FIXTURES, assert_one_line_error, run_cli, run_examples
+from conftest import CONFIGS, FIXTURES, assert_one_line_error, example_runs, run_cli
 
 NUMERIC = ["radius", "texture", "perimeter", "area", "smoothness", "compactness", "concavity", "concave_points",
            "symmetry", "fractal_dimension"]
@@ -37,19 +37,7 @@ def sha256(p: Path) -> str:
     return hashlib.sha256(Path(p).read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("keras-layers")
-
-
-@pytest.fixture(scope="module")
-def runs(workdir) -> dict:
-    return run_examples(CASES, workdir)
-
-
-@pytest.fixture(params=sorted(CASES))
-def ran(request, runs):
-    return runs[request.param]
+workdir, runs, ran = example_runs(CASES, "keras-layers")
 
 
 @pytest.fixture(scope="module")
