@@ -121,7 +121,7 @@ def verify(ctx, opts: ConvertOptions, model, path: Path) -> dict[str, Any]:
                 "reason": f"onnxruntime cannot run it on synthesized inputs: {e}"}
     result: dict[str, Any] = {"checked": True, "rows": rows, "data": provenance, "outputs": {
         name: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype)} for name, v in got.items()}}
-    bad = declared_mismatches(model, got, rows)
+    bad = declared_mismatches(model, got, rows, getattr(feeds, "rows_per_run", None))
     if bad:
         c = bad[0]
         what = ("the converter mis-declared a multi-output model" if c["kind"] == "shape" and _wider(c, got)
