@@ -163,6 +163,26 @@ def first_new_folder(path: Path) -> Path | None:
     return path
 
 
+def remove_created(folder: Path, created: Path | None, *, own: bool) -> None:
+    """Undo what a refused command created: `folder` itself when it is this command's own (`own`: a run folder),
+    then each folder above it up to `created` only while empty — a concurrent command that shares a run_dir both
+    found missing keeps its work (a refused run used to delete the whole new run_dir under the other's feet)."""
+    if created is None:
+        return
+    if own:
+        shutil.rmtree(folder, ignore_errors=True)
+    p = folder
+    while True:
+        try:
+            p.rmdir()
+        except OSError:  # not empty (someone else's), or already gone
+            if p.exists():
+                return
+        if p == created or p.parent == p:
+            return
+        p = p.parent
+
+
 def stage_dir_name(cfg, name: str) -> str:
     """NN-stage, NN the stage's position in the config's full `stages` order: a single-stage command, a run with
     --until and a full run all write the same folder."""
@@ -297,7 +317,7 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
                                   summary=e.result if isinstance(e.result, dict) else {})
             except UserError as e:
                 if created is not None:  # refused on a first run: leave nothing behind
-                    shutil.rmtree(created, ignore_errors=True)
+                    remove_created(run_path, created, own=True)
                     raise
                 shutil.rmtree(stage_dir, ignore_errors=True)  # an artifact of an earlier run no longer matches
                 entry.update(status="error", verdict="error", message=scrub(str(e), *bases),

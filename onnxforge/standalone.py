@@ -97,7 +97,13 @@ def run_alone(stage: str, cfg, model: Path | None, output: Path | None, console=
     `locked` is refused there."""
     from onnxforge.errors import CheckFailed
     from onnxforge.lock import Decisions, Lock, decides
-    from onnxforge.pipeline import StageContext, first_new_folder, run_pipeline, with_synthesized
+    from onnxforge.pipeline import (
+        StageContext,
+        first_new_folder,
+        remove_created,
+        run_pipeline,
+        with_synthesized,
+    )
 
     spec = STAGES[stage]
     model_in = Path(model) if model is not None else None
@@ -158,5 +164,5 @@ def run_alone(stage: str, cfg, model: Path | None, output: Path | None, console=
         return res, final
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        if not ok and created is not None:
-            shutil.rmtree(created, ignore_errors=True)
+        if not ok:
+            remove_created(out_dir, created, own=False)  # its files were in `work`: only empty folders go

@@ -232,3 +232,22 @@ def test_version_and_help(cli):
     assert cli("--version").stdout.startswith("onnxforge ")
     res = cli("--help")
     assert res.code == 0 and "Exit codes" in res.stdout
+
+
+def test_refused_run_keeps_a_concurrent_runs_work(tmp_path):
+    """Two runs started together into a run_dir neither found: the refused one removes its own run folder and
+    the run_dir only if empty — it used to delete the whole new run_dir, and the other run's convert died with
+    FileNotFoundError (exit 3) mid-stage."""
+    from onnxforge.pipeline import first_new_folder, remove_created
+
+    runs = tmp_path / "out" / "runs"
+    mine, other = runs / "refused", runs / "busy"
+    created = first_new_folder(mine)
+    assert created == tmp_path / "out"
+    mine.mkdir(parents=True)
+    (other / "01-convert").mkdir(parents=True)  # the concurrent run, mid-stage
+    (other / "01-convert" / "model.onnx").write_bytes(b"x")
+    remove_created(mine, created, own=True)
+    assert not mine.exists() and (other / "01-convert" / "model.onnx").is_file()
+    remove_created(other, created, own=True)  # alone, a refused first run leaves nothing, as before
+    assert not (tmp_path / "out").exists()
