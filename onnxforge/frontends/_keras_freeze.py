@@ -247,7 +247,19 @@ def _subgraphs(graph):
                 yield node, sub
 
 
-_GENERATED = re.compile(r"^(.*?)__(\d+)((?::\d+)?)$")  # as keras._canonical: 'Transpose__58:0', 'const_axes__11'
+_GENERATED = re.compile(r"^(.*?)__(\d+)((?::\d+)?)$")  # tf2onnx's counters: 'Transpose__58:0', 'const_axes__11'
+
+
+def canonical_name(name: str, inits: set[str], ids: dict[str, str]) -> str | None:
+    """The stable name of a tf2onnx-generated `name` (None for a name tf2onnx did not number): its counter
+    renumbered by first use (`ids`, shared across a graph and its bodies), generated constants called 'const__N'."""
+    m = _GENERATED.match(name)
+    if not m:
+        return None
+    key = f"{m.group(1)}__{m.group(2)}"
+    if key not in ids:
+        ids[key] = f"{'const' if name in inits else m.group(1)}__{len(ids) + 1}"
+    return ids[key] + m.group(3)
 
 
 def canonical_subgraphs(graph, mapping: dict[str, str], ids: dict[str, str]) -> None:
@@ -260,13 +272,8 @@ def canonical_subgraphs(graph, mapping: dict[str, str], ids: dict[str, str]) -> 
         inits = {t.name for t in sub.initializer}
 
         def visit(name: str, local=local, inits=inits) -> None:
-            m = _GENERATED.match(name)
-            if not m or name in local:
-                return
-            key = f"{m.group(1)}__{m.group(2)}"
-            if key not in ids:
-                ids[key] = f"{'const' if name in inits else m.group(1)}__{len(ids) + 1}"
-            local[name] = ids[key] + m.group(3)
+            if name not in local and (new := canonical_name(name, inits, ids)) is not None:
+                local[name] = new
 
         for vi in sub.input:
             visit(vi.name)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,7 +18,12 @@ from onnxforge.config import SourceBase
 from onnxforge.errors import UserError
 from onnxforge.frontends._export import first_line, name_dims, quiet
 from onnxforge.frontends._files import sniff, wrong_file
-from onnxforge.frontends._keras_freeze import canonical_order, canonical_subgraphs, stable_merge
+from onnxforge.frontends._keras_freeze import (
+    canonical_name,
+    canonical_order,
+    canonical_subgraphs,
+    stable_merge,
+)
 from onnxforge.frontends._keras_freeze import export_checked as _export_frozen
 from onnxforge.frontends._keras_freeze import flaws as _flaws
 from onnxforge.frontends.base import Frontend, ThreadLimit, require, torch_threads
@@ -124,9 +128,6 @@ def _rename(model, mapping: dict[str, str]) -> None:
         node.output[:] = [sub(x) for x in node.output]
 
 
-_GENERATED = re.compile(r"^(.*?)__(\d+)((?::\d+)?)$")  # tf2onnx's counters: 'Transpose__58:0', 'const_axes__11'
-
-
 def _canonical(model) -> None:
     """Make tf2onnx's output byte-stable. Its counters (node names, values) are numbered in set-iteration order, and
     its constant de-duplication keeps an arbitrary one of equal constants ('const_starts__25' one run,
@@ -138,13 +139,8 @@ def _canonical(model) -> None:
     mapping: dict[str, str] = {}
 
     def visit(name: str) -> None:
-        m = _GENERATED.match(name)
-        if not m or name in mapping:
-            return
-        key = f"{m.group(1)}__{m.group(2)}"
-        if key not in ids:
-            ids[key] = f"{'const' if name in inits else m.group(1)}__{len(ids) + 1}"
-        mapping[name] = ids[key] + m.group(3)
+        if name not in mapping and (new := canonical_name(name, inits, ids)) is not None:
+            mapping[name] = new
 
     order: dict[str, int] = {}
     for node in g.node:
