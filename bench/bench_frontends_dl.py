@@ -1,8 +1,12 @@
 """Deep-learning frontends: per fixture (torch CNN and MLP, Keras Sequential and Functional), latency of the
 converted ONNX model in onnxruntime (1 thread) against the native framework's own forward pass (1 thread), single-row
-and batch-256, measured in the same run. Torch: `module(x)` under torch.no_grad(). Keras: the faster of the eager
-`model(x, training=False)` and the compiled `predict_on_batch(x)` (both measured). Inputs are prepared outside the
-timed calls on both sides (tensors for torch, numpy arrays for Keras and onnxruntime)."""
+and batch-256, in the same interleaved rounds of one run. Torch: `module(x)` under torch.no_grad(). Keras: the eager
+`model(x, training=False)` and the compiled `predict_on_batch(x)` (both timed; the faster is the baseline). Inputs are
+prepared outside the timed calls on both sides (tensors for torch, numpy arrays for Keras and onnxruntime).
+
+Before anything is timed, both sides' outputs are compared with validate's comparison at the config's (else the
+frontend's) tolerance — on every real row through the frontend's predict, and on each timed batch through the very
+calls that are timed. A fixture that fails it is marked failed and gets no timing."""
 
 from __future__ import annotations
 
@@ -12,9 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import check_outputs, interleaved, num, ort_threads, speed_cell
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ("torch_cnn", "torch_mlp", "keras_sequential", "keras_functional")
 BATCH = 256
+ROUNDS, SECONDS = 7, 0.3  # paired rounds; seconds per callable per round
+QUICK = {"fixtures": ("torch_mlp",), "batches": (1, 16), "rounds": 3, "seconds": 0.02}
 
 
 def _rows(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
@@ -23,7 +31,8 @@ def _rows(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
 
 
 def _native_fns(fe, native, cfg, feeds) -> dict[str, callable]:
-    """Timed callables for the native framework; the inputs are converted once, outside the timing."""
+    """Timed callables for the native framework, each returning its output as numpy (the conversion is outside
+    the timing: the timed lambdas return the framework's own tensors)."""
     if fe.name == "torch":
         import torch
 
@@ -40,79 +49,131 @@ def _native_fns(fe, native, cfg, feeds) -> dict[str, callable]:
             "predict_on_batch": lambda: native.predict_on_batch(x)}
 
 
-def bench_one(name: str, workdir: Path, runs: int = 300, max_seconds: float = 2.5) -> dict:
+def _numpy(out) -> np.ndarray:
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    if isinstance(out, list | tuple):
+        out = out[0]
+    return np.asarray(out.detach().numpy() if hasattr(out, "detach") else out)
+
+
+def _shapes(feeds: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in feeds.items())
+
+
+def bench_one(name: str, workdir: Path, *, batches=(1, BATCH), rounds: int = ROUNDS,
+              seconds: float = SECONDS) -> dict:
     from onnxforge import data, runtime
     from onnxforge.config import load_config
     from onnxforge.registry import frontend
     from onnxforge.reporting.paths import shown
-    from onnxforge.timing import measure
 
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     fe = frontend(cfg.source.framework)
+    fe.preset_threads(1)  # TensorFlow fixes its pools when it starts: before the model loads
     native = fe.load(cfg)
     model = fe.export(native, cfg, None, workdir)
     sess = runtime.session(model, threads=1)
     feeds = data.feeds_from_table(data.load_table(cfg.data.path), cfg.inputs)
-    ref = fe.predict(native, _rows(feeds, 16), cfg)
-    got = runtime.run(sess, _rows(feeds, 16))
-    for k in ref:  # the two sides compute the same thing before they are timed
-        np.testing.assert_allclose(got[k], ref[k], rtol=1e-3, atol=1e-5)
+    ort_ok, ort_how = ort_threads(sess, 1)
     row: dict = {"fixture": name, "framework": fe.name, "nodes": len(model.graph.node),
-                 "inputs": f"real data: {shown(cfg.data.path, ROOT)}, {data.n_rows(feeds)} rows"}
-    with fe.threads(native, 1) as limit:  # read back from torch / tf.config.threading (set in _one_thread)
+                 "data": f"real data: {shown(cfg.data.path, ROOT)}, {data.n_rows(feeds)} rows (tiled to each batch)",
+                 "ort_threads_applied": ort_ok, "ort_threads_note": ort_how, "rounds": rounds,
+                 "seconds_per_round": seconds, "batches": list(batches)}
+    # the two sides compute the same thing before they are timed: every real row through the frontend's
+    # predict, then each timed batch through the very calls that are timed
+    checks = {"all rows": check_outputs(fe, cfg, fe.predict(native, feeds, cfg), runtime.run(sess, feeds),
+                                        data.n_rows(feeds))}
+    out_name = sess.get_outputs()[0].name
+    for n in batches:
+        f = _rows(feeds, n)
+        got = {out_name: sess.run([out_name], f)[0]}
+        for label, fn in _native_fns(fe, native, cfg, f).items():
+            checks[f"{label}, batch {n}"] = check_outputs(fe, cfg, {out_name: _numpy(fn())}, got, n)
+    row["checks"] = checks
+    bad = [f"{k}: {c['reason']}" for k, c in checks.items() if not c["pass"]]
+    row["status"] = "failed: outputs differ — " + "; ".join(bad) if bad else "ok"
+    if bad:
+        return row
+    with fe.threads(native, 1) as limit:  # read back from torch / tf.config.threading
         row["native_threads_applied"], row["native_threads_note"] = limit.applied, limit.how
-        for n in (1, BATCH):
+        for n in batches:
             f = _rows(feeds, n)
-            ort_ms = measure(lambda f=f: sess.run(None, f), runs=runs, max_seconds=max_seconds, rows=n)["p50_ms"]
-            natives = {label: measure(fn, runs=runs, max_seconds=max_seconds, rows=n)["p50_ms"]
-                       for label, fn in _native_fns(fe, native, cfg, f).items()}
+            row[f"inputs_{n}"] = _shapes(f)
+            fns = {"onnxruntime": lambda f=f: sess.run(None, f), **_native_fns(fe, native, cfg, f)}
+            samples = interleaved(fns, rounds=rounds, seconds=seconds, rows=n)
+            natives = {k: float(np.median(v)) for k, v in samples.items() if k != "onnxruntime"}
             best = min(natives, key=natives.get)
-            row[f"ort_{n}"], row[f"native_{n}"], row[f"native_how_{n}"] = ort_ms, natives[best], best
+            row[f"samples_{n}"] = samples
+            row[f"ort_{n}"], row[f"native_{n}"], row[f"native_how_{n}"] = (
+                float(np.median(samples["onnxruntime"])), natives[best], best)
             row[f"all_native_{n}"] = natives
-            row[f"speedup_{n}"] = natives[best] / ort_ms if limit.applied else None  # no ratio on unknown threads
+            fair = limit.applied and ort_ok  # no ratio on threads that did not hold
+            row[f"speed_{n}"] = _paired(samples[best], samples["onnxruntime"]) if fair else None
     return row
 
 
-def _one_thread() -> None:
-    import torch
+def _paired(native_ms: list[float], ort_ms: list[float]) -> dict:
+    """How many times as fast ORT is as native: timing.paired's geometric mean of per-round native/ORT ratios."""
+    from onnxforge.timing import paired
 
-    torch.set_num_threads(1)
-    # TF reads its thread pools once, at its first op: set them before any Keras model is loaded
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from onnxforge.frontends.keras import _keras
-
-    if _keras().backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+    return paired(native_ms, ort_ms).as_dict()
 
 
-def run() -> list[dict]:
+def _threads_cell(r: dict) -> str:
+    if "native_threads_applied" not in r:
+        return "—"
+    parts = [("1" if r["ort_threads_applied"] else "NOT 1") + " ORT",
+             ("1" if r["native_threads_applied"] else "default (not applied)") + " native"]
+    return " / ".join(parts)
+
+
+def table(rows: list[dict], batches=(1, BATCH)) -> dict:
+    b1, bn = batches
+    out = []
+    for r in rows:
+        if r["status"] != "ok":
+            out.append([r["fixture"], r["status"], "—", r["data"], *["—"] * 6])
+            continue
+        how = r[f"native_how_{b1}"] if r[f"native_how_{b1}"] == r[f"native_how_{bn}"] else \
+            f"{r[f'native_how_{b1}']} / {r[f'native_how_{bn}']}"
+        out.append([r["fixture"], f"ok; native: {how}", _threads_cell(r),
+                    f"{r['data']}; {r[f'inputs_{b1}']} / {r[f'inputs_{bn}']}",
+                    num(r[f"ort_{b1}"]), num(r[f"native_{b1}"]), speed_cell(r[f"speed_{b1}"]),
+                    num(r[f"ort_{bn}"]), num(r[f"native_{bn}"]), speed_cell(r[f"speed_{bn}"])])
+    r0 = rows[0] if rows else {}
+    return {
+        "title": "Deep-learning frontends: onnxruntime vs native forward pass (1 thread each), p50 ms and paired "
+                 "speedup",
+        "columns": ["fixture", "outputs checked; native call", "threads (read back)", "inputs", f"ORT {b1} row",
+                    f"native {b1} row", f"ORT × faster, {b1} row", f"ORT {bn} rows", f"native {bn} rows",
+                    f"ORT × faster, {bn} rows"],
+        "rows": out,
+        "notes": f"Same process, same inputs (real rows, tiled to the batch). Before timing, ONNX and native outputs "
+                 "are compared with validate's comparison at the config's (else the frontend's) tolerance, on every "
+                 "real row and on each timed batch through the timed calls; a fixture that fails is marked failed "
+                 f"and not timed. Timing: {r0.get('rounds', ROUNDS)} paired rounds (ORT and native back to back, "
+                 f"order alternating, ≤ {r0.get('seconds_per_round', SECONDS)} s each per round, "
+                 "onnxforge.timing.measure); ms = median of the per-round p50s; × faster = geometric mean of the "
+                 "per-round native/ORT ratios (onnxforge.timing.paired) with its 95 % interval, against the faster "
+                 "native call. Threads: ORT intra_op_num_threads read back from the session; native through the "
+                 "frontend's thread hook, read back from torch / tf.config.threading — a side whose limit did not "
+                 "hold gets no ratio.",
+        "data": rows,
+    }
+
+
+def run(quick: bool = False) -> list[dict]:
     from rich.progress import Progress
 
-    _one_thread()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    fixtures = QUICK["fixtures"] if quick else FIXTURES
+    kw = {k: QUICK[k] for k in ("batches", "rounds", "seconds")} if quick else {}
     rows = []
     with tempfile.TemporaryDirectory() as tmp, Progress(transient=True) as progress:
-        task = progress.add_task("deep-learning frontends", total=len(FIXTURES))
-        for name in FIXTURES:
+        task = progress.add_task("deep-learning frontends", total=len(fixtures))
+        for name in fixtures:
             progress.update(task, description=f"bench {name}")
-            rows.append(bench_one(name, Path(tmp)))
+            rows.append(bench_one(name, Path(tmp), **kw))
             progress.advance(task)
-    how = {r["fixture"]: r["native_how_1"] if r["native_how_1"] == r[f"native_how_{BATCH}"]
-           else f"{r['native_how_1']} / {r[f'native_how_{BATCH}']}" for r in rows}
-    table = [[r["fixture"], how[r["fixture"]], "1" if r["native_threads_applied"] else "default (not applied)",
-              r["ort_1"], r["native_1"], f"{r['speedup_1']:.1f}×" if r["speedup_1"] else "—",
-              r["ort_256"], r["native_256"], f"{r['speedup_256']:.1f}×" if r["speedup_256"] else "—"] for r in rows]
-    return [{
-        "title": "Deep-learning frontends: onnxruntime (1 thread) vs native forward pass, p50 latency in ms",
-        "columns": ["fixture", "native call", "native threads", "ORT 1 row", "native 1 row", "speedup 1 row",
-                    f"ORT {BATCH} rows", f"native {BATCH} rows", f"speedup {BATCH}"],
-        "rows": table,
-        "notes": "Same process, same inputs (real data: each fixture's test file, rows tiled to the batch), both "
-                 "sides single-threaded (torch.set_num_threads(1); TF intra-op 1 / inter-op 1, set before any model "
-                 "loads; ORT intra_op_num_threads=1, default graph optimizations). native threads = what torch / "
-                 "tf.config.threading read back; a figure whose limit did not hold would read 'default (not "
-                 "applied)' and get no speedup. Speedup = native p50 / ORT p50. Keras: the faster of model(x, training=False) and predict_on_batch is shown (both in data).",
-        "data": rows,
-    }]
+    return [table(rows, kw.get("batches", (1, BATCH)))]
