@@ -388,3 +388,36 @@ def test_integer_levels_in_file_order(tmp_path):
         np.testing.assert_allclose(got[key], w, **TOL, err_msg=key)
     with pytest.raises(KeyError):
         encode(np.array([40]), levels["store"])  # the reference refuses unseen levels under `error`, as the graph does
+
+
+@pytest.mark.parametrize(("samples", "draws"), [(60, 25), (60, 150), (None, 200)])
+def test_draw_selection_and_chain_major_order_are_exact(tmp_path, samples, draws):
+    """A posterior whose value *is* its flattened index (chain c, draw t → c·100 + t) and tiny noise: every draw
+    reveals which sample it used, so the thinning, the chain-major flattening and the draw selection are checked
+    exactly, not only as a distribution."""
+    import xarray as xr
+
+    from onnxforge.config import parse_config
+    from onnxforge.pipeline import run_pipeline
+
+    chains, n = 2, 100
+    ds = xr.Dataset({"m": (("chain", "draw"), np.arange(chains * n, dtype=np.float64).reshape(chains, n)),
+                     "sigma": (("chain", "draw"), np.full((chains, n), 1e-3))},
+                    coords={"chain": [0, 1], "draw": np.arange(n)})
+    ds.to_netcdf(tmp_path / "post.nc", engine="h5netcdf", group="posterior")
+    (tmp_path / "t.py").write_text("def mu(xp, params, x):\n    return params['m'] + x\n")
+    raw = {"name": "index", "run_dir": str(tmp_path),
+           "source": {"framework": "pymc", "path": "post.nc", "transform": "t.py:mu", "samples": samples,
+                      "outputs": {"quantiles": [0.5], "draws": draws}, "seed": 3},
+           "inputs": [{"name": "x", "shape": ["batch"]}], "stages": {"convert": {}}}
+    cfg = parse_config(raw, tmp_path / "p.yaml")
+    model = cfg.run_path / run_pipeline(cfg)["final_model"]
+    x = np.array([0.0, 1000.0], np.float32)
+    got = run_model(model, {"x": x})
+    post, _ = thinned(tmp_path / "post.nc", samples)
+    kept = post["m"]  # the flattened indices that were kept
+    if samples is not None:
+        np.testing.assert_array_equal(kept, evenly_spaced(chains * n, samples))
+    used = kept[draw_samples(len(kept), draws)]
+    np.testing.assert_array_equal(np.round(got["draws"] - x[:, None]), np.broadcast_to(used, (2, draws)))
+    np.testing.assert_allclose(got["mean"], kept.mean() + x, rtol=1e-6)
