@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
+from onnx_models import linear
 
 from onnxforge.errors import UserError
 from onnxforge.serve import Predictor, _Bound
-from tests.onnx_models import linear
 
 
 def _ref(model: onnx.ModelProto, feeds):

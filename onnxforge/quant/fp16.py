@@ -55,3 +55,26 @@ def has_fp16_weights(path: Path) -> bool:
 
     m = onnx.load(str(path), load_external_data=False)
     return any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer)
+
+
+FP16_MAX = 65504.0
+
+
+def clipped(src: Path, out: Path) -> list[str]:
+    """Weights the fp16 model stores as float16 whose float32 source holds finite values beyond float16's range
+    (±65504): onnxruntime's converter clips them to ±65504 (it only logs it), so outputs can change silently.
+    One line per tensor: name, how many values, the largest magnitude."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    half = {t.name for t in onnx.load(str(out), load_external_data=False).graph.initializer
+            if t.data_type == onnx.TensorProto.FLOAT16}
+    found = []
+    for t in onnx.load(str(src)).graph.initializer:
+        if t.name in half and t.data_type == onnx.TensorProto.FLOAT:
+            a = np.abs(numpy_helper.to_array(t))
+            big = a[np.isfinite(a) & (a > FP16_MAX)]
+            if big.size:
+                found.append(f"{t.name} ({big.size} values, max |v| {float(big.max()):.3g})")
+    return found

@@ -141,8 +141,9 @@ def render_markdown(rep: dict) -> str:
     if rep["notes"]:
         out += ["### Notes", "", *(f"- {text(n)}" for n in rep["notes"]), ""]
     text_ = "\n".join(out)
-    if len(text_) > LIMIT:  # keep the comment postable; the full figures are in report.json
-        text_ = text_[:LIMIT].rsplit("\n", 1)[0] + "\n\n_… truncated; see report.json for every figure._\n"
+    if len(text_) > LIMIT:  # keep the comment postable, note included; the full figures are in report.json
+        note = "\n\n_… truncated; see report.json for every figure._\n"
+        text_ = text_[:LIMIT - len(note)].rsplit("\n", 1)[0] + note
     return text_
 
 

@@ -352,6 +352,10 @@ def _run(ctx, opts: QuantizeOptions, work: Path, locked: dict | None, dec):
     if opts.mode == "fp16" and slower:
         warnings.append(f"fp16 is slower than float32 here ({_fmt_speed(speed)}): onnxruntime's CPU provider has "
                         "few fp16 kernels — fp16 pays off on GPUs")
+    if opts.mode == "fp16" and (big := fp16.clipped(src, chosen["path"])):
+        warnings.append(f"fp16: weights beyond float16's range (±65504) were clipped to it: {', '.join(big[:4])}"
+                        f"{f' and {len(big) - 4} more' if len(big) > 4 else ''} — keep their ops in float32 "
+                        "(op_block_list / nodes_to_exclude) or use INT8")
     elif slower and opts.mode != "fp16":
         why = ("allow_slower: true" if opts.allow_slower else
                f"--mode {opts.mode} was asked for (require_faster: true refuses it)")
