@@ -82,14 +82,14 @@ def bench_one(name: str, workdir: Path, *, batches=(1, BATCH), rounds: int = ROU
                  "seconds_per_round": seconds, "batches": list(batches)}
     # the two sides compute the same thing before they are timed: every real row through the frontend's
     # predict, then each timed batch through the very calls that are timed
-    checks = {"all rows": check_outputs(fe, cfg, fe.predict(native, feeds, cfg), runtime.run(sess, feeds),
+    checks = {"all rows": check_outputs(fe, native, cfg, fe.predict(native, feeds, cfg), runtime.run(sess, feeds),
                                         data.n_rows(feeds))}
     out_name = sess.get_outputs()[0].name
     for n in batches:
         f = _rows(feeds, n)
         got = {out_name: sess.run([out_name], f)[0]}
         for label, fn in _native_fns(fe, native, cfg, f).items():
-            checks[f"{label}, batch {n}"] = check_outputs(fe, cfg, {out_name: _numpy(fn())}, got, n)
+            checks[f"{label}, batch {n}"] = check_outputs(fe, native, cfg, {out_name: _numpy(fn())}, got, n)
     row["checks"] = checks
     bad = [f"{k}: {c['reason']}" for k, c in checks.items() if not c["pass"]]
     row["status"] = "failed: outputs differ — " + "; ".join(bad) if bad else "ok"

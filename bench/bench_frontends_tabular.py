@@ -79,12 +79,12 @@ def bench_one(name: str, workdir: Path, *, batches=(1, BATCH), rounds: int = ROU
                  "data": f"real data: {shown(cfg.data.path, ROOT)}, {data.n_rows(feeds)} rows (tiled to each batch)",
                  "ort_threads_applied": ort_ok, "ort_threads_note": ort_how, "rounds": rounds,
                  "seconds_per_round": seconds, "batches": list(batches)}
-    checks = {"all rows": check_outputs(fe, cfg, fe.predict(native, feeds, cfg), runtime.run(sess, feeds),
+    checks = {"all rows": check_outputs(fe, native, cfg, fe.predict(native, feeds, cfg), runtime.run(sess, feeds),
                                         data.n_rows(feeds))}
     for n in batches:
         f = _tile(feeds, n)
         fn, out, as_output = _native_call(native, native_input(native, f, specs), names)
-        checks[f"timed call, batch {n}"] = check_outputs(fe, cfg, {out: as_output(fn())}, runtime.run(sess, f), n)
+        checks[f"timed call, batch {n}"] = check_outputs(fe, native, cfg, {out: as_output(fn())}, runtime.run(sess, f), n)
     row["checks"] = checks
     bad = [f"{k}: {c['reason']}" for k, c in checks.items() if not c["pass"]]
     row["status"] = "failed: outputs differ — " + "; ".join(bad) if bad else "ok"
