@@ -10,6 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from scipy import stats
+from scipy.special import expit
+from test_bayes_reference import draw_samples, thinned
 
 from onnxforge.bayes.families import FAMILIES
 from onnxforge.bayes.shim import numpy_xp
@@ -71,43 +73,72 @@ def build(tmp: Path, family: str, fn: str, draws: int, *, params=None, inputs=No
     return cfg, native, sess
 
 
-def numpy_draws(native, feeds, family: str, rng) -> np.ndarray:
+LINKS = {"ident": lambda eta: eta, "prob": expit, "rate": np.exp, "prob_trials": expit}
+POST_VARS = {"sigma": "sigma", "nu": "nu", "phi": "phi"}
+
+
+def raw_params(tmp: Path, fn: str, params: dict, feeds: dict, draws: int):
+    """From post.nc alone (tests/test_bayes_reference helpers, no onnxforge code): the family mean parameter mu
+    (rows, D) at the posterior sample each draw uses, and the family parameters broadcast to it."""
+    post, _ = thinned(tmp / "post.nc")
+    idx = draw_samples(len(post["m"]), draws)
+    x = np.asarray(feeds["x"], np.float64)
+    mu = LINKS[fn](post["m"][idx][None, :] + x[:, None])
+    p = {}
+    for name, ref in params.items():
+        if isinstance(ref, int | float):
+            p[name] = np.full(mu.shape, float(ref))
+        elif ref in feeds:
+            p[name] = np.broadcast_to(np.asarray(feeds[ref], np.float64)[:, None], mu.shape)
+        else:
+            p[name] = np.broadcast_to(post[POST_VARS[ref]][idx][None, :], mu.shape)
+    return mu, p, idx
+
+
+def numpy_draws(mu, p, family: str, rng) -> np.ndarray:
     """Reference draws with numpy's samplers, using the same posterior sample per draw as the artifact."""
-    enc = native.encode(feeds)
-    mu = native.mu(enc)[:, native.draw_index()]
-    p = {k: (v[native.draw_index()] if isinstance(v, np.ndarray) and v.ndim == 1 and v.size ==
-             native.posterior.samples else v) for k, v in native.family_params(enc).items()}
     if family == "normal":
         return mu + p["sigma"] * rng.standard_normal(mu.shape)
     if family == "student-t":
-        return mu + p["sigma"] * rng.standard_t(np.broadcast_to(p["nu"], mu.shape))
+        return mu + p["sigma"] * rng.standard_t(p["nu"])
     if family == "bernoulli":
         return rng.random(mu.shape) < mu
     if family == "binomial":
-        return rng.binomial(np.broadcast_to(p["n"], mu.shape).astype(np.int64), mu)
+        return rng.binomial(p["n"].astype(np.int64), mu)
     if family == "poisson":
         return rng.poisson(mu)
-    a = np.broadcast_to(p["alpha"], mu.shape)
+    a = p["alpha"]
     return rng.negative_binomial(a, a / (a + mu))
 
 
-def mixture(native, feeds, family: str, row: int):
-    """scipy distributions for one row, one per posterior sample the draws use (each used equally often)."""
-    enc = native.encode(feeds)
-    idx = np.unique(native.draw_index())
-    assert native.n_draws % idx.size == 0
-    mu = native.mu(enc)[row, idx]
-    p = native.family_params(enc)
-    v = {k: (np.asarray(x)[idx] if np.ndim(x) == 1 and np.size(x) == native.posterior.samples
-             else np.asarray(x).reshape(-1)[row] if np.ndim(x) else x) for k, x in p.items()}
+def scipy_dist(m, v: dict, family: str):
+    """The family as a (vectorized) scipy distribution: mean parameter m, family parameters v."""
     return {
-        "normal": lambda: stats.norm(mu, v.get("sigma")),
-        "student-t": lambda: stats.t(v.get("nu"), mu, v.get("sigma")),
-        "bernoulli": lambda: stats.bernoulli(mu),
-        "binomial": lambda: stats.binom(v.get("n"), mu),
-        "poisson": lambda: stats.poisson(mu),
-        "negative-binomial": lambda: stats.nbinom(v.get("alpha"), v.get("alpha") / (v.get("alpha") + mu)),
+        "normal": lambda: stats.norm(m, v.get("sigma")),
+        "student-t": lambda: stats.t(v.get("nu"), m, v.get("sigma")),
+        "bernoulli": lambda: stats.bernoulli(m),
+        "binomial": lambda: stats.binom(v.get("n"), m),
+        "poisson": lambda: stats.poisson(m),
+        "negative-binomial": lambda: stats.nbinom(v.get("alpha"), v.get("alpha") / (v.get("alpha") + m)),
     }[family]()
+
+
+def mixture(mu, p, idx, family: str, row: int):
+    """scipy distributions for one row, one per posterior sample the draws use (each used equally often)."""
+    first = np.unique(idx, return_index=True)[1]
+    assert idx.size % first.size == 0
+    return scipy_dist(mu[row, first], {k: a[row, first] for k, a in p.items()}, family)
+
+
+def raw_summaries(tmp: Path, family: str, fn: str, params: dict, feeds: dict, qs) -> dict[str, np.ndarray]:
+    """mean, std (noise included) and quantiles of E[y|θ] over every posterior sample, moments from scipy."""
+    post, _ = thinned(tmp / "post.nc")
+    mu, p, _ = raw_params(tmp, fn, params, feeds, len(post["m"]))
+    dist = scipy_dist(mu, p, family)
+    e, var = dist.mean(), dist.var()
+    mean = e.mean(1)
+    return {"mean": mean, "std": np.sqrt(var.mean(1) + ((e - mean[:, None]) ** 2).mean(1)),
+            "quantiles": np.quantile(e, qs, axis=1).T}
 
 
 CASES = [
@@ -128,12 +159,13 @@ def test_draws(workdir, family, fn, params, xs, exact_rows):
     out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
     draws = out["draws"]
     # 1. against numpy's own sampler on the same posterior samples: means within 4 MC s.e., quantiles close
-    ref = numpy_draws(native, feeds, family, np.random.default_rng(1)).astype(np.float64)
+    mu, p, idx = raw_params(workdir, fn, params, feeds, draws.shape[1])
+    ref = numpy_draws(mu, p, family, np.random.default_rng(1)).astype(np.float64)
     c = distribution("draws", ref, draws, sigmas=4.0)
     assert c["pass"], c
     # 2. exactness where the sampler is exact: the posterior-mixture CDF (KS) or pmf (frequencies)
     for r in range(exact_rows):
-        dist = mixture(native, feeds, family, r)
+        dist = mixture(mu, p, idx, family, r)
         if FAMILIES[family].discrete:
             k = np.arange(int(draws[r].max()) + 1)
             freq = np.bincount(draws[r].astype(int), minlength=k.size) / draws.shape[1]
@@ -149,7 +181,7 @@ def test_draws(workdir, family, fn, params, xs, exact_rows):
     if FAMILIES[family].discrete:
         assert np.array_equal(draws, np.round(draws)) and draws.min() >= 0
     # 3. the deterministic outputs of the same graph equal numpy; the draws' mean agrees with the predictive mean
-    det = native.outputs(feeds)
+    det = raw_summaries(workdir, family, fn, params, feeds, [0.1, 0.5, 0.9])
     for key in det:
         np.testing.assert_allclose(out[key], det[key], rtol=1e-5, atol=1e-5)
     se = draws.std(1) / np.sqrt(draws.shape[1])
@@ -163,7 +195,8 @@ def test_binomial_trials_from_an_input(workdir):
     feeds = {"x": np.array([-1.0, 0.5, 0.0], np.float32), "trials": np.array([3.0, 12.0, 40.0], np.float32)}
     draws = sess.run(["draws"], feeds)[0]
     assert (draws.max(1) <= feeds["trials"]).all()
-    ref = numpy_draws(native, feeds, "binomial", np.random.default_rng(2)).astype(np.float64)
+    mu, p, _ = raw_params(workdir, "prob_trials", {"n": "trials"}, feeds, draws.shape[1])
+    ref = numpy_draws(mu, p, "binomial", np.random.default_rng(2)).astype(np.float64)
     assert distribution("draws", ref, draws)["pass"]
 
 

@@ -190,7 +190,7 @@ def config(name: str) -> dict:
     return yaml.safe_load((ROOT / "configs" / f"pymc_{name}.yaml").read_text())
 
 
-def test_feeds(name: str) -> dict[str, np.ndarray]:
+def example_feeds(name: str) -> dict[str, np.ndarray]:
     """The example's held-out rows as model inputs, from the npz and the config's columns."""
     cfg = config(name)
     data = np.load(ROOT / "configs" / cfg["data"]["path"], allow_pickle=False)
@@ -204,8 +204,6 @@ def test_feeds(name: str) -> dict[str, np.ndarray]:
             feeds[spec["name"]] = data[spec.get("column", spec["name"])].astype(np.float32)
     return feeds
 
-
-test_feeds.__test__ = False  # a helper, not a test
 
 
 def convert(name: str, run_dir: Path, run_name: str | None = None, **source) -> Path:
@@ -259,7 +257,7 @@ def test_fixture_files_are_what_the_configs_name():
 def test_deterministic_outputs_match_raw_posterior(artifacts, name):
     cfg = config(name)
     post, levels = thinned(posterior_path(name), cfg["source"].get("samples", DEFAULT_SAMPLES))
-    feeds = test_feeds(name)
+    feeds = example_feeds(name)
     qs = cfg["source"]["outputs"]["quantiles"]
     mean_s, var_s, _ = moments(name, post, levels, feeds)
     want = summaries(mean_s, var_s, qs)
@@ -278,7 +276,7 @@ def test_deterministic_outputs_match_raw_posterior(artifacts, name):
 def test_draws_follow_raw_posterior_predictive(artifacts, name):
     cfg = config(name)
     post, levels = thinned(posterior_path(name), cfg["source"].get("samples", DEFAULT_SAMPLES))
-    feeds = test_feeds(name)
+    feeds = example_feeds(name)
     mean_s, var_s, dist = moments(name, post, levels, feeds)
     draws = run_model(artifacts[name], feeds)["draws"]
     n_draws = cfg["source"]["outputs"]["draws"]
@@ -298,7 +296,7 @@ def test_thinning_and_draw_selection_follow_the_documented_rule(tmp_path):
     qs = [0.0, 0.3, 0.5, 1.0]
     post, levels = thinned(posterior_path(name), 120)
     full, _ = thinned(posterior_path(name), None)
-    feeds = test_feeds(name)
+    feeds = example_feeds(name)
     mean_s, var_s, dist = moments(name, post, levels, feeds)
     want = summaries(mean_s, var_s, qs)
     # sanity: the first 120 samples would give a different answer than the evenly spaced ones
