@@ -10,9 +10,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from conftest import assert_one_line_error, run_cli
-
-torch = pytest.importorskip("torch")
 
 FAST_OPT = ["--set", "latency_rounds=1", "--set", "batch_sizes=[1]"]
 

@@ -13,12 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from conftest import ROOT, run_cli
 from onnx_models import PIPELINE, linear, save, write_data
-
-jsonschema = pytest.importorskip("jsonschema")
 
 STAGE_COMMANDS = {"convert", "validate", "quantize", "optimize"}
 

@@ -14,9 +14,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from conftest import run_cli
-
-torch = pytest.importorskip("torch")
 
 FAST = ("--set", "latency_rounds=1", "--set", "allow_slower=true", "--json")
 
