@@ -125,12 +125,15 @@ def chained(work, run):
     return {"dir": d, "report": res.json()["result"], "before": before, "after": after}
 
 
-def _ort_logits(path: Path) -> np.ndarray:
+def _ort_logits(path: Path, optimized: bool = True) -> np.ndarray:
     import onnxruntime as ort
 
     with np.load(DATA) as z:
         x = z["input"]
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    so = ort.SessionOptions()
+    if not optimized:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
 
 
 # ------------------------------------------------------------------ the run and its report stage
@@ -199,7 +202,13 @@ def test_accuracy_matches_torch(run, loose, work):
     assert art["metrics"]["top1_agreement"] >= 1 - tol
     fp32, int8 = loose["report"]["artifacts"]
     assert abs(fp32["metrics"]["accuracy"] - ref["accuracy"]) <= tol
-    assert int8["metric_deltas"]["accuracy"] == pytest.approx(int8["metrics"]["accuracy"] - fp32["metrics"]["accuracy"])
+    # the INT8 accuracy and its delta against accuracies measured here with onnxruntime, not read back
+    with np.load(DATA) as z:
+        y = z["label"]
+    acc_fp32 = float((_ort_logits(work / "cnn.onnx").argmax(1) == y).mean())
+    acc_int8 = float((_ort_logits(work / "cnn_int8.onnx").argmax(1) == y).mean())
+    assert int8["metrics"]["accuracy"] == pytest.approx(acc_int8, abs=1e-12)
+    assert int8["metric_deltas"]["accuracy"] == pytest.approx(acc_int8 - acc_fp32, abs=1e-12)
 
 
 def test_errors_recomputed_match_onnxruntime(loose, run, work):
@@ -214,25 +223,26 @@ def test_errors_recomputed_match_onnxruntime(loose, run, work):
     h = err["hist"]
     assert len(h["log10_edges"]) == len(h["counts"]) + 1 and sum(h["counts"]) + err["zeros"] == d.size
     assert 10 ** h["log10_edges"][0] <= d[d > 0].min() and d.max() <= 10 ** h["log10_edges"][-1]
-    # the run's convert artifact against the source (ORT without optimizations), as validate measured it
+    # the run's convert artifact against the source run by onnxruntime without graph optimizations, computed here
     (rerr,) = run["report"]["errors"]
-    (val,) = run["report"]["validations"]
-    full = next(c for c in val["comparisons"] if c["batch"] == rerr["elements"] // 10)
-    assert rerr["reference"] == "onnx (native)" and rerr["max_abs"] == pytest.approx(full["max_abs"], rel=1e-9)
+    r = np.abs(_ort_logits(run["dir"] / "01-convert" / "model.onnx").astype(np.float64)
+               - _ort_logits(work / "cnn.onnx", optimized=False))
+    assert rerr["reference"] == "onnx (native)" and rerr["elements"] == r.size
+    assert rerr["max_abs"] == pytest.approx(r.max(), rel=1e-6, abs=1e-12)
+    assert rerr["mean_abs"] == pytest.approx(r.mean(), rel=1e-6, abs=1e-12)
 
 
 def test_latency_rows_and_ratios(run, loose):
     lat = run["report"]["latency"]
     assert {(r["label"], r["batch"], r["threads"]) for r in lat["rows"]} == {
         ("01-convert/model.onnx", 1, 1), ("01-convert/model.onnx", 32, 1)}
+    # timings cannot be re-measured to compare exactly; only what must hold of any measurement is checked (the
+    # speedup and rows/s the report derives from its own p50 were recomputed here from the same JSON: a tautology)
     for r in lat["rows"] + loose["report"]["latency"]["rows"]:
         assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
-        assert r["rows_per_s"] == pytest.approx(r["batch"] / (r["p50_ms"] / 1e3), rel=1e-3)
     llat = loose["report"]["latency"]
     assert llat["baseline"] == "cnn.onnx" and len(llat["ratios"]) == 2
-    for q in llat["ratios"]:
-        base = next(r for r in llat["rows"] if r["label"] == "cnn.onnx" and r["batch"] == q["batch"])
-        assert q["speedup"] == pytest.approx(base["p50_ms"] / q["p50_ms"], rel=1e-3)
+    assert {(q["label"], q["batch"]) for q in llat["ratios"]} == {("cnn_int8.onnx", b) for b in (1, 64)}
 
 
 def test_chained_run_errors_follow_parent_and_before_after(chained, work):
@@ -309,6 +319,31 @@ def _browse(page: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
     return p
 
 
+def _page_requests(netlog: Path) -> list[str]:
+    """URLs the page asked the network for, from Chromium's net log (--log-net-log): every URL request started on
+    behalf of a file:// page. Chromium's own background requests (component updates, time) carry no page origin."""
+    log = json.loads(netlog.read_text())
+    start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    urls = []
+    for ev in log["events"]:
+        p = ev.get("params") or {}
+        if ev["type"] == start and "url" in p and ("file://" in p.get("network_isolation_key", "")
+                                                   or p.get("initiator") in ("null", "file://")):
+            urls.append(p["url"])
+    return [u for u in urls if not u.startswith(("file:", "data:"))]
+
+
+@pytest.mark.browser
+def test_net_log_check_sees_what_a_page_fetches(tmp_path):
+    """The detector above on a page that fetches: an <img> and a CSS url() (which a src/href regex would miss)."""
+    page = tmp_path / "fetches.html"
+    page.write_text('<html><body><img src="http://127.0.0.1:1/img">'
+                    '<div style="background:url(http://127.0.0.1:1/css)">x</div></body></html>')
+    netlog = tmp_path / "net.json"
+    _browse(page, tmp_path, "--virtual-time-budget=3000", f"--log-net-log={netlog}", "--dump-dom")
+    assert sorted(set(_page_requests(netlog))) == ["http://127.0.0.1:1/css", "http://127.0.0.1:1/img"]
+
+
 PROBE = """<script>
 window.addEventListener("load", () => {
   const imgs = [...document.querySelectorAll("img")].map(i => {
@@ -328,12 +363,12 @@ window.addEventListener("load", () => {
 def test_html_renders_in_headless_chromium(run, tmp_path):
     page = run["dir"] / "03-report" / "report.html"
     text = page.read_text()
-    # self-contained: nothing is fetched from anywhere
-    assert not re.search(r"""(src|href)\s*=\s*["'](https?:)?//""", text, re.I)
-    assert "<link" not in text and "@import" not in text
     probe = tmp_path / "probe.html"  # the report itself carries no script; the probe is added to a copy
     probe.write_text(text.replace("</body>", PROBE + "</body>"))
-    dom = _browse(probe, tmp_path, "--virtual-time-budget=5000", "--dump-dom").stdout
+    netlog = tmp_path / "net.json"
+    dom = _browse(probe, tmp_path, "--virtual-time-budget=5000", f"--log-net-log={netlog}", "--dump-dom").stdout
+    # self-contained: the browser, recording every network request, saw the page ask for nothing
+    assert _page_requests(netlog) == []
     m = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert m, dom[-2000:]
     seen = json.loads(html.unescape(m.group(1)))
@@ -391,7 +426,6 @@ def test_bench_cli_batches_and_percentiles(work):
     assert [(r["batch"], r["threads"]) for r in out["results"]] == [(1, 1), (16, 1)]
     for r in out["results"]:
         assert r["runs"] == 8 and 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
-        assert r["rows_per_s"] == pytest.approx(r["batch"] / (r["p50_ms"] / 1e3), rel=1e-3)
 
 
 def test_bench_cli_with_config_compares_with_source(work):
@@ -403,8 +437,7 @@ def test_bench_cli_with_config_compares_with_source(work):
     assert out["inputs"] == str(DATA) and out["baseline"] == "source cnn.onnx"
     assert {r["label"] for r in out["results"]} == {"cnn_int8.onnx", "source cnn.onnx"}
     (q,) = out["ratios"]
-    base = next(r for r in out["results"] if r["label"] == "source cnn.onnx")
-    assert q["label"] == "cnn_int8.onnx" and q["speedup"] == pytest.approx(base["p50_ms"] / q["p50_ms"], rel=1e-3)
+    assert q["label"] == "cnn_int8.onnx" and q["speedup"] > 0
 
 
 def test_bench_cli_native_torch(work, tmp_path):
@@ -412,8 +445,7 @@ def test_bench_cli_native_torch(work, tmp_path):
     from onnxforge.registry import FRONTENDS, load_plugins
 
     load_plugins()
-    if "torch" not in FRONTENDS:
-        pytest.skip("the torch frontend is not registered in this tree")
+    assert "torch" in FRONTENDS  # installed with [all]: a missing registration is a failure, not a skip
     cfg = tmp_path / "torch.yaml"
     cfg.write_text(f"""
 name: bench-torch
