@@ -49,6 +49,23 @@ def heavy(found: dict[str, int], names=FRAMEWORKS) -> list[str]:
     return [n for n in names if n in found]
 
 
+def wall_ms_interleaved(cmds: dict[str, list[str]], runs: int = RUNS) -> dict[str, list[float]]:
+    """Wall ms of each command, `runs` rounds, every round starting each command once (order reversed on odd
+    rounds), so a busy spell of a shared machine hits all of them alike; one untimed run of each first. A command
+    that exits non-zero is an error, never a figure."""
+    for cmd in cmds.values():
+        subprocess.run(cmd, capture_output=True, env=_env(), stdin=subprocess.DEVNULL, timeout=300)  # OS cache
+    names, out = list(cmds), {k: [] for k in cmds}
+    for r in range(runs):
+        for k in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            p = subprocess.run(cmds[k], capture_output=True, env=_env(), stdin=subprocess.DEVNULL, timeout=300)
+            out[k].append((time.perf_counter() - t0) * 1e3)
+            if p.returncode != 0:
+                raise RuntimeError(f"{cmds[k]} exited {p.returncode}: {p.stderr[-500:]!r}")
+    return out
+
+
 def wall_ms(cmd: list[str], runs: int = RUNS) -> list[float]:
     subprocess.run(cmd, capture_output=True, env=_env(), stdin=subprocess.DEVNULL, timeout=300)  # warm the OS cache
     times = []
@@ -86,29 +103,40 @@ def commands(model: Path) -> list[tuple[str, list[str]]]:
             (f"onnxforge inspect {model.name}", ["-m", "onnxforge", "inspect", str(model)])]
 
 
-def run() -> list[dict]:
+def run(quick: bool = False) -> list[dict]:
+    from onnxforge.timing import paired
+
+    runs = 3 if quick else RUNS
     rows, data = [], {}
     with tempfile.TemporaryDirectory() as d:
         model = tiny_model(Path(d))
-        base = None
-        for label, args in commands(model):
-            t = wall_ms([sys.executable, *args])
+        cmds = commands(model)
+        walls = wall_ms_interleaved({label: [sys.executable, *args] for label, args in cmds}, runs)
+        base_label = cmds[0][0]
+        for label, args in cmds:
+            t = walls[label]
             found = import_times(args)
-            med = statistics.median(t)
-            base = base or med
             fw = heavy(found)
             others = [n for n in WATCH if n in found and n not in fw]
-            rows.append([label, med, min(t), med / base, ", ".join(fw) or "none", ", ".join(others) or "—"])
-            data[label] = {"wall_ms": t, "frameworks": fw, "watched": others,
+            # × python -c pass: per round, this command's time / the bare interpreter's (paired, geometric mean)
+            rel = paired(t, walls[base_label]).as_dict() if label != base_label else None
+            rows.append([label, statistics.median(t), min(t),
+                         f"{rel['ratio']:.2f}× ({rel['interval'][0]:.2f}–{rel['interval'][1]:.2f})" if rel else "1",
+                         ", ".join(fw) or "none", ", ".join(others) or "—"])
+            data[label] = {"wall_ms": t, "vs_python": rel, "frameworks": fw, "watched": others,
                            "top_imports_us": dict(sorted(found.items(), key=lambda kv: -kv[1])[:10])}
     cols = ["import onnxforge.cli", "onnxforge --help", "onnxforge config schema"]
     top = list(dict.fromkeys(k for c in cols for k in list(data[c]["top_imports_us"])[:6]))
     return [
         {"title": "CLI start-up: wall time and heavy imports",
-         "columns": ["command", f"median ms ({RUNS} runs)", "min ms", "× python -c pass", "ML frameworks imported",
+         "columns": ["command", f"median ms ({runs} runs)", "min ms", "× python -c pass (paired)",
+                     "ML frameworks imported",
                      "other watched packages imported"],
          "rows": rows,
-         "notes": "Each command is a fresh `python` process (`python -m onnxforge ...`), timed after one untimed run; "
+         "notes": f"Each command is a fresh `python` process (`python -m onnxforge ...`), timed after one untimed run, "
+                  f"in {runs} interleaved rounds (every command once per round, order alternating; a non-zero exit "
+                  "stops the bench). × python -c pass = geometric mean of the per-round ratios to the bare "
+                  "interpreter in the same round, with its 95 % interval (onnxforge.timing.paired); "
                   "imports are read from `python -X importtime`. ML frameworks checked: "
                   f"{', '.join(FRAMEWORKS)}. `config schema` imports every frontend and stage module.",
          "data": data},

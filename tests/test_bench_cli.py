@@ -46,3 +46,22 @@ def test_help_does_not_even_import_onnx(bench_cli, tiny):
     for label in ("import onnxforge.cli", "onnxforge --help"):
         found = bench_cli.import_times(dict(bench_cli.commands(tiny))[label], cwd=ROOT)
         assert bench_cli.heavy(found, ("onnx", "numpy")) == [], label
+
+
+def test_wall_times_are_interleaved_and_a_failing_command_is_no_figure(bench_cli, monkeypatch):
+    """Every round starts each command once, order reversed on odd rounds (after one untimed run of each); a
+    command that exits non-zero stops the bench instead of becoming a figure."""
+    import subprocess
+
+    started: list[str] = []
+
+    def fake_run(cmd, **kw):
+        started.append(cmd[-1])
+        return subprocess.CompletedProcess(cmd, 1 if cmd[-1] == "broken" else 0, b"", b"boom")
+
+    monkeypatch.setattr(bench_cli.subprocess, "run", fake_run)
+    walls = bench_cli.wall_ms_interleaved({"a": ["python", "a"], "b": ["python", "b"]}, runs=3)
+    assert started == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then rounds A B, B A, A B
+    assert [len(v) for v in walls.values()] == [3, 3]
+    with pytest.raises(RuntimeError, match="exited 1"):
+        bench_cli.wall_ms_interleaved({"ok": ["python", "ok"], "bad": ["python", "broken"]}, runs=2)
