@@ -258,6 +258,19 @@ def task_of(est) -> str:
     raise UserError(f"{type(est).__name__} has neither predict nor transform — give a fitted estimator or pipeline")
 
 
+def model_family(est) -> str:
+    """trees: the prediction is a tree ensemble's (sklearn trees and ensembles, XGBoost, LightGBM — float32 sums
+    over many leaves); linear: a linear model, possibly after scalers/encoders; other: kernels, neighbours, networks,
+    naive Bayes, ..."""
+    final = final_estimator(est)
+    mod = type(final).__module__.split(".")
+    if mod[0] in ("xgboost", "lightgbm") or mod[:2] in (["sklearn", "tree"], ["sklearn", "ensemble"]):
+        return "trees"
+    if mod[:2] == ["sklearn", "linear_model"] or type(final).__name__ in ("LinearSVC", "LinearSVR"):
+        return "linear"
+    return "other"
+
+
 def describe(est) -> str:
     if hasattr(est, "steps"):
         return f"Pipeline({', '.join(describe(s) for _, s in est.steps)})"
@@ -643,6 +656,18 @@ class SklearnAPIFrontend(Frontend):
 
     extra: ClassVar[str] = "sklearn"
     wanted: ClassVar[str] = "a scikit-learn model (.skops, or a pickle with trust_pickle: true)"
+    # measured (bench/out/tolerances.md, sklearn/XGBoost/LightGBM on diabetes, make_regression, iris, wine, cancer,
+    # digits): values (regression, ranking scores) need up to rtol 8.4e-6 at atol 1e-5 (tree ensembles sum float32
+    # leaves; a linear model crossing zero loses digits) and up to 3.8e-4 abs on targets of a few hundred:
+    # 1e-4 / 1e-4 leaves ≥ 11×. Probabilities are within 6.6e-7 (trees), 2.4e-7 (linear), 1.8e-6 (other: SVC,
+    # naive Bayes, MLP) of predict_proba: atol alone, ≥ 15× (54× for other).
+    rtol: ClassVar[float] = 1e-4
+    atol: ClassVar[float] = 1e-4
+    tolerances: ClassVar[dict[tuple[str, str], tuple[float, float]]] = {
+        ("trees", "probabilities"): (0.0, 1e-5),
+        ("linear", "probabilities"): (0.0, 1e-5),
+        ("other", "probabilities"): (0.0, 1e-4),
+    }
     reads: ClassVar[tuple[str, ...]] = ("skops", "pickle")
 
     def versions(self) -> dict[str, str]:
@@ -707,6 +732,17 @@ class SklearnAPIFrontend(Frontend):
                 out[names[1]] = call("predict_proba")
             return out
         return {names[0]: call("transform" if task == "transformer" else "predict")}
+
+    def family(self, native) -> str:
+        return model_family(native)
+
+    def output_kind(self, native, cfg, output: str) -> str:
+        task = self.task(native)
+        names = output_names(task, cfg)
+        return "probabilities" if task == "classifier" and output in names[1:] else "value"
+
+    def task(self, native) -> str:
+        return task_of(native)
 
     def metadata(self, native, cfg):
         task = task_of(native)

@@ -83,9 +83,11 @@ class Frontend:
     path_required: ClassVar[bool] = True
     reads: ClassVar[tuple[str, ...] | None] = None  # file kinds (frontends/_files.py sniff) this frontend loads
     wanted: ClassVar[str] = "the model file"
-    # default comparison tolerance against the native framework (validate may override per output)
+    # default comparison tolerance against the native framework (validate may override per output); `tolerances`
+    # refines it per (model family, output kind) — see tolerance()
     rtol: ClassVar[float] = 1e-3
     atol: ClassVar[float] = 1e-5
+    tolerances: ClassVar[dict[tuple[str, str], tuple[float, float]]] = {}
 
     def load(self, cfg) -> Any:
         raise NotImplementedError
@@ -127,6 +129,22 @@ class Frontend:
     def preset_threads(self, n: int) -> None:
         """Called before `load` when a thread count is known: for frameworks whose pools are fixed once they
         start (TensorFlow)."""
+
+    def family(self, native: Any) -> str:
+        """The kind of model, as far as its numerical agreement goes (tabular frontends: trees, linear, other)."""
+        return self.name
+
+    def output_kind(self, native: Any, cfg, output: str) -> str:
+        """What an output holds, as far as its tolerance goes: value (regression values, scores, network outputs)
+        or probabilities."""
+        return "value"
+
+    def tolerance(self, native: Any, cfg, output: str) -> tuple[float, float]:
+        """(rtol, atol) an output is held to against the native predict by default: set from measurement
+        (bench/bench_tolerances.py, bench/out/tolerances.md) at 10-100× the worst error the converters showed.
+        validate (against: source) and convert's self-check both ask it."""
+        return self.tolerances.get((self.family(native), self.output_kind(native, cfg, output)),
+                                   (self.rtol, self.atol))
 
     def metadata(self, native: Any, cfg) -> dict[str, Any]:
         """Extra metadata_props (e.g. class labels)."""

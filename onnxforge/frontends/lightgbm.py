@@ -170,6 +170,12 @@ class LightGBMFrontend(SklearnAPIFrontend):
         finally:
             native.num_threads = prev
 
+    def family(self, native) -> str:
+        return "trees" if isinstance(native, NativeBooster) else super().family(native)
+
+    def task(self, native) -> str:
+        return native.task if isinstance(native, NativeBooster) else super().task(native)
+
     def metadata(self, native, cfg):
         if not isinstance(native, NativeBooster):
             return super().metadata(native, cfg)

@@ -141,11 +141,10 @@ def verify(ctx, opts: ConvertOptions, model, path: Path) -> dict[str, Any]:
     defaults = default_tolerances(ctx, vopts)
     comparisons = [c for name in got if (c := compare_output(name, ref, got[name], rows, rows, vopts, stochastic,
                                                              defaults)) is not None]
-    result |= {"reference": ref_desc, "rtol": defaults[0], "atol": defaults[1],
-               "unchecked": [n for n in got if n not in {c["output"] for c in comparisons}]}
-    for c in comparisons:
-        result["outputs"][c["output"]] |= {k: c[k] for k in ("kind", "pass", "max_abs", "max_rel", "flips", "reason")
-                                           if k in c}
+    result |= {"reference": ref_desc, "unchecked": [n for n in got if n not in {c["output"] for c in comparisons}]}
+    for c in comparisons:  # each output's own tolerances (the frontend's default for its kind, or the config's)
+        result["outputs"][c["output"]] |= {k: c[k] for k in ("kind", "pass", "rtol", "atol", "max_abs", "max_rel",
+                                                             "flips", "reason") if k in c}
     failing = [c for c in comparisons if not c["pass"]]
     if failing:
         c = failing[0]

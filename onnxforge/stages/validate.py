@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,16 +138,24 @@ def _stochastic_outputs(model, opts, where=None) -> list[str]:
     return meta_json(model, "stochastic_outputs", list, [], items=str, where=where)
 
 
-def default_tolerances(ctx, opts: ValidateOptions) -> tuple[float, float]:
-    """(rtol, atol) for outputs without their own: the options', else the frontend's against the source, else
-    1e-4/1e-5 against another ONNX model."""
+def default_tolerances(ctx, opts: ValidateOptions) -> Callable[[str], tuple[float, float]]:
+    """Each output's (rtol, atol) where it has none of its own: the options' rtol/atol where set, else — against the
+    source — the frontend's default for that output (by model family and output kind, set from measurement:
+    Frontend.tolerance), else 1e-4/1e-5 against another ONNX model."""
     source = opts.against == "source"
-    return (opts.rtol if opts.rtol is not None else (ctx.frontend.rtol if source else 1e-4),
-            opts.atol if opts.atol is not None else (ctx.frontend.atol if source else 1e-5))
+    seen: dict[str, tuple[float, float]] = {}
+
+    def tolerance(name: str) -> tuple[float, float]:
+        if name not in seen:
+            rtol, atol = ctx.frontend.tolerance(ctx.native(), ctx.cfg, name) if source else (1e-4, 1e-5)
+            seen[name] = (opts.rtol if opts.rtol is not None else rtol, opts.atol if opts.atol is not None else atol)
+        return seen[name]
+
+    return tolerance
 
 
 def compare_output(name: str, ref: dict, got, n: int, rows: int, opts: ValidateOptions, stochastic: list[str],
-                   defaults: tuple[float, float]) -> dict | None:
+                   defaults: Callable[[str], tuple[float, float]]) -> dict | None:
     """One deterministic output of a run on the first `n` of `rows` rows against the reference's, at its tolerances;
     None where there is nothing to compare (skipped, stochastic, not in the reference, or a scalar/batch statistic
     that only a run over all rows can be compared on). convert's self-check uses it too."""
@@ -159,8 +168,9 @@ def compare_output(name: str, ref: dict, got, n: int, rows: int, opts: ValidateO
     aligned = r.ndim > 0 and r.shape[0] == rows
     if not aligned and n != rows:
         return None  # a scalar or batch statistic: compared where all rows ran as one batch
-    c = compare(name, r[:n] if aligned else r, got, tol.rtol if tol.rtol is not None else defaults[0],
-                tol.atol if tol.atol is not None else defaults[1])
+    rtol, atol = defaults(name)
+    c = compare(name, r[:n] if aligned else r, got, tol.rtol if tol.rtol is not None else rtol,
+                tol.atol if tol.atol is not None else atol)
     if c.get("kind") == "label" and not c["pass"] and c["flip_rate"] <= tol.max_flip_rate:
         c["pass"] = True
     return c
@@ -208,7 +218,7 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     rows = data.n_rows(feeds)
     stochastic = _stochastic_outputs(model, opts, Path(ctx.model).name)
     ref_desc, ref, sampler = _reference(ctx, opts, feeds, stochastic, model)
-    default_rtol, default_atol = default_tolerances(ctx, opts)
+    defaults = default_tolerances(ctx, opts)
     out_names = [o.name for o in sess.get_outputs()]
     comparisons: list[dict] = []
     got_full = None
@@ -225,7 +235,7 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
         if bs == 0 or n == rows:
             got_full = got
         for name in out_names:
-            c = compare_output(name, ref, got[name], n, rows, opts, stochastic, (default_rtol, default_atol))
+            c = compare_output(name, ref, got[name], n, rows, opts, stochastic, defaults)
             if c is not None:
                 c["batch"] = size
                 comparisons.append(c)
