@@ -186,7 +186,7 @@ def parse_columns(items: list[str] | None, flag: str = "--columns") -> dict[str,
     return out
 
 
-def _check_numeric(col: np.ndarray, key: str, spec, source) -> None:
+def _check_numeric(col: np.ndarray, key: str, spec, source, offset: int = 0) -> None:
     if col.dtype.kind in "UST" or col.dtype == object:
         cells = col.reshape(len(col), -1)[:, 0] if col.ndim else [col.item()]
         texts = [(i, v) for i, v in enumerate(cells) if isinstance(v, str)]
@@ -194,7 +194,7 @@ def _check_numeric(col: np.ndarray, key: str, spec, source) -> None:
             return
         text = next(((i, v) for i, v in texts if not _is_number(v)), texts[0] if texts else None)
         col_name = f" in column '{key}'" if key and key != spec.name else ""
-        at = f" ({text[1][:20]!r}{col_name}, row {text[0]})" if text else ""
+        at = f" ({text[1][:20]!r}{col_name}, row {offset + text[0]})" if text else ""  # file row, not chunk row
         raise UserError(f"{_where(source)}input '{spec.name}' expects {spec.dtype} but the data holds strings{at} — "
                         "fix those cells, or the input's dtype")
 
@@ -234,7 +234,7 @@ def feeds_from_table(table: Mapping[str, np.ndarray], specs, rows: int | None = 
                             "row")
         if spec.dtype != "string":  # name the column a CSV read as text (one odd cell makes the whole column str)
             for k, c in zip(key if isinstance(key, list) else [key], cols, strict=True):
-                _check_numeric(c, k, spec, source)
+                _check_numeric(c, k, spec, source, offset)
         if isinstance(key, list):
             lens = {len(c) for c in cols}
             if len(lens) > 1:

@@ -141,7 +141,7 @@ def _stored_bytes(path: Path) -> int:
 def test_optimize_rejects_a_pass_that_grows_the_stored_tensors(tmp_path):
     src = _tiled(tmp_path / "tiled.onnx")
     common = ["--data", src.with_suffix(".npz"), "--set", "latency_rounds=1", "--set", "min_pass_speedup=0", "--json"]
-    res = run_cli("optimize", src, "-o", tmp_path / "o.onnx", *common)
+    res = run_cli("optimize", src, "-o", tmp_path / "o.onnx", *common, cwd=tmp_path)
     assert res.code == 0, res.stderr
     s = res.json()["result"]["summary"]
     assert s["passes"] and s["applied"] == []
@@ -150,7 +150,7 @@ def test_optimize_rejects_a_pass_that_grows_the_stored_tensors(tmp_path):
         assert "max_size_growth: null accepts it" in p["reason"]
     assert _stored_bytes(tmp_path / "o.onnx") == _stored_bytes(src) < 4096
     # the same passes accepted without the limit: they really materialize the 256 KiB weight
-    res = run_cli("optimize", src, "-o", tmp_path / "n.onnx", *common, "--set", "max_size_growth=null")
+    res = run_cli("optimize", src, "-o", tmp_path / "n.onnx", *common, "--set", "max_size_growth=null", cwd=tmp_path)
     assert res.code == 0, res.stderr
     assert res.json()["result"]["summary"]["applied"]
     assert _stored_bytes(tmp_path / "n.onnx") >= 256 * 256 * 4
@@ -188,7 +188,7 @@ def qmodels(tmp_path_factory) -> dict[str, Path]:
 
 def _quantize(qmodels, src: Path, out: Path, *args):
     return run_cli("quantize", src, "-o", out, "--data", qmodels["data"], "--labels", "label", "--set",
-                   "allow_slower=true", "--set", "latency_rounds=1", "--set", "batch_sizes=[1]", *args)
+                   "allow_slower=true", "--set", "latency_rounds=1", "--set", "batch_sizes=[1]", *args, cwd=out.parent)
 
 
 def _accuracy(path: Path, qmodels) -> float:
@@ -255,15 +255,14 @@ def test_predict_failing_in_a_later_chunk_leaves_no_output(tmp_path, suffix):
     df.iloc[80, 2] = "oops"  # row 80: chunk 5 of 10-row chunks; chunks 1–4 score fine
     df.to_csv(tmp_path / "in.csv", index=False)
     out = tmp_path / f"y{suffix}"
-    res = run_cli("predict", tmp_path / "m.onnx", "--input", tmp_path / "in.csv", "--output", out,
-                  "--chunk-rows", "10")
-    line = assert_one_line_error(res)
-    assert "oops" in line or "x_2" in line, line
+    args = ("predict", tmp_path / "m.onnx", "--input", tmp_path / "in.csv", "--output", out, "--chunk-rows", "10",
+            "--columns", "x=x_0,x_1,x_2,x_3")
+    line = assert_one_line_error(run_cli(*args, cwd=tmp_path))
+    assert "'oops' in column 'x_2', row 80" in line, line  # the row in the file, not in its chunk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "m.onnx"]  # no file, no temporary residue
     # an existing output is left as it was
     out.write_bytes(b"previous scores")
-    assert_one_line_error(run_cli("predict", tmp_path / "m.onnx", "--input", tmp_path / "in.csv", "--output", out,
-                                  "--chunk-rows", "10"))
+    assert "row 80" in assert_one_line_error(run_cli(*args, cwd=tmp_path))
     assert out.read_bytes() == b"previous scores"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.csv", "m.onnx", out.name])
 
