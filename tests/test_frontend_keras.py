@@ -48,8 +48,8 @@ def assert_matches_keras(model_path: Path, want: list[np.ndarray], x: np.ndarray
     got_all = sess.run(outputs, {input_name: x})
     parts = [sess.run(outputs, {input_name: x[i : i + 1]}) for i in range(16)]
     for k, name in enumerate(outputs):
-        np.testing.assert_allclose(got_all[k], want[k], rtol=1e-3, atol=1e-5, err_msg=name)
-        np.testing.assert_allclose(np.concatenate([p[k] for p in parts]), want[k][:16], rtol=1e-3, atol=1e-5,
+        np.testing.assert_allclose(got_all[k], want[k], rtol=1e-5, atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(np.concatenate([p[k] for p in parts]), want[k][:16], rtol=1e-5, atol=1e-4,
                                    err_msg=name)
     assert (got_all[0].argmax(1) == want[0].argmax(1)).all()
 
@@ -68,7 +68,7 @@ def test_run_converts_and_validates(ran):
     assert v["verdict"] == "pass" and v["reference"] == "keras native predict" and v["rows"] == 450
     for name in CASES[case][3]:
         assert {c["batch"] for c in v["comparisons"] if c["output"] == name and c["pass"]} == {1, 450}
-    assert all(c["rtol"] == 1e-3 and c["atol"] == 1e-5 for c in v["comparisons"])
+    assert all(c["rtol"] == 1e-5 and c["atol"] == 1e-4 for c in v["comparisons"])  # measured defaults
     assert v["metrics"]["candidate"]["accuracy"] > 0.9
 
 

@@ -46,9 +46,9 @@ def assert_matches_torch(model_path: Path, module, x: np.ndarray, input_name: st
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
     (got_all,) = sess.run([output], {input_name: x})
-    np.testing.assert_allclose(got_all, want, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(got_all, want, rtol=1e-5, atol=1e-4)  # the torch frontend's default
     got_one = np.concatenate([sess.run([output], {input_name: x[i : i + 1]})[0] for i in range(16)])
-    np.testing.assert_allclose(got_one, want[:16], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(got_one, want[:16], rtol=1e-5, atol=1e-4)
     assert (got_all.argmax(1) == want.argmax(1)).all()
 
 
@@ -65,7 +65,7 @@ def test_run_converts_and_validates(ran):
     assert v["verdict"] == "pass" and v["reference"] == "torch native predict" and v["rows"] == 450
     batches = {c["batch"] for c in v["comparisons"] if c["output"] == "logits" and c["pass"]}
     assert batches == {1, 450}
-    assert all(c["rtol"] == 1e-3 and c["atol"] == 1e-5 for c in v["comparisons"])
+    assert all(c["rtol"] == 1e-5 and c["atol"] == 1e-4 for c in v["comparisons"])  # measured defaults
     assert v["metrics"]["candidate"]["accuracy"] > 0.9
 
 

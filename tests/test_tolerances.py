@@ -117,9 +117,8 @@ def test_onnx_frontend_default(converted, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     ok = run_cli("validate", src, "-c", path, "--json")
     assert ok.code == 0, ok.stderr[-2000:]
-    comps = json.loads((tmp_path / "validation.json").read_text())["comparisons"] if (
-        tmp_path / "validation.json").is_file() else json.loads(ok.stdout)["result"]["comparisons"]
-    assert all(c["pass"] and (c["rtol"], c["atol"]) == (rtol, atol) for c in comps if c["output"] == "logits")
+    comps = json.loads(ok.stdout)["result"]["summary"]["comparisons"]
+    assert comps and all(c["pass"] and (c["rtol"], c["atol"]) == (rtol, atol) for c in comps if c["output"] == "logits")
     bad = perturbed(src, "logits", 1000 * CASES["torch"][3], tmp_path / "lossy.onnx")
     got = run_cli("validate", bad, "-c", path, "--json")
     assert got.code == 1 and "logits" in got.stderr, (got.stdout[-1500:], got.stderr[-1500:])
