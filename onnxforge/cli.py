@@ -73,6 +73,8 @@ def command(fn=None, *, name: str | None = None):
             from onnxforge.envelope import dumps, envelope, warning_line
 
             with warnings.catch_warnings(record=True) as caught, _stdout_to_stderr():
+                # onnxforge's own warnings are part of the result: PYTHONWARNINGS=ignore hides only third parties'
+                warnings.filterwarnings("always", module=r"onnxforge(\.|$)")
                 code, result, error = _guarded(fn, args, kwargs, debug)
             doc = envelope(cmd_name, code, result, error, [warning_line(w) for w in caught])
             sys.stdout.write(dumps(doc) + "\n")
