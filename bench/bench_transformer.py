@@ -5,16 +5,18 @@ export → optimize's passes → INT8 held to the output-fidelity budget.
 bench/results.*. Needs `make corpus` (the pinned wheel) and onnxforge[transformers].
 
 Measured: nodes after optimize's passes (onnxslim → fusion → ORT extended) for the dynamo (default) and TorchScript
-exports; fp32 onnxruntime variants and the INT8 result, p50 at batch 1 and 32, seq 64, intra_op_num_threads=1
-(checked: no pool thread started), interleaved rounds in one process; min/mean cosine vs float on the held-out
-sentences (fixtures/text/sentences_heldout.txt, never used by the search, which runs on sentences_search.txt).
+exports. Outputs before timing (compare_and_time): every variant, in the session then timed, on the held-out
+sentences (fixtures/text/sentences_heldout.txt, never used by the search, which runs on sentences_search.txt) and on
+the timed batches — fp32 variants must equal fp32 dynamo at optimize's tolerance, INT8 variants are reported by
+min/mean cosine against the 0.99 budget; a variant that fails is not timed. Then p50 at batch 1 and 32, seq 64, in
+interleaved rounds (bench.interleaved), speed as timing.paired ratios with 95 % intervals against the fastest fp32
+variant; onnxruntime threads read back from every session (1 intra-op, 1 inter-op, no pool thread started).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -23,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SEQ, BATCHES, ROUNDS, SECONDS = 64, (1, 32), 5, 0.6
+SEQ, BATCHES, ROUNDS, SECONDS = 64, (1, 32), 6, 0.6  # seq, batch sizes, paired rounds, s per variant per round
+FP32_RTOL, FP32_ATOL = 1e-3, 1e-4  # optimize's pass tolerance: fp32 variants against fp32 dynamo
+MIN_COSINE = 0.99  # the INT8 fidelity budget (onnxforge.quant.fidelity.FidelityBudget)
 
 
 def _threads() -> int:
@@ -31,7 +35,11 @@ def _threads() -> int:
 
 
 def _session(path: Path, level: str = "all"):
+    """onnxruntime with 1 intra-op and 1 inter-op thread, no spinning. Returns the session, whether 1 thread held
+    (read back from the session's options, and no pool thread started) and what was read back."""
     import onnxruntime as ort
+
+    from bench import ort_threads
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
@@ -43,8 +51,9 @@ def _session(path: Path, level: str = "all"):
     so.log_severity_level = 3
     before = _threads()
     s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    assert s.get_session_options().intra_op_num_threads == 1 and _threads() == before, "ORT started a thread pool"
-    return s
+    ok, how = ort_threads(s, 1)
+    started = _threads() - before  # a pool of n intra-op threads starts n-1 OS threads
+    return s, ok and started == 0, {"read_back": how, "os_threads_started": started}
 
 
 def export(model_dir: Path, dst: Path, exporter: str = "dynamo", pooled: bool = True) -> Path:
@@ -95,21 +104,17 @@ def optimize_passes(src: Path, work: Path) -> tuple[Path, list[dict]]:
     return cur, steps
 
 
-def _latency(models: dict[str, Path], feeds_by_batch: dict[int, dict]) -> dict[str, dict[str, float]]:
-    sessions = {k: _session(p) for k, p in models.items()}
-    out: dict[str, dict[str, list]] = {k: {f"batch{b}": [] for b in feeds_by_batch} for k in models}
-    for b, feeds in feeds_by_batch.items():
-        for s in sessions.values():
-            s.run(None, feeds)  # warm-up
-        for _ in range(ROUNDS):
-            for k, s in sessions.items():
-                t_end, times = time.perf_counter() + SECONDS, []
-                while time.perf_counter() < t_end or len(times) < 3:
-                    t0 = time.perf_counter()
-                    s.run(None, feeds)
-                    times.append(time.perf_counter() - t0)
-                out[k][f"batch{b}"].append(statistics.median(times) * 1000)
-    return {k: {b: statistics.median(v) for b, v in d.items()} for k, d in out.items()}
+def _runner(name: str, sess, feeds: dict):
+    """The timed call of one variant, named after it (the tests read the order of calls by that name)."""
+    def call():
+        return sess.run(None, feeds)
+
+    call.__qualname__ = call.__name__ = f"run {name}"
+    return call
+
+
+def _shapes(feeds: dict) -> str:
+    return ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in feeds.items())
 
 
 def _cosines(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
@@ -119,12 +124,84 @@ def _cosines(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
     return float(c.min()), float(c.mean())
 
 
+def compare_and_time(models: dict[str, Path], ref_key: str, held: dict, feeds_by_batch: dict[int, dict], *,
+                     rounds: int = ROUNDS, seconds: float = SECONDS, min_cosine: float = MIN_COSINE) -> dict:
+    """Outputs first, then timing. Every variant runs in the session that is then timed: on the held-out batch
+    (cosine per sentence vs `ref_key`, reported for all) and on each timed batch. fp32 variants (names starting
+    'fp32') must match `ref_key` at optimize's pass tolerance (rtol 1e-3, atol 1e-4) on both; INT8 variants must
+    give finite outputs of the reference's shape, and their fidelity is reported against the budget
+    (min cosine ≥ min_cosine), not held to equality. A variant that fails is not timed. The others are timed per
+    batch in interleaved rounds (bench.interleaved) and each speed is timing.paired against the fastest fp32
+    variant that passed (by median over both batch sizes), with its 95 % interval; no ratio where 1 thread did
+    not hold (read back from every session)."""
+    from bench import interleaved
+    from onnxforge.compare import compare
+    from onnxforge.timing import paired
+
+    sessions, threads, fid, status = {}, {}, {}, {}
+    for k, p in models.items():
+        try:
+            s, ok, how = _session(p)
+            held_out = s.run(None, held)[0]
+            batch_out = {b: s.run(None, f)[0] for b, f in feeds_by_batch.items()}
+        except Exception as e:  # noqa: BLE001 — a variant that does not run is failed, untimed
+            if k == ref_key:
+                raise
+            status[k] = f"failed: does not run: {type(e).__name__}: {str(e)[:120]}"
+            continue
+        sessions[k], threads[k] = (s, held_out, batch_out), {"applied": ok, **how}
+    ref_held, ref_batch = sessions[ref_key][1], sessions[ref_key][2]
+    for k in list(sessions):
+        _, held_out, batch_out = sessions[k]
+        lo, mean = _cosines(ref_held, held_out) if held_out.shape == ref_held.shape else (float("nan"),) * 2
+        fid[k] = {"min_cosine": lo, "mean_cosine": mean}
+        why = []
+        if k.startswith("fp32"):
+            for where, r, g in [("held-out", ref_held, held_out), *((f"batch {b}", ref_batch[b], batch_out[b])
+                                                                     for b in feeds_by_batch)]:
+                c = compare("sentence_embedding", r, g, FP32_RTOL, FP32_ATOL)
+                fid[k][f"max_abs {where}"] = c.get("max_abs")
+                if not c["pass"]:
+                    why.append(f"{where}: " + (c.get("reason") or f"{c['mismatches']}/{c['total']} values beyond "
+                                               f"rtol {FP32_RTOL:g}, atol {FP32_ATOL:g} (max abs diff "
+                                               f"{c['max_abs']:.3g})"))
+            status[k] = ("failed: outputs differ from " + ref_key + " — " + "; ".join(why)) if why else \
+                ("reference" if k == ref_key else f"ok: matches {ref_key}")
+        else:
+            for where, r, g in [("held-out", ref_held, held_out), *((f"batch {b}", ref_batch[b], batch_out[b])
+                                                                     for b in feeds_by_batch)]:
+                if g.shape != r.shape:
+                    why.append(f"{where}: shape {list(g.shape)} vs {list(r.shape)}")
+                elif not np.isfinite(g).all():
+                    why.append(f"{where}: non-finite values")
+            status[k] = ("failed: outputs unusable — " + "; ".join(why)) if why else (
+                f"within budget (min cos ≥ {min_cosine:g})" if lo >= min_cosine else
+                f"BELOW budget: min cos {lo:.3g} < {min_cosine:g}")
+        if why:
+            del sessions[k]
+    samples = {}
+    for b, f in feeds_by_batch.items():
+        fns = {k: _runner(k, s, f) for k, (s, _, _) in sessions.items()}
+        samples[f"batch{b}"] = interleaved(fns, rounds=rounds, seconds=seconds, rows=b, warmup=1)
+    p50 = {k: {bk: float(np.median(v[k])) for bk, v in samples.items()} for k in sessions}
+    fp32 = [k for k in sessions if k.startswith("fp32")]
+    best = min(fp32, key=lambda k: sum(np.log(list(p50[k].values())))) if fp32 else None
+    fair = all(t["applied"] for t in threads.values())
+    speed = {k: {bk: paired(v[best], v[k]).as_dict() for bk, v in samples.items()} if best and fair and k != best
+             else None for k in sessions}
+    return {"status": status, "fidelity_heldout": fid, "threads": threads, "threads_applied": fair,
+            "samples_ms": samples, "p50_ms": p50, "best_fp32": best, "speed_vs_best_fp32": speed,
+            "rounds": rounds, "seconds_per_round": seconds,
+            "timing_inputs": {f"batch{b}": _shapes(f) for b, f in feeds_by_batch.items()},
+            "fidelity_inputs": _shapes(held)}
+
+
 def measure(model_dir: Path, work: Path, log=print) -> dict:
     sys.path.insert(0, str(ROOT))
     from fixtures.transformer_models import sentences, tokenize
     from onnxforge.quant import fidelity
 
-    res: dict = {"seq": SEQ, "threads": 1, "rounds": ROUNDS}
+    res: dict = {"seq": SEQ, "threads": 1}
     paths, steps = {}, {}
     for exporter in ("dynamo", "torchscript"):
         log(f"bench: transformer export {exporter} ...")
@@ -162,53 +239,76 @@ def measure(model_dir: Path, work: Path, log=print) -> dict:
               "fp32 dynamo+optimize": paths["dynamo+optimize"],
               "fp32 torchscript+optimize": paths["torchscript+optimize"], **naive,
               "int8 fidelity search": sr.path}
-    ref = _session(paths["dynamo"]).run(None, held)[0]
-    res["heldout"] = {"sentences": int(held["input_ids"].shape[0]), "tokens_max": int(held["attention_mask"].sum(1).max()),
-                      "tokens_min": int(held["attention_mask"].sum(1).min())}
-    fid = {}
-    for k, p in models.items():
-        lo, mean = _cosines(ref, _session(p).run(None, held)[0])  # one padded batch (batch 1 measured: no better)
-        fid[k] = {"min_cosine": lo, "mean_cosine": mean}
-    res["fidelity_heldout"] = fid
-    log("bench: transformer timing ...")
+    n_held = int(held["input_ids"].shape[0])
+    res["heldout"] = {"sentences": n_held, "tokens_max": int(held["attention_mask"].sum(1).max()),
+                      "tokens_min": int(held["attention_mask"].sum(1).min()), "shape": list(held["input_ids"].shape)}
     rng = np.random.default_rng(0)
     feeds_by_batch = {}
-    for b in BATCHES:  # real sentences repeated/padded to seq 64: the lengths a sentence encoder serves
-        idx = rng.integers(0, held["input_ids"].shape[0], b)
+    for b in BATCHES:  # real sentences padded to seq 64, every position attended: seq 64 costs what 64 tokens cost
+        idx = rng.integers(0, n_held, b)
         f = tokenize(model_dir, [sentences("heldout")[i] for i in idx], pad_to=SEQ)
-        f["attention_mask"][:] = 1  # every position real: seq 64 costs what 64 tokens cost
+        f["attention_mask"][:] = 1
         feeds_by_batch[b] = f
-    lat = _latency(models, feeds_by_batch)
-    res["p50_ms"] = lat
-    best = min((k for k in lat if k.startswith("fp32")), key=lambda k: sum(np.log(list(lat[k].values()))))
-    res["best_fp32"] = best
-    res["speedup_vs_best_fp32"] = {k: {b: lat[best][b] / v[b] for b in v} for k, v in lat.items()}
+    log("bench: transformer outputs checked, then timing ...")
+    res |= compare_and_time(models, "fp32 dynamo (ORT all)", held, feeds_by_batch)
+    res["inputs"] = {
+        "fidelity": f"{n_held} real held-out sentences (fixtures/text/sentences_heldout.txt, never used by the "
+                    f"search), tokenized by the model's tokenizer.json, one batch right-padded to the longest "
+                    f"({res['heldout']['tokens_min']}–{res['heldout']['tokens_max']} tokens; padding masked): "
+                    + res["fidelity_inputs"],
+        "timing": f"real held-out sentences drawn with replacement (seed 0), tokenized, right-padded with [PAD] "
+                  f"to {SEQ} tokens, attention_mask 1 on all {SEQ} positions (every position computed as a "
+                  "token): " + " / ".join(res["timing_inputs"].values())}
     return res
 
 
+NODES = {"fp32 dynamo (ORT all)": "dynamo", "fp32 torchscript (ORT all)": "torchscript",
+         "fp32 dynamo+optimize": "dynamo+optimize", "fp32 torchscript+optimize": "torchscript+optimize"}
+
+
 def table(res: dict) -> dict:
-    rows = []
-    for k, lat in res["p50_ms"].items():
+    from bench import num, speed_cell
+
+    rows, batches = [], list(res["samples_ms"])
+    for k, st in res["status"].items():
         f = res["fidelity_heldout"].get(k, {})
-        nodes = {"fp32 dynamo (ORT all)": res["nodes"]["dynamo"], "fp32 torchscript (ORT all)": res["nodes"]["torchscript"],
-                 "fp32 dynamo+optimize": res["nodes"]["dynamo+optimize"],
-                 "fp32 torchscript+optimize": res["nodes"]["torchscript+optimize"]}.get(k, "")
-        spd = res["speedup_vs_best_fp32"][k]
-        rows.append([k, nodes, lat["batch1"], lat["batch32"], spd["batch1"], spd["batch32"],
-                     f.get("min_cosine", float("nan")), f.get("mean_cosine", float("nan"))])
-    i8 = res["int8"]
-    notes = (f"all-MiniLM-L6-v2 (corpus source minilm_l6_v2), BertModel + mean pooling, opset 18. p50 ms, "
-             f"onnxruntime CPU, intra_op_num_threads=1 (checked), seq {res['seq']}, {res['rounds']} interleaved rounds; "
-             f"speedup vs the best fp32 variant ({res['best_fp32']}). Cosine: per sentence vs fp32 dynamo, "
-             f"{res['heldout']['sentences']} held-out sentences ({res['heldout']['tokens_min']}–"
-             f"{res['heldout']['tokens_max']} tokens, one padded batch). INT8 search: dynamic, "
-             f"{'per-channel' if i8['used']['config']['per_channel'] else 'per-tensor'}"
-             f"{', reduce_range' if i8['used']['config']['reduce_range'] else ''} (CPU VNNI: "
-             f"{i8['used']['cpu']['vnni']}), {len(i8['float_nodes'])} of {i8['used']['targets']} MatMuls kept float, "
-             f"{i8['builds']} builds in {i8['search_s']} s ({i8['method']}).")
-    return {"title": "transformer: all-MiniLM-L6-v2 fp32 vs INT8 (fidelity budget min cosine ≥ 0.99)",
-            "columns": ["variant", "nodes", "p50 b1", "p50 b32", "speedup b1", "speedup b32", "min cos",
-                        "mean cos"], "rows": rows, "notes": notes, "data": res}
+        nodes = res.get("nodes", {}).get(NODES.get(k), "—")  # INT8 variants: not counted
+        cos = [num(f[c]) if f.get(c) == f.get(c) and c in f else "—" for c in ("min_cosine", "mean_cosine")]
+        if k not in res["p50_ms"]:  # failed the check: not timed
+            rows.append([k, nodes, st, *["—"] * (2 * len(batches)), *cos])
+            continue
+        lat, spd = res["p50_ms"][k], res["speed_vs_best_fp32"].get(k)
+        cells = []
+        for b in batches:
+            cells += [num(lat[b]), "1 (baseline)" if k == res["best_fp32"] else
+                      speed_cell(spd[b]) if spd else "threads not 1: not shown"]
+        rows.append([k, nodes, st, *cells, *cos])
+    i8 = res.get("int8")
+    t = res["threads"]
+    reads = sorted({v["read_back"] for v in t.values()})
+    started = sorted({v["os_threads_started"] for v in t.values()})
+    search = (f" INT8 search: dynamic, {'per-channel' if i8['used']['config']['per_channel'] else 'per-tensor'}"
+              f"{', reduce_range' if i8['used']['config']['reduce_range'] else ''} (CPU VNNI: "
+              f"{i8['used']['cpu']['vnni']}), {len(i8['float_nodes'])} of {i8['used']['targets']} MatMuls kept "
+              f"float, {i8['builds']} builds in {i8['search_s']} s ({i8['method']}), on the search sentences "
+              "(fixtures/text/sentences_search.txt).") if i8 else ""
+    notes = (f"all-MiniLM-L6-v2 (corpus source minilm_l6_v2), BertModel + mean pooling, opset 18. Before timing, "
+             "every variant runs in the session then timed, on the held-out batch and on each timed batch: fp32 "
+             f"variants must match fp32 dynamo at optimize's pass tolerance (rtol {FP32_RTOL:g}, atol "
+             f"{FP32_ATOL:g}), INT8 variants must give finite outputs of its shape and are held to nothing more — "
+             f"their fidelity is the cosine columns against the budget (min cosine ≥ {MIN_COSINE:g}); a variant "
+             "that fails is not timed. Cosine: per sentence vs fp32 dynamo on the held-out inputs. Timing: p50 ms "
+             f"(median of the per-round p50s), onnxruntime CPU, {res['rounds']} interleaved rounds per batch size "
+             f"(every variant once per round, order reversed on odd rounds, ≤ {res['seconds_per_round']} s each, "
+             "onnxforge.timing.measure); × = how many times as fast as the fastest fp32 variant that passed "
+             f"({res['best_fp32']}, by median over both batch sizes): geometric mean of the per-round ratios with "
+             f"its 95 % interval (onnxforge.timing.paired). Threads: {'; '.join(reads)}, OS threads started by a "
+             f"session: {', '.join(map(str, started))} — no ratio is shown unless every session held 1 thread. "
+             f"Inputs — fidelity: {res['inputs']['fidelity']}; timing: {res['inputs']['timing']}.{search}")
+    return {"title": f"transformer: all-MiniLM-L6-v2 fp32 vs INT8 (fidelity budget min cosine ≥ {MIN_COSINE:g})",
+            "columns": ["variant", "nodes", "outputs checked",
+                        *(c for b in batches for c in (f"p50 b{b[5:]} ms", f"× b{b[5:]}")), "min cos", "mean cos"],
+            "rows": rows, "notes": notes, "data": res}
 
 
 def run() -> list[dict]:

@@ -228,3 +228,131 @@ def test_optimize_cells_from_the_run(tmp_path, monkeypatch, digits):
     ours = [m for m in timed if "onnxsim" in m]  # the optimize stage's own timing aside (it never runs onnxsim)
     assert ours == [["input", "onnxslim", "onnxsim", "onnxforge optimize"]] * 2  # as written, ORT all
     assert "·" in rows["onnxforge optimize"][4] and "×" in rows["onnxforge optimize"][4]
+
+
+# ------------------------------------------------------------------ third-party corpus
+
+
+def _corpus_entry(name: str) -> dict:
+    import corpus
+
+    built = {e["name"]: e for e in corpus.entries()}
+    if name not in built:
+        pytest.skip(f"corpus model {name} not built in {corpus.cache_dir()} (make corpus)")
+    return built[name]
+
+
+def _fake_cli(made: dict):
+    """bench_corpus._cli without the subprocesses: writes each command's -o file as `made[kind](src)` returns it
+    (a ModelProto, or an (exit code, message) pair for a failing command). kind: optimize, portable, quantize."""
+    def cli(*args):
+        args = [str(a) for a in args]
+        kind = "portable" if "--portable" in args else args[0]
+        got = made[kind](onnx.load(args[1]))
+        if isinstance(got, tuple):
+            return got
+        onnx.save(got, args[args.index("-o") + 1])
+        return 0, ""
+    return cli
+
+
+def test_corpus_checks_every_variant_then_times_interleaved(tmp_path, monkeypatch, measured):
+    from bench import bench_corpus as bc
+
+    e = _corpus_entry("oww_hey_jarvis")
+    monkeypatch.setattr(bc, "_cli", _fake_cli({k: lambda m: m for k in ("optimize", "portable", "quantize")}))
+    r = bc.bench_one(e, tmp_path, rounds=2, seconds=0.01)
+    assert r["status"] == "ok" and r["failed"] == {}, r["failed"]
+    assert set(r["checks"]) == {"onnxslim", "ort_extended", "onnxforge", "portable", "quantized"}
+    assert all(c["pass"] for c in r["checks"].values()) and "rel_error" in r["quant_fidelity"]["53"]
+    assert all(t["applied"] and t["os_threads_started"] == 0 for t in r["threads"].values())  # read back
+    assert "intra-op 1, inter-op 1 (read back)" in r["threads"]["original"]["read_back"]
+    assert r["inputs"] == "synthetic (seeded, x.1 uniform -1…1): x.1 float32[1, 16, 96]"
+    # each round runs the original and every variant once; odd rounds in reverse order
+    assert _alternates(measured, 6, 2) and measured[0] == "run original", measured
+    assert all(len(v) == 2 for v in r["samples_ms"].values()) and r["speed"]["quantized"]["rounds"] == 2
+    cells = bc.table([r])["rows"][0]
+    assert all("×" in c for c in cells[9:14]) and cells[15].startswith("rel err"), cells
+
+
+def test_corpus_wrong_variant_is_failed_and_not_timed(tmp_path, monkeypatch, measured):
+    from bench import bench_corpus as bc
+
+    e = _corpus_entry("oww_hey_jarvis")
+    out = onnx.load(e["file"]).graph.output[0].name
+    monkeypatch.setattr(bc, "_cli", _fake_cli({
+        "optimize": lambda m: _scaled(m, out),  # a wrong optimized model
+        "portable": lambda m: (3, "internal error: injected"),  # a command that fails
+        "quantize": lambda m: _scaled(m, out, float("nan"))}))  # a quantized model with non-finite outputs
+    real_ext = bc._ort_extended
+    monkeypatch.setattr(bc, "_ort_extended", lambda s, d: onnx.save(_scaled(onnx.load(str(real_ext(s, d))), out,
+                                                                             1.0001), str(d)) or d)  # within tol
+    r = bc.bench_one(e, tmp_path, rounds=2, seconds=0.01)
+    assert r["failed"]["onnxforge"].startswith("outputs differ from the original's: 53:")
+    assert r["failed"]["portable"] == "exit 3: injected"
+    assert r["failed"]["quantized"] == "outputs unusable: 53: non-finite values"
+    assert "ort_extended" not in r["failed"] and r["checks"]["ort_extended"]["max_abs"] > 0
+    assert set(measured) == {"run original", "run onnxslim", "run ort_extended"}, measured  # the rest untimed
+    assert set(r["speed"]) == {"onnxslim", "ort_extended"}
+    cells = dict(zip(bc.table([r])["columns"], bc.table([r])["rows"][0], strict=True))
+    assert cells["× onnxforge"] == "failed: outputs differ" and cells["× portable"] == "failed: not produced"
+    assert cells["× quantized"] == "failed: outputs unusable" and cells["quant fidelity"] == "—"
+    assert "onnxforge: outputs differ" in cells["failures"] and "portable: exit 3" in cells["failures"]
+    assert "×" in cells["× ORT ext"] and cells["onnxforge"] == 34  # the (wrong) file was made: its nodes are a fact
+
+
+# ------------------------------------------------------------------ transformer
+
+
+def _encoder(path, table: np.ndarray) -> str:
+    """A stand-in sentence encoder with the bench's interface: sentence_embedding = mean over tokens of
+    table[input_ids] (attention_mask and token_type_ids are inputs it ignores)."""
+    ids = [helper.make_tensor_value_info(n, onnx.TensorProto.INT64, ["batch", "seq"])
+           for n in ("input_ids", "attention_mask", "token_type_ids")]
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["tok"]),
+         helper.make_node("ReduceMean", ["tok", "axes"], ["sentence_embedding"], keepdims=0)], "enc", ids,
+        [helper.make_tensor_value_info("sentence_embedding", onnx.TensorProto.FLOAT, ["batch", 8])],
+        [numpy_helper.from_array(table.astype(np.float32), "table"), numpy_helper.from_array(np.array([1]), "axes")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def _tokens(rows: int, seq: int, seed: int) -> dict:
+    ids = np.random.default_rng(seed).integers(0, 50, (rows, seq))
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def test_transformer_checks_then_times_interleaved(tmp_path, measured):
+    from bench import bench_transformer as bt
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((50, 8))
+    models = {"fp32 dynamo (ORT all)": _encoder(tmp_path / "ref.onnx", table),
+              "fp32 dynamo+optimize": _encoder(tmp_path / "same.onnx", table + 1e-6),  # within optimize's tolerance
+              "fp32 torchscript (ORT all)": _encoder(tmp_path / "wrong.onnx", table[::-1]),  # a wrong fp32 variant
+              "int8 noisy": _encoder(tmp_path / "noisy.onnx", table + 0.3 * rng.standard_normal((50, 8))),
+              "int8 broken": _encoder(tmp_path / "nan.onnx", np.full((50, 8), np.nan))}
+    res = bt.compare_and_time(models, "fp32 dynamo (ORT all)", _tokens(12, 9, 1), {1: _tokens(1, 64, 2),
+                                                                                   4: _tokens(4, 64, 3)},
+                              rounds=3, seconds=0.01)
+    st = res["status"]
+    assert st["fp32 dynamo+optimize"] == "ok: matches fp32 dynamo (ORT all)"
+    assert st["fp32 torchscript (ORT all)"].startswith("failed: outputs differ from fp32 dynamo (ORT all) — held-out")
+    assert st["int8 broken"] == ("failed: outputs unusable — held-out: non-finite values; batch 1: non-finite "
+                                 "values; batch 4: non-finite values")
+    lo = res["fidelity_heldout"]["int8 noisy"]["min_cosine"]
+    assert lo < 0.99 and st["int8 noisy"] == f"BELOW budget: min cos {lo:.3g} < 0.99"  # reported, and timed
+    timed = ["run fp32 dynamo (ORT all)", "run fp32 dynamo+optimize", "run int8 noisy"]
+    assert measured[:3] == timed and _alternates(measured[:9], 3, 3) and _alternates(measured[9:], 3, 3), measured
+    assert res["threads_applied"] and all(t["os_threads_started"] == 0 for t in res["threads"].values())
+    assert res["timing_inputs"]["batch4"] == "input_ids int64[4, 64], attention_mask int64[4, 64], " \
+                                             "token_type_ids int64[4, 64]"
+    best = res["best_fp32"]
+    assert best in ("fp32 dynamo (ORT all)", "fp32 dynamo+optimize") and res["speed_vs_best_fp32"][best] is None
+    other = "fp32 dynamo+optimize" if best == "fp32 dynamo (ORT all)" else "fp32 dynamo (ORT all)"
+    assert res["speed_vs_best_fp32"][other]["batch4"]["rounds"] == 3
+    res |= {"nodes": {}, "inputs": {"fidelity": "f", "timing": "t"}}
+    rows = {r[0]: r for r in bt.table(res)["rows"]}
+    assert rows["fp32 torchscript (ORT all)"][3:7] == ["—"] * 4 and rows["int8 broken"][3:7] == ["—"] * 4
+    assert "×" in rows[other][4] and "×" in rows["int8 noisy"][6] and rows[best][4] == "1 (baseline)"
