@@ -26,8 +26,12 @@ demo: install fixtures
 	$(BIN)/onnxforge run configs/demo.yaml
 	@echo "run folder: runs/demo (manifest.json); report: runs/demo/report.html (also .md, .json)"
 
+# pytest-xdist: one worker per core (2 on CI); a test file stays on one worker so its module fixtures run once
+TEST_JOBS ?= 2
+XDIST := -n $(TEST_JOBS) --dist loadfile
+
 test: install fixtures chromium corpus
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # every shell block of README.md, in order, in a scratch copy (make test runs all but the ones marked slow)
 readme-test: install fixtures corpus
@@ -40,7 +44,7 @@ corpus: install
 
 # every corpus model through the CLI (make test runs a seeded share of them)
 corpus-test: install corpus
-	ONNXFORGE_CORPUS_ALL=1 $(BIN)/python -m pytest -q tests/test_corpus.py $(PYTEST_ARGS)
+	ONNXFORGE_CORPUS_ALL=1 $(BIN)/python -m pytest -q $(XDIST:loadfile=load) tests/test_corpus.py $(PYTEST_ARGS)
 
 # 10,000 seeded fuzz cases (tests/fuzz): exits by code per command, exit-3s, residue, slowest → runs/fuzz/summary.{json,md}
 fuzz: install fixtures
