@@ -183,3 +183,44 @@ def test_compare_reports_shapes_and_types_not_tolerances():
     assert conforms("v", (TensorProto.FLOAT, [None, "n", 3]), np.zeros((5, 7, 3), np.float32))["pass"]
     c = conforms("v", (TensorProto.DOUBLE, ["batch"]), np.zeros(4, np.float32))
     assert not c["pass"] and c["kind"] == "dtype", c
+
+
+def _nan_forest(tmp_path) -> Path:
+    """A RandomForest fitted on rows with NaN (sklearn ≥ 1.4 routes NaN per split; skl2onnx's graph does not)."""
+    import skops.io as sio
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = X[:, :6].copy()
+    X[np.random.default_rng(0).random(X.shape) < 0.3] = np.nan
+    path = tmp_path / "forest.skops"
+    sio.dump(RandomForestClassifier(n_estimators=20, max_depth=6, random_state=0).fit(X, y), path)
+    return path
+
+
+@pytest.mark.parametrize("stamped", [False, True])
+def test_synthesized_check_covers_missing_values_where_the_model_is_stamped_for_them(tmp_path, monkeypatch, stamped):
+    """A model stamped as scoring NaN natively is verified on synthesized rows with NaN cells too. The forest's
+    converted graph routes NaN differently from sklearn: unstamped (the truth) it converts — NaN never reaches it,
+    predict/validate refuse NaN rows —; pretended NaN-aware it must be refused, which a complete-rows-only check
+    would have let through."""
+    from onnxforge.errors import CheckFailed
+    from onnxforge.frontends import _tabular
+    from onnxforge.standalone import build_config, run_alone
+
+    if stamped:
+        monkeypatch.setattr(_tabular, "NAN_AWARE", _tabular.NAN_AWARE | {("sklearn", "RandomForestClassifier"),
+                                                                          ("sklearn", "DecisionTreeClassifier")})
+    path, out = _nan_forest(tmp_path), tmp_path / "m.onnx"
+    cfg = build_config("convert", None, None, {}, source={"framework": "sklearn", "path": str(path)},
+                       top={"name": "m"})
+    if not stamped:
+        result, _ = run_alone("convert", cfg, None, out)
+        v = result.summary["verified"]
+        assert v["data"] == "synthetic" and v["values"], v
+        assert out.exists()
+        return
+    with pytest.raises(CheckFailed, match=r"output '(label|probabilities)' differs .* synthetic rows"):
+        run_alone("convert", cfg, None, out)
+    assert not out.exists()

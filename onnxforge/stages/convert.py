@@ -110,6 +110,8 @@ def verify(ctx, opts: ConvertOptions, model, path: Path) -> dict[str, Any]:
             feeds, provenance = data.synthesize(ctx.input_specs(path), opts.verify_rows, cfg.data.seed), "synthetic"
         except UserError as e:  # e.g. a text input without its categories: nothing to run it on
             return {"checked": False, "reason": f"no inputs could be synthesized: {e}"}
+        if nan_policy(model) == "nan":  # stamped as scoring missing values natively: check that routing too
+            feeds = _with_missing(feeds, cfg.data.seed)
     rows = data.n_rows(feeds)
     sess = admission.open_session(path, ours=True, provider_list=cfg.runtime.providers, threads=cfg.runtime.threads)
     try:
@@ -171,3 +173,15 @@ def _wider(c: dict, got: dict) -> bool:
     fixed = [d for d in (c.get("declared_dims") or [])[1:] if isinstance(d, int)]
     shape = np.shape(got[c["output"]])
     return len(shape) > 1 and bool(fixed) and math.prod(shape[1:]) > math.prod(fixed)
+
+
+def _with_missing(feeds, seed: int):
+    """The synthesized rows with every 4th float cell NaN: a model stamped accepts_missing is checked on the missing
+    value's default branches as well, not only on complete rows."""
+    rng = np.random.default_rng(seed + 1)
+    for name, arr in feeds.items():
+        if isinstance(arr, np.ndarray) and arr.dtype.kind == "f":
+            arr = arr.copy()
+            arr[rng.random(arr.shape) < 0.25] = np.nan
+            feeds[name] = arr
+    return feeds
