@@ -467,11 +467,14 @@ def _why(names: list[str], ranking: dict[str, float], ops: dict[str, str]) -> li
 
 def quantize_within(src: Path, work: Path, feeds: dict[str, np.ndarray], budget: FidelityBudget | None = None, *,
                     per_channel: bool | None = None, reduce_range: bool | None = None, method: str = "emulate",
-                    op_types: tuple[str, ...] = ("MatMul",), preprocess: bool = True, margin: float = 0.5,
+                    op_types: tuple[str, ...] = ("MatMul", "Attention"), preprocess: bool = True,
+                    margin: float = 0.5, smooth: str = "auto",
                     progress: Callable[[], None] | None = None) -> tuple[SearchResult, dict]:
     """Dynamic INT8 of `src` (onnxruntime.quantization through onnxforge.quant.int8, as the quantize stage builds
     it) held to the fidelity budget on `feeds`: per-channel / reduce_range from the CPU's flags unless given,
-    then `keep_float_search` over the quantized node types. Returns (search result, what was used)."""
+    then `keep_float_search` over the MatMuls. `smooth` "auto": first on the SmoothQuant-smoothed model with
+    Attention made quantizable (quant/smooth.py), and only if that search fails on the unsmoothed one; "off": the
+    unsmoothed one only. Returns (search result, what was used)."""
     from onnxforge.quant import int8
 
     work = Path(work).resolve()
@@ -495,11 +498,20 @@ def quantize_within(src: Path, work: Path, feeds: dict[str, np.ndarray], budget:
     budget = budget or FidelityBudget()
     strict = FidelityBudget(1.0 - (1.0 - budget.min_cosine) * margin, budget.max_rel_error * margin)
     check = FidelityCheck(pre, feeds, strict)
-    builder = int8.Int8Builder(pre, work, cfg, tag="fid")
-    targets = [t for t in int8.targets(int8.graph_nodes(pre), cfg) if t.op_type in op_types]
-    res = keep_float_search(builder.build, check, targets, method=method, float_path=pre,
-                            alive=int8.has_int8_weights, progress=progress)
+    targets = [t for t in int8.targets(int8.graph_nodes(pre), cfg) if t.op_type == "MatMul"]
     used = {"config": cfg.as_dict(), "cpu": cpu, "preprocess": status, "targets": len(targets),
             "budget": budget.as_dict(), "search_budget": strict.as_dict(),
-            "rows": int(next(iter(feeds.values())).shape[0])}
+            "rows": int(next(iter(feeds.values())).shape[0]), "smooth": {"mode": smooth}}
+    if smooth == "auto":
+        from onnxforge.quant import smooth as sq
+
+        res, info = sq.keep_float_search_smoothed(pre, work, cfg, check, feeds, alive=int8.has_int8_weights)
+        used["smooth"] |= info
+        if res is not None and res.ok:
+            used["smooth"]["used"] = True
+            return res, used
+        used["smooth"]["used"] = False
+    builder = int8.Int8Builder(pre, work, cfg, tag="fid")
+    res = keep_float_search(builder.build, check, targets, method=method, float_path=pre,
+                            alive=int8.has_int8_weights, progress=progress)
     return res, used

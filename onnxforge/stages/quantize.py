@@ -67,6 +67,14 @@ class QuantizeOptions(_Int8Fields):
                               "cosine to the float output (padding left out)")
     max_rel_error: float = Field(0.05, gt=0, description="output fidelity: other float outputs' per-row "
                                  "||int8 − float|| / ||float||")
+    smooth_quant: Literal["auto", "off"] = Field(
+        "auto", description="output fidelity, dynamic INT8 over budget: auto = before keeping MatMuls float, try "
+                            "SmoothQuant-style smoothing (per input channel s = max|X|^0.5 / max|W|^0.5 from the "
+                            "fidelity rows; weights stored × s, activations ÷ s folded into the producing "
+                            "LayerNorm or Attention where that is exact and free, else one Mul) and make fused "
+                            "Attention quantizable (QAttention) unless op_types leaves it out — exact in float "
+                            "(checked), then the keep-float search on that model; the unsmoothed search only if "
+                            "it fails. off = the unsmoothed search only")
     allow_slower: bool | None = Field(None, description="the speed gate while choosing: false skips INT8 candidates "
                                       "measurably slower than min_speedup × float (exit 1 if none is left), true "
                                       "ships one anyway (warned); default: false in auto mode or when min_speedup "
@@ -435,9 +443,21 @@ def _fit(env: _Env, c: dict, bar) -> Any:
         strict = fidelity.FidelityCheck(ref_model, env.assess.feeds,
                                         fidelity.FidelityBudget(1 - (1 - b.min_cosine) / 2, b.max_rel_error / 2),
                                         env.assess.provenance)
-        mm = [t for t in tg if t.op_type == "MatMul"]
-        sr = fidelity.keep_float_search(builder.build, strict, mm, list(opts.nodes_to_exclude), method="emulate",
-                                        float_path=ref_model, alive=env.alive)
+        sr = None
+        if opts.smooth_quant == "auto":  # smoothing first (quant/smooth.py): fewer MatMuls need to stay float
+            from onnxforge.quant import smooth
+
+            sr, info = smooth.keep_float_search_smoothed(ref_model, builder.work, builder.cfg, strict,
+                                                         env.assess.feeds, list(opts.nodes_to_exclude),
+                                                         alive=env.alive, tag=f"{builder.tag}s")
+            if sr is not None and not sr.ok:
+                sr = None
+            if sr is not None:
+                sr.steps.insert(0, {"smooth_quant": {k: v for k, v in info.items() if k != "tensors"}})
+        if sr is None:
+            mm = [t for t in tg if t.op_type == "MatMul"]
+            sr = fidelity.keep_float_search(builder.build, strict, mm, list(opts.nodes_to_exclude),
+                                            method="emulate", float_path=ref_model, alive=env.alive)
         res = env.assess(sr.path) if sr.path else sr.result
         return qb.Outcome(sr.ok and res["within"], sr.path, res, sr.float_nodes, sr.steps, sr.method, sr.message)
     return qb.fit_budget(builder.build, env.assess, tg, list(opts.nodes_to_exclude), alive=env.alive,
