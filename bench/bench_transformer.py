@@ -217,17 +217,23 @@ def measure(model_dir: Path, work: Path, log=print) -> dict:
     res["passes"] = steps
     search = tokenize(model_dir, sentences("search"))
     held = tokenize(model_dir, sentences("heldout"))
-    log("bench: transformer INT8 within the fidelity budget (search sentences) ...")
-    t0 = time.perf_counter()
-    sr, used = fidelity.quantize_within(paths["dynamo+optimize"], work / "q", search)
-    res["int8"] = {"ok": sr.ok, "builds": sr.builds, "search_s": round(time.perf_counter() - t0, 1),
-                   "method": sr.method, "float_nodes": [n["node"] for n in sr.float_nodes], "used": used,
-                   "search_fidelity": sr.result["fidelity"], "ranking": sr.ranking, "steps": [
-                       {"float_nodes": len(s["float_nodes"]), **{k: {"min": v.get("min")} for k, v in
-                                                                s["fidelity"].items()}} for s in sr.steps],
-                   "message": sr.message}
+    def searched(tag: str, smooth: str) -> tuple:
+        t0 = time.perf_counter()
+        sr, used = fidelity.quantize_within(paths["dynamo+optimize"], work / tag, search, smooth=smooth)
+        return sr, used, {
+            "ok": sr.ok, "builds": sr.builds, "search_s": round(time.perf_counter() - t0, 1), "method": sr.method,
+            "float_nodes": [n["node"] for n in sr.float_nodes], "used": used,
+            "search_fidelity": sr.result["fidelity"], "ranking": sr.ranking, "steps": [
+                {"float_nodes": len(s["float_nodes"]), **{k: {"min": v.get("min")} for k, v in
+                                                         s["fidelity"].items()}} for s in sr.steps],
+            "message": sr.message}
+
+    log("bench: transformer INT8 within the fidelity budget, smooth_quant off (search sentences) ...")
+    sr_off, _, res["int8"] = searched("q", "off")
+    log("bench: transformer INT8 within the fidelity budget, smooth_quant auto (search sentences) ...")
+    sr, used, res["int8_smooth"] = searched("qs", "auto")
     # naive dynamic INT8 for comparison: per-tensor, and per-channel, everything quantized
-    from onnxforge.quant import int8
+    from onnxforge.quant import int8, smooth
 
     pre = work / "q" / "preprocessed.onnx"
     naive = {}
@@ -235,10 +241,22 @@ def measure(model_dir: Path, work: Path, log=print) -> dict:
         b = int8.Int8Builder(pre, work / "q", int8.Int8Config(mode="dynamic", per_channel=pc, op_types=("MatMul",)),
                              tag=f"naive{int(pc)}")
         naive[label] = b.build([])
+    # smoothing alone: every MatMul and Attention quantized (QAttention), nothing kept float
+    sm_path, sm_info = smooth.prepare(pre, work / "q" / "smoothed-all.onnx", search)
+    res["smoothed_all"] = {k: v for k, v in sm_info.items() if k != "tensors"}
+    if sm_path is not None:
+        naive["int8 smoothed α=0.5, all MatMuls + QAttention"] = int8.Int8Builder(
+            sm_path, work / "q", int8.Int8Config(mode="dynamic", per_channel=True, op_types=("MatMul", "Attention")),
+            tag="small").build([])
+    log("bench: transformer quantize stage (--mode dynamic, smooth_quant auto) ...")
+    stage_path, res["stage"] = run_stage(paths["dynamo+optimize"], work / "stage", search)
     models = {"fp32 dynamo (ORT all)": paths["dynamo"], "fp32 torchscript (ORT all)": paths["torchscript"],
               "fp32 dynamo+optimize": paths["dynamo+optimize"],
               "fp32 torchscript+optimize": paths["torchscript+optimize"], **naive,
-              "int8 fidelity search": sr.path}
+              "int8 fidelity search, smooth_quant off": sr_off.path,
+              "int8 fidelity search, smooth_quant auto": sr.path}
+    if stage_path is not None:
+        models["int8 quantize stage (dynamic, defaults)"] = stage_path
     n_held = int(held["input_ids"].shape[0])
     res["heldout"] = {"sentences": n_held, "tokens_max": int(held["attention_mask"].sum(1).max()),
                       "tokens_min": int(held["attention_mask"].sum(1).min()), "shape": list(held["input_ids"].shape)}
@@ -260,6 +278,29 @@ def measure(model_dir: Path, work: Path, log=print) -> dict:
                   f"to {SEQ} tokens, attention_mask 1 on all {SEQ} positions (every position computed as a "
                   "token): " + " / ".join(res["timing_inputs"].values())}
     return res
+
+
+def run_stage(src: Path, work: Path, search: dict) -> tuple[Path | None, dict]:
+    """`onnxforge quantize SRC --mode dynamic --data search.npz` with every other option at its default
+    (smooth_quant auto, min_cosine 0.99): the stage's own output and its summary's figures."""
+    import subprocess
+
+    work.mkdir(parents=True, exist_ok=True)
+    np.savez(work / "search.npz", **search)
+    out = work / "stage.onnx"
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "onnxforge", "quantize", str(src), "-o", str(out), "--mode", "dynamic",
+                        "--data", str(work / "search.npz"), "--json"], capture_output=True, text=True, cwd=work,
+                       timeout=1800)
+    info: dict = {"exit": p.returncode, "wall_s": round(time.perf_counter() - t0, 1)}
+    try:
+        s = json.loads(p.stdout)["result"]["summary"]
+        info |= {"chosen": s.get("chosen"), "float_nodes": [n["node"] for n in s.get("float_nodes", [])],
+                 "fidelity": s.get("fidelity"), "speed": s.get("speed"),
+                 "method": (s.get("fallback") or {}).get("method")}
+    except Exception as e:  # noqa: BLE001 — reported, the row is then missing
+        info["error"] = f"{type(e).__name__}: {p.stderr[-400:]}"
+    return (out if p.returncode == 0 and out.is_file() else None), info
 
 
 NODES = {"fp32 dynamo (ORT all)": "dynamo", "fp32 torchscript (ORT all)": "torchscript",
@@ -287,6 +328,17 @@ def table(res: dict) -> dict:
     t = res["threads"]
     reads = sorted({v["read_back"] for v in t.values()})
     started = sorted({v["os_threads_started"] for v in t.values()})
+    sm = res.get("int8_smooth")
+    search_sm = (f" smooth_quant auto: {sm['method']}, {len(sm['float_nodes'])} MatMuls kept float, "
+                 f"{sm['builds']} builds in {sm['search_s']} s; smoothing: {sm['used']['smooth'].get('smoothed')} "
+                 f"activations ({sm['used']['smooth'].get('explicit_muls')} by a Mul, the rest folded into "
+                 f"Attention's V columns), float change {sm['used']['smooth'].get('float_change', float('nan')):.2g}"
+                 f" (relative), Attention nodes made quantizable (QAttention, whose weights onnxruntime always "
+                 f"quantizes 7-bit per-channel): {len(sm['used']['smooth'].get('attention_quantizable', []))}."
+                 ) if sm else ""
+    st = res.get("stage")
+    stage = (f" Quantize stage (`onnxforge quantize --mode dynamic --data search.npz`, defaults): exit {st['exit']},"
+             f" {st.get('method')}, {len(st.get('float_nodes') or [])} nodes float, {st['wall_s']} s.") if st else ""
     search = (f" INT8 search: dynamic, {'per-channel' if i8['used']['config']['per_channel'] else 'per-tensor'}"
               f"{', reduce_range' if i8['used']['config']['reduce_range'] else ''} (CPU VNNI: "
               f"{i8['used']['cpu']['vnni']}), {len(i8['float_nodes'])} of {i8['used']['targets']} MatMuls kept "
@@ -304,7 +356,8 @@ def table(res: dict) -> dict:
              f"({res['best_fp32']}, by median over both batch sizes): geometric mean of the per-round ratios with "
              f"its 95 % interval (onnxforge.timing.paired). Threads: {'; '.join(reads)}, OS threads started by a "
              f"session: {', '.join(map(str, started))} — no ratio is shown unless every session held 1 thread. "
-             f"Inputs — fidelity: {res['inputs']['fidelity']}; timing: {res['inputs']['timing']}.{search}")
+             f"Inputs — fidelity: {res['inputs']['fidelity']}; timing: {res['inputs']['timing']}.{search}"
+             f"{search_sm}{stage}")
     return {"title": f"transformer: all-MiniLM-L6-v2 fp32 vs INT8 (fidelity budget min cosine ≥ {MIN_COSINE:g})",
             "columns": ["variant", "nodes", "outputs checked",
                         *(c for b in batches for c in (f"p50 b{b[5:]} ms", f"× b{b[5:]}")), "min cos", "mean cos"],
