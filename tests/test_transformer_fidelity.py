@@ -201,6 +201,8 @@ def test_quantize_stage_holds_a_token_model_to_output_fidelity(optimized, senten
     assert s.get("accuracy_drop") is None and "accuracy" not in s["after"]
     assert s["fidelity"]["sentence_embedding"]["min"] >= 0.99
     assert s["float_nodes"], "naive dynamic INT8 misses the budget here: some MatMuls must stay float"
+    assert s["fallback"]["method"].startswith("smoothquant"), s["fallback"]["method"]  # smooth_quant: auto
+    assert s["fallback"]["steps"][0]["smooth_quant"]["float_change"] < 1e-4
     check = fidelity.FidelityCheck(optimized[0], held)
     final = check(out)
     assert final["fidelity"]["sentence_embedding"]["min"] >= 0.99, final["fidelity"]
@@ -326,3 +328,15 @@ def test_smoothed_search_keeps_fewer_matmuls_float_and_holds_on_held_out(optimiz
     assert int8.has_int8_weights(res.path)
     final = fidelity.FidelityCheck(work / "qs" / "preprocessed.onnx", held)(res.path)
     assert final["fidelity"]["sentence_embedding"]["min"] >= 0.99, final["fidelity"]
+
+
+def test_smooth_quant_option():
+    from pydantic import ValidationError
+
+    from onnxforge.stages.quantize import QuantizeOptions
+
+    assert QuantizeOptions().smooth_quant == "auto"
+    assert QuantizeOptions(smooth_quant="off").smooth_quant == "off"
+    with pytest.raises(ValidationError):
+        QuantizeOptions(smooth_quant="on")
+    assert "SmoothQuant" in QuantizeOptions.model_fields["smooth_quant"].description

@@ -397,9 +397,15 @@ def prepare(src: Path, dst: Path, feeds: dict[str, np.ndarray], alpha: float | s
 def keep_float_search_smoothed(src: Path, work: Path, cfg, check, feeds: dict[str, np.ndarray],
                                start: list[str] | None = None, *, alpha: float | str = ALPHA, alive=None,
                                calibration=None, tag: str = "smooth"):
-    """fidelity.keep_float_search on the smoothed model (`prepare`), MatMuls as the nodes that may stay float.
-    Returns (SearchResult or None when smoothing did not apply, smoothing info)."""
+    """fidelity.keep_float_search on the smoothed model (`prepare`), MatMuls as the nodes that may stay float,
+    with per-channel weights whatever `cfg` says: smoothing rescales weight rows, and one scale per weight tensor
+    would then be set by its largest row (SmoothQuant assumes per-channel weights). Returns (SearchResult or None
+    when smoothing did not apply, smoothing info)."""
+    from dataclasses import replace
+
     from onnxforge.quant import fidelity, int8
+
+    cfg = replace(cfg, per_channel=True)
 
     path, info = prepare(src, Path(work) / f"{tag}-smoothed.onnx", feeds, alpha, reduce_range=cfg.reduce_range)
     if path is None:
@@ -410,4 +416,5 @@ def keep_float_search_smoothed(src: Path, work: Path, cfg, check, feeds: dict[st
     sr = fidelity.keep_float_search(builder.build, check, mm, list(start or []), method="emulate", float_path=path,
                                     alive=alive)
     sr.method = f"smoothquant α={alpha} + {sr.method}"
+    info["config"] = cfg.as_dict()
     return sr, info

@@ -443,21 +443,25 @@ def _fit(env: _Env, c: dict, bar) -> Any:
         strict = fidelity.FidelityCheck(ref_model, env.assess.feeds,
                                         fidelity.FidelityBudget(1 - (1 - b.min_cosine) / 2, b.max_rel_error / 2),
                                         env.assess.provenance)
-        sr = None
+        sr, smoothing = None, None
         if opts.smooth_quant == "auto":  # smoothing first (quant/smooth.py): fewer MatMuls need to stay float
             from onnxforge.quant import smooth
 
             sr, info = smooth.keep_float_search_smoothed(ref_model, builder.work, builder.cfg, strict,
                                                          env.assess.feeds, list(opts.nodes_to_exclude),
                                                          alive=env.alive, tag=f"{builder.tag}s")
+            smoothing = {k: v for k, v in info.items() if k != "tensors"} | {"used": bool(sr and sr.ok)}
             if sr is not None and not sr.ok:
+                smoothing["why_not"] = sr.message
                 sr = None
-            if sr is not None:
-                sr.steps.insert(0, {"smooth_quant": {k: v for k, v in info.items() if k != "tensors"}})
+            if sr is not None:  # the shipped model's settings: per-channel weights, smoothed
+                c["config"] = info["config"] | {"smooth_quant": info["alpha"]}
         if sr is None:
             mm = [t for t in tg if t.op_type == "MatMul"]
             sr = fidelity.keep_float_search(builder.build, strict, mm, list(opts.nodes_to_exclude),
                                             method="emulate", float_path=ref_model, alive=env.alive)
+        if smoothing is not None:
+            sr.steps.insert(0, {"smooth_quant": smoothing})
         res = env.assess(sr.path) if sr.path else sr.result
         return qb.Outcome(sr.ok and res["within"], sr.path, res, sr.float_nodes, sr.steps, sr.method, sr.message)
     return qb.fit_budget(builder.build, env.assess, tg, list(opts.nodes_to_exclude), alive=env.alive,
