@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import cli_zygote
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,12 +25,30 @@ class Result:
         return json.loads(self.stdout)
 
 
-def run_cli(*args, cwd: Path | None = None, timeout: int = 600) -> Result:
-    """Run the real CLI in a subprocess: real exit codes, real stdout/stderr separation."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore", COLUMNS="200")
+def _cli_env() -> dict:
+    return dict(os.environ, PYTHONWARNINGS="ignore", COLUMNS="200")
+
+
+_BASE_ENV = _cli_env()  # the zygote's: the env a call gets unless a test changes it
+
+
+def run_cli(*args, cwd: Path | None = None, timeout: int = 600, fresh: bool = False) -> Result:
+    """Run the real CLI in its own process: real exit codes, real stdout/stderr separation, its own env and cwd.
+    A process forked from the zygote (tests/cli_zygote.py, frameworks already imported) unless `fresh`,
+    ONNXFORGE_TEST_FRESH=1 or an env the fork can't reproduce asks for `python -m onnxforge` from scratch;
+    tests of rerun determinism need fresh (forked children share the zygote's hash seed)."""
+    env = _cli_env()
+    if not fresh and os.environ.get("ONNXFORGE_TEST_FRESH") != "1":
+        got = cli_zygote.run([str(a) for a in args], env, os.path.abspath(cwd or ROOT), timeout, _BASE_ENV, str(ROOT))
+        if got is not None:
+            return Result(*got)
     p = subprocess.run([sys.executable, "-m", "onnxforge", *map(str, args)], cwd=cwd or ROOT, env=env,
                        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     return Result(p.returncode, p.stdout, p.stderr)
+
+
+def pytest_sessionfinish(session):
+    cli_zygote.shutdown()
 
 
 @pytest.fixture

@@ -174,7 +174,8 @@ def test_two_runs_in_separate_folders_give_byte_identical_models(tmp_path, case)
         config, until = CONFIGS / f"{case}.yaml", "convert"
     digests = []
     for folder, extra in (("a", ()), ("b", ("--force",))):
-        res = run_cli("run", config, "--until", until, "--run-dir", tmp_path / folder, *extra)
+        # fresh processes: forks share the zygote's hash seed and would hide set-order nondeterminism
+        res = run_cli("run", config, "--until", until, "--run-dir", tmp_path / folder, *extra, fresh=True)
         assert res.code == 0, res.stderr
         models = sorted((tmp_path / folder).rglob("model.onnx"))
         digests.append({str(p.relative_to(tmp_path / folder)): sha(p) for p in models})

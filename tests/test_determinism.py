@@ -44,7 +44,8 @@ def test_three_runs_under_cpu_load_give_byte_identical_artifacts_and_locked_refu
     try:
         seen, sides = [], []
         for i in range(3):
-            res = run_cli("run", cfg, "--until", "quantize", *(["--force"] if i else []), cwd=demo)
+            res = run_cli("run", cfg, "--until", "quantize", *(["--force"] if i else []), cwd=demo,
+                          fresh=True)  # fresh processes: a hash-seed dependence must show
             assert res.code == 0, res.stderr + res.stdout
             seen.append(artifacts(run))
             sides.append(sha(run / "04-quantize/quantize.json"))
