@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WHEELS := $(wildcard /opt/wheels)
 
-.PHONY: install demo test readme-test bench lint fixtures clean chromium fuzz corpus corpus-test
+.PHONY: install demo test test-quick readme-test bench lint fixtures clean chromium fuzz corpus corpus-test
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ XDIST := -n $(TEST_JOBS) --dist loadfile
 
 test: install fixtures chromium corpus
 	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
+
+# the edit-test loop: everything but the tests marked slow (README blocks, corpus, transformer, rerun determinism)
+test-quick: install fixtures chromium corpus
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # every shell block of README.md, in order, in a scratch copy (make test runs all but the ones marked slow)
 readme-test: install fixtures corpus

@@ -166,6 +166,7 @@ def _onnx_optimize_config(tmp: Path) -> Path:
     return tmp / "opt.yaml"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["sklearn_pipeline", "xgboost_classifier", "lightgbm_classifier", "onnx_optimize"])
 def test_two_runs_in_separate_folders_give_byte_identical_models(tmp_path, case):
     if case == "onnx_optimize":

@@ -27,6 +27,8 @@ import onnx
 import pytest
 from conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.slow  # third-party models through the CLI (make test: a seeded share; corpus-test: all)
+
 sys.path.insert(0, str(ROOT))
 import corpus  # noqa: E402
 

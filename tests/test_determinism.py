@@ -38,6 +38,7 @@ def artifacts(run: Path) -> dict[str, str]:
     return {str(p.relative_to(run)): sha(p) for p in sorted(run.rglob("*.onnx"))}
 
 
+@pytest.mark.slow
 def test_three_runs_under_cpu_load_give_byte_identical_artifacts_and_locked_refuses_a_changed_model(demo):
     cfg, run, lock = demo / "demo.yaml", demo / "runs/demo", demo / "demo.yaml.lock"
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # another process keeps a core busy

