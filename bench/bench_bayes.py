@@ -15,7 +15,7 @@
 - **quantiles**: an artifact that returns only the 5/50/95 % quantiles of E[y | x, θ] over the posterior samples
   (exact order statistics) against `np.quantile` over the same samples (numpy's default 'linear' method) and the
   same sort-and-interpolate compiled with PyTensor (C and numba); all checked equal to np.quantile first.
-- **bound call**: each artifact is also timed through `onnxforge.serve.Predictor(model, threads=1).bind(example)`
+- **bound call**: each artifact is also timed through `onnxforge.score.Predictor(model, threads=1).bind(example)`
   — per request: rows copied into the bound input array, the call, outputs read in place — the path a server
   uses; plain `sess.run` (output names resolved once) is the other onnxruntime column.
 - **call floors**: what one call costs with (almost) no work, 1 row × 3 columns: an Identity ONNX graph through
@@ -90,10 +90,10 @@ def _threads_of(sess) -> tuple[str, bool]:
 
 
 class ORT:
-    """One artifact in onnxruntime, two ways: `sess.run(names, feed)` and a bound call (onnxforge.serve)."""
+    """One artifact in onnxruntime, two ways: `sess.run(names, feed)` and a bound call (onnxforge.score)."""
 
     def __init__(self, model):
-        from onnxforge.serve import Predictor
+        from onnxforge.score import Predictor
 
         self.sess, (self.threads, ok1) = _session(model)
         self.names = [o.name for o in self.sess.get_outputs()]  # resolved once, as a server would
@@ -441,7 +441,7 @@ def run() -> list[dict]:
               "of that round's p50; each ratio the median of the per-round paired ratios (>1: the artifact is "
               f"faster). Posterior: {data[0]['posterior_samples']} samples (2 chains × 250 draws). onnxruntime "
               f"{onnxruntime.__version__}: sess.run (output names resolved once) and a bound call "
-              "(onnxforge.serve Predictor.bind: rows copied into the bound input, the call, outputs read in place), "
+              "(onnxforge.score Predictor.bind: rows copied into the bound input, the call, outputs read in place), "
               f"{'; '.join(ort_threads)} (read back). numpy, PyTensor {pytensor.__version__} and PyMC "
               f"{pymc.__version__}: {'; '.join(sorted(thread_notes))}; {numba_note} — "
               f"{'applied in every row' if applied else 'NOT applied in some rows (their ratios are left out, —)'}. "

@@ -65,8 +65,8 @@ def bench_one(name: str, workdir: Path, *, batches=(1, BATCH), rounds: int = ROU
               seconds: float = SECONDS) -> dict:
     from onnxforge import data, runtime
     from onnxforge.config import load_config
+    from onnxforge.paths import shown
     from onnxforge.registry import frontend
-    from onnxforge.reporting.paths import shown
 
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     fe = frontend(cfg.source.framework)

@@ -62,8 +62,8 @@ def bench_one(name: str, workdir: Path, *, batches=(1, BATCH), rounds: int = ROU
     from onnxforge.config import load_config
     from onnxforge.frontends._tabular import native_input, output_names, task_of
     from onnxforge.frontends.lightgbm import NativeBooster
+    from onnxforge.paths import shown
     from onnxforge.registry import frontend
-    from onnxforge.reporting.paths import shown
 
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     fe = frontend(cfg.source.framework)

@@ -133,8 +133,8 @@ def _goal(speed: dict, ratio: float, drop: float) -> str:
 
 def _quantize_table(work: Path, test: dict, train: dict, quick: bool = False) -> dict:
     from bench import num, speed_cell
-    from onnxforge.optim import perf
-    from onnxforge.quant import int8
+    from onnxforge.stages.optimize import perf
+    from onnxforge.stages.quantize import int8
 
     cal_rows = 256
     models = [("digits MLP 256 (fixture)", lambda: _export(_fixture("digits_mlp", "digits_mlp.pt"), (2, 64), "x",
@@ -242,7 +242,7 @@ def _optimize_variants(work: Path, name: str, src: Path, data: dict | None) -> t
     import onnxslim
 
     from onnxforge.artifact import save_model
-    from onnxforge.optim import passes
+    from onnxforge.stages.optimize import passes
 
     out, failed = {"input": src}, {}
     try:
@@ -291,8 +291,8 @@ def _optimize_table(work: Path, test: dict, quick: bool = False) -> dict:
     from fixtures.torch_models import transformer_block
     from onnxforge import runtime
     from onnxforge.compare import compare
-    from onnxforge.optim import passes, perf
-    from onnxforge.quant.int8 import quiet
+    from onnxforge.stages.optimize import passes, perf
+    from onnxforge.stages.quantize.int8 import quiet
 
     rng = np.random.default_rng(0)
     digits = {"path": str(FIX / "data/digits_test.npz"), "labels": "label"}

@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SEQ, BATCHES, ROUNDS, SECONDS = 64, (1, 32), 6, 0.6  # seq, batch sizes, paired rounds, s per variant per round
 FP32_RTOL, FP32_ATOL = 1e-3, 1e-4  # optimize's pass tolerance: fp32 variants against fp32 dynamo
-MIN_COSINE = 0.99  # the INT8 fidelity budget (onnxforge.quant.fidelity.FidelityBudget)
+MIN_COSINE = 0.99  # the INT8 fidelity budget (onnxforge.stages.quantize.fidelity.FidelityBudget)
 
 
 def _threads() -> int:
@@ -81,7 +81,7 @@ def optimize_passes(src: Path, work: Path) -> tuple[Path, list[dict]]:
     stage calls them (the stage adds its gates; here: checker + a numeric check against the input)."""
     import onnx
 
-    from onnxforge.optim import passes
+    from onnxforge.stages.optimize import passes
 
     steps, cur = [], src
     plan = [("onnxslim", passes.simplify),
@@ -118,7 +118,7 @@ def _shapes(feeds: dict) -> str:
 
 
 def _cosines(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
-    from onnxforge.quant.fidelity import row_cosines
+    from onnxforge.stages.quantize.fidelity import row_cosines
 
     c = row_cosines(ref, got)
     return float(c.min()), float(c.mean())
@@ -199,7 +199,7 @@ def compare_and_time(models: dict[str, Path], ref_key: str, held: dict, feeds_by
 def measure(model_dir: Path, work: Path, log=print) -> dict:
     sys.path.insert(0, str(ROOT))
     from fixtures.transformer_models import sentences, tokenize
-    from onnxforge.quant import fidelity
+    from onnxforge.stages.quantize import fidelity
 
     res: dict = {"seq": SEQ, "threads": 1}
     paths, steps = {}, {}
@@ -233,7 +233,7 @@ def measure(model_dir: Path, work: Path, log=print) -> dict:
     log("bench: transformer INT8 within the fidelity budget, smooth_quant auto (search sentences) ...")
     sr, used, res["int8_smooth"] = searched("qs", "auto")
     # naive dynamic INT8 for comparison: per-tensor, and per-channel, everything quantized
-    from onnxforge.quant import int8, smooth
+    from onnxforge.stages.quantize import int8, smooth
 
     pre = work / "q" / "preprocessed.onnx"
     naive = {}

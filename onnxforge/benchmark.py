@@ -263,7 +263,7 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
     check_feeds(feeds, proto, what=f"the inputs ({provenance})", model_name=model.name)
     source = None
     if provenance != "synthetic":
-        from onnxforge.reporting.paths import shown
+        from onnxforge.paths import shown
 
         source = shown(provenance, Path.cwd(), cfg.config_path.parent if cfg is not None and cfg.config_path else None)
     label = model.name
@@ -317,7 +317,7 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
 def render(result: dict, console) -> None:
     from rich.table import Table
 
-    from onnxforge.reporting.fmt import threads as threads_text
+    from onnxforge.timing import threads_label as threads_text
 
     t = Table(title=f"latency of {Path(result['model']).name} — {result['runs']} timed runs after "
                     f"{result['warmup']} warm-up")

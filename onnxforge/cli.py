@@ -423,7 +423,7 @@ def inspect(model: Annotated[Path, typer.Argument(help="an .onnx file")], as_jso
     """IO, opsets, op histogram, parameters, sizes and metadata of an ONNX file."""
     from rich.table import Table
 
-    from onnxforge.inspect import inspect_file
+    from onnxforge.summary import inspect_file
 
     info = inspect_file(model)
     if as_json:
@@ -464,7 +464,7 @@ def predict(model: Annotated[Path, typer.Argument(help="an .onnx file")],
             as_json: JsonOpt = False, debug: DebugOpt = False):
     """Score a large file offline in chunks with the same artifact that serves online."""
     from onnxforge.data import parse_columns
-    from onnxforge.predict import predict_file
+    from onnxforge.score.files import predict_file
 
     res = predict_file(model, input, output, chunk_rows=chunk_rows, threads=threads, seed=seed,
                        columns=parse_columns(columns), allow_nan=allow_nan, console=_stderr())
@@ -487,7 +487,7 @@ def report(targets: Annotated[list[Path], typer.Argument(help="a run folder, or 
            as_json: JsonOpt = False, debug: DebugOpt = False):
     """Size, ops, params, validation verdicts, accuracy deltas and latency: terminal, JSON, Markdown, HTML.
     Reads a run folder without running anything it names."""
-    from onnxforge.report import build_report
+    from onnxforge.stages.report.build import build_report
 
     res = build_report(targets, out=out, formats=[f.strip() for f in formats.split(",") if f.strip()],
                        bench=bench, data=data, console=_out(as_json), config=config, native=native)

@@ -17,9 +17,8 @@ import numpy as np
 from onnxforge import __version__
 from onnxforge.artifact import atomic_write_json, sha256_file
 from onnxforge.errors import CheckFailed, UserError
-from onnxforge.frontends.base import dist_version
-from onnxforge.registry import STAGES, frontend
-from onnxforge.reporting.paths import scrub, shown
+from onnxforge.paths import scrub, shown
+from onnxforge.registry import STAGES, dist_version, frontend
 
 MANIFEST = "manifest.json"
 

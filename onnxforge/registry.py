@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any
 
 from pydantic import BaseModel
@@ -43,6 +43,14 @@ def register_stage(name: str, options: type[BaseModel], *, produces_model: bool,
     return deco
 
 
+def dist_version(name: str) -> str | None:
+    """The installed version of a distribution, None when it is not installed (manifests record them)."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def load_plugins() -> None:
     """Import every built-in frontend and stage module, then third-party `onnxforge.plugins` entry points."""
     global _loaded
@@ -52,8 +60,8 @@ def load_plugins() -> None:
     for pkg_name in ("onnxforge.frontends", "onnxforge.stages"):
         pkg = importlib.import_module(pkg_name)
         for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-            if not mod.name.startswith("_"):
-                importlib.import_module(f"{pkg_name}.{mod.name}")
+            if not mod.name.startswith("_"):  # a package (a stage with helpers) registers in its stage module
+                importlib.import_module(f"{pkg_name}.{mod.name}{'.stage' if mod.ispkg else ''}")
     for ep in entry_points(group="onnxforge.plugins"):
         ep.load()
 

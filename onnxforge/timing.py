@@ -126,3 +126,10 @@ def overall(speed: Mapping[str, Mapping[str, Any]], bar: float = 1.0) -> str:
     else "same"."""
     v = [Paired(s["ratio"], *s["interval"], s["rounds"]).verdict(bar) for s in speed.values()]
     return "slower" if "slower" in v else "faster" if v and all(x == "faster" for x in v) else "same"
+
+
+def threads_label(row: dict) -> str:
+    """The threads a latency row ran on: '1', or 'default (not applied)' when the limit asked did not hold."""
+    if row.get("threads_applied") is False:
+        return "default (not applied)"
+    return "default" if row.get("threads") is None else str(row["threads"])

@@ -117,7 +117,7 @@ def test_graph_contract(built, name):
 
 
 def test_seeded_draws_replay_and_reseed_changes_them(built):
-    from onnxforge.predict import reseed
+    from onnxforge.score import reseed
 
     cfg, model_path, _, feeds = built["logistic"]
     a = run(session(model_path), feeds)["draws"]
@@ -133,7 +133,7 @@ def test_seeded_draws_replay_and_reseed_changes_them(built):
 def test_predictor_serves_the_same_outputs_and_draw_stream(built, name):
     """The low-latency Predictor (bound buffers; strings go through run) against plain session.run: equal
     deterministic outputs row by row, and the same seeded draw stream call after call."""
-    from onnxforge.serve import Predictor
+    from onnxforge.score import Predictor
 
     cfg, model_path, _, feeds = built[name]
     pred, sess = Predictor(model_path), session(model_path)

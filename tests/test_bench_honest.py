@@ -131,8 +131,8 @@ def test_quantize_auto_row_is_the_stage_measured_with_the_others(tmp_path, monke
     """The stage's shipped file is timed in the same perf.latency call as the candidates, calibrated on the same
     rows; its cells come from its summary."""
     from bench import bench_quantize_optimize as bq
-    from onnxforge.optim import perf
-    from onnxforge.quant import int8
+    from onnxforge.stages.optimize import perf
+    from onnxforge.stages.quantize import int8
 
     test, train = digits
     stages, latency_calls, calibs = [], [], []
@@ -198,7 +198,7 @@ def test_optimize_cells_from_the_run(tmp_path, monkeypatch, digits):
     import importlib.metadata
 
     from bench import bench_quantize_optimize as bq
-    from onnxforge.optim import passes, perf
+    from onnxforge.stages.optimize import passes, perf
 
     test, _ = digits
     real_version, real_stage, real_ort, real_latency = (importlib.metadata.version, bq._stage, passes.ort_level,

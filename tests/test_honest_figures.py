@@ -128,8 +128,8 @@ def test_keras_limit_not_applied_is_labelled_and_has_no_ratio(keras_case):
     and Markdown, and no speed ratio is made with it on either side."""
     from rich.console import Console
 
-    from onnxforge.report import build_report
-    from onnxforge.stages.report import ReportOptions
+    from onnxforge.stages.report.build import build_report
+    from onnxforge.stages.report.options import ReportOptions
 
     d, cfg = keras_case
     console = Console(record=True, width=240, force_terminal=False)
@@ -190,8 +190,8 @@ def test_bench_and_report_label_synthetic_shapes_of_a_sequence_model(tmp_path):
     from rich.console import Console
 
     from onnxforge.benchmark import bench_cli
-    from onnxforge.report import build_report
-    from onnxforge.stages.report import ReportOptions
+    from onnxforge.stages.report.build import build_report
+    from onnxforge.stages.report.options import ReportOptions
 
     model = tmp_path / "seq.onnx"
     _sequence_model(model)
@@ -217,7 +217,7 @@ def test_bench_and_report_label_synthetic_shapes_of_a_sequence_model(tmp_path):
 
 
 def test_size_ratios_in_words():
-    from onnxforge.reporting import fmt
+    from onnxforge.stages.report import fmt
 
     assert fmt.size_change(863, 2511) == "2.91× larger"
     assert fmt.size_change(2511, 863) == "2.91× smaller"

@@ -18,7 +18,7 @@ from onnx_models import linear, save
 from onnxforge.artifact import stamp
 from onnxforge.config import parse_config, read_yaml
 from onnxforge.pipeline import run_pipeline
-from onnxforge.predict import predict_file
+from onnxforge.score import predict_file
 
 ROOT = Path(__file__).resolve().parents[1]
 COLS = ["a", "b", "c", "d"]

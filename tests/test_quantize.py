@@ -163,7 +163,7 @@ def test_impossible_budget_fails_with_no_artifact(cnn, tmp_path):
 
 
 def test_tensor_sensitivity_ranks_qdq_nodes_and_defers_to_probes_for_qoperator(cnn, digits, tmp_path):
-    from onnxforge.quant import budget, int8
+    from onnxforge.stages.quantize import budget, int8
 
     pre = tmp_path / "pre.onnx"
     int8.preprocess(cnn, pre)

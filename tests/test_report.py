@@ -100,7 +100,7 @@ def chained(work, run):
     as quantize/optimize write them: the report must chain errors to the parent and render before/after."""
     import onnx
 
-    from onnxforge.inspect import summarize
+    from onnxforge.summary import summarize
 
     d = work / "chained"
     shutil.copytree(run["dir"], d)
@@ -155,7 +155,7 @@ def test_run_records_report_stage(run):
 def test_report_json_matches_schema(which, request):
     import jsonschema
 
-    from onnxforge.report import load_schema
+    from onnxforge.stages.report.build import load_schema
 
     schema = load_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -278,7 +278,7 @@ def test_markdown_key_rows(run, loose):
     md = (run["dir"] / "03-report" / "report.md").read_text()
     art = run["report"]["artifacts"][0]
     assert md.startswith("## onnxforge report: report-demo — ✅ pass")
-    from onnxforge.reporting import fmt
+    from onnxforge.stages.report import fmt
 
     row = next(ln for ln in md.splitlines() if ln.startswith("| `01-convert/model.onnx` |"))
     cells = [c.strip() for c in row.strip("|").split("|")]

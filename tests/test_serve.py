@@ -1,4 +1,4 @@
-"""onnxforge.serve.Predictor: the bound-buffer fast path returns what InferenceSession.run returns, across batch
+"""onnxforge.score.Predictor: the bound-buffer fast path returns what InferenceSession.run returns, across batch
 sizes, dtypes, repeated shapes and outputs whose shape depends on the data; bad calls are one-line user errors."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from onnx import helper as h
 from onnx_models import linear
 
 from onnxforge.errors import UserError
-from onnxforge.serve import Predictor, _Bound
+from onnxforge.score.predictor import Predictor, _Bound
 
 
 def _ref(model: onnx.ModelProto, feeds):

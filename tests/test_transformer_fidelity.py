@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import corpus  # noqa: E402
-from onnxforge.quant import fidelity  # noqa: E402
+from onnxforge.stages.quantize import fidelity  # noqa: E402
 
 MODEL_DIR = corpus.source("minilm_l6_v2")
 pytestmark = pytest.mark.slow  # exports and quantizes a 6-layer encoder: minutes (`make test-quick` leaves it out)
@@ -108,7 +108,7 @@ def test_fused_model_matches_float(exported, optimized, sentences):
 
 
 def test_fidelity_rejects_naive_int8_and_accepts_the_search(optimized, sentences, work):
-    from onnxforge.quant import int8
+    from onnxforge.stages.quantize import int8
 
     search, held = sentences
     res, used = fidelity.quantize_within(optimized[0], work / "q", search)
@@ -208,7 +208,7 @@ def test_quantize_stage_holds_a_token_model_to_output_fidelity(optimized, senten
     assert final["fidelity"]["sentence_embedding"]["min"] >= 0.99, final["fidelity"]
 
 
-# ------------------------------------------------------------------ SmoothQuant-style smoothing (quant/smooth.py)
+# ------------------------------------------------------------------ SmoothQuant-style smoothing (stages/quantize/smooth.py)
 
 
 def _tiny_encoder(path: Path, attention: bool = True) -> Path:
@@ -274,7 +274,7 @@ def test_smoothing_is_exact_in_float_on_a_tiny_encoder(tmp_path, attention):
     import onnx
 
     from onnxforge import runtime
-    from onnxforge.quant import int8, smooth
+    from onnxforge.stages.quantize import int8, smooth
 
     src = _tiny_encoder(tmp_path / "tiny.onnx", attention)
     sample, other = _tiny_feeds(8, 1, attention), _tiny_feeds(8, 2, attention)
@@ -303,7 +303,7 @@ def test_smoothing_is_exact_in_float_on_a_tiny_encoder(tmp_path, attention):
 
 
 def test_smoothing_is_deterministic(tmp_path):
-    from onnxforge.quant import smooth
+    from onnxforge.stages.quantize import smooth
 
     src = _tiny_encoder(tmp_path / "tiny.onnx")
     a, _ = smooth.prepare(src, tmp_path / "a.onnx", _tiny_feeds(8, 1))
@@ -316,7 +316,7 @@ def test_smoothed_search_keeps_fewer_matmuls_float_and_holds_on_held_out(optimiz
     fewer MatMuls float than the unsmoothed search, within min cosine 0.99 on held-out sentences."""
     import onnx
 
-    from onnxforge.quant import int8
+    from onnxforge.stages.quantize import int8
 
     search, held = sentences
     res, used = fidelity.quantize_within(optimized[0], work / "qs", search)  # smooth: auto (the default)
@@ -333,7 +333,7 @@ def test_smoothed_search_keeps_fewer_matmuls_float_and_holds_on_held_out(optimiz
 def test_smooth_quant_option():
     from pydantic import ValidationError
 
-    from onnxforge.stages.quantize import QuantizeOptions
+    from onnxforge.stages.quantize.stage import QuantizeOptions
 
     assert QuantizeOptions().smooth_quant == "auto"
     assert QuantizeOptions(smooth_quant="off").smooth_quant == "off"

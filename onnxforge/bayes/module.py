@@ -211,7 +211,7 @@ def export_onnx(pred, opset: int, seed: int | None):
     strip_provenance(model)  # stack traces name this machine's paths
     add_encoders(model, pred)
     if seed is not None:
-        from onnxforge.predict import reseed
+        from onnxforge.score.files import reseed
 
         reseed(model, seed)
     return model

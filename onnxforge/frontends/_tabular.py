@@ -20,7 +20,8 @@ from pydantic import Field
 from onnxforge.config import SourceBase, TensorSpec
 from onnxforge.errors import UserError, one_line
 from onnxforge.frontends._files import sniff, wrong_file
-from onnxforge.frontends.base import Frontend, ThreadLimit, dist_version, pool_threads, refuse_pickle, require
+from onnxforge.frontends.base import Frontend, ThreadLimit, pool_threads, refuse_pickle, require
+from onnxforge.registry import dist_version
 
 BOOSTER_MAX_OPSET = 15  # onnxmltools 1.16 refuses a higher target_opset for XGBoost and LightGBM
 BOOSTER_MAX_ML_OPSET = 3  # ... and ai.onnx.ml above 3

@@ -6,7 +6,6 @@ import contextlib
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from onnxforge.config import SourceBase
 from onnxforge.errors import UserError
+from onnxforge.registry import dist_version
 
 
 def require(module: str, extra: str):
@@ -22,13 +22,6 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as e:
         raise UserError(f"{module} is not installed ({e}) — pip install 'onnxforge[{extra}]'") from None
-
-
-def dist_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def refuse_pickle(path: Path, trust: bool) -> None:

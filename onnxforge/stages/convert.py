@@ -29,8 +29,8 @@ def run_convert(ctx, opts: ConvertOptions):
     from onnxforge import __version__
     from onnxforge.artifact import save_model, sha256_file, stamp
     from onnxforge.errors import CheckFailed, UserError
-    from onnxforge.inspect import summarize
     from onnxforge.pipeline import StageResult
+    from onnxforge.summary import summarize
 
     cfg, fe = ctx.cfg, ctx.frontend
     native = ctx.native()

@@ -331,8 +331,8 @@ def figure(c: dict) -> str:
 def run_validate(ctx, opts: ValidateOptions):
     from onnxforge.artifact import atomic_write_json
     from onnxforge.errors import CheckFailed
+    from onnxforge.paths import scrub
     from onnxforge.pipeline import StageResult, path_bases
-    from onnxforge.reporting.paths import scrub
 
     result = scrub(validate_model(ctx, opts), *path_bases(ctx.cfg))  # validation.json names no absolute path
     out = atomic_write_json(ctx.stage_dir / "validation.json", result)

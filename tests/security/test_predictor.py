@@ -1,4 +1,4 @@
-"""Security of onnxforge.serve.Predictor (issue #20, part 6): concurrent calls never see each other's values; inputs
+"""Security of onnxforge.score.Predictor (issue #20, part 6): concurrent calls never see each other's values; inputs
 are validated strictly against the model's declared dtypes and shapes (no silent cross-kind or lossy casts); size
 caps refuse oversized calls; errors are one line and never carry onnxruntime's text (node names, paths)."""
 
@@ -13,7 +13,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 
 from onnxforge.errors import UserError
-from onnxforge.serve import Predictor
+from onnxforge.score import Predictor
 
 
 def _model(dtype=T.FLOAT, shape=("batch", 3)) -> onnx.ModelProto:

@@ -180,7 +180,7 @@ def test_injected_fields_stay_text(run_dir, tmp_path):
 
 
 def test_code_span_cannot_be_closed_early():
-    from onnxforge.reporting.markdown import code, text
+    from onnxforge.stages.report.markdown import code, text
 
     rendered = _markdown_html(f"{code('a`b``[x](http://evil)`')} and {text('![i](http://evil/i.png)')}")
     assert "<a " not in rendered and "<img" not in rendered

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from onnxforge.errors import UserError
-from onnxforge.reporting.errors import clean, compare_outputs
-from onnxforge.reporting.paths import inside, quoted, scrub, shown
+from onnxforge.paths import inside, quoted, scrub, shown
+from onnxforge.stages.report.errors import clean, compare_outputs
 
 SCHEMA_VERSION = 1
 LABEL_KEYS = ("label", "labels", "y", "target")
@@ -297,7 +297,7 @@ def _measure(a: Artifact, proto, feeds, labels, src: Sources, outputs: dict, ref
              native_out) -> tuple[dict, list]:
     """One artifact's own figures, its outputs on the data, and its errors/metrics against its reference."""
     from onnxforge.artifact import sha256_file
-    from onnxforge.inspect import summarize
+    from onnxforge.summary import summarize
 
     info = summarize(proto, a.path)
     try:
@@ -458,7 +458,7 @@ def _plain(v) -> str:
     """A run-folder value in a rich progress line: no markup, no control characters."""
     from rich.markup import escape
 
-    from onnxforge.reporting.fmt import printable
+    from onnxforge.stages.report.fmt import printable
 
     return escape(printable(v))
 

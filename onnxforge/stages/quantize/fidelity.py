@@ -11,7 +11,7 @@ Where the rows come from (the caller decides; see `token_feeds` for the last res
 sample the convert stage kept, else synthetic inputs the input model makes realistic — token ids inside the
 embedding table, a spread of lengths, right-padded attention masks (`token_feeds`).
 
-`FidelityCheck` speaks the accuracy budget's protocol (quant/budget.py: `feeds`, `float_outputs`, `metric`,
+`FidelityCheck` speaks the accuracy budget's protocol (stages/quantize/budget.py: `feeds`, `float_outputs`, `metric`,
 `against`, `accuracy_float`, `__call__(path) -> result`, `describe(result)`), so `budget.fit_budget` and the
 quantize stage take it where they take an `Assessor`. Its results carry `accuracy_drop: None` — no accuracy was
 measured, and no table may print one.
@@ -389,7 +389,7 @@ def keep_float_search(build: Callable[[list[str]], Path], check: FidelityCheck, 
         ranking = emulated_ranking(float_path, check, pool, per_channel=getattr(cfg, "per_channel", True),
                                    reduce_range=getattr(cfg, "reduce_range", False), progress=progress)
     if method == "tensor" and float_path is not None:
-        from onnxforge.quant.budget import tensor_ranking
+        from onnxforge.stages.quantize.budget import tensor_ranking
 
         infos = [t for t in targets if getattr(t, "name", None) in pool]
         ranking = tensor_ranking(float_path, path, check.feeds, infos)
@@ -470,12 +470,12 @@ def quantize_within(src: Path, work: Path, feeds: dict[str, np.ndarray], budget:
                     op_types: tuple[str, ...] = ("MatMul", "Attention"), preprocess: bool = True,
                     margin: float = 0.5, smooth: str = "auto",
                     progress: Callable[[], None] | None = None) -> tuple[SearchResult, dict]:
-    """Dynamic INT8 of `src` (onnxruntime.quantization through onnxforge.quant.int8, as the quantize stage builds
+    """Dynamic INT8 of `src` (onnxruntime.quantization through onnxforge.stages.quantize.int8, as the quantize stage builds
     it) held to the fidelity budget on `feeds`: per-channel / reduce_range from the CPU's flags unless given,
     then `keep_float_search` over the MatMuls. `smooth` "auto": first on the SmoothQuant-smoothed model with
-    Attention made quantizable (quant/smooth.py), and only if that search fails on the unsmoothed one; "off": the
+    Attention made quantizable (stages/quantize/smooth.py), and only if that search fails on the unsmoothed one; "off": the
     unsmoothed one only. Returns (search result, what was used)."""
-    from onnxforge.quant import int8
+    from onnxforge.stages.quantize import int8
 
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -503,7 +503,7 @@ def quantize_within(src: Path, work: Path, feeds: dict[str, np.ndarray], budget:
             "budget": budget.as_dict(), "search_budget": strict.as_dict(),
             "rows": int(next(iter(feeds.values())).shape[0]), "smooth": {"mode": smooth}}
     if smooth == "auto":
-        from onnxforge.quant import smooth as sq
+        from onnxforge.stages.quantize import smooth as sq
 
         res, info = sq.keep_float_search_smoothed(pre, work, cfg, check, feeds, alive=int8.has_int8_weights)
         used["smooth"] |= info

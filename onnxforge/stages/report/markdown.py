@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from onnxforge.reporting import fmt
+from onnxforge.stages.report import fmt
 
 LIMIT = 60_000
 VERDICT = {"pass": "✅ pass", "fail": "❌ fail", "error": "❌ error", "info": "ℹ️ info"}

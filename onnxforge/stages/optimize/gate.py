@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from onnxforge.errors import one_line
-from onnxforge.inspect import all_nodes
+from onnxforge.summary import all_nodes
 
 # opset_import entries onnx always resolves (the default domain); never dropped even with no node using them
 _DEFAULT = ("", "ai.onnx")

@@ -106,7 +106,7 @@ def _default_candidates(has_calibration: bool, has_conv: bool) -> list[dict]:
 
 
 def _int8_config(c: _Int8Fields, mode: str):
-    from onnxforge.quant.int8 import Int8Config
+    from onnxforge.stages.quantize.int8 import Int8Config
 
     return Int8Config(mode=mode, quant_format=c.quant_format, per_channel=c.per_channel,
                       reduce_range=c.reduce_range, activation_type=c.activation_type, weight_type=c.weight_type,
@@ -174,7 +174,7 @@ def run_quantize(ctx, opts: QuantizeOptions):
     _check_options(opts)
     dec = ctx.decisions or Decisions()
     locked = dec.recorded()  # --locked without a matching entry fails here, before any work
-    # absolute: onnxruntime's tools run with their cwd inside it (quant/sandbox.py)
+    # absolute: onnxruntime's tools run with their cwd inside it (stages/quantize/sandbox.py)
     work = (ctx.stage_dir / ".quantize-work").resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -187,7 +187,7 @@ def run_quantize(ctx, opts: QuantizeOptions):
 def _nonfinite_weights(model, mode: str) -> list[str]:
     """Weights INT8 would quantize that hold NaN/inf (onnxruntime's quantizer dies on them with `AssertionError:
     scale issue`). Only those: a Clip's ±inf bounds or a -inf mask stay float and are fine."""
-    from onnxforge.quant.weight_only import QUANTIZED_INPUTS, refusable_weights
+    from onnxforge.stages.quantize.weight_only import QUANTIZED_INPUTS, refusable_weights
 
     ops = set(QUANTIZED_INPUTS) - ({"Gather"} if mode == "dynamic" else set())  # static QDQ quantizes Gather
     return refusable_weights(model, ops)
@@ -200,12 +200,12 @@ def _run(ctx, opts: QuantizeOptions, work: Path, locked: dict | None, dec):
     from onnxforge.data import fixed_batch
     from onnxforge.errors import CheckFailed, UserError
     from onnxforge.normalize import default_opset
-    from onnxforge.optim import perf
-    from onnxforge.optim.inputs import input_model
     from onnxforge.pipeline import StageResult
-    from onnxforge.quant import budget as qb
-    from onnxforge.quant import feeds as qfeeds
-    from onnxforge.quant import fp16, int8, opset
+    from onnxforge.stages.optimize import perf
+    from onnxforge.stages.optimize.inputs import input_model
+    from onnxforge.stages.quantize import budget as qb
+    from onnxforge.stages.quantize import feeds as qfeeds
+    from onnxforge.stages.quantize import fp16, int8, opset
 
     adm = admit(input_model(ctx))
     src = adm.path
@@ -403,7 +403,7 @@ def _ms(p50: dict) -> dict:
 
 def _fidelity_check(ctx, src: Path, opts, eval_feeds, eval_prov, labels, warnings: list[str]):
     """Token models (a padding-mask input) without labels: INT8 is held to output fidelity against the float
-    model (quant/fidelity.py) — on the data given, else on synthesized token inputs (ids within the vocabulary, a
+    model (stages/quantize/fidelity.py) — on the data given, else on synthesized token inputs (ids within the vocabulary, a
     spread of lengths, padded masks), never on nothing. None for every other model."""
     from onnxforge.inputspec import is_mask
 
@@ -412,7 +412,7 @@ def _fidelity_check(ctx, src: Path, opts, eval_feeds, eval_prov, labels, warning
     specs = ctx.input_specs(src)
     if not any(is_mask(s) for s in specs):
         return None
-    from onnxforge.quant import fidelity
+    from onnxforge.stages.quantize import fidelity
 
     if eval_feeds is None:
         eval_feeds, _ = fidelity.token_feeds(specs, rows=32, seed=ctx.cfg.data.seed)
@@ -427,14 +427,14 @@ def _fidelity_check(ctx, src: Path, opts, eval_feeds, eval_prov, labels, warning
 
 def _fit(env: _Env, c: dict, bar) -> Any:
     """The candidate within the accuracy budget: as built, or with its most sensitive nodes kept float."""
-    from onnxforge.quant import budget as qb
+    from onnxforge.stages.quantize import budget as qb
 
     builder, tg, ref_model = next((b, t, m) for lab, _, b, t, m in env.plans if lab == c["label"])
     opts = env.opts
     if c["result"]["within"]:
         return qb.Outcome(True, c["path"], c["result"], [], [{"float_nodes": list(opts.nodes_to_exclude),
                                                               **qb.brief(c["result"])}], None)
-    from onnxforge.quant import fidelity
+    from onnxforge.stages.quantize import fidelity
 
     if isinstance(env.assess, fidelity.FidelityCheck) and c["config"].get("mode") == "dynamic":
         # keep the most sensitive MatMuls float; the search aims at half the allowed loss (a search that just met
@@ -444,8 +444,8 @@ def _fit(env: _Env, c: dict, bar) -> Any:
                                         fidelity.FidelityBudget(1 - (1 - b.min_cosine) / 2, b.max_rel_error / 2),
                                         env.assess.provenance)
         sr, smoothing = None, None
-        if opts.smooth_quant == "auto":  # smoothing first (quant/smooth.py): fewer MatMuls need to stay float
-            from onnxforge.quant import smooth
+        if opts.smooth_quant == "auto":  # smoothing first (stages/quantize/smooth.py): fewer MatMuls need to stay float
+            from onnxforge.stages.quantize import smooth
 
             sr, info = smooth.keep_float_search_smoothed(ref_model, builder.work, builder.cfg, strict,
                                                          env.assess.feeds, list(opts.nodes_to_exclude),
@@ -470,7 +470,7 @@ def _fit(env: _Env, c: dict, bar) -> Any:
 
 def _preference(c: dict, index: int) -> tuple:
     """Among candidates of the same speed: standard ops over contrib ops, fewer nodes, smaller file, list order."""
-    from onnxforge.optim import passes, perf
+    from onnxforge.stages.optimize import passes, perf
 
     st = perf.model_stats(c["path"])
     return (bool(passes.contrib_ops(c["path"])), st["nodes"], st["file_bytes"], index)
@@ -486,8 +486,8 @@ def _measure(env: _Env, nodes) -> tuple[dict, dict | None]:
     timing.rank (measurably faster first, ties by preference), each fitted to the accuracy budget in turn."""
     from onnxforge import timing
     from onnxforge.errors import CheckFailed, UserError
-    from onnxforge.optim import perf
-    from onnxforge.optim.ui import progress_bar
+    from onnxforge.stages.optimize import perf
+    from onnxforge.stages.optimize.ui import progress_bar
 
     ctx, opts, src = env.ctx, env.opts, env.src
     candidates: list[dict] = []
@@ -605,7 +605,7 @@ def _reuse(env: _Env, locked: dict, dec) -> tuple[dict | None, dict | None]:
     deterministic: the same bytes as when it was measured). (None, None) when the entry does not reproduce and may
     be measured again (`use`); `locked` fails instead."""
     from onnxforge.errors import CheckFailed
-    from onnxforge.optim.ui import progress_bar
+    from onnxforge.stages.optimize.ui import progress_bar
 
     try:
         verdict, label, rows = locked["verdict"], locked.get("chosen"), locked["candidates"]

@@ -13,7 +13,7 @@ import numpy as np
 def model_stats(path: str | Path) -> dict[str, Any]:
     """file_bytes, nodes and the op histogram of an .onnx file (external data included in the size)."""
     from onnxforge.artifact import load_model
-    from onnxforge.inspect import summarize
+    from onnxforge.summary import summarize
 
     s = summarize(load_model(path, load_external=False), path)
     return {"file_bytes": s["file_bytes"], "nodes": s["nodes"], "ops": s["ops"]}
@@ -171,7 +171,7 @@ def _tensor_bytes(t) -> int:
 
 def _constants(model) -> dict[str, Any]:
     """Every stored tensor: initializers and Constant nodes' values, subgraphs included, by name."""
-    from onnxforge.inspect import all_nodes
+    from onnxforge.summary import all_nodes
 
     out = {t.name: t for t in model.graph.initializer}
     for n in all_nodes(model.graph):

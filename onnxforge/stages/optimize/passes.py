@@ -20,7 +20,7 @@ def contrib_ops(path: Path) -> dict[str, int]:
     """Ops outside the standard domains (e.g. com.microsoft::FusedGemm), with counts."""
     import onnx
 
-    from onnxforge.inspect import all_nodes
+    from onnxforge.summary import all_nodes
 
     m = onnx.load(str(path), load_external_data=False)
     return dict(Counter(f"{n.domain}::{n.op_type}" for n in all_nodes(m.graph) if n.domain not in STANDARD_DOMAINS))
@@ -30,7 +30,7 @@ def simplify(src: Path, dst: Path) -> dict:
     import onnxslim
 
     from onnxforge.artifact import save_model
-    from onnxforge.quant.int8 import quiet
+    from onnxforge.stages.quantize.int8 import quiet
 
     with quiet():
         model = onnxslim.slim(str(src))
@@ -49,10 +49,10 @@ def detect_transformer(path: Path) -> str | None:
 
 
 def fuse_transformer(src: Path, dst: Path, model_type: str, num_heads: int = 0, hidden_size: int = 0) -> dict:
-    """Transformer fusion whatever the exporter (onnxforge.optim.attention): onnxscript's ort_fusions for dynamo
+    """Transformer fusion whatever the exporter (onnxforge.stages.optimize.attention): onnxscript's ort_fusions for dynamo
     graphs, onnxruntime.transformers' for TorchScript graphs — the route that fuses the most attention wins. The
     info carries `fused` (counts), `route`, `routes` and `contrib_before`/`contrib_after` histograms."""
-    from onnxforge.optim import attention
+    from onnxforge.stages.optimize import attention
 
     return attention.fuse(src, dst, model_type, num_heads, hidden_size)
 

@@ -403,7 +403,7 @@ def keep_float_search_smoothed(src: Path, work: Path, cfg, check, feeds: dict[st
     when smoothing did not apply, smoothing info)."""
     from dataclasses import replace
 
-    from onnxforge.quant import fidelity, int8
+    from onnxforge.stages.quantize import fidelity, int8
 
     cfg = replace(cfg, per_channel=True)
 

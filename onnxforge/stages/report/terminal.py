@@ -3,7 +3,7 @@ tampered manifest cannot print links, styles or terminal control sequences."""
 
 from __future__ import annotations
 
-from onnxforge.reporting import fmt
+from onnxforge.stages.report import fmt
 
 
 def _m(v) -> str:

@@ -76,7 +76,7 @@ def _feeds(ctx, src: Path, opts: OptimizeOptions) -> tuple[dict, str]:
     else:
         raise UserError("optimize compares every pass numerically: give data (data.path or --data FILE), or "
                         "--set allow_synthetic=true to compare on random inputs")
-    from onnxforge.optim import perf
+    from onnxforge.stages.optimize import perf
 
     rows = opts.rows
     per_row = perf.row_bytes(feeds)
@@ -128,7 +128,7 @@ def _check(before: dict, after: dict, opts: OptimizeOptions, quantum: dict[str, 
                 help="graph optimization (onnxslim, transformer fusion, ORT levels); every pass checked")
 def run_optimize(ctx, opts: OptimizeOptions):
     from onnxforge.admission import admit
-    from onnxforge.optim.inputs import input_model
+    from onnxforge.stages.optimize.inputs import input_model
 
     if not opts.batch_sizes or any(b <= 0 for b in opts.batch_sizes):
         from onnxforge.errors import UserError
@@ -153,7 +153,7 @@ def run_optimize(ctx, opts: OptimizeOptions):
 
 def _plan(src: Path, opts: OptimizeOptions, warnings: list[str]) -> list[tuple[str, Any]]:
     from onnxforge.errors import UserError
-    from onnxforge.optim import passes
+    from onnxforge.stages.optimize import passes
 
     plan: list[tuple[str, Any]] = []
     if opts.simplify:
@@ -195,7 +195,7 @@ def _call(fn, src: Path, dst: Path, work: Path) -> dict:
     import contextlib
 
     from onnxforge.errors import one_line
-    from onnxforge.optim import gate
+    from onnxforge.stages.optimize import gate
 
     src, dst = Path(src).resolve(), Path(dst).resolve()  # before the chdir: relative paths would move
     try:
@@ -216,7 +216,7 @@ def _attempt(fn, current: Path, work: Path, stem: str, feeds: dict, rec: dict, w
     from onnxforge.artifact import load_model
     from onnxforge.errors import one_line
     from onnxforge.normalize import default_opset
-    from onnxforge.optim import gate
+    from onnxforge.stages.optimize import gate
 
     dst = work / f"{stem}.onnx"
     rec["info"] = _call(fn, current, dst, work)
@@ -254,7 +254,7 @@ def _judge(rec: dict, dst: Path, current: Path, ref: dict, got: dict, original: 
     """Numerics against the pass's input, then portability, file size, node count and (only when asked:
     min_pass_speedup > 0) speed — from `timed` (the lock's record of this pass) when it holds one, else measured
     and recorded there. Fills rec; raises gate.Rejected."""
-    from onnxforge.optim import gate, passes, perf
+    from onnxforge.stages.optimize import gate, passes, perf
 
     ok, cmp = _check(ref, got, opts, _quantum_atol(current))
     rec["max_abs_vs_original"] = max((_max_abs(got[k], v) for k, v in original.items()
@@ -319,9 +319,9 @@ def _run(ctx, opts: OptimizeOptions, adm, work: Path, locked: dict | None, dec):
     from onnxforge.artifact import atomic_write_json, load_model, metadata, save_model, stamp
     from onnxforge.data import fixed_batch
     from onnxforge.errors import CheckFailed, UserError
-    from onnxforge.optim import gate, passes, perf
-    from onnxforge.optim.ui import progress_bar
     from onnxforge.pipeline import StageResult
+    from onnxforge.stages.optimize import gate, passes, perf
+    from onnxforge.stages.optimize.ui import progress_bar
 
     src = adm.path
     warnings: list[str] = []

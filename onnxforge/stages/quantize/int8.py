@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxforge.quant import weight_only
+from onnxforge.stages.quantize import weight_only
 
 # Dynamic quantization turns Conv into ConvInteger, which the ORT CPU provider cannot run: Conv never goes to the
 # dynamic quantizer; its weights (and GRU/RNN's, which it does not know) are stored weight-only instead.
@@ -83,7 +83,7 @@ def preprocess(src: Path, dst: Path) -> str:
     nodes_to_exclude addresses nodes by name. Returns what was done."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from onnxforge.quant.sandbox import contained
+    from onnxforge.stages.quantize.sandbox import contained
 
     src, dst = Path(src).resolve(), Path(dst).resolve()
     status = "ok (onnx shape inference)"
@@ -236,7 +236,7 @@ class Int8Builder:
             quantize_static,
         )
 
-        from onnxforge.quant.sandbox import contained
+        from onnxforge.stages.quantize.sandbox import contained
 
         self._n += 1
         out = (self.work / f"{self.tag}-{self._n}.onnx").resolve()
@@ -275,7 +275,7 @@ class Int8Builder:
         import onnx
 
         from onnxforge.artifact import save_model
-        from onnxforge.quant.graph_order import sort_graph
+        from onnxforge.stages.quantize.graph_order import sort_graph
 
         m = onnx.load(str(out))
         # what onnxruntime left float: Conv/GRU/RNN weights, float16 MatMul/Gemm weights → weight-only int8

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from html import escape
 
-from onnxforge.reporting import fmt, plots
+from onnxforge.stages.report import fmt, plots
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}

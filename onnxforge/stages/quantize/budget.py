@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxforge.quant.int8 import FUSED_ACTIVATIONS, NodeInfo
+from onnxforge.stages.quantize.int8 import FUSED_ACTIVATIONS, NodeInfo
 
 
 @dataclass

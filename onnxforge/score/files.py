@@ -20,7 +20,7 @@ import numpy as np
 from onnxforge import limits
 from onnxforge.artifact import file_mode, meta_json
 from onnxforge.errors import UserError
-from onnxforge.inspect import all_nodes
+from onnxforge.summary import all_nodes
 
 RANDOM_OPS = {"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Multinomial", "Bernoulli"}
 OUT_SUFFIXES = (".parquet", ".csv", ".npz")

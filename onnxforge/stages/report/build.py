@@ -19,8 +19,8 @@ def build_report(targets: list[Path], *, out: Path | None = None, formats: list[
     `native=True`, since loading it runs the code that config names."""
     from onnxforge.artifact import atomic_write_json, atomic_write_text
     from onnxforge.errors import UserError
-    from onnxforge.reporting import collect
-    from onnxforge.stages.report import ReportOptions
+    from onnxforge.stages.report import collect
+    from onnxforge.stages.report.options import ReportOptions
 
     opts = options or ReportOptions()
     unknown = [f for f in formats if f not in FORMATS]
@@ -59,15 +59,15 @@ def build_report(targets: list[Path], *, out: Path | None = None, formats: list[
     if "json" in formats:
         atomic_write_json(out / FORMATS["json"], report)
     if "md" in formats:
-        from onnxforge.reporting.markdown import render_markdown
+        from onnxforge.stages.report.markdown import render_markdown
 
         atomic_write_text(out / FORMATS["md"], render_markdown(report))
     if "html" in formats:
-        from onnxforge.reporting.html import render_html
+        from onnxforge.stages.report.html_page import render_html
 
         atomic_write_text(out / FORMATS["html"], render_html(report, notes_out=console))
     if console is not None:
-        from onnxforge.reporting.terminal import render_terminal
+        from onnxforge.stages.report.terminal import render_terminal
 
         render_terminal(report, console, brief=ctx is not None)
         for f in report["files"].values():

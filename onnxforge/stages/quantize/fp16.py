@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onnxforge.quant.int8 import NodeInfo, detach_passthrough, restore_outputs
+from onnxforge.stages.quantize.int8 import NodeInfo, detach_passthrough, restore_outputs
 
 # Nodes that never hold float math worth converting (shape plumbing and casts)
 _SKIP = {"Shape", "Cast", "Constant", "ConstantOfShape", "Identity", "Gather", "Unsqueeze", "Squeeze", "Concat",
@@ -33,7 +33,7 @@ class Fp16Builder:
         from onnxruntime.transformers.onnx_model import OnnxModel
 
         from onnxforge.artifact import save_model
-        from onnxforge.quant.int8 import quiet
+        from onnxforge.stages.quantize.int8 import quiet
 
         self._n += 1
         model = onnx.load(str(self.src))

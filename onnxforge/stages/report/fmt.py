@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from onnxforge.timing import threads_label as threads  # noqa: F401  (the renderers' name for it)
+
 # control characters (a terminal obeys ESC sequences, even from a file you `cat`) and bidi overrides (text that
 # reads differently from what it is): never copied from a run folder into any rendering
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -53,13 +55,6 @@ def row_ratio(r: dict) -> str:
         return size_change(r.get("before"), r.get("after"))
     ratio = r.get("ratio")
     return f"{ratio:.3g}" if isinstance(ratio, int | float) and not isinstance(ratio, bool) else ""
-
-
-def threads(row: dict) -> str:
-    """The threads a latency row ran on: '1', or 'default (not applied)' when the limit asked did not hold."""
-    if row.get("threads_applied") is False:
-        return "default (not applied)"
-    return "default" if row.get("threads") is None else str(row["threads"])
 
 
 def opset(d: dict | None, ops: dict | None = None) -> str:

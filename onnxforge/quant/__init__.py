@@ -1,1 +1,0 @@
-"""Reduced precision: INT8 via onnxruntime.quantization, FP16, and the accuracy-budget fallback."""
