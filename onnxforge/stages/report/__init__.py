@@ -3,15 +3,8 @@ tables, report.json (schema in onnxforge/schemas/report.schema.json), report.md 
 options.py holds ReportOptions, build.py the entry point (`build_report`, `load_schema`, re-exported here lazily),
 stage.py the pipeline stage; collect.py gathers the figures, terminal/markdown/html/plots render them."""
 
-from __future__ import annotations
-
-import importlib
+from onnxforge.lazy import exports
 
 _EXPORTS = {"build_report": "build", "load_schema": "build", "FORMATS": "build", "ReportOptions": "options"}
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = exports(__name__, _EXPORTS)
