@@ -291,8 +291,8 @@ def _optimize_table(work: Path, test: dict, quick: bool = False) -> dict:
     from fixtures.torch_models import transformer_block
     from onnxforge import runtime
     from onnxforge.compare import compare
+    from onnxforge.runtime import quiet
     from onnxforge.stages.optimize import passes, perf
-    from onnxforge.stages.quantize.int8 import quiet
 
     rng = np.random.default_rng(0)
     digits = {"path": str(FIX / "data/digits_test.npz"), "labels": "label"}

@@ -1,8 +1,11 @@
-"""onnxruntime sessions: providers with fallback, thread count, optimization level."""
+"""onnxruntime sessions: providers with fallback, thread count, optimization level; quiet() for its Python tools."""
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +116,15 @@ def pinned_rows(sess, feeds: dict[str, np.ndarray]) -> int | None:
         raise UserError(f"the model takes exactly {b} rows per run (its inputs pin the batch dim) and {n} rows are "
                         f"not a multiple of {b} — give a multiple of {b} rows")
     return b
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """onnxruntime's Python tools (quantization, transformers optimizer) log advice at WARNING/INFO on the root logger; keep the CLI output ours."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(old)

@@ -144,3 +144,24 @@ def test_stage_packages_register_from_their_stage_module():
         d = PKG / "stages" / name
         assert (d / "stage.py").is_file() and (d / "__init__.py").is_file(), d
         assert re.search(r"@register_stage\(\"" + name, (d / "stage.py").read_text()), name
+
+
+def test_rooms_import_each_other_one_way_only():
+    """Between the capability rooms (each stage, score, serve) an arrow runs one way: quantize may reuse optimize's
+    latency and input helpers, but then optimize must not import quantize (shared helpers live at the top level)."""
+
+    def room(mod: str) -> str | None:
+        p = mod.split(".")
+        if p[:2] == ["onnxforge", "stages"] and len(p) > 2:
+            return "stages." + p[2]
+        return p[1] if p[0] == "onnxforge" and len(p) > 1 and p[1] in ("score", "serve") else None
+
+    arrows = set()
+    for f in PKG.rglob("*.py"):
+        here = room(".".join(("onnxforge", *f.relative_to(PKG).with_suffix("").parts)))
+        for m in _imports(f):
+            there = room(m)
+            if here and there and there != here:
+                arrows.add((here, there))
+    both = sorted({tuple(sorted(a)) for a in arrows if a[::-1] in arrows})
+    assert not both, f"rooms importing each other: {both}"

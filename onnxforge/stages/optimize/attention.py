@@ -96,7 +96,7 @@ def fuse(src: Path, dst: Path, model_type: str = "bert", num_heads: int = 0, hid
 
     import onnx
 
-    from onnxforge.stages.quantize.int8 import quiet
+    from onnxforge.runtime import quiet
 
     src, dst = Path(src), Path(dst)
     before = onnx.load(str(src), load_external_data=False)

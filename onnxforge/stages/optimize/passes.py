@@ -30,7 +30,7 @@ def simplify(src: Path, dst: Path) -> dict:
     import onnxslim
 
     from onnxforge.artifact import save_model
-    from onnxforge.stages.quantize.int8 import quiet
+    from onnxforge.runtime import quiet
 
     with quiet():
         model = onnxslim.slim(str(src))

@@ -33,7 +33,7 @@ class Fp16Builder:
         from onnxruntime.transformers.onnx_model import OnnxModel
 
         from onnxforge.artifact import save_model
-        from onnxforge.stages.quantize.int8 import quiet
+        from onnxforge.runtime import quiet
 
         self._n += 1
         model = onnx.load(str(self.src))

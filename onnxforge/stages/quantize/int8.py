@@ -4,15 +4,13 @@ calibration ranges are computed once and cached)."""
 
 from __future__ import annotations
 
-import logging
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from onnxforge.runtime import quiet
 from onnxforge.stages.quantize import weight_only
 
 # Dynamic quantization turns Conv into ConvInteger, which the ORT CPU provider cannot run: Conv never goes to the
@@ -62,18 +60,6 @@ class NodeInfo:
     op_type: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-
-
-@contextmanager
-def quiet() -> Iterator[None]:
-    """onnxruntime.quantization logs advice at WARNING/INFO on the root logger; keep the CLI output ours."""
-    root = logging.getLogger()
-    old = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(old)
 
 
 def preprocess(src: Path, dst: Path) -> str:
