@@ -114,24 +114,70 @@ def _family_params(cfg, family, post, input_names) -> dict[str, tuple[str, Any]]
     return out
 
 
+def _dummy_encoded(inputs, cats, rows: int = 3) -> dict[str, np.ndarray]:
+    """A few rows of zeros (codes for categorical inputs) shaped as the config declares: the model is built on them
+    and its data are placeholders afterwards."""
+    out = {}
+    for spec in inputs:
+        shape = [rows] + [d if isinstance(d, int) else 1 for d in (spec.shape or ["batch"])[1:]]
+        out[spec.name] = np.zeros(shape, np.int64 if spec.name in cats else np.float64)
+    return out
+
+
+def _zero_code(cfg, post, cats, builder, names: list[str]):
+    """(family, transform, fparams, extra values) read from the PyMC model (bayes.lower)."""
+    from onnxforge.bayes.lower import call_builder, extract
+
+    s = cfg.source
+    if s.params:
+        raise UserError("source.params: without a transform the family parameters come from the PyMC model — drop "
+                        "params, or give source.transform")
+    enc = _dummy_encoded(cfg.inputs, cats)
+    args = {k: (v.reshape(-1) if len(spec.shape or [1]) == 1 else v)
+            for spec in cfg.inputs for k, v in [(spec.name, enc[spec.name])]}
+    model = call_builder(builder, args, {d: list(c) for d, c in post.coords.items()})
+    family, zc, fixed = extract(model, s.observed, names, post)
+    if "family" in s.model_fields_set and s.family != family:
+        raise UserError(f"source.family: {s.family}, but the model's '{s.observed}' is {family} — drop family (the "
+                        "model decides it) or fix the model")
+    fparams, extra = {}, {}
+    for name in FAMILIES[family].params:
+        if name in zc.graphs:
+            fparams[name] = ("graph", name)
+        elif name in fixed:
+            ref, values = fixed[name]
+            if values is not None:
+                extra[ref] = values
+            fparams[name] = ("var", ref)
+    return FAMILIES[family], zc, fparams, extra
+
+
 def build_predictive(cfg) -> BayesPredictive:
     s = cfg.source
     if s.path is None:
         raise UserError("source.path is required for framework 'pymc' — point it at the posterior .nc file")
+    if s.transform is None and s.model is None:
+        raise UserError("source: give model: 'file.py:builder' (the PyMC model: zero-code export) or transform: "
+                        "'file.py:function' (the mean function by hand)")
     post = load_posterior(s.path, s.samples)
-    transform = load_callable(s.transform, "transform")
     builder = load_callable(s.model, "model") if s.model else None
-    wanted = _transform_inputs(transform)
     if not cfg.inputs:
-        raise UserError(f"inputs: list the transform's inputs {wanted} with dtype and shape, e.g. "
-                        "[{name: X, shape: [batch, 3]}]")
+        hint = "the model's pm.Data names" if s.transform is None else "the transform's inputs"
+        raise UserError(f"inputs: list {hint} with dtype and shape, e.g. [{{name: X, shape: [batch, 3]}}]")
     names = [i.name for i in cfg.inputs]
-    family = FAMILIES[s.family]
-    fparams = _family_params(cfg, family, post, names)
-    extra = {r for k, r in fparams.values() if k == "input"}
-    if set(wanted) - set(names) or set(names) - set(wanted) - extra:
-        raise UserError(f"inputs {names} differ from the transform's arguments {wanted} — make them the same")
     cats = _categoricals(cfg, post, cfg.inputs)
+    extra_values: dict[str, np.ndarray] = {}
+    if s.transform is None:
+        family, transform, fparams, extra_values = _zero_code(cfg, post, cats, builder, names)
+        wanted = names
+    else:
+        transform = load_callable(s.transform, "transform")
+        wanted = _transform_inputs(transform)
+        family = FAMILIES[s.family]
+        fparams = _family_params(cfg, family, post, names)
+        extra = {r for k, r in fparams.values() if k == "input"}
+        if set(wanted) - set(names) or set(names) - set(wanted) - extra:
+            raise UserError(f"inputs {names} differ from the transform's arguments {wanted} — make them the same")
     o = s.outputs
     kinds = [k for k, on in (("mean", o.mean), ("std", o.std), ("quantiles", bool(o.quantiles)),
                              ("draws", o.draws > 0)) if on]
@@ -141,10 +187,12 @@ def build_predictive(cfg) -> BayesPredictive:
         raise UserError(f"outputs: {len(cfg.outputs)} name(s) given for {len(kinds)} output(s) {kinds} — list one "
                         "name each, in that order, or drop `outputs:`")
     out_names = dict(zip(kinds, cfg.outputs or kinds, strict=True))
+    values = _extend_population(post, cats)
+    values.update(extra_values)
     pred = BayesPredictive(
         posterior=post, transform=transform, family=family, inputs=list(cfg.inputs), args=wanted, categorical=cats,
         fparams=fparams, quantiles=list(o.quantiles), want_mean=o.mean, want_std=o.std, n_draws=o.draws,
-        max_count=s.max_count, output_names=out_names, values=_extend_population(post, cats), builder=builder,
+        max_count=s.max_count, output_names=out_names, values=values, builder=builder,
         observed=s.observed)
     # a dry run records the variables the transform uses and turns shape mismatches into one-line errors
     pred.mu(pred.encode(pred.dummy_feeds()))
@@ -152,7 +200,7 @@ def build_predictive(cfg) -> BayesPredictive:
     for cat in cats.values():
         if cat.policy != "population":
             continue
-        uncovered = [v for v in sorted(pred.used) if cat.dim in post.dims[v] and v not in cat.population]
+        uncovered = [v for v in sorted(pred.used) if cat.dim in post.dims.get(v, ()) and v not in cat.population]
         if uncovered:
             raise UserError(f"categorical.{cat.input}: the transform indexes {uncovered} by '{cat.dim}' but "
                             f"population gives no value for them — add population: {{{uncovered[0]}: ...}}")
@@ -170,11 +218,15 @@ def artifact_metadata(pred: BayesPredictive, cfg) -> dict[str, Any]:
         "output_columns": cols or None,
         # the point prediction, for task metrics (a [rows, Q] quantiles output is not a class-score matrix)
         "prediction_output": names.get("mean"),
-        "bayes": {"family": pred.family.name, "transform": cfg.source.transform.rpartition(":")[2],
+        "bayes": {"family": pred.family.name, "transform": (cfg.source.transform.rpartition(":")[2]
+                                                             if cfg.source.transform else None),
                   "outputs": names, "quantiles": pred.quantiles, "draws": pred.n_draws,
                   "seed": cfg.source.seed, "params": {k: list(v) for k, v in pred.fparams.items()},
                   "variables": sorted(pred.used), "posterior": pred.posterior.summary()},
     }
+    if cfg.source.transform is None:  # zero-code: which model function, and the PyTensor ops that were lowered
+        meta["bayes"]["zero_code"] = {"model": cfg.source.model.rpartition(":")[2], "observed": cfg.source.observed,
+                                      "ops": pred.transform.ops}
     if pred.categorical:
         meta["categories"] = {c.input: c.levels for c in pred.categorical.values()}
         meta["unseen_policy"] = {c.input: c.policy for c in pred.categorical.values()}

@@ -38,8 +38,10 @@ def build_module(pred):
                 self.fp_kinds[k] = (kind, ref)
                 if kind == "var":
                     self.register_buffer(f"fp_{k}", torch.from_numpy(pred.values[ref].astype(np.float32)))
+            if hasattr(pred.transform, "torch_module"):  # zero-code: the lowered graph, its constants as buffers
+                self.lowered = pred.transform.torch_module()
             self.within = None
-            if pred.want_std and not pred.family.variance_uses_mu:
+            if pred.want_std and not pred.family.variance_uses_mu and not pred.graph_params:
                 self.within = float(pred.within_variance())
             if pred.quantiles:
                 self.q_plan = quantile_plan(pred.quantiles, s)
@@ -76,6 +78,8 @@ def build_module(pred):
                     out[k] = v if not draws or self.same_draws else v[..., self.draw_idx]
                 elif kind == "input":
                     out[k] = inputs[ref]
+                elif kind == "graph":
+                    continue  # computed per row by the transform
                 else:
                     out[k] = float(ref)
             return out
@@ -93,8 +97,13 @@ def build_module(pred):
             params = Params({n: getattr(self, f"post_{i}") for i, n in enumerate(names)}, pred.posterior.path)
             mu = pred.transform(xp, params, **{k: inputs[k] for k in pred.args})
             rows = args[0].shape[0]
+            extra = {}
+            if isinstance(mu, dict):  # zero-code: the family parameters that depend on the inputs
+                extra = {k: v.expand(rows, s) if tuple(v.shape) != (rows, s) else v
+                         for k, v in mu.items() if k != "mu"}
+                mu = mu["mu"]
             mu = mu.expand(rows, s) if tuple(mu.shape) != (rows, s) else mu
-            p = self._fp(inputs, draws=False)
+            p = {**self._fp(inputs, draws=False), **extra}
             m = pred.family.mean(xp, mu, p)
             m = m.expand_as(mu) if m.shape != mu.shape else m
             mean = m.mean(-1)
@@ -115,7 +124,9 @@ def build_module(pred):
             if self.n_draws:
                 mu_d = mu if self.same_draws else mu[:, self.draw_idx]
                 tables = {k[2:]: v for k, v in self.named_buffers() if k.startswith("t_")}
-                outs.append(families.draw(pred.family.name, mu_d, self._fp(inputs, draws=True), tables))
+                p_d = self._fp(inputs, draws=True)
+                p_d.update({k: v if self.same_draws else v[:, self.draw_idx] for k, v in extra.items()})
+                outs.append(families.draw(pred.family.name, mu_d, p_d, tables))
             return tuple(outs)
 
     return Predictive().eval()

@@ -156,6 +156,18 @@ class BayesPredictive:
 
     def mu(self, encoded: dict[str, np.ndarray], values: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """The transform over all posterior samples: (rows, samples)."""
+        return self.evaluate(encoded, values)[0]
+
+    @property
+    def graph_params(self) -> list[str]:
+        """Family parameters the transform computes per row besides mu (zero-code export: e.g. a sigma that
+        depends on the inputs)."""
+        return [k for k, (kind, _) in self.fparams.items() if kind == "graph"]
+
+    def evaluate(self, encoded: dict[str, np.ndarray],
+                 values: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(mu, {graph parameter: value}), each (rows, samples). A hand transform returns mu; a zero-code one a
+        mapping of the family parameters that depend on the inputs."""
         from onnxforge.bayes.shim import numpy_xp
 
         values = self.values if values is None else values
@@ -168,6 +180,13 @@ class BayesPredictive:
                 raise
             except (ValueError, IndexError, TypeError) as e:
                 raise UserError(self._shape_message(encoded, e)) from None
+        extra = {}
+        if isinstance(out, dict):
+            extra = {k: self._rows_by_samples(v, rows, encoded) for k, v in out.items() if k != "mu"}
+            out = out["mu"]
+        return self._rows_by_samples(out, rows, encoded), extra
+
+    def _rows_by_samples(self, out, rows: int, encoded) -> np.ndarray:
         out = np.asarray(out, dtype=np.float64)
         want = (rows, self.posterior.samples)
         try:
@@ -183,7 +202,8 @@ class BayesPredictive:
         parts = []
         for k in sorted(used):
             if k in self.values:
-                dims = ", ".join(f"{d}={n}" for d, n in zip(self.posterior.dims[k], self.values[k].shape, strict=False))
+                dims = ", ".join(f"{d}={n}" for d, n in zip(self.posterior.dims.get(k, ()), self.values[k].shape,
+                                                            strict=False))
                 parts.append(f"{k}({dims})")
         post = ", ".join(parts)
         return f"inputs {ins}; posterior {post} (+ a trailing axis of {self.posterior.samples} samples)"
@@ -199,6 +219,8 @@ class BayesPredictive:
             if kind == "var":
                 v = self.values[ref]
                 out[name] = v if index is None else v[..., index]
+            elif kind == "graph":
+                continue  # computed per row by the transform (evaluate)
             elif kind == "input":
                 out[name] = encoded[ref]
             else:
@@ -211,8 +233,8 @@ class BayesPredictive:
 
         xp = numpy_xp()
         enc = self.encode(feeds)
-        mu = self.mu(enc)
-        p = self.family_params(enc)
+        mu, extra = self.evaluate(enc)
+        p = {**self.family_params(enc), **extra}
         with np.errstate(all="ignore"):
             m = np.broadcast_to(self.family.mean(xp, mu, p), mu.shape)
             mean = m.mean(-1)
@@ -242,6 +264,25 @@ class BayesPredictive:
 
     # ------------------------------------------------------------------ PyMC reference draws
 
+    def builder_args(self, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Encoded feeds as the model builder takes them: 1-D numeric inputs back to 1-D, codes as integers."""
+        args = {}
+        for spec in self.inputs:
+            cat = self.categorical.get(spec.name)
+            a = encoded[spec.name]
+            args[spec.name] = a.reshape(-1) if (cat is None and a.ndim == 2 and a.shape[1] == 1
+                                                and len(spec.shape or [1]) == 1) else a
+        return args
+
+    def build_model(self, encoded: dict[str, np.ndarray]):
+        """source.model called on these rows (and the posterior's coords)."""
+        from onnxforge.bayes.lower import call_builder
+
+        if self.builder is None:
+            raise UserError("source.model is not set")
+        return call_builder(self.builder, self.builder_args(encoded),
+                            {d: list(c) for d, c in self.posterior.coords.items()})
+
     def sample_pymc(self, feeds: dict[str, np.ndarray], seed: int = 0) -> np.ndarray:
         """pm.sample_posterior_predictive on the same new data and the same (thinned) posterior: (rows, samples)."""
         import warnings
@@ -252,20 +293,12 @@ class BayesPredictive:
         import pymc as pm
 
         enc = self.encode(feeds)
-        args = {}
         for spec in self.inputs:
             cat = self.categorical.get(spec.name)
             if cat is not None and (enc[spec.name] >= len(cat.levels)).any():
                 raise UserError(f"input '{spec.name}' has levels the PyMC model never saw — "
                                 "pm.sample_posterior_predictive cannot score them; use data with known levels")
-            a = enc[spec.name]
-            args[spec.name] = a.reshape(-1) if (cat is None and a.ndim == 2 and a.shape[1] == 1
-                                                and len(spec.shape or [1]) == 1) else a
-        try:
-            model = self.builder(**args, coords={d: list(c) for d, c in self.posterior.coords.items()})
-        except TypeError as e:
-            raise UserError(f"source.model: calling the builder failed ({e}) — it must accept the transform's "
-                            f"inputs {list(args)} and coords=") from None
+        model = self.build_model(enc)
         if self.observed not in model.named_vars:
             raise UserError(f"source.observed: the PyMC model has no variable '{self.observed}' — it has "
                             f"{', '.join(sorted(model.named_vars))[:200]}")

@@ -56,12 +56,15 @@ class PymcCategorical(StrictModel):
 
 class PymcSource(SourceBase):
     framework: Literal["pymc"]
-    transform: CodeRef = Field(description="'file.py:function' computing the mean: fn(xp, params, **inputs)")
-    model: CodeRef | None = Field(None, description="'file.py:builder' returning the pm.Model (needed only for "
-                                                    "the pm.sample_posterior_predictive draws reference)")
+    transform: CodeRef | None = Field(None, description="'file.py:function' computing the mean: fn(xp, params, "
+                                      "**inputs); without it (zero-code) the mean is read from `model`")
+    model: CodeRef | None = Field(None, description="'file.py:builder' returning the pm.Model: without `transform` "
+                                                    "its observed variable's parameters are exported (zero-code); "
+                                                    "with one, the pm.sample_posterior_predictive draws reference")
     observed: str = Field("y", description="the observed variable in the PyMC model")
     family: FamilyName = Field("normal", description="likelihood of the observed variable: the distribution the "
-                                                     "mean, std, quantiles and draws are computed from")
+                                                     "mean, std, quantiles and draws are computed from (zero-code: "
+                                                     "read from the model)")
     params: dict[str, str | float] = Field(
         default_factory=dict, description="family parameter → posterior variable, input name, or number, "
                                           "e.g. {sigma: sigma}, {n: trials}, {alpha: phi}")
