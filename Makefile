@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WHEELS := $(wildcard /opt/wheels)
 
-.PHONY: install demo test test-quick readme-test bench lint fixtures clean chromium fuzz corpus corpus-test
+.PHONY: install demo test test-quick readme-test bench lint fixtures clean chromium fuzz corpus corpus-test wrk playground
 
-install: $(STAMP)
+install: $(STAMP) playground
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,7 +54,7 @@ corpus-test: install corpus
 fuzz: install fixtures
 	$(BIN)/python tests/fuzz/run_fuzz.py -n $(or $(FUZZ_CASES),10000) $(FUZZ_ARGS)
 
-bench: install fixtures corpus
+bench: install fixtures corpus wrk
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: install
@@ -62,6 +62,24 @@ lint: install
 
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+# the load generator of bench/bench_serve.py (a Python client would eat the CPU the server needs)
+wrk:
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+
+# onnxruntime-web for `onnxforge serve --ui`: npm ci from the committed lock file in a cache folder (reused while the
+# lock is unchanged; npm's own cache makes a rebuild offline), its wasm bundle copied into the Python package
+PLAYGROUND := onnxforge/serve/playground
+ORT_WEB_CACHE ?= $(HOME)/.cache/onnxforge/ort-web
+playground: $(PLAYGROUND)/ort-wasm-simd-threaded.wasm
+
+$(PLAYGROUND)/ort-wasm-simd-threaded.wasm: $(PLAYGROUND)/package.json $(PLAYGROUND)/package-lock.json
+	@mkdir -p $(ORT_WEB_CACHE)
+	@cmp -s $(PLAYGROUND)/package-lock.json $(ORT_WEB_CACHE)/package-lock.json && test -d $(ORT_WEB_CACHE)/node_modules/onnxruntime-web || \
+	  (cp $(PLAYGROUND)/package.json $(PLAYGROUND)/package-lock.json $(ORT_WEB_CACHE)/ && \
+	   cd $(ORT_WEB_CACHE) && npm ci --no-audit --no-fund --ignore-scripts --prefer-offline --loglevel=error)
+	cp $(ORT_WEB_CACHE)/node_modules/onnxruntime-web/dist/ort.wasm.bundle.min.mjs $(PLAYGROUND)/
+	cp $(ORT_WEB_CACHE)/node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm $(PLAYGROUND)/
 
 # __pycache__ folders are removed everywhere except in the venv, .git and other hidden folders, and the corpus
 # cache when $ONNXFORGE_CORPUS points inside the checkout (a venv's own __pycache__ folders are part of its install)

@@ -509,6 +509,50 @@ def bench_cmd(model: Annotated[Path, typer.Argument(help="an .onnx file")],
     return res
 
 
+# ------------------------------------------------------------------ serve
+
+
+@_cmd(app, "serve")
+def serve(target: Annotated[Path, typer.Argument(
+              help="an .onnx file, or a run folder (its final artifact; every stage's artifact as a version)")],
+          host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="port; 0 picks a free one (printed on stderr)")] = 8000,
+          workers: Annotated[int, typer.Option(help="server processes sharing the port")] = 1,
+          threads: Annotated[int | None, typer.Option(
+              help="onnxruntime intra-op threads per worker (default: the process's CPU quota / workers)")] = None,
+          max_batch_size: Annotated[int, typer.Option(
+              help="rows stacked into one run for models with a batch axis; 0 or 1: no batching")] = 64,
+          max_queue_delay_ms: Annotated[float, typer.Option(
+              help="hold a short batch this long for more rows (0: batch only what queued meanwhile)")] = 0.0,
+          max_queue: Annotated[int, typer.Option(help="requests waiting or running per version; more get 503")] = 256,
+          max_body_bytes: Annotated[int, typer.Option(help="request body cap; larger bodies get 413")] = 16 << 20,
+          name: Annotated[str | None, typer.Option(help="model name in URLs (default: the run's or file's name)")]
+          = None,
+          ui: Annotated[bool, typer.Option("--ui", help="add the browser playground at /ui")] = False,
+          log_level: Annotated[str, typer.Option(help="server log level (access logs are INFO JSON lines)")]
+          = "info",
+          as_json: JsonOpt = False, debug: DebugOpt = False):
+    """Serve an artifact over HTTP until SIGTERM: Open Inference Protocol v2 (Triton/KServe clients), POST /predict
+    with JSON records, /metrics, /openapi.json; --ui adds a browser playground."""
+    from onnxforge.errors import UserError
+
+    try:  # the web stack is an extra, imported only when serving
+        import prometheus_client  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ModuleNotFoundError as e:
+        raise UserError(f"serving needs {e.name}, which is not installed — pip install 'onnxforge[serve]'") from None
+    from onnxforge.serve.app import Options
+    from onnxforge.serve.launch import check_options
+    from onnxforge.serve.launch import serve as run_server
+
+    check_options(port=port, workers=workers, threads=threads, max_batch_size=max_batch_size,
+                  max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, max_body_bytes=max_body_bytes)
+    opts = Options(str(target), name=name, threads=threads, max_batch_size=max_batch_size,
+                   max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, ui=ui)
+    return run_server(opts, host=host, port=port, workers=workers, log_level=log_level)
+
+
 # ------------------------------------------------------------------ config
 
 
