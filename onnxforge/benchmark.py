@@ -168,12 +168,14 @@ def onnx_cases(model_path: Path, feeds: dict[str, np.ndarray], *, batches: list[
     label = label or Path(model_path).name
     cases = []
     for t in threads:
-        sess = open_session(model_path, provider_list=providers, threads=t)  # admitted without a session
+        sess = open_session(model_path, provider_list=runtime.requested(providers), threads=t)  # admitted already
         names = [o.name for o in sess.get_outputs()]
         for b in batches:
             batch = tile_rows(feeds, b)
             runtime.run(sess, batch, names)  # inputs that do not fit the model: one line, exit 2, before timing
-            cases.append(Case(ORT, label, b, t, lambda s=sess, f=batch, n=names: s.run(n, f)))
+            # the provider that really ran it (the session's first active one), not the one asked for
+            cases.append(Case(ORT, label, b, t, lambda s=sess, f=batch, n=names: s.run(n, f),
+                              extra={"provider": runtime.ran_on(sess)}))
     return cases
 
 
@@ -324,7 +326,8 @@ def render(result: dict, console) -> None:
     for c in ("engine", "model", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "mean ms", "rows/s", "runs"):
         t.add_column(c, justify="left" if c in ("engine", "model") else "right")
     for r in result["results"]:
-        t.add_row(r["engine"], r["label"], str(r["batch"]), threads_text(r), f"{r['p50_ms']:.3f}",
+        engine = r["engine"] + (f" ({r['provider'].removesuffix('ExecutionProvider')})" if r.get("provider") else "")
+        t.add_row(engine, r["label"], str(r["batch"]), threads_text(r), f"{r['p50_ms']:.3f}",
                   f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['rows_per_s']:,.0f}",
                   str(r["runs"]))
     console.print(t)

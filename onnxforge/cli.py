@@ -38,6 +38,11 @@ ShapeOpt = Annotated[list[str] | None, typer.Option(
                     "the rows); repeatable")]
 ValueOpt = Annotated[list[str] | None, typer.Option(
     "--value", help="NAME=V a fixed value for a synthesized input, e.g. a sample rate; repeatable")]
+ProvidersOpt = Annotated[list[str] | None, typer.Option(
+    "--providers", help="onnxruntime execution providers in order, comma list or repeatable (cuda, tensorrt, "
+                        "openvino, cpu or full names); one not installed is exit 2 unless --allow-fallback")]
+FallbackOpt = Annotated[bool, typer.Option(
+    "--allow-fallback", help="run on the next installed provider when one asked for is missing (recorded)")]
 RemeasureOpt = Annotated[bool, typer.Option("--remeasure", help="re-time decisions and rewrite the lock")]
 LockedOpt = Annotated[bool, typer.Option(
     "--locked", help="fail (exit 1) if a recorded decision would have to be re-measured; for CI")]
@@ -370,29 +375,38 @@ def validate(model: Annotated[Path | None, typer.Argument(help="the .onnx to che
              atol: Annotated[float | None, typer.Option()] = None,
              synthetic: Annotated[bool, typer.Option(help="allow inputs synthesized from the input spec")] = False,
              shape: ShapeOpt = None, value: ValueOpt = None, sets: SetOpt = None,
+             providers: ProvidersOpt = None, allow_fallback: FallbackOpt = False,
              remeasure: RemeasureOpt = False, locked: LockedOpt = False,
              as_json: JsonOpt = False, debug: DebugOpt = False):
     """Check a model: onnx.checker, shapes, a session, then outputs against a reference. Exit 1 on mismatch."""
-    return _stage("validate", model, None, config, {"against": against, "rtol": rtol, "atol": atol}, sets,
-                  as_json, data=_data_flags(data, labels, synthetic), top=_input_flags(shape, value),
-                  lock=_lock_mode(remeasure, locked))
+    from onnxforge.runtime import from_flags
+
+    with from_flags(providers, allow_fallback) as rt:
+        return _stage("validate", model, None, config, {"against": against, "rtol": rtol, "atol": atol}, sets,
+                      as_json, data=_data_flags(data, labels, synthetic), top=_input_flags(shape, value) | rt,
+                      lock=_lock_mode(remeasure, locked))
 
 
 @_cmd(app, "quantize")
 def quantize(model: Annotated[Path | None, typer.Argument(help="the float .onnx")] = None,
              output: OutOpt = None, config: ConfigOpt = None,
-             mode: Annotated[str | None, typer.Option(help="auto (default) | static | dynamic | fp16")] = None,
+             mode: Annotated[str | None, typer.Option(help="auto (default) | static | dynamic | fp16 | int4")] = None,
              data: DataOpt = None,
              labels: Annotated[str | None, typer.Option(help="labels key/column (for accuracy budgets)")] = None,
              max_accuracy_drop: Annotated[float | None, typer.Option(help="e.g. 0.005 = half a point")] = None,
              shape: ShapeOpt = None, value: ValueOpt = None, sets: SetOpt = None,
+             providers: ProvidersOpt = None, allow_fallback: FallbackOpt = False,
              require_faster: RequireFasterOpt = False, remeasure: RemeasureOpt = False, locked: LockedOpt = False,
              as_json: JsonOpt = False, debug: DebugOpt = False):
-    """INT8 (dynamic/static) or FP16, under an accuracy budget that is never exceeded."""
-    return _stage("quantize", model, output, config, {"mode": mode, "max_accuracy_drop": max_accuracy_drop,
-                                                      "require_faster": require_faster or None}, sets,
-                  as_json, data=_data_flags(data, labels), top=_input_flags(shape, value),
-                  lock=_lock_mode(remeasure, locked))
+    """INT8 (dynamic/static), INT4 weight-only (MatMulNBits) or FP16, under an accuracy budget that is never
+    exceeded."""
+    from onnxforge.runtime import from_flags
+
+    with from_flags(providers, allow_fallback) as rt:
+        return _stage("quantize", model, output, config, {"mode": mode, "max_accuracy_drop": max_accuracy_drop,
+                                                          "require_faster": require_faster or None}, sets,
+                      as_json, data=_data_flags(data, labels), top=_input_flags(shape, value) | rt,
+                      lock=_lock_mode(remeasure, locked))
 
 
 @_cmd(app, "optimize")
@@ -405,13 +419,18 @@ def optimize(model: Annotated[Path | None, typer.Argument(help="the .onnx to opt
              synthetic: Annotated[bool, typer.Option(help="compare passes on inputs synthesized from the input "
                                                           "spec when no data is given")] = False,
              shape: ShapeOpt = None, value: ValueOpt = None, sets: SetOpt = None,
+             providers: ProvidersOpt = None, allow_fallback: FallbackOpt = False,
              require_faster: RequireFasterOpt = False, remeasure: RemeasureOpt = False, locked: LockedOpt = False,
              as_json: JsonOpt = False, debug: DebugOpt = False):
     """Graph optimization (ORT levels, simplification, transformer fusion); each pass checked numerically."""
-    return _stage("optimize", model, output, config, {"level": level, "portable": portable,
-                                                      "allow_synthetic": synthetic or None,
-                                                      "require_faster": require_faster or None}, sets, as_json,
-                  data=_data_flags(data), top=_input_flags(shape, value), lock=_lock_mode(remeasure, locked))
+    from onnxforge.runtime import from_flags
+
+    with from_flags(providers, allow_fallback) as rt:
+        return _stage("optimize", model, output, config, {"level": level, "portable": portable,
+                                                          "allow_synthetic": synthetic or None,
+                                                          "require_faster": require_faster or None}, sets, as_json,
+                      data=_data_flags(data), top=_input_flags(shape, value) | rt,
+                      lock=_lock_mode(remeasure, locked))
 
 
 # ------------------------------------------------------------------ artifacts
@@ -484,14 +503,16 @@ def report(targets: Annotated[list[Path], typer.Argument(help="a run folder, or 
                "config is never read)")] = None,
            native: Annotated[bool, typer.Option(
                "--native", help="also load --config's source model as the reference (runs the code it names)")] = False,
+           providers: ProvidersOpt = None, allow_fallback: FallbackOpt = False,
            as_json: JsonOpt = False, debug: DebugOpt = False):
     """Size, ops, params, validation verdicts, accuracy deltas and latency: terminal, JSON, Markdown, HTML.
     Reads a run folder without running anything it names."""
+    from onnxforge.runtime import from_flags
     from onnxforge.stages.report.build import build_report
 
-    res = build_report(targets, out=out, formats=[f.strip() for f in formats.split(",") if f.strip()],
-                       bench=bench, data=data, console=_out(as_json), config=config, native=native)
-    return res
+    with from_flags(providers, allow_fallback):
+        return build_report(targets, out=out, formats=[f.strip() for f in formats.split(",") if f.strip()],
+                            bench=bench, data=data, console=_out(as_json), config=config, native=native)
 
 
 @_cmd(app, "bench")
@@ -500,13 +521,16 @@ def bench_cmd(model: Annotated[Path, typer.Argument(help="an .onnx file")],
               threads: Annotated[list[int] | None, typer.Option("--threads", help="thread counts")] = None,
               runs: Annotated[int, typer.Option(help="timed runs per setting")] = 100,
               config: ConfigOpt = None, shape: ShapeOpt = None, value: ValueOpt = None,
+              providers: ProvidersOpt = None, allow_fallback: FallbackOpt = False,
               as_json: JsonOpt = False, debug: DebugOpt = False):
-    """Latency percentiles and throughput of a model (and its native source when --config names it)."""
+    """Latency percentiles and throughput of a model (and its native source when --config names it); each row
+    records the execution provider that ran it."""
     from onnxforge.benchmark import bench_cli
+    from onnxforge.runtime import from_flags
 
-    res = bench_cli(model, batches=batch or [1, 64], threads=threads or [1], runs=runs, config=config,
-                    console=_out(as_json), shapes=_input_flags(shape, value))
-    return res
+    with from_flags(providers, allow_fallback):
+        return bench_cli(model, batches=batch or [1, 64], threads=threads or [1], runs=runs, config=config,
+                         console=_out(as_json), shapes=_input_flags(shape, value))
 
 
 # ------------------------------------------------------------------ serve

@@ -115,9 +115,26 @@ class DataConfig(StrictModel):
 
 class RuntimeConfig(StrictModel):
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], description="onnxruntime "
-                                 "execution providers in order of preference; one not available here is skipped "
-                                 "with a warning, and CPUExecutionProvider is always added last")
+                                 "execution providers in order of preference (CPUExecutionProvider is always added "
+                                 "last). One not installed, or one that does not start, is exit 2 naming what is "
+                                 "installed and the package that brings it, unless allow_fallback is true")
+    allow_fallback: bool = Field(False, description="run on the next available provider (with a warning) when one "
+                                 "asked for is missing; the report and manifest record the provider that ran")
+    provider_options: dict[str, dict[str, str | int | float | bool]] = Field(
+        default_factory=dict, description="per-provider onnxruntime options, e.g. {CUDAExecutionProvider: "
+        "{device_id: 1}}, over onnxforge's defaults (TensorRT: fp16 engines; CUDA: heuristic conv search)")
+    cache_dir: RelPath | None = Field(None, description="folder for the TensorRT engine and timing caches "
+                                      "(off when null)")
     threads: int | None = Field(None, gt=0, description="intra-op threads (default: onnxruntime's choice)")
+
+    @model_validator(mode="after")
+    def _carry(self):
+        # sessions built from `cfg.runtime.providers` see the fallback policy and options through the list itself
+        from onnxforge.runtime import Providers
+
+        object.__setattr__(self, "providers", Providers(self.providers, self.allow_fallback,
+                                                        self.provider_options or None, self.cache_dir))
+        return self
 
 
 class StagesBase(StrictModel):

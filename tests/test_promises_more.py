@@ -1,6 +1,7 @@
 """Issue #21, continued: promises the README makes that had no test failing when they break.
 
-- a missing execution provider falls back to CPU with a warning, and the manifest records the provider that ran;
+- a missing execution provider is exit 2 naming the installed ones (issue #15); with runtime.allow_fallback it
+  falls back to CPU with a warning, and the manifest and report record the provider that ran;
 - regression metrics (MAE, RMSE, R²) in validate and the report equal sklearn.metrics on the same rows;
 - optimize rejects a pass that grows the stored tensors, naming the growth (max_size_growth: null accepts it);
 - quantize: max_accuracy_drop drives the fallback (tight → float nodes or exit 1 with no model, loose → all INT8);
@@ -57,15 +58,16 @@ def ort_outputs(path: Path, feeds: dict) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def reg_run(tmp_path_factory) -> dict:
-    """An XGBoost regressor run (convert → validate → report, no latency) asking for CUDA, which is not here. Run
-    with PYTHONWARNINGS=ignore: that hides third-party warnings, never onnxforge's own from the --json envelope."""
+    """An XGBoost regressor run (convert → validate → report, no latency) asking for CUDA, which is not here, with
+    fallback allowed. Run with PYTHONWARNINGS=ignore: that hides third-party warnings, never onnxforge's own from
+    the --json envelope."""
     d = tmp_path_factory.mktemp("reg")
     cfg = write_yaml(d / "reg.yaml", {
         "name": "reg", "run_dir": "runs",
         "source": {"framework": "xgboost", "path": str(XGB), "task": "regressor"},
         "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 10], "column": "x"}],
         "outputs": ["prediction"], "data": {"path": str(DIABETES), "labels": "target"},
-        "runtime": {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]},
+        "runtime": {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"], "allow_fallback": True},
         "stages": {"convert": {}, "validate": {}, "report": {"bench": False}}})
     env = dict(os.environ, PYTHONWARNINGS="ignore", COLUMNS="200")
     p = subprocess.run([sys.executable, "-m", "onnxforge", "run", cfg, "--json"], cwd=d, env=env, capture_output=True,
@@ -80,12 +82,31 @@ def reg_run(tmp_path_factory) -> dict:
 def test_missing_provider_falls_back_to_cpu_with_a_warning_and_the_manifest_records_what_ran(reg_run):
     assert "CUDAExecutionProvider" not in ort.get_available_providers()  # the premise: no GPU provider here
     said = [w for w in reg_run["envelope"]["warnings"] if "CUDAExecutionProvider" in w]
-    assert said and "not available" in said[0], reg_run["envelope"]["warnings"]
+    assert said and "not available" in said[0] and "allow_fallback" in said[0], reg_run["envelope"]["warnings"]
     stages = {s["name"]: s for s in reg_run["manifest"]["stages"]}
     assert [s["verdict"] for s in stages.values()] == ["pass", "pass", "info"]
     # what onnxruntime really ran: the session a plain CPU request builds
-    assert stages["validate"]["summary"]["structural"]["providers"] == ["CPUExecutionProvider"]
+    ran = ort.InferenceSession(str(reg_run["dir"] / "01-convert/model.onnx"),
+                               providers=["CPUExecutionProvider"]).get_providers()
+    assert stages["validate"]["summary"]["structural"]["providers"] == ran
     assert "CUDAExecutionProvider" not in json.dumps(stages["validate"]["summary"])
+    assert {a["provider"] for a in reg_run["report"]["artifacts"]} == {ran[0]}
+
+
+def test_missing_provider_without_allow_fallback_is_exit_2_and_leaves_no_run(tmp_path):
+    """Issue #15: no silent fallback. The same run without allow_fallback stops with one line naming the
+    installed providers and the package that brings CUDA, and leaves no run folder."""
+    cfg = write_yaml(tmp_path / "reg.yaml", {
+        "name": "reg", "run_dir": "runs",
+        "source": {"framework": "xgboost", "path": str(XGB), "task": "regressor"},
+        "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 10], "column": "x"}],
+        "outputs": ["prediction"], "data": {"path": str(DIABETES), "labels": "target"},
+        "runtime": {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]},
+        "stages": {"convert": {}, "validate": {}, "report": {"bench": False}}})
+    line = assert_one_line_error(run_cli("run", cfg, cwd=tmp_path), 2)
+    assert "CUDAExecutionProvider is not available" in line and "onnxruntime-gpu" in line, line
+    assert "installed: " + ", ".join(ort.get_available_providers()) in line, line
+    assert not (tmp_path / "runs" / "reg").exists()
 
 
 def _sk_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:

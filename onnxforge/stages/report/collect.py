@@ -196,13 +196,18 @@ def _bases(src: Sources) -> list:
     return [src.run_dir or src.out, cfg_dir, Path.cwd()]
 
 
+_RAN_ON: dict[str, str] = {}  # model path → the provider that computed its metrics (recorded in the report)
+
+
 def _run_model(path: Path, proto, feeds: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
     from onnxforge import data as d
     from onnxforge import runtime
     from onnxforge.admission import open_session
+    from onnxforge.runtime import requested
 
-    sess = open_session(Path(path), provider_list=cfg.runtime.providers if cfg is not None else None,
-                           threads=cfg.runtime.threads if cfg is not None else None)
+    sess = open_session(Path(path), provider_list=requested(cfg.runtime.providers if cfg is not None else None),
+                        threads=cfg.runtime.threads if cfg is not None else None)
+    _RAN_ON[str(path)] = sess.get_providers()[0]
     size = d.fixed_batch(proto)
     if size is None:
         return runtime.run(sess, feeds)
@@ -303,6 +308,8 @@ def _measure(a: Artifact, proto, feeds, labels, src: Sources, outputs: dict, ref
     try:
         outputs[a.label] = _run_model(a.path, proto, feeds, src.cfg)
     except Exception as e:  # e.g. ops this onnxruntime cannot run: still report size and ops
+        if getattr(e, "provider", False):
+            raise  # a provider asked for and not here: exit 2, never a note beside CPU figures
         outputs[a.label] = None
         src.notes.append(f"{a.label}: onnxruntime could not run it ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:160] if str(e) else ''})")
@@ -323,6 +330,7 @@ def _measure(a: Artifact, proto, feeds, labels, src: Sources, outputs: dict, ref
         "ir_version": info["ir_version"], "opset": info["opset"], "producer": info["producer"],
         "inputs": info["inputs"], "outputs": info["outputs"], "ops": info["ops"],
         "ran": outputs[a.label] is not None,
+        "provider": _RAN_ON.get(str(a.path)) if outputs[a.label] is not None else None,
         "metrics": m, "metric_deltas": _deltas(m, ref_metrics.get(ref_label)) if ref_label else None,
     }, errors
 
