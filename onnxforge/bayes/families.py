@@ -45,10 +45,21 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("poisson", (), True, lambda xp, mu, p: mu, lambda xp, mu, p: mu, "pm.Poisson(mu)"),
     Family("negative-binomial", ("alpha",), True, lambda xp, mu, p: mu, lambda xp, mu, p: mu + mu * mu / p["alpha"],
            "pm.NegativeBinomial(mu, alpha)"),
+    # mu: the mean; alpha: the shape (rate alpha / mu)
+    Family("gamma", ("alpha",), False, lambda xp, mu, p: mu, lambda xp, mu, p: mu * mu / p["alpha"],
+           "pm.Gamma(alpha, beta=alpha / mu)"),
+    # mu, sigma: the location and scale of log y
+    Family("lognormal", ("sigma",), False, lambda xp, mu, p: xp.exp(mu + 0.5 * p["sigma"] ** 2),
+           lambda xp, mu, p: xp.expm1(p["sigma"] ** 2) * xp.exp(2 * mu + p["sigma"] ** 2),
+           "pm.LogNormal(mu, sigma)"),
+    # mu: the mean in (0, 1); kappa: the concentration alpha + beta (PyMC's nu)
+    Family("beta", ("kappa",), False, lambda xp, mu, p: mu, lambda xp, mu, p: mu * (1 - mu) / (p["kappa"] + 1),
+           "pm.Beta(mu=mu, nu=kappa)"),
 )}
 
 # parameter name → default posterior variable name
-DEFAULT_PARAMS = {"sigma": "sigma", "nu": "nu", "alpha": "alpha", "n": None}
+DEFAULT_PARAMS = {"sigma": "sigma", "nu": "nu", "alpha": "alpha", "n": None, "kappa": None}
+GAMMA_TRIES = 6  # Marsaglia-Tsang proposals per draw: all rejected with probability < 0.05**6 ≈ 2e-8
 
 
 def log_factorials(k_max: int) -> np.ndarray:
@@ -81,6 +92,15 @@ def draw(family: str, mu, p: dict, tables: dict):
         nu = p["nu"]
         t = torch.sqrt(nu * (torch.pow(u, -2.0 / nu) - 1.0)) * torch.cos(2.0 * math.pi * v)
         return mu + p["sigma"] * t
+    if family == "lognormal":
+        return torch.exp(mu + p["sigma"] * torch.randn_like(mu))
+    if family == "gamma":
+        a = p["alpha"] + 0 * mu
+        return mu / a * standard_gamma(a)
+    if family == "beta":
+        kappa = p["kappa"] + 0 * mu
+        ga, gb = standard_gamma(mu * kappa), standard_gamma((1 - mu) * kappa)
+        return ga / (ga + gb)
     k = tables["k"]  # float32 [K]
     if family == "binomial":
         n = p["n"] + 0 * mu
@@ -113,3 +133,26 @@ def _inverse_cdf(logpmf, u):
 
     cdf = torch.cumsum(torch.exp(logpmf), dim=-1)
     return (cdf <= u.unsqueeze(-1)).to(u.dtype).sum(-1)
+
+
+def standard_gamma(a):
+    """Gamma(a, 1) draws from normals and uniforms only (ONNX has no gamma sampler): Marsaglia & Tsang (2000) with
+    GAMMA_TRIES proposals unrolled, the first accepted one kept; a < 1 by the boost Gamma(a+1) · U^(1/a). Exact up
+    to the chance that every proposal is rejected (< 2e-8; such a draw is the mode d)."""
+    import torch
+
+    boost = a < 1
+    a1 = torch.where(boost, a + 1.0, a)
+    d = a1 - 1.0 / 3.0
+    c = 1.0 / torch.sqrt(9.0 * d)
+    out, done = d, torch.zeros_like(a, dtype=torch.bool)
+    for _ in range(GAMMA_TRIES):
+        z = torch.randn_like(a)
+        v = (1.0 + c * z) ** 3
+        u = 1.0 - torch.rand_like(a)  # (0, 1]: log u finite
+        vs = torch.where(v > 0, v, torch.ones_like(v))
+        ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * vs + d * torch.log(vs))
+        out = torch.where(ok & ~done, d * vs, out)
+        done = done | ok
+    u = 1.0 - torch.rand_like(a)
+    return torch.where(boost, out * torch.pow(u, 1.0 / a), out)

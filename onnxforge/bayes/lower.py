@@ -30,6 +30,10 @@ FAMILY_OF_RV = {
     "PoissonRV": ("poisson", lambda p: {"mu": p[0]}),
     # PyMC stores NegativeBinomial(mu, alpha) as nbinom(n=alpha, p=alpha/(mu+alpha))
     "NegBinomialRV": ("negative-binomial", lambda p: {"mu": p[0] * (1.0 - p[1]) / p[1], "alpha": p[0]}),
+    # PyTensor's gamma takes (shape, scale): PyMC's Gamma(alpha, beta) is gamma(alpha, 1 / beta)
+    "GammaRV": ("gamma", lambda p: {"mu": p[0] * p[1], "alpha": p[0]}),
+    "LogNormalRV": ("lognormal", lambda p: {"mu": p[0], "sigma": p[1]}),
+    "BetaRV": ("beta", lambda p: {"mu": p[0] / (p[0] + p[1]), "kappa": p[0] + p[1]}),
 }
 HINT = "write the mean function yourself as source.transform: 'file.py:function' (fn(xp, params, **inputs))"
 

@@ -12,7 +12,8 @@ from onnxforge.config import SourceBase, StrictModel, resolve_path
 from onnxforge.frontends.base import Frontend, pool_threads
 from onnxforge.registry import register_frontend
 
-FamilyName = Literal["normal", "bernoulli", "binomial", "poisson", "student-t", "negative-binomial"]
+FamilyName = Literal["normal", "bernoulli", "binomial", "poisson", "student-t", "negative-binomial", "gamma",
+                     "lognormal", "beta"]
 OUTPUT_KINDS = ("mean", "std", "quantiles", "draws")
 
 
