@@ -164,14 +164,17 @@ class Predictor:
                            ("max_string_length", max_string_length)):
             if value is not None and (type(value) is not int or value < 0):
                 raise UserError(f"Predictor({cap}={value!r}) — give a positive int, or 0 or None for no cap")
-        if isinstance(model, str | Path) and not Path(model).is_file():
-            raise UserError(f"model file not found: {model} — give the path of an .onnx artifact")
-        try:
-            self.session = runtime.session(Path(model) if isinstance(model, str) else model,
-                                           provider_list=providers, threads=threads)
-        except Exception as e:
-            raise UserError(f"onnxruntime cannot load this model ({type(e).__name__}) — check it with "
-                            "`onnxforge inspect MODEL.onnx`") from e
+        if hasattr(model, "get_inputs") and hasattr(model, "run_with_iobinding"):
+            self.session = model  # a session the caller built (the Scorer's, after the admission gate)
+        else:
+            if isinstance(model, str | Path) and not Path(model).is_file():
+                raise UserError(f"model file not found: {model} — give the path of an .onnx artifact")
+            try:
+                self.session = runtime.session(Path(model) if isinstance(model, str) else model,
+                                               provider_list=providers, threads=threads)
+            except Exception as e:
+                raise UserError(f"onnxruntime cannot load this model ({type(e).__name__}) — check it with "
+                                "`onnxforge inspect MODEL.onnx`") from e
         inputs = self.session.get_inputs()
         self.input_types = {i.name: i.type for i in inputs}
         self.input_names = list(self.input_types)
