@@ -79,6 +79,7 @@ $(PLAYGROUND)/ort-wasm-simd-threaded.wasm: $(PLAYGROUND)/package.json $(PLAYGROU
 	  (cp $(PLAYGROUND)/package.json $(PLAYGROUND)/package-lock.json $(ORT_WEB_CACHE)/ && \
 	   cd $(ORT_WEB_CACHE) && npm ci --no-audit --no-fund --ignore-scripts --prefer-offline --loglevel=error)
 	cp $(ORT_WEB_CACHE)/node_modules/onnxruntime-web/dist/ort.wasm.bundle.min.mjs $(PLAYGROUND)/
+	cp $(ORT_WEB_CACHE)/node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.mjs $(PLAYGROUND)/
 	cp $(ORT_WEB_CACHE)/node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm $(PLAYGROUND)/
 
 # __pycache__ folders are removed everywhere except in the venv, .git and other hidden folders, and the corpus

@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
 from fixtures.torch_models import digits_cnn  # noqa: E402
 
 NAME = "serve-cnn"
+pytestmark = pytest.mark.slow  # a torch export + optimize and five servers: ~75 s on 2 cores
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from starlette.routing import Route
 from onnxforge.errors import UserError
 
 HERE = Path(__file__).resolve().parent
-VENDORED = {"ort.wasm.bundle.min.mjs": "text/javascript", "ort-wasm-simd-threaded.wasm": "application/wasm"}
+VENDORED = {"ort.wasm.bundle.min.mjs": "text/javascript", "ort-wasm-simd-threaded.mjs": "text/javascript",
+            "ort-wasm-simd-threaded.wasm": "application/wasm"}
 PAGES = {"": ("index.html", "text/html; charset=utf-8"), "playground.js": ("playground.js", "text/javascript")}
 
 
