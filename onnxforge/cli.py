@@ -470,25 +470,62 @@ def inspect(model: Annotated[Path, typer.Argument(help="an .onnx file")], as_jso
 
 @_cmd(app, "predict")
 def predict(model: Annotated[Path, typer.Argument(help="an .onnx file")],
-            input: Annotated[Path, typer.Option("--input", help=".csv .parquet .npz .npy")],
-            output: Annotated[Path, typer.Option("--output", "-o", help=".parquet .csv .npz")],
-            chunk_rows: Annotated[int, typer.Option(help="rows per onnxruntime call")] = 65536,
-            threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
+            input: Annotated[Path, typer.Option(
+                "--input", help="a .csv .parquet .npz .npy file; for a folder --output also a folder or a glob "
+                "of .parquet/.csv files")],
+            output: Annotated[Path, typer.Option(
+                "--output", "-o", help="a .parquet .csv .npz file, or a folder (no suffix, or an existing "
+                "folder): partitioned parquet, resumable")],
+            chunk_rows: Annotated[int, typer.Option(help="rows per onnxruntime call (and per output part)")] = 65536,
+            threads: Annotated[int | None, typer.Option(
+                help="intra-op threads (per worker; default: cores / workers)")] = None,
             seed: Annotated[int | None, typer.Option(help="seed for stochastic artifacts")] = None,
             columns: Annotated[list[str] | None, typer.Option(
                 "--columns", metavar="INPUT=COLS",
                 help="INPUT=COL1,COL2,...: table columns stacked into that input; repeatable")] = None,
             allow_nan: Annotated[bool, typer.Option(
                 "--allow-nan", help="let NaN/±inf reach a model not stamped as handling missing values")] = False,
+            engine: Annotated[str | None, typer.Option(
+                help="local (a process pool, the default) or dask; folder --output only")] = None,
+            workers: Annotated[int | None, typer.Option(
+                help="worker processes (default: the CPUs this process may use); folder --output only")] = None,
+            scheduler: Annotated[str | None, typer.Option(
+                help="a Dask scheduler address (tcp://host:8786) instead of a LocalCluster")] = None,
+            keep: Annotated[str | None, typer.Option(
+                metavar="COL,...", help="input columns copied beside the predictions (an id to join on)")] = None,
+            overwrite: Annotated[bool, typer.Option(
+                "--overwrite", help="redo every part of a folder --output instead of resuming")] = False,
             as_json: JsonOpt = False, debug: DebugOpt = False):
-    """Score a large file offline in chunks with the same artifact that serves online."""
+    """Score data offline with the same artifact that serves online: one file in chunks, or a dataset of any size
+    into partitioned parquet on every core (or a Dask cluster), resuming where a stopped run left off."""
     from onnxforge.data import parse_columns
-    from onnxforge.score.files import predict_file
+    from onnxforge.errors import UserError
 
-    res = predict_file(model, input, output, chunk_rows=chunk_rows, threads=threads, seed=seed,
-                       columns=parse_columns(columns), allow_nan=allow_nan, console=_stderr())
+    folder = output.is_dir() or not output.suffix
+    if not folder:
+        given = [f for f, v in (("--engine", engine), ("--workers", workers), ("--scheduler", scheduler),
+                                ("--keep", keep), ("--overwrite", overwrite)) if v]
+        if given:
+            raise UserError(f"{given[0]} is for a folder --output (partitioned parquet) — give a folder, or drop "
+                            f"{given[0]}")
+        from onnxforge.score.files import predict_file
+
+        res = predict_file(model, input, output, chunk_rows=chunk_rows, threads=threads, seed=seed,
+                           columns=parse_columns(columns), allow_nan=allow_nan, console=_stderr())
+        if not as_json:
+            _out(False).print(f"[green]wrote[/green] {output} ({res['rows']:,} rows, {res['seconds']:.2f} s)")
+        return res
+    from onnxforge.score.offline import predict_dataset
+
+    res = predict_dataset(model, input, output, engine=engine or "local", workers=workers, scheduler=scheduler,
+                          chunk_rows=chunk_rows, keep=[k.strip() for k in keep.split(",") if k.strip()] if keep
+                          else None, overwrite=overwrite, seed=seed, columns=parse_columns(columns),
+                          allow_nan=allow_nan, threads=threads, console=_stderr())
     if not as_json:
-        _out(False).print(f"[green]wrote[/green] {output} ({res['rows']:,} rows, {res['seconds']:.2f} s)")
+        skipped = f", {res['parts_skipped']} done before" if res["parts_skipped"] else ""
+        _out(False).print(f"[green]wrote[/green] {output}/ ({res['rows']:,} rows in {res['parts']} parts"
+                          f"{skipped}; {res['engine']} engine, {res['workers']} worker(s) × "
+                          f"{res['threads_per_worker']} thread(s), {res['seconds']:.2f} s)")
     return res
 
 
