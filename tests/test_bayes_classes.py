@@ -1,4 +1,4 @@
-"""More model classes (issue #16): Gamma, LogNormal and Beta likelihoods, exported zero-code from plain PyMC models
+"""More model classes (issue #16): Gamma, LogNormal, Beta, zero-inflated Poisson and negative-binomial likelihoods, exported zero-code from plain PyMC models
 (fixtures/pymc_classes.py, fitted by fixtures/build_pymc_classes.py).
 
 Each artifact is checked twice: its deterministic outputs (mean, std, quantiles of E[y|θ]) against the class's
@@ -18,7 +18,7 @@ from scipy.special import expit
 from test_bayes_reference import TOL, run_model, summaries, thinned
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ("gamma", "lognormal", "beta")
+CLASSES = ("gamma", "lognormal", "beta", "zip", "zinb")
 QS = [0.05, 0.5, 0.95]
 DRAWS = 500
 
@@ -46,6 +46,16 @@ def moments(name: str, post: dict, X: np.ndarray) -> tuple[np.ndarray, np.ndarra
         d = stats.gamma(shape, scale=np.exp(eta) / shape)
     elif name == "lognormal":
         d = stats.lognorm(post["sigma"][:, None], scale=np.exp(eta))
+    elif name in ("zip", "zinb"):
+        # a mixture of 0 (weight 1 - psi) and a count c (weight psi): E = psi E[c], Var = psi E[c^2] - E^2
+        psi, mu = post["psi"][:, None], np.exp(eta)
+        if name == "zip":
+            c = stats.poisson(mu)
+        else:
+            phi = post["phi"][:, None]
+            c = stats.nbinom(phi, phi / (phi + mu))
+        m = psi * c.mean()
+        return m, psi * (c.var() + c.mean() ** 2) - m**2
     else:
         mu, kappa = expit(eta), post["kappa"][:, None]
         d = stats.beta(mu * kappa, (1 - mu) * kappa)
@@ -131,6 +141,9 @@ def test_draws_match_pymc_posterior_predictive(artifacts, psps, name):
     assert draws.shape == (ref.shape[0], DRAWS) and np.isfinite(draws).all()
     if name == "beta":
         assert ((draws > 0) & (draws < 1)).all()
+    elif name in ("zip", "zinb"):
+        assert np.array_equal(draws, np.round(draws)) and draws.min() == 0
+        assert abs((draws == 0).mean() - (ref == 0).mean()) < 0.02  # the share of zeros, over all rows
     else:
         assert (draws > 0).all()
     bad_mean, bad_q = check_against_psp(draws, got["mean"], ref)

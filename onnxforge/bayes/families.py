@@ -52,13 +52,20 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("lognormal", ("sigma",), False, lambda xp, mu, p: xp.exp(mu + 0.5 * p["sigma"] ** 2),
            lambda xp, mu, p: xp.expm1(p["sigma"] ** 2) * xp.exp(2 * mu + p["sigma"] ** 2),
            "pm.LogNormal(mu, sigma)"),
+    # mu: the count component's mean; psi: the probability of the count component (PyMC's psi), zeros otherwise
+    Family("zero-inflated-poisson", ("psi",), True, lambda xp, mu, p: p["psi"] * mu,
+           lambda xp, mu, p: p["psi"] * mu * (1 + (1 - p["psi"]) * mu), "pm.ZeroInflatedPoisson(psi, mu)"),
+    Family("zero-inflated-negative-binomial", ("psi", "alpha"), True, lambda xp, mu, p: p["psi"] * mu,
+           lambda xp, mu, p: p["psi"] * (mu + mu * mu / p["alpha"]) + p["psi"] * (1 - p["psi"]) * mu * mu,
+           "pm.ZeroInflatedNegativeBinomial(psi, mu, alpha)"),
     # mu: the mean in (0, 1); kappa: the concentration alpha + beta (PyMC's nu)
     Family("beta", ("kappa",), False, lambda xp, mu, p: mu, lambda xp, mu, p: mu * (1 - mu) / (p["kappa"] + 1),
            "pm.Beta(mu=mu, nu=kappa)"),
 )}
 
 # parameter name → default posterior variable name
-DEFAULT_PARAMS = {"sigma": "sigma", "nu": "nu", "alpha": "alpha", "n": None, "kappa": None}
+DEFAULT_PARAMS = {"sigma": "sigma", "nu": "nu", "alpha": "alpha", "n": None, "kappa": None, "psi": "psi"}
+ZERO_INFLATED = {"zero-inflated-poisson": "poisson", "zero-inflated-negative-binomial": "negative-binomial"}
 GAMMA_TRIES = 6  # Marsaglia-Tsang proposals per draw: all rejected with probability < 0.05**6 ≈ 2e-8
 
 
@@ -92,6 +99,9 @@ def draw(family: str, mu, p: dict, tables: dict):
         nu = p["nu"]
         t = torch.sqrt(nu * (torch.pow(u, -2.0 / nu) - 1.0)) * torch.cos(2.0 * math.pi * v)
         return mu + p["sigma"] * t
+    if family in ZERO_INFLATED:  # a count draw kept with probability psi, zero otherwise
+        count = draw(ZERO_INFLATED[family], mu, p, tables)
+        return torch.where(torch.rand_like(mu) < p["psi"] + 0 * mu, count, torch.zeros_like(count))
     if family == "lognormal":
         return torch.exp(mu + p["sigma"] * torch.randn_like(mu))
     if family == "gamma":

@@ -13,7 +13,8 @@ from onnxforge.bayes.posterior import load_posterior
 from onnxforge.bayes.predictive import BayesPredictive, Categorical, load_callable
 from onnxforge.errors import UserError
 
-COUNT_FAMILIES = ("poisson", "negative-binomial", "binomial")
+COUNT_FAMILIES = ("poisson", "negative-binomial", "binomial", "zero-inflated-poisson",
+                  "zero-inflated-negative-binomial")
 
 
 def _transform_inputs(fn) -> list[str]:
@@ -107,7 +108,7 @@ def _family_params(cfg, family, post, input_names) -> dict[str, tuple[str, Any]]
         else:
             raise UserError(f"source.params.{name}: '{ref}' is not a posterior variable "
                             f"({', '.join(sorted(post.values))}) — fix the name")
-    if family.name in ("negative-binomial",) and out["alpha"][0] == "input":
+    if family.name in ("negative-binomial", "zero-inflated-negative-binomial") and out["alpha"][0] == "input":
         raise UserError("source.params.alpha must be a posterior variable or a number")
     if family.name == "binomial" and out["n"][0] == "const" and not float(out["n"][1]).is_integer():
         raise UserError(f"source.params.n: binomial trials must be a whole number, got {out['n'][1]}")

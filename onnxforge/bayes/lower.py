@@ -139,12 +139,33 @@ def _rv_family(model, observed: str):
     node = rv.owner
     op = node.op if node is not None else None
     kind = type(op).__name__
+    if kind == "MixtureRV":
+        found = _zero_inflated(op, node)
+        if found is not None:
+            return found
     if not isinstance(op, RandomVariable) or kind not in FAMILY_OF_RV:
         have = ", ".join(sorted(FAMILY_OF_RV))
         raise UserError(f"zero-code export: the observed '{observed}' is a {kind or type(rv).__name__} — supported "
                         f"likelihoods are {have}; or {HINT}")
     family, params = FAMILY_OF_RV[kind]
     return family, params(list(op.dist_params(node)))
+
+
+def _zero_inflated(op, node):
+    """pm.ZeroInflatedPoisson / ZeroInflatedNegativeBinomial: a two-component mixture of DiracDelta(0) and a count
+    RandomVariable, weights (1 - psi, psi)."""
+    w, *comps = op.dist_params(node)
+    if len(comps) != 2 or "DiracDelta" not in type(comps[0].owner.op).__name__:
+        return None
+    count = comps[1].owner
+    kind = type(count.op).__name__
+    if kind not in ("PoissonRV", "NegBinomialRV"):
+        return None
+    fam, params = FAMILY_OF_RV[kind]
+    out = params(list(count.op.dist_params(count)))
+    # the weights are MakeVector(1 - psi, psi) for a scalar psi: take psi itself (a per-sample value then)
+    out["psi"] = w.owner.inputs[1] if type(getattr(w.owner, "op", None)).__name__ == "MakeVector" else w[..., 1]
+    return f"zero-inflated-{fam}", out
 
 
 def extract(model, observed: str, input_names: list[str], posterior):

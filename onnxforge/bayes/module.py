@@ -54,7 +54,10 @@ def build_module(pred):
                 self._tables(pred, idx)
 
         def _tables(self, pred, idx):
+            from onnxforge.bayes import families
+
             fam = pred.family.name
+            fam = families.ZERO_INFLATED.get(fam, fam)
             if fam not in ("poisson", "negative-binomial", "binomial"):
                 return
             support = pred.max_count  # counts 0..support-1

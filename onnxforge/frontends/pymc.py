@@ -13,7 +13,7 @@ from onnxforge.frontends.base import Frontend, pool_threads
 from onnxforge.registry import register_frontend
 
 FamilyName = Literal["normal", "bernoulli", "binomial", "poisson", "student-t", "negative-binomial", "gamma",
-                     "lognormal", "beta"]
+                     "lognormal", "beta", "zero-inflated-poisson", "zero-inflated-negative-binomial"]
 OUTPUT_KINDS = ("mean", "std", "quantiles", "draws")
 
 
