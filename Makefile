@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WHEELS := $(wildcard /opt/wheels)
 
-.PHONY: install demo test test-quick readme-test bench lint fixtures clean chromium fuzz corpus corpus-test wrk playground
+.PHONY: install demo test test-quick readme-test bench lint fixtures clean chromium fuzz corpus corpus-test wrk playground node
 
 install: $(STAMP) playground
 
@@ -30,7 +30,7 @@ demo: install fixtures
 TEST_JOBS ?= 2
 XDIST := -n $(TEST_JOBS) --dist loadfile
 
-test: install fixtures chromium corpus
+test: install fixtures chromium node corpus
 	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # the edit-test loop: everything but the tests marked slow (README blocks, corpus, transformer, rerun determinism)
@@ -62,6 +62,10 @@ lint: install
 
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+# examples/node's test (tests/test_score_node.py) runs onnxruntime-node; it npm-ci's the pinned package itself
+node:
+	@command -v node >/dev/null && command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null)
 
 # the load generator of bench/bench_serve.py (a Python client would eat the CPU the server needs)
 wrk:
