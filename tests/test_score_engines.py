@@ -151,6 +151,18 @@ def test_bad_rows_one_line_and_nothing_left(work, tmp_path):
     assert res.code == 0, res.stderr
 
 
+def test_a_file_missing_a_column_is_refused_before_any_scoring(work, tmp_path):
+    data = tmp_path / "mixed"
+    data.mkdir()
+    for f in sorted(work["data"].glob("*.parquet")):
+        df = pd.read_parquet(f)
+        (df.drop(columns=["grade"]) if f.stem == "f1" else df).to_parquet(data / f.name)
+    out = tmp_path / "scores"
+    line = assert_one_line_error(run_cli("predict", work["model"], "--input", data, "--output", out))
+    assert "f1.parquet" in line and "input 'grade': no 'grade' in the data" in line, line
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(("args", "needle"), [
     (["--keep", "nope"], "--keep column 'nope' is not in the data"),
     (["--engine", "spark"], "--engine spark: unknown"),

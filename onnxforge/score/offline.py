@@ -144,7 +144,9 @@ def predict_dataset(model: str | Path, input: str | Path, output: str | Path, *,
            "chunk_rows": chunk_rows, "run_rows": chunk, "columns": columns or {}, "keep": keep, "seed": base_seed, "allow_nan": allow_nan}
     cpus = available_cpus()
     n_workers = max(1, min(workers or cpus, len(parts)))
-    per_worker = threads or max(1, cpus // n_workers)  # never more threads than cores
+    # never more threads than cores: this machine's CPUs shared by the workers; a remote cluster's workers run a
+    # task per core, so one thread per session there
+    per_worker = threads or (1 if scheduler else max(1, cpus // n_workers))
     job = Job(model_bytes=scorer.model_bytes, name=str(model), out_dir=str(out_dir), read_columns=read_columns,
               keep=keep, chunk_rows=chunk, seed=base_seed, threads=per_worker, columns=columns,
               allow_nan=allow_nan, key=dataset.digest(key))
