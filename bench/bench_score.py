@@ -169,8 +169,9 @@ def warm_cluster(tmp: Path) -> str:
 
         from distributed import LocalCluster
 
-        _CLUSTERS.append(LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                      silence_logs=logging.ERROR, local_directory=str(tmp / "dask")))
+        _CLUSTERS.append(LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                                      local_directory=str(tmp / "dask")))
     return _CLUSTERS[0].scheduler_address
 
 

@@ -62,8 +62,9 @@ def run(job, parts, workers: int, scheduler: str | None = None) -> Iterator[tupl
     if scheduler:
         client = Client(scheduler, timeout="20s")
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)
+        # this machine only: the scheduler, the workers and its HTTP endpoints listen on 127.0.0.1, random ports
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
         client = Client(cluster)
     try:
         job_d = dask.delayed(job, pure=True)  # one graph key: the model's bytes travel once per worker
