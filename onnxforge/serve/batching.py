@@ -4,7 +4,8 @@ axis into one onnxruntime run.
 Adaptive: a batch is whatever queued while the previous run was busy (up to `max_batch_size` rows), so a lone
 request runs at once and batches grow only with load; `max_queue_delay_ms` > 0 additionally holds a short batch
 that long for more rows. Runs happen on one executor thread per version, off the event loop, which keeps parsing
-requests meanwhile. `max_queue` requests waiting or running at most: one more is refused (503) instead of letting
+requests meanwhile — except runs that take less than a thread hop (INLINE_S per request, a moving average): the
+loop runs those itself, where stacking would save less than it costs. `max_queue` requests waiting or running at most: one more is refused (503) instead of letting
 latency grow without bound.
 """
 
@@ -18,6 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+# a run this short (a tree ensemble's few rows) costs less than handing it to the executor thread and back; the
+# event loop runs it itself
+INLINE_S = 0.0003
 
 
 class QueueFull(Exception):
@@ -40,6 +45,7 @@ class Runner:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.draining = False
+        self.run_s = 1.0  # a moving average of one run's seconds: runs far shorter than a thread hop stay inline
 
     def _enter(self) -> None:
         if self.depth >= self.max_queue:
@@ -55,8 +61,14 @@ class Runner:
         self._enter()
         try:
             loop = asyncio.get_running_loop()
+            if self.run_s < INLINE_S and seed is None:
+                # a run shorter than a thread hop: the loop runs it at once (batching would save less than it costs)
+                out = self._timed(arrays)
+                self.on_run(1, rows)
+                return out
             if not self.batching or seed is not None:  # a seeded run replays its own stream: never shared
-                out = await loop.run_in_executor(self.pool, self._run, arrays, seed)
+                out = await (loop.run_in_executor(self.pool, self._timed, arrays) if seed is None else
+                             loop.run_in_executor(self.pool, self._run, arrays, seed))
                 self.on_run(1, rows)
                 return out
             if self._task is None:
@@ -111,9 +123,23 @@ class Runner:
                     if not fut.done():
                         fut.set_result(out)
 
+    def _timed(self, arrays: list[np.ndarray]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            return self._run(arrays, None)
+        finally:
+            self.run_s = 0.8 * self.run_s + 0.2 * (time.perf_counter() - t0)
+
     def _run_batch(self, batch: list) -> list[dict[str, Any]]:
-        """One run over the stacked rows, split back per request (executor thread). A batch whose run fails is
-        rerun request by request, so one request's bad values never fail the others'."""
+        t0 = time.perf_counter()
+        try:
+            return self._run_stacked(batch)
+        finally:
+            self.run_s = 0.8 * self.run_s + 0.2 * (time.perf_counter() - t0) / len(batch)
+
+    def _run_stacked(self, batch: list) -> list[dict[str, Any]]:
+        """One run over the stacked rows, split back per request. A batch whose run fails is rerun request by
+        request, so one request's bad values never fail the others'."""
         if len(batch) == 1:
             out = self._run(batch[0][0], None)
             self.on_run(1, batch[0][1])

@@ -190,10 +190,11 @@ def _from_bytes(name: str, dt: str, chunk: bytes, n: int) -> np.ndarray:
     return np.asarray(out, dtype=object)
 
 
+_OIP_OF_NP = {np.dtype(v): k for k, v in NP_OF_OIP.items() if k != "BYTES"}
+
+
 def _datatype(arr: np.ndarray) -> str:
-    if arr.dtype.kind in "OUS":
-        return "BYTES"
-    return {np.dtype(v): k for k, v in NP_OF_OIP.items() if k != "BYTES"}[arr.dtype]
+    return "BYTES" if arr.dtype.kind in "OUS" else _OIP_OF_NP[arr.dtype]
 
 
 def encode(req: dict, m, outs: dict[str, Any], names: list[str], binary_out: set[str]) -> Response:
