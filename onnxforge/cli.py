@@ -433,6 +433,54 @@ def optimize(model: Annotated[Path | None, typer.Argument(help="the .onnx to opt
                       lock=_lock_mode(remeasure, locked))
 
 
+@_cmd(app, "compile")
+def compile_cmd(model: Annotated[Path, typer.Argument(help="the .onnx to compile")],
+                target: Annotated[str, typer.Option("--target", "-t", help="openvino | ort-mobile")],
+                output: Annotated[Path | None, typer.Option(
+                    "--output", "-o", help="the folder to write the target's files into")] = None,
+                config: ConfigOpt = None, data: DataOpt = None,
+                synthetic: Annotated[bool, typer.Option(help="check on inputs synthesized from the input spec "
+                                                             "when no data is given")] = False,
+                weights: Annotated[str | None, typer.Option(help="openvino: fp32 | fp16 | int8")] = None,
+                rtol: Annotated[float | None, typer.Option()] = None,
+                atol: Annotated[float | None, typer.Option()] = None,
+                shape: ShapeOpt = None, value: ValueOpt = None, sets: SetOpt = None,
+                providers: ProvidersOpt = None, allow_fallback: FallbackOpt = False,
+                as_json: JsonOpt = False, debug: DebugOpt = False):
+    """Compile a model for a hardware target (OpenVINO IR, ORT mobile .ort), check its outputs against
+    onnxruntime on the ONNX model and time both in the same run. Exit 1 on mismatch; nothing is left behind."""
+    from onnxforge.errors import UserError
+    from onnxforge.pipeline import StageContext
+    from onnxforge.runtime import from_flags
+    from onnxforge.stages.compile import compile_model
+    from onnxforge.standalone import build_config, parse_sets
+
+    if output is None:
+        raise UserError("compile: give -o/--output FOLDER for the target's files")
+    if not model.is_file():
+        raise UserError(f"model not found: {model} — check the path")
+    if output.resolve() == model.resolve() or output.resolve() in model.resolve().parents:
+        raise UserError(f"the output folder {output} holds the input model — choose another -o")
+    opts: dict[str, Any] = {"target": target, "rtol": rtol, "atol": atol}
+    if weights is not None:
+        opts["openvino"] = {"weights": weights}
+    opts = {k: v for k, v in opts.items() if v is not None} | parse_sets(sets)
+    with from_flags(providers, allow_fallback) as rt:
+        cfg = build_config("compile", model, config, opts,
+                           data={k: v for k, v in _data_flags(data, None, synthetic).items() if v is not None},
+                           top=_input_flags(shape, value) | rt)
+        ctx = StageContext(cfg, "compile", output.resolve().parent, model.resolve(), model.resolve(), {}, _out(as_json))
+        feeds, provenance = ctx.feeds("eval")
+        res = compile_model(ctx, cfg.stages.compile, output, feeds, provenance)
+    con = _out(as_json)
+    for b, v in res["latency"].items():
+        sp = v["speedup"]
+        con.print(f"{b}: onnxruntime {v['onnxruntime_p50_ms']:.3f} ms, {target} {v[f'{target}_p50_ms']:.3f} ms "
+                  f"({sp['ratio']:.2f}× [{sp['interval'][0]:.2f}–{sp['interval'][1]:.2f}], same run)")
+    con.print(f"[green]wrote[/green] {output}: {', '.join(res['files'])}")
+    return res
+
+
 # ------------------------------------------------------------------ artifacts
 
 

@@ -1,0 +1,49 @@
+"""compile: the current ONNX model to a hardware target's format (OpenVINO IR, ORT mobile .ort), checked against
+the ONNX model on the same inputs at the usual tolerances and timed beside onnxruntime (onnxforge/targets/)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from onnxforge.config import StrictModel
+from onnxforge.registry import register_stage
+from onnxforge.targets.openvino import OpenVINOOptions
+from onnxforge.targets.ort_mobile import OrtMobileOptions
+
+
+class CompileOptions(StrictModel):
+    target: Literal["openvino", "ort-mobile"] = Field(description="openvino (IR xml+bin) | ort-mobile (.ort + "
+                                                     "required operators config)")
+    openvino: OpenVINOOptions = Field(default_factory=OpenVINOOptions, description="target openvino")
+    ort_mobile: OrtMobileOptions = Field(default_factory=OrtMobileOptions, description="target ort-mobile")
+    rtol: float | None = Field(None, ge=0, description="default: 1e-4 (fp32 weights), 1e-2 (fp16), 5e-2 (int8)")
+    atol: float | None = Field(None, ge=0, description="default: 1e-5 (fp32 weights), 1e-3 (fp16), 5e-2 (int8)")
+    threads: int = Field(1, gt=0, description="threads for both runtimes in the check and the timing")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1], description="latency batch sizes (rows tiled)")
+    rounds: int = Field(3, gt=0, description="paired timing rounds (onnxruntime and the target back to back)")
+
+    def target_options(self):
+        return self.openvino if self.target == "openvino" else self.ort_mobile
+
+
+def compile_model(ctx, opts: CompileOptions, dest, feeds, provenance: str) -> dict:
+    from onnxforge.targets.check import compile_to
+
+    s = compile_to(ctx.model, dest, opts.target, opts.target_options(), feeds, rtol=opts.rtol, atol=opts.atol,
+                   threads=opts.threads, batches=opts.batch_sizes, rounds=opts.rounds, console=ctx.console)
+    s["inputs"] = provenance
+    return s
+
+
+@register_stage("compile", CompileOptions, produces_model=False,
+                help="compile the model for a target (openvino, ort-mobile); checked and timed against onnxruntime")
+def run_compile(ctx, opts: CompileOptions):
+    from onnxforge.pipeline import StageResult
+
+    feeds, provenance = ctx.feeds("eval")
+    dest = ctx.stage_dir / opts.target
+    s = compile_model(ctx, opts, dest, feeds, provenance)
+    return StageResult(summary=s, files=[dest / f for f in s["files"]],
+                       message=f"{opts.target}: {', '.join(s['files'])}")
