@@ -13,6 +13,7 @@ from pydantic import Field
 
 from onnxforge.config import StrictModel
 from onnxforge.registry import register_stage
+from onnxforge.stages.quantize.int4 import Int4Options
 
 QType = Literal["QInt8", "QUInt8"]
 
@@ -38,8 +39,11 @@ class CandidateOptions(_Int8Fields):
 class QuantizeOptions(_Int8Fields):
     timed_decisions: ClassVar[bool] = True  # which candidate, and is it slower: recorded in the config's lock
 
-    mode: Literal["auto", "static", "dynamic", "fp16"] = Field(
-        "auto", description="auto: measure INT8 candidates and keep the fastest within budget")
+    mode: Literal["auto", "static", "dynamic", "fp16", "int4"] = Field(
+        "auto", description="auto: measure INT8 candidates and keep the fastest within budget; int4: MatMul "
+                            "weights in 4-bit blocks (MatMulNBits, weight-only) under the same budget")
+    int4: Int4Options = Field(default_factory=Int4Options, description="mode int4: block size, symmetric, "
+                              "accuracy level (onnxruntime's MatMulNBitsQuantizer)")
     candidates: list[CandidateOptions] | None = Field(None, description="mode auto: the INT8 configurations to "
                                                                          "measure (default: a built-in set)")
     calibrate_method: Literal["MinMax", "Entropy", "Percentile"] = Field(
@@ -152,7 +156,7 @@ def _allow_slower(opts) -> bool:
     asked for, and a noisy timing must not turn it into exit 1 on one run and exit 0 on the next."""
     if opts.allow_slower is not None:
         return opts.allow_slower
-    return opts.mode in ("static", "dynamic") and "min_speedup" not in opts.model_fields_set
+    return opts.mode in ("static", "dynamic", "int4") and "min_speedup" not in opts.model_fields_set
 
 
 def _fmt_speed(spd: dict) -> str:
@@ -205,7 +209,7 @@ def _run(ctx, opts: QuantizeOptions, work: Path, locked: dict | None, dec):
     from onnxforge.stages.optimize.inputs import input_model
     from onnxforge.stages.quantize import budget as qb
     from onnxforge.stages.quantize import feeds as qfeeds
-    from onnxforge.stages.quantize import fp16, int8, opset
+    from onnxforge.stages.quantize import fp16, int4, int8, opset
 
     adm = admit(input_model(ctx))
     src = adm.path
@@ -252,6 +256,13 @@ def _run(ctx, opts: QuantizeOptions, work: Path, locked: dict | None, dec):
         nodes = int8.graph_nodes(named)
         plans = [("fp16", None, fp16.Fp16Builder(named, work, opts.keep_io_types, opts.op_block_list),
                   fp16.targets(nodes, opts.op_block_list), named)]
+    elif opts.mode == "int4":
+        named = work / "named.onnx"  # nodes_to_exclude addresses nodes by name
+        shutil.copyfile(src, named)
+        int8.name_nodes(named)
+        nodes = int8.graph_nodes(named)
+        c4 = int4.config(opts.int4)
+        plans = [(c4.label, c4, int4.Int4Builder(named, work, c4), int4.targets(nodes, adm.model), named)]
     else:
         pre = work / "preprocessed.onnx"
         if opts.preprocess:
@@ -299,7 +310,7 @@ def _run(ctx, opts: QuantizeOptions, work: Path, locked: dict | None, dec):
         raise UserError(f"quantize.nodes_to_exclude: no node named {unknown_nodes[:5]} in the model — see "
                         "`onnxforge inspect` for node names")
 
-    alive = fp16.has_fp16_weights if opts.mode == "fp16" else int8.has_int8_weights
+    alive = {"fp16": fp16.has_fp16_weights, "int4": int4.has_nbits}.get(opts.mode, int8.has_int8_weights)
     lat_feeds, lat_prov = qfeeds.latency_feeds(ctx, src, eval_feeds, calib_feeds)
     if fidelity_check is not None and eval_prov == "synthetic token inputs":
         lat_prov = f"synthetic token inputs {_shapes(lat_feeds)} (timing only)"

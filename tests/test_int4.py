@@ -1,0 +1,101 @@
+"""Issue #15: `quantize --mode int4` — MatMul weights in 4-bit blocks (com.microsoft MatMulNBits, written by
+onnxruntime's MatMulNBitsQuantizer) under the same accuracy budget as INT8. The model is an MLP trained here on
+digits with scikit-learn; accuracies are computed here with onnxruntime and sklearn.metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import FIXTURES, run_cli
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+from sklearn.metrics import accuracy_score
+
+pytestmark = pytest.mark.slow  # trains an MLP and times candidates: ~1-2 min on 2 shared cores
+
+TEST = FIXTURES / "data" / "digits_test.npz"
+TRAIN = FIXTURES / "data" / "digits_train.npz"
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory):
+    """64 → 256 → 256 → 10 logits (MatMul + Add + Relu), trained on the digits train split."""
+    from sklearn.neural_network import MLPClassifier
+
+    d = tmp_path_factory.mktemp("int4")
+    with np.load(TRAIN) as z:
+        x, y = z["x"].reshape(len(z["x"]), -1).astype(np.float32), z["label"]
+    clf = MLPClassifier((256, 256), max_iter=60, random_state=0).fit(x, y)
+    inits, nodes, cur = [], [], "x"
+    for i, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_, strict=True)):
+        inits += [nh.from_array(w.astype(np.float32), f"w{i}"), nh.from_array(b.astype(np.float32), f"b{i}")]
+        nodes += [h.make_node("MatMul", [cur, f"w{i}"], [f"m{i}"], name=f"mm{i}"),
+                  h.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"])]
+        cur = f"a{i}"
+        if i < len(clf.coefs_) - 1:
+            nodes.append(h.make_node("Relu", [cur], [f"r{i}"]))
+            cur = f"r{i}"
+    nodes.append(h.make_node("Identity", [cur], ["logits"]))
+    g = h.make_graph(nodes, "mlp", [h.make_tensor_value_info("x", T.FLOAT, ["n", 64])],
+                     [h.make_tensor_value_info("logits", T.FLOAT, ["n", 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], producer_name="tests")
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, d / "mlp.onnx")
+    with np.load(TEST) as z:
+        np.savez(d / "test.npz", x=z["x"].reshape(len(z["x"]), -1).astype(np.float32), label=z["label"])
+    return d
+
+
+def _accuracy(path, d) -> float:
+    with np.load(d / "test.npz") as z:
+        x, y = z["x"], z["label"]
+    logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return accuracy_score(y, logits.argmax(1))
+
+
+def test_int4_blocks_the_matmuls_and_holds_the_accuracy_budget(mlp, tmp_path):
+    out = tmp_path / "q4.onnx"
+    res = run_cli("quantize", mlp / "mlp.onnx", "-o", out, "--mode", "int4", "--data", mlp / "test.npz",
+                  "--labels", "label", "--max-accuracy-drop", "0.01", "--set", "int4={block_size: 32, symmetric: false}",
+                  "--json", cwd=tmp_path)
+    assert res.code == 0, res.stderr[-2000:]
+    s = res.json()["result"]["summary"]
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m, full_check=True)
+    nbits = [n for n in m.graph.node if n.op_type == "MatMulNBits"]
+    assert nbits, [n.op_type for n in m.graph.node]
+    for n in nbits:
+        attrs = {a.name: h.get_attribute_value(a) for a in n.attribute}
+        assert attrs["bits"] == 4 and attrs["block_size"] == 32 and attrs["accuracy_level"] == 4
+        assert len(n.input) >= 4 and n.input[3]  # asymmetric: a zero point per block
+    drop = _accuracy(mlp / "mlp.onnx", mlp) - _accuracy(out, mlp)
+    assert drop <= 0.01 and s["accuracy_drop"] == pytest.approx(drop, abs=1e-9)
+    assert out.stat().st_size < 0.3 * (mlp / "mlp.onnx").stat().st_size  # 4-bit weights + a scale per 32
+    assert s["config"] == {"mode": "int4", "block_size": 32, "symmetric": False, "accuracy_level": 4}
+
+
+def test_int4_over_budget_keeps_matmuls_float_or_fails(mlp, tmp_path):
+    """A zero-drop budget: the MatMuls that cost accuracy stay float (named in float_nodes), or exit 1 with no
+    model — never a model over budget."""
+    out = tmp_path / "q4.onnx"
+    res = run_cli("quantize", mlp / "mlp.onnx", "-o", out, "--mode", "int4", "--data", mlp / "test.npz",
+                  "--labels", "label", "--max-accuracy-drop", "0", "--set", "int4={block_size: 128}",
+                  "--json", cwd=tmp_path)
+    base = _accuracy(mlp / "mlp.onnx", mlp)
+    if res.code == 1:
+        assert not out.exists()
+        return
+    assert res.code == 0, res.stderr[-2000:]
+    assert _accuracy(out, mlp) >= base
+    s = res.json()["result"]["summary"]
+    kept = {n.name for n in onnx.load(str(out)).graph.node if n.op_type == "MatMul"}
+    assert kept == {f["node"] for f in s["float_nodes"]}
+
+
+def test_int4_options_are_checked(mlp, tmp_path):
+    res = run_cli("quantize", mlp / "mlp.onnx", "-o", tmp_path / "q.onnx", "--mode", "int4", "--data",
+                  mlp / "test.npz", "--set", "int4={block_size: 24}", cwd=tmp_path)
+    assert res.code == 2 and "block_size" in res.stderr, res.stderr
