@@ -518,10 +518,210 @@ def run() -> list[dict]:
     ]
 
 
+# ----------------------------------------------------------------------------- issue 16: new classes, quantiles
+
+
+
+def _class_artifact(name: str, zero_code_example: bool):
+    """A draws-only (500 draws, seed 0) zero-code artifact: a fixtures/pymc_classes.py model, or an example config
+    with its transform dropped; returns (model, pred, psp builder module)."""
+    from onnxforge.bayes.module import export_onnx
+    from onnxforge.config import parse_config, read_yaml
+    from onnxforge.registry import frontend
+
+    # one draw per posterior sample, as PSP returns: 2 × 250 for the examples, 2 × 200 for the class fixtures
+    outputs = {"mean": False, "std": False, "quantiles": [], "draws": 500 if zero_code_example else 400}
+    if zero_code_example:
+        path = ROOT / "configs" / f"pymc_{name}.yaml"
+        raw, lines = read_yaml(path)
+        raw["source"] = {k: v for k, v in raw["source"].items() if k not in ("transform", "family", "params")}
+        raw["source"]["outputs"] = outputs
+        cfg = parse_config(raw, path, lines)
+    else:
+        raw = {"name": name, "source": {
+            "framework": "pymc", "path": str(ROOT / f"fixtures/pymc_classes/{name}.nc"), "trust_code": True,
+            "model": f"{ROOT / 'fixtures/pymc_classes.py'}:{name}_model", "outputs": outputs, "seed": 0},
+            "inputs": [{"name": "X", "shape": ["batch", 2]}], "stages": {"convert": {}}}
+        cfg = parse_config(raw, ROOT / "bench" / "classes.yaml")
+    t0 = time.perf_counter()
+    pred = frontend("pymc").load(cfg)
+    model = export_onnx(pred, 18, seed=0)
+    return model, pred, (time.perf_counter() - t0) * 1e3
+
+
+def class_tables() -> list[dict]:
+    """The model classes of issue 16 (zero-code artifacts) at 1 row: draws artifact vs warm PSP; and the exact
+    quantile formulations at 1000 rows × 500 samples vs np.quantile."""
+    import pymc  # noqa: F401  (sets its logger level on import)
+    import xarray as xr
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from bench import num
+    from fixtures import pymc_classes as pc
+    from fixtures import pymc_models as pmm
+
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    rng = np.random.default_rng(0)
+    rows, data = [], []
+    cases = [(n, False) for n in pc.CLASSES] + [("linear", True), ("logistic", True), ("poisson", True)]
+    with threadpool_limits(1):
+        for name, example in cases:
+            model, pred, setup_ms = _class_artifact(name, example)
+            k = 3 if name in ("linear", "logistic") else 2
+            X = rng.normal(size=(1, k)).astype(np.float32)
+            sess, (threads, ok) = _session(model)
+            post_path = pred.posterior.path
+            post = xr.open_dataset(post_path, group="posterior", engine="h5netcdf").load()
+            mod = pmm if example else pc
+            psp = PSP.__new__(PSP)
+            psp.pm, psp.post, psp.seed = pymc, post, 0
+            psp.model = getattr(mod, f"{name}_model")(X.astype(np.float64))
+            feed = {"X": X}
+            got = sess.run(["draws"], feed)[0]
+            ref = psp.draws()
+            check = _check_draws(f"{name} 1 row", ref, got)
+            t = _rounds({"ort": (lambda s=sess, f=feed: s.run(["draws"], f), False), "psp": (psp.draws, True)}, 1)
+            ratio = _ratio(t, "psp", "ort")
+            glm = name in ("linear", "logistic", "poisson", "gamma", "lognormal", "beta", "zip", "zinb")
+            med = {k2: float(np.median(v)) for k2, v in t.items()}
+            label = f"{name} (zero-code{' example' if example else ''}, {pred.family.name})"
+            rows.append([label, num(med["ort"]), num(med["psp"]), num(ratio),
+                         ">= 3000x" if glm else ">= 1000x", "yes" if ratio >= (3000 if glm else 1000) else "no",
+                         num(setup_ms)])
+            data.append({"model": name, "family": pred.family.name, "zero_code_example": example,
+                         "median_p50_ms": med, "per_round_ms": t, "ratio_psp_over_ort": ratio,
+                         "threads": threads, "threads_ok": ok, "check": check, "setup_ms": setup_ms})
+    q_rows, q_data = _quantile_formulations()
+    import onnxruntime
+
+    blas = [i.get("internal_api") for i in threadpool_info()]
+    return [
+        {"title": "PyMC model classes (issue 16), zero-code artifacts: 1-row draws latency vs warm "
+                  "pm.sample_posterior_predictive (ms), same run",
+         "columns": ["model", "artifact sess.run p50", "warm PSP p50", "× vs PSP", "goal", "met",
+                     "load + lower + export (ms)"],
+         "rows": rows,
+         "notes": (f"{ROUNDS} interleaved rounds; ratio = median of per-round paired ratios. Both return one "
+                   "predictive draw per posterior sample (400 for the class fixtures, 500 for the examples) for one row (X ~ N(0, 1), seed 0); checked before timing: the artifact's draws "
+                   "consistent with PSP's (per-row mean within 4 MC s.e., 5/50/95 % through the ECDF). "
+                   f"onnxruntime {onnxruntime.__version__}, intra/inter-op threads 1 (read back); PyMC under "
+                   f"threadpoolctl 1 thread ({', '.join(map(str, blas)) or 'no BLAS pools'}). Goal from the issue: "
+                   "≥ 3000× for GLMs (every class here is a GLM), ≥ 1000× otherwise."),
+         "data": data},
+        {"title": "Exact quantiles at 1000 rows × 500 samples: ONNX formulations vs np.quantile (ms), same run",
+         "columns": ["formulation", "p50 (ms)", "× vs np.quantile"],
+         "rows": q_rows,
+         "notes": ("E[y|x,θ] stand-in: float32 N(0,1) of shape (1000, 500) (seed 0); 5/50/95 %, numpy's 'linear' "
+                   "rule; every ONNX formulation checked equal to np.quantile (1e-6) before timing; onnxruntime 1 "
+                   "thread, numpy under threadpoolctl 1 thread; 5 interleaved rounds of 30 calls, median."),
+         "data": q_data},
+    ]
+
+
+def _quantile_formulations() -> tuple[list, dict]:
+    """The shipped formulation (two TopKs per quantile on its smaller side) and two alternatives built directly in
+    ONNX: one full TopK sort + Gather; one sorted TopK per side (k = the deepest rank needed) + Gather."""
+    import io
+
+    import onnx
+    import torch
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    from bench import num
+    from onnxforge.bayes.module import exact_quantiles, quantile_plan
+
+    S, R, qs = 500, 1000, list(QUANTILES)
+    m = np.random.default_rng(0).normal(size=(R, S)).astype(np.float32)
+    pos = [q * (S - 1) for q in qs]
+    lo = [int(np.floor(p)) for p in pos]
+    hi = [min(v + 1, S - 1) for v in lo]
+    w = np.asarray([p - v for p, v in zip(pos, lo, strict=True)], np.float32)
+
+    def session(nodes, inits):
+        g = h.make_graph(nodes, "q", [h.make_tensor_value_info("m", T.FLOAT, ["r", S])],
+                         [h.make_tensor_value_info("q", T.FLOAT, ["r", len(qs)])], inits)
+        mod = h.make_model(g, opset_imports=[h.make_opsetid("", 18)])
+        mod.ir_version = 9
+        onnx.checker.check_model(mod, full_check=True)
+        return _session(mod)[0]
+
+    def interp(a, b):
+        return [h.make_node("Sub", [b, a], ["d"]), h.make_node("Mul", ["d", "w"], ["dw"]),
+                h.make_node("Add", [a, "dw"], ["q"])]
+
+    full = session([h.make_node("TopK", ["m", "k"], ["srt", "i"], axis=-1, largest=0, sorted=1),
+                    h.make_node("Gather", ["srt", "lo"], ["a"], axis=1),
+                    h.make_node("Gather", ["srt", "hi"], ["b"], axis=1), *interp("a", "b")],
+                   [nh.from_array(np.array([S], np.int64), "k"), nh.from_array(np.array(lo, np.int64), "lo"),
+                    nh.from_array(np.array(hi, np.int64), "hi"), nh.from_array(w, "w")])
+    low = [i for i in range(len(qs)) if hi[i] + 1 <= S - lo[i]]
+    kl = max([hi[i] + 1 for i in low] or [1])
+    kh = max([S - lo[i] for i in range(len(qs)) if i not in low] or [1])
+    nodes = [h.make_node("TopK", ["m", "kl"], ["low", "i1"], axis=-1, largest=0, sorted=1),
+             h.make_node("TopK", ["m", "kh"], ["high", "i2"], axis=-1, largest=1, sorted=1)]
+    inits = [nh.from_array(np.array([kl], np.int64), "kl"), nh.from_array(np.array([kh], np.int64), "kh"),
+             nh.from_array(w, "w")]
+    for i in range(len(qs)):
+        src, ia, ib = ("low", lo[i], hi[i]) if i in low else ("high", S - 1 - lo[i], S - 1 - hi[i])
+        nodes += [h.make_node("Gather", [src, f"ia{i}"], [f"a{i}"], axis=1),
+                  h.make_node("Gather", [src, f"ib{i}"], [f"b{i}"], axis=1)]
+        inits += [nh.from_array(np.array([ia], np.int64), f"ia{i}"), nh.from_array(np.array([ib], np.int64), f"ib{i}")]
+    nodes += [h.make_node("Concat", [f"a{i}" for i in range(len(qs))], ["A"], axis=1),
+              h.make_node("Concat", [f"b{i}" for i in range(len(qs))], ["B"], axis=1), *interp("A", "B")]
+    sided = session(nodes, inits)
+    plan = quantile_plan(qs, S)
+    wt = torch.tensor([p[3] for p in plan])
+
+    class Shipped(torch.nn.Module):
+        def forward(self, x):
+            return exact_quantiles(x, plan, wt)
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Shipped(), (torch.zeros(3, S),), buf, dynamo=False, opset_version=18, input_names=["m"],
+                          output_names=["q"], dynamic_axes={"m": {0: "r"}})
+    shipped = _session(onnx.load_from_string(buf.getvalue()))[0]
+    cands = {"shipped: two TopKs per quantile (smaller side)": shipped, "one full sort (TopK k = S) + Gather": full,
+             "one sorted TopK per side + Gather": sided}
+    ref = np.quantile(m, qs, axis=1).T
+    for k, sess in cands.items():
+        np.testing.assert_allclose(sess.run(None, {"m": m})[0], ref, rtol=1e-6, atol=1e-6, err_msg=k)
+    from threadpoolctl import threadpool_limits
+
+    fns = {k: (lambda s=s: s.run(None, {"m": m})) for k, s in cands.items()}
+    fns["np.quantile"] = lambda: np.quantile(m, qs, axis=1)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with threadpool_limits(1):
+        for r in range(5):
+            for k in fns if r % 2 == 0 else list(fns)[::-1]:
+                ts = []
+                for _ in range(30):
+                    t0 = time.perf_counter()
+                    fns[k]()
+                    ts.append(time.perf_counter() - t0)
+                times[k].append(float(np.median(ts)) * 1e3)
+    npq = np.asarray(times["np.quantile"])
+    rows = [[k, num(float(np.median(v))), num(float(np.median(npq / np.asarray(v))))] for k, v in times.items()]
+    return rows, {"per_round_ms": times}
+
+
 def main() -> int:
     from bench.__main__ import to_markdown
 
-    tables = run()
+    if os.environ.get("BENCH_BAYES_ONLY") == "classes":  # the issue-16 tables alone, into bayes_classes.*
+        tables = class_tables()
+        OUT.mkdir(parents=True, exist_ok=True)
+        meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
+                "cpus": os.cpu_count(), "rounds": ROUNDS}
+        (OUT / "bayes_classes.json").write_text(json.dumps({"meta": meta, "tables": tables}, indent=2,
+                                                           default=str) + "\n")
+        (OUT / "bayes_classes.md").write_text(f"_Measured {meta['date']}._\n\n" + to_markdown(tables))
+        print(to_markdown(tables))
+        return 0
+    tables = run() + class_tables()
     OUT.mkdir(parents=True, exist_ok=True)
     meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
             "cpus": os.cpu_count(), "rounds": ROUNDS}

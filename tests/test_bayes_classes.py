@@ -1,4 +1,5 @@
-"""More model classes (issue #16): Gamma, LogNormal, Beta, zero-inflated Poisson and negative-binomial likelihoods, exported zero-code from plain PyMC models
+"""More model classes (issue #16): Gamma, LogNormal, Beta, zero-inflated Poisson and negative-binomial, ordered
+logistic and categorical (softmax) likelihoods, exported zero-code from plain PyMC models
 (fixtures/pymc_classes.py, fitted by fixtures/build_pymc_classes.py).
 
 Each artifact is checked twice: its deterministic outputs (mean, std, quantiles of E[y|θ]) against the class's
@@ -18,9 +19,11 @@ from scipy.special import expit
 from test_bayes_reference import TOL, run_model, summaries, thinned
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ("gamma", "lognormal", "beta", "zip", "zinb")
+SCALAR = ("gamma", "lognormal", "beta", "zip", "zinb")
+PROBS = ("ordered", "categorical")  # class probabilities: outputs per class, draws are class indices
+CLASSES = SCALAR + PROBS
 QS = [0.05, 0.5, 0.95]
-DRAWS = 500
+DRAWS = 400  # one draw per posterior sample (2 chains × 200), as PSP gives
 
 
 def config(name: str, run_dir: Path) -> dict:
@@ -99,7 +102,7 @@ def psps():
     return {name: psp(name, feeds(name)["X"]) for name in CLASSES}
 
 
-@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("name", SCALAR)
 def test_moments_match_scipy_on_raw_posterior(artifacts, name):
     got = artifacts[name]
     post, _ = thinned(ROOT / f"fixtures/pymc_classes/{name}.nc")
@@ -134,7 +137,7 @@ def check_against_psp(draws: np.ndarray, mean: np.ndarray, ref: np.ndarray) -> t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("name", SCALAR)
 def test_draws_match_pymc_posterior_predictive(artifacts, psps, name):
     got, ref = artifacts[name], psps[name]
     draws = got["draws"]
@@ -152,6 +155,56 @@ def test_draws_match_pymc_posterior_predictive(artifacts, psps, name):
     order = np.argsort(ref.mean(1))
     swapped = draws[order[::-1]][np.argsort(order)]
     assert sum(check_against_psp(swapped, got["mean"], ref)) > 10
+
+
+def class_probs(name: str, post: dict, X: np.ndarray) -> np.ndarray:
+    """P(y = k | θ), (S, rows, K), written out: ordered logistic from its cutpoints, categorical as a softmax."""
+    if name == "ordered":
+        eta = post["beta"] @ X.T  # (S, rows)
+        above = expit(eta[..., None] - post["cutpoints"][:, None, :])  # P(y > k), k = 0..2
+        ones, zeros = np.ones_like(above[..., :1]), np.zeros_like(above[..., :1])
+        return np.concatenate([ones, above], -1) - np.concatenate([above, zeros], -1)
+    logits = np.concatenate([np.zeros((len(post["alpha"]), len(X), 1)),
+                             post["alpha"][:, None, :] + np.einsum("rf,sfk->srk", X, post["beta"])], axis=-1)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("name", PROBS)
+def test_class_probabilities_match_raw_posterior(artifacts, name):
+    got = artifacts[name]
+    post, _ = thinned(ROOT / f"fixtures/pymc_classes/{name}.nc")
+    p = class_probs(name, post, feeds(name)["X"].astype(np.float64))  # (S, rows, K)
+    k = p.shape[-1]
+    assert k == (4 if name == "ordered" else 3)
+    pbar = p.mean(0)
+    np.testing.assert_allclose(got["mean"], pbar, **TOL)
+    np.testing.assert_allclose(got["mean"].sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got["std"], np.sqrt(pbar * (1 - pbar)), **TOL)  # the indicator y == k
+    want_q = np.stack([summaries(p[..., j], np.zeros_like(p[..., j]), QS)["quantiles"] for j in range(k)], axis=1)
+    assert got["quantiles"].shape == want_q.shape == (len(pbar), k, len(QS))
+    np.testing.assert_allclose(got["quantiles"], want_q, **TOL)
+    assert np.ptp(pbar[:, 0]) > 0.1  # the classes' probabilities move with X
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PROBS)
+def test_class_draws_match_pymc_posterior_predictive(artifacts, psps, name):
+    got, ref = artifacts[name], psps[name]
+    draws = got["draws"]
+    k = got["mean"].shape[1]
+    assert draws.shape == (ref.shape[0], DRAWS) and set(np.unique(draws)) <= set(range(k))
+    for j in range(k):  # per row and class: frequency vs PSP's, and the exact mean output vs PSP's frequency
+        f_got, f_ref = (draws == j).mean(1), (ref == j).mean(1)
+        pb = got["mean"][:, j]
+        se = np.sqrt(pb * (1 - pb) * (1 / DRAWS + 1 / ref.shape[1])) + 1e-9
+        assert (np.abs(f_got - f_ref) <= 4 * se).all(), (name, j, np.abs(f_got - f_ref).max())
+        assert (np.abs(pb - f_ref) <= 4 * np.sqrt(pb * (1 - pb) / ref.shape[1]) + 1e-9).all(), (name, j)
+    order = np.argsort((ref == 0).mean(1))  # negative control: draws paired with the wrong rows
+    swapped = draws[order[::-1]][np.argsort(order)]
+    f_bad, f_ref = (swapped == 0).mean(1), (ref == 0).mean(1)
+    pb = got["mean"][:, 0]
+    assert (np.abs(f_bad - f_ref) > 4 * np.sqrt(pb * (1 - pb) * (1 / DRAWS + 1 / ref.shape[1]))).sum() > 3
 
 
 def test_gamma_sampler_is_exact_at_small_and_large_shapes():

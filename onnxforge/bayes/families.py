@@ -27,6 +27,7 @@ class Family:
     variance: Callable  # (xp, mu, p) -> Var[y | theta]
     pymc: str  # the PyMC distribution, for documentation and error messages
     variance_uses_mu: bool = True  # False: Var[y | theta] depends on the noise parameters only
+    classes: bool = False  # mu carries a class axis before the samples: (rows, K, samples); outputs per class
 
 
 def _t_var(xp, mu, p):
@@ -58,6 +59,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("zero-inflated-negative-binomial", ("psi", "alpha"), True, lambda xp, mu, p: p["psi"] * mu,
            lambda xp, mu, p: p["psi"] * (mu + mu * mu / p["alpha"]) + p["psi"] * (1 - p["psi"]) * mu * mu,
            "pm.ZeroInflatedNegativeBinomial(psi, mu, alpha)"),
+    # mu: the class probabilities (rows, K, samples); mean/std/quantiles per class of the indicator y == k,
+    # draws are class indices (pm.Categorical; pm.OrderedLogistic / OrderedProbit are categoricals too)
+    Family("categorical", (), True, lambda xp, mu, p: mu, lambda xp, mu, p: mu * (1 - mu), "pm.Categorical(p)",
+           classes=True),
     # mu: the mean in (0, 1); kappa: the concentration alpha + beta (PyMC's nu)
     Family("beta", ("kappa",), False, lambda xp, mu, p: mu, lambda xp, mu, p: mu * (1 - mu) / (p["kappa"] + 1),
            "pm.Beta(mu=mu, nu=kappa)"),
@@ -99,6 +104,11 @@ def draw(family: str, mu, p: dict, tables: dict):
         nu = p["nu"]
         t = torch.sqrt(nu * (torch.pow(u, -2.0 / nu) - 1.0)) * torch.cos(2.0 * math.pi * v)
         return mu + p["sigma"] * t
+    if family == "categorical":  # inverse CDF over the class axis
+        cdf = torch.cumsum(mu, dim=-2)
+        u = torch.rand_like(mu[..., 0, :]).unsqueeze(-2)
+        k = (cdf <= u).to(mu.dtype).sum(-2)
+        return torch.clamp(k, max=float(mu.shape[-2] - 1))  # u above a cdf that rounds below 1: the last class
     if family in ZERO_INFLATED:  # a count draw kept with probability psi, zero otherwise
         count = draw(ZERO_INFLATED[family], mu, p, tables)
         return torch.where(torch.rand_like(mu) < p["psi"] + 0 * mu, count, torch.zeros_like(count))

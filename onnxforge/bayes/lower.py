@@ -34,6 +34,7 @@ FAMILY_OF_RV = {
     "GammaRV": ("gamma", lambda p: {"mu": p[0] * p[1], "alpha": p[0]}),
     "LogNormalRV": ("lognormal", lambda p: {"mu": p[0], "sigma": p[1]}),
     "BetaRV": ("beta", lambda p: {"mu": p[0] / (p[0] + p[1]), "kappa": p[0] + p[1]}),
+    "CategoricalRV": ("categorical", lambda p: {"mu": p[0]}),
 }
 HINT = "write the mean function yourself as source.transform: 'file.py:function' (fn(xp, params, **inputs))"
 
@@ -185,14 +186,18 @@ def extract(model, observed: str, input_names: list[str], posterior):
     for name in input_names:
         v = data[name]
         input_vars[name] = repl[v] = pt.tensor(name=name, dtype=v.dtype, shape=(None,) * v.ndim)
-    # deterministics first: cut there, so values appended to them (population levels) reach the rows
+    # deterministics first: cut there, so values appended to them (population levels) reach the rows — but not
+    # one computed from the data (OrderedLogistic's y_probs): its stored values belong to the training rows
+    trav = _traversal()
+    data_vars = set(model.data_vars)
     for v in [*model.deterministics, *model.free_RVs]:
+        if v in model.deterministics and data_vars & set(trav.ancestors([v])):
+            continue
         if v.name in posterior.values and v.name not in param_vars:
             param_vars[v.name] = repl[v] = pt.tensor(name=v.name, dtype=v.dtype, shape=(None,) * v.ndim)
     names = list(graphs)
     replaced = clone_replace([pt.as_tensor_variable(graphs[n]) for n in names], replace=repl)
     graphs = dict(zip(names, replaced, strict=True))
-    trav = _traversal()
     nodes = list(trav.io_toposort([], list(graphs.values())))
     for node in nodes:
         if isinstance(node.op, RandomVariable):

@@ -105,7 +105,8 @@ def build_module(pred):
                 extra = {k: v.expand(rows, s) if tuple(v.shape) != (rows, s) else v
                          for k, v in mu.items() if k != "mu"}
                 mu = mu["mu"]
-            mu = mu.expand(rows, s) if tuple(mu.shape) != (rows, s) else mu
+            if not (pred.family.classes and mu.dim() == 3):  # class probabilities stay (rows, K, samples)
+                mu = mu.expand(rows, s) if tuple(mu.shape) != (rows, s) else mu
             p = {**self._fp(inputs, draws=False), **extra}
             m = pred.family.mean(xp, mu, p)
             m = m.expand_as(mu) if m.shape != mu.shape else m
@@ -123,9 +124,13 @@ def build_module(pred):
                 # d * d, not torch.square: that exports as Pow, which onnxruntime runs ~3x slower than Mul
                 outs.append(torch.sqrt(within + (d * d).mean(-1)))
             if pred.quantiles:
-                outs.append(exact_quantiles(m, self.q_plan, self.q_w))
+                if m.dim() == 3:  # per class: (rows·K, samples) → (rows, K, Q)
+                    q = exact_quantiles(m.reshape(-1, s), self.q_plan, self.q_w)
+                    outs.append(q.reshape(rows, m.shape[1], len(self.q_plan)))
+                else:
+                    outs.append(exact_quantiles(m, self.q_plan, self.q_w))
             if self.n_draws:
-                mu_d = mu if self.same_draws else mu[:, self.draw_idx]
+                mu_d = mu if self.same_draws else mu[..., self.draw_idx]
                 tables = {k[2:]: v for k, v in self.named_buffers() if k.startswith("t_")}
                 p_d = self._fp(inputs, draws=True)
                 p_d.update({k: v if self.same_draws else v[:, self.draw_idx] for k, v in extra.items()})

@@ -189,6 +189,8 @@ class BayesPredictive:
     def _rows_by_samples(self, out, rows: int, encoded) -> np.ndarray:
         out = np.asarray(out, dtype=np.float64)
         want = (rows, self.posterior.samples)
+        if self.family.classes and out.ndim == 3:  # class probabilities (rows, K, samples)
+            want = (rows, out.shape[1], self.posterior.samples)
         try:
             return np.broadcast_to(out, want) if out.shape != want else out
         except ValueError:
@@ -243,9 +245,9 @@ class BayesPredictive:
                 res[self.output_names["mean"]] = mean
             if self.want_std:
                 within = np.broadcast_to(self.family.variance(xp, mu, p), mu.shape).mean(-1)
-                res[self.output_names["std"]] = np.sqrt(within + ((m - mean[:, None]) ** 2).mean(-1))
-            if self.quantiles:
-                res[self.output_names["quantiles"]] = np.quantile(m, self.quantiles, axis=-1).T
+                res[self.output_names["std"]] = np.sqrt(within + ((m - mean[..., None]) ** 2).mean(-1))
+            if self.quantiles:  # (rows, Q), or (rows, K, Q) per class
+                res[self.output_names["quantiles"]] = np.moveaxis(np.quantile(m, self.quantiles, axis=-1), 0, -1)
         return res
 
     def within_variance(self) -> float:

@@ -13,7 +13,8 @@ from onnxforge.frontends.base import Frontend, pool_threads
 from onnxforge.registry import register_frontend
 
 FamilyName = Literal["normal", "bernoulli", "binomial", "poisson", "student-t", "negative-binomial", "gamma",
-                     "lognormal", "beta", "zero-inflated-poisson", "zero-inflated-negative-binomial"]
+                     "lognormal", "beta", "zero-inflated-poisson", "zero-inflated-negative-binomial",
+                     "categorical"]
 OUTPUT_KINDS = ("mean", "std", "quantiles", "draws")
 
 
