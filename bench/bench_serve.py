@@ -175,8 +175,9 @@ def run(quick: bool = False) -> list[dict]:
             servers["onnxforge serve"] = (Proc([sys.executable, "-m", "onnxforge", "serve", str(model), "--port",
                                                 str(p1), "--threads", str(threads), "--name", "m"], p1, env),
                                           "/v2/models/m/infer", oip)
+            # `uvicorn main:app` as the tutorials start it: its access log on (info), like onnxforge serve's
             servers["tutorial FastAPI"] = (Proc([sys.executable, "-m", "uvicorn", app.stem + ":app", "--port",
-                                                 str(p2), "--log-level", "warning"], p2, env, work), "/predict", tut)
+                                                 str(p2)], p2, env, work), "/predict", tut)
             try:
                 # outputs checked before timing: each server's answer to the timed request vs in-process ORT
                 status, raw = get(p1, servers["onnxforge serve"][1], oip)

@@ -307,3 +307,14 @@ def test_threads_follow_the_cgroup_quota(tmp_path):
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("400000")
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
     assert cgroup_cpus(v1) == 4.0
+
+
+@pytest.mark.slow  # two worker processes each load the model: ~10 s
+def test_two_workers_share_the_port_and_sum_their_metrics(run_dir, table):
+    with Served(run_dir, "--workers", 2, "--threads", 1) as s:
+        for _ in range(6):  # fresh connections: the kernel spreads them over both workers
+            assert s.call("POST", "/predict", records(table.head(1)))[0] == 200
+        m = s.metrics()
+        assert m['onnxforge_inference_requests_total{model="sklearn-pipeline",version="1"}'] == 6
+        assert _count(m, "onnxforge_http_requests_total", route="/predict", status="200") == 6
+    assert s.proc.returncode == 0

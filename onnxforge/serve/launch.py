@@ -98,8 +98,7 @@ def serve(opts, *, host: str, port: int, workers: int, log_level: str = "info", 
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tmp
             os.environ[ENV] = options_env(opts)
             config = uvicorn.Config("onnxforge.serve.app:from_env", factory=True, workers=workers, **common)
-            server = uvicorn.Server(config)
-            Multiprocess(config, target=server.run, sockets=[sock]).run()
+            Multiprocess(config, sockets=[sock]).run()
     finally:
         sock.close()
         if tmp:
