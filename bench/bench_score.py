@@ -141,12 +141,21 @@ def _check(outs: dict[str, Path], model: Path, first_file: Path, stochastic: boo
     return f"{len(frames)} engine outputs equal; {n:,} rows equal to one onnxruntime session"
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU of this process and its reaped children (a pool's workers, a closed LocalCluster's)."""
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
 def _timed(model, data, out, **kw) -> dict:
     from onnxforge.score.offline import predict_dataset
 
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_seconds(), time.perf_counter()
     res = predict_dataset(model, data, out, overwrite=True, **kw)
     res["wall"] = time.perf_counter() - t0
+    res["cpu"] = _cpu_seconds() - c0  # a running cluster's workers are not children: not counted
     return res
 
 
@@ -249,6 +258,7 @@ def _run(tmp: Path, quick: bool) -> list[dict]:
 
     from onnxforge.score.offline import available_cpus
 
+    load = os.getloadavg()[0]  # the machine's other work, stated beside the figures
     rounds = 1 if quick else 3
     tab_rows, bayes_rows, big_rows = (20_000, 5_000, 200_000) if quick else (1_000_000, 200_000, 10_000_000)
     tab = _convert("sklearn_pipeline", tmp / "pipeline.onnx")
@@ -281,8 +291,10 @@ def _run(tmp: Path, quick: bool) -> list[dict]:
             vs1, _ = _ratio_cell(rps, base)
             vs_local = _ratio_cell(rps, local2)[0] if k.startswith("dask") else "—"
             threads += "" if runs[0]["threads_per_worker"] == 1 else " (!)"  # read back from the run
-            rows_tab.append([label, k, f"{n:,}", threads, statistics.median(rps), vs1, vs_local])
-        rows_tab.append([label, "outputs", "", "", float("nan"), checked, ""])
+            cpu = ("—" if "running" in k else
+                   f"{statistics.median(r['cpu'] / r['rows'] * 1e6 for r in runs):.1f}")
+            rows_tab.append([label, k, f"{n:,}", threads, statistics.median(rps), vs1, vs_local, cpu])
+        rows_tab.append([label, "outputs", "", "", float("nan"), checked, "", ""])
 
     big = _write_dataset(_cancer, big_rows, tmp / "big", files=8)
     peak, wall, _ = _peak_memory([sys.executable, "-m", "onnxforge", "predict", str(tab), "--input", str(big),
@@ -291,13 +303,16 @@ def _run(tmp: Path, quick: bool) -> list[dict]:
     tables.append({
         "title": "predict into a folder: rows/s, local engine 1 vs 2 workers, Dask vs local",
         "columns": ["artifact", "engine", "rows", "workers×threads", "rows/s (median)", "vs 1 worker",
-                    "vs local 2 workers"],
+                    "vs local 2 workers", "CPU s per 1M rows"],
         "rows": rows_tab,
         "notes": (f"End-to-end wall time of predict_dataset (read parquet, map/check columns, score, write parts; "
                   f"'new LocalCluster' includes starting and closing it, 'running LocalCluster' is a cluster "
                   f"started once before the rounds, as --scheduler uses one), {rounds} interleaved round(s), order reversed every "
-                  f"other round; ratios per round, median (range). {cpus} CPUs usable by this process (affinity "
-                  "and cgroup quota), shared with other work: goal ≥ 1.7× for 2 workers, Dask within 15 % "
+                  f"other round; ratios per round, median (range). CPU s: user + system of the process tree (this process "
+                  f"and its reaped children: the pool's workers, a closed LocalCluster's processes) per million "
+                  f"rows, median — what the engine costs whatever share of the machine it got. {cpus} CPUs usable by this process (affinity "
+                  f"and cgroup quota), shared with other work (load average {load:.1f} at the start, "
+                  f"{os.getloadavg()[0]:.1f} after these rounds): goal ≥ 1.7× for 2 workers, Dask within 15 % "
                   "(≥ 0.85×)."),
     })
     tables.append({
