@@ -30,6 +30,7 @@ from onnxforge.serve.repository import plan
 from onnxforge.serve.scoring import ServedModel
 
 access_log = logging.getLogger("onnxforge.serve.access")
+METHODS = {"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"}
 ENV = "ONNXFORGE_SERVE_OPTIONS"  # the options, as JSON, for worker processes (uvicorn --workers imports the app)
 
 
@@ -118,7 +119,8 @@ class Observe:
             route = _template(scope)
             srv = self.server_ref()
             if srv is not None:
-                srv.metrics.requests.labels(route, scope["method"], str(seen["status"])).inc()
+                method = scope["method"] if scope["method"] in METHODS else "other"  # bounded label values
+                srv.metrics.requests.labels(route, method, str(seen["status"])).inc()
                 srv.metrics.latency.labels(route).observe(dt)
             if access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client") or ("", 0)
