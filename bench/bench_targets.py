@@ -99,9 +99,16 @@ def _targets_table(work: Path, cnn: Path, encoder: Path | None, held: dict | Non
                       (1e-3, 1e-4), SEQ_BATCHES))
     for label, model, feeds, target, opts, tol, batches in cases:
         key = f"{label} → {target} {getattr(opts, 'weights', '')}".strip()
-        s = compile_to(model, work / key.replace(" ", "_").replace("→", "to"), target, opts, feeds,
-                       rtol=tol[0] if tol else None, atol=tol[1] if tol else None, threads=1, batches=batches,
-                       rounds=6, seconds=0.6)
+        from onnxforge.errors import CheckFailed
+
+        try:
+            s = compile_to(model, work / key.replace(" ", "_").replace("→", "to"), target, opts, feeds,
+                           rtol=tol[0] if tol else None, atol=tol[1] if tol else None, threads=1, batches=batches,
+                           rounds=6, seconds=0.6)
+        except CheckFailed as e:  # a target that misses the tolerance is a row that says so, never a timing
+            data[key] = {"verdict": "fail", "message": str(e)}
+            rows.append([label, f"{target} {getattr(opts, 'weights', '')}", "", "", f"fail: {str(e)[:120]}", "", ""])
+            continue
         data[key] = s
         worst = max(v.get("max_abs", 0.0) for v in s["outputs"].values())
         lat = list(s["latency"].values())
@@ -117,7 +124,7 @@ def _targets_table(work: Path, cnn: Path, encoder: Path | None, held: dict | Non
             "notes": "CNN batches 1 and 64 (held-out digits), encoder batches 1 and 8 of held-out sentences padded "
                      "to the longest; speed = ORT p50 / target p50 over 6 paired rounds (>1: the target is faster). "
                      "Tolerances: fp32 rtol 1e-4 atol 1e-5 (encoder 1e-3/1e-4, optimize's pass tolerance), fp16 "
-                     "weights 1e-2/1e-3. The .ort row's check is the .ort file loaded by onnxruntime as ORT format."}
+                     "weights 1e-2/1e-2. The .ort row's check is the .ort file loaded by onnxruntime as ORT format."}
 
 
 def _int4_table(work: Path, fused: Path, held: dict) -> dict:

@@ -19,7 +19,7 @@ class CompileOptions(StrictModel):
     openvino: OpenVINOOptions = Field(default_factory=OpenVINOOptions, description="target openvino")
     ort_mobile: OrtMobileOptions = Field(default_factory=OrtMobileOptions, description="target ort-mobile")
     rtol: float | None = Field(None, ge=0, description="default: 1e-4 (fp32 weights), 1e-2 (fp16), 5e-2 (int8)")
-    atol: float | None = Field(None, ge=0, description="default: 1e-5 (fp32 weights), 1e-3 (fp16), 5e-2 (int8)")
+    atol: float | None = Field(None, ge=0, description="default: 1e-5 (fp32 weights), 1e-2 (fp16), 5e-2 (int8)")
     threads: int = Field(1, gt=0, description="threads for both runtimes in the check and the timing")
     batch_sizes: list[int] = Field(default_factory=lambda: [1], description="latency batch sizes (rows tiled)")
     rounds: int = Field(3, gt=0, description="paired timing rounds (onnxruntime and the target back to back)")
