@@ -5,7 +5,7 @@ request, same model, same uvicorn), each server one process.
 
 The load comes from `wrk` (one thread, `make wrk`): a Python client eats the CPU the server needs on a 2-core box.
 Each cell runs a fixed time and stops by itself; servers alternate order per cell (interleaved), each cell twice,
-and the table shows the run with the median req/s. Every server's answer to the timed request is checked against
+and the table shows the run with the upper-median req/s. Every server's answer to the timed request is checked against
 in-process onnxruntime before timing, wrk's non-2xx count must be 0, and the server's onnxruntime threads are
 read back from its session (/models)."""
 
@@ -221,7 +221,7 @@ def run(quick: bool = False) -> list[dict]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     notes.append(f"wrk -t1, {seconds} s per cell, {rounds} round(s) per cell with the server order alternating; the "
-                 "row shows the median-req/s round. One request = one row (OIP v2 JSON for onnxforge, a "
+                 "row shows the upper-median-req/s round (with 2 rounds: the faster one). One request = one row (OIP v2 JSON for onnxforge, a "
                  "{\"data\": [[...]]} body for the tutorial endpoint). Both servers: one uvicorn process, "
                  f"onnxruntime intra-op {threads} thread (read back), access logs on and discarded. onnxforge "
                  "serve at its defaults: max_batch_size 64, max_queue_delay_ms 0 (a batch is what queued while "
