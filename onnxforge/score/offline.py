@@ -77,6 +77,17 @@ def score_part(scorer, job: Job, part, frames=None) -> int:
     return done
 
 
+def arrow_threads(n: int | None) -> int:
+    """Set pyarrow's decode pool to `n` threads (it sizes itself to the host: with several workers, each one's
+    parquet decoding would take every core again); returns the count it had."""
+    import pyarrow as pa
+
+    before = pa.cpu_count()
+    if n:
+        pa.set_cpu_count(max(1, n))
+    return before
+
+
 def available_cpus() -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (ORT sizes its pool to the
     host, so the engines set threads themselves)."""

@@ -40,6 +40,9 @@ def _score(df, job, parts, partition_info=None):
         return pd.DataFrame({"part": pd.Series([], dtype="int64"), "rows": pd.Series([], dtype="int64")})
     scorer = _SCORERS.get(job.key)
     if scorer is None:
+        from onnxforge.score.offline import arrow_threads
+
+        arrow_threads(job.threads)  # a worker process of ours: its share of the cores for decoding too
         scorer = _SCORERS[job.key] = job.scorer()
     part = parts[partition_info["number"]]
     step = job.chunk_rows

@@ -13,7 +13,10 @@ _STATE: dict = {}
 
 
 def _init(job) -> None:
+    from onnxforge.score.offline import arrow_threads
+
     _die_with_parent()
+    arrow_threads(job.threads)  # this worker's share of the cores, for decoding as for onnxruntime
     _STATE["job"], _STATE["scorer"] = job, job.scorer()
 
 
@@ -39,12 +42,18 @@ def run(job, parts, workers: int, scheduler=None) -> Iterator[tuple[int, int]]:
     from onnxforge.score.offline import score_part
 
     if workers <= 1 or len(parts) <= 1:
+        from onnxforge.score.offline import arrow_threads
+
         scorer = job.scorer()
-        for part in parts:
-            yield part.index, score_part(scorer, job, part)
+        before = arrow_threads(job.threads)
+        try:
+            for part in parts:
+                yield part.index, score_part(scorer, job, part)
+        finally:
+            arrow_threads(before)
         return
     import multiprocessing as mp
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=_init,
@@ -58,7 +67,7 @@ def run(job, parts, workers: int, scheduler=None) -> Iterator[tuple[int, int]]:
             if len(pending) >= 2 * workers:
                 break
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)  # refill as each part ends
             for fut in finished:
                 yield fut.result()  # a worker's UserError is raised here
             for part in queue:
