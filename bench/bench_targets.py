@@ -137,9 +137,9 @@ def _int4_table(work: Path, fused: Path, held: dict) -> dict:
     models = {"fp32 (optimize's passes)": fused}
     models["int8 dynamic per-channel, all MatMuls"] = int8.Int8Builder(
         fused, work, int8.Int8Config(mode="dynamic", per_channel=True, op_types=("MatMul",)), tag="i8").build([])
-    for bs, sym in ((32, False), (128, True)):
-        c = int4.Int4Config(bs, sym, 4)
-        models[f"{c.label}, all MatMuls"] = int4.Int4Builder(fused, work, c).build([])
+    for bs, sym, acc in ((32, False, 4), (128, True, 4), (32, False, 0)):
+        c = int4.Int4Config(bs, sym, acc)
+        models[f"{c.label}, all MatMuls"] = int4.Int4Builder(fused, work, c, tag=f"b{bs}{sym}{acc}").build([])
     sessions, threads_ok = {}, {}
     for k, p in models.items():
         so = ort.SessionOptions()

@@ -55,6 +55,7 @@ class Int4Builder:
     src: Path
     work: Path
     cfg: Int4Config
+    tag: str = "int4"  # file name prefix: builders sharing a work folder must not overwrite each other's models
     _n: int = 0
 
     def build(self, exclude: list[str]) -> Path:
@@ -70,7 +71,7 @@ class Int4Builder:
                                  nodes_to_exclude=list(exclude), op_types_to_quantize=("MatMul",))
         with quiet():
             q.process()
-        return save_model(q.model.model, self.work / f"int4-{self._n}.onnx", run_check=False)
+        return save_model(q.model.model, self.work / f"{self.tag}-{self._n}.onnx", run_check=False)
 
 
 def has_nbits(path: Path) -> bool:
