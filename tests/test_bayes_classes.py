@@ -1,5 +1,5 @@
 """More model classes (issue #16): Gamma, LogNormal, Beta, zero-inflated Poisson and negative-binomial, ordered
-logistic and categorical (softmax) likelihoods, exported zero-code from plain PyMC models
+logistic and categorical (softmax) likelihoods, B-spline regression and an HSGP approximate Gaussian process, exported zero-code from plain PyMC models
 (fixtures/pymc_classes.py, fitted by fixtures/build_pymc_classes.py).
 
 Each artifact is checked twice: its deterministic outputs (mean, std, quantiles of E[y|θ]) against the class's
@@ -21,7 +21,8 @@ from test_bayes_reference import TOL, run_model, summaries, thinned
 ROOT = Path(__file__).resolve().parents[1]
 SCALAR = ("gamma", "lognormal", "beta", "zip", "zinb")
 PROBS = ("ordered", "categorical")  # class probabilities: outputs per class, draws are class indices
-CLASSES = SCALAR + PROBS
+CURVES = ("bspline", "hsgp")  # normal likelihood around a basis expansion of x, evaluated in the graph
+CLASSES = SCALAR + PROBS + CURVES
 QS = [0.05, 0.5, 0.95]
 DRAWS = 400  # one draw per posterior sample (2 chains × 200), as PSP gives
 
@@ -31,13 +32,16 @@ def config(name: str, run_dir: Path) -> dict:
             "source": {"framework": "pymc", "path": str(ROOT / f"fixtures/pymc_classes/{name}.nc"),
                        "model": f"{ROOT / 'fixtures/pymc_classes.py'}:{name}_model", "trust_code": True,
                        "outputs": {"quantiles": QS, "draws": DRAWS}, "seed": 0},
-            "inputs": [{"name": "X", "shape": ["batch", 2], "columns": ["x1", "x2"]}],
+            "inputs": [{"name": "X", "shape": ["batch", 1], "columns": ["x"]} if name in CURVES else
+                       {"name": "X", "shape": ["batch", 2], "columns": ["x1", "x2"]}],
             "data": {"path": str(ROOT / f"fixtures/data/pymc_{name}.npz"), "labels": "y"},
             "stages": {"convert": {}}}
 
 
 def feeds(name: str) -> dict[str, np.ndarray]:
     z = np.load(ROOT / f"fixtures/data/pymc_{name}.npz")
+    if name in CURVES:
+        return {"X": z["x"][:, None].astype(np.float32)}
     return {"X": np.stack([z["x1"], z["x2"]], axis=1).astype(np.float32)}
 
 
@@ -137,7 +141,7 @@ def check_against_psp(draws: np.ndarray, mean: np.ndarray, ref: np.ndarray) -> t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SCALAR)
+@pytest.mark.parametrize("name", SCALAR + CURVES)
 def test_draws_match_pymc_posterior_predictive(artifacts, psps, name):
     got, ref = artifacts[name], psps[name]
     draws = got["draws"]
@@ -147,7 +151,7 @@ def test_draws_match_pymc_posterior_predictive(artifacts, psps, name):
     elif name in ("zip", "zinb"):
         assert np.array_equal(draws, np.round(draws)) and draws.min() == 0
         assert abs((draws == 0).mean() - (ref == 0).mean()) < 0.02  # the share of zeros, over all rows
-    else:
+    elif name not in CURVES:  # the curves are normal: any sign
         assert (draws > 0).all()
     bad_mean, bad_q = check_against_psp(draws, got["mean"], ref)
     assert bad_mean == 0 and bad_q == 0, (name, bad_mean, bad_q)
@@ -205,6 +209,43 @@ def test_class_draws_match_pymc_posterior_predictive(artifacts, psps, name):
     f_bad, f_ref = (swapped == 0).mean(1), (ref == 0).mean(1)
     pb = got["mean"][:, 0]
     assert (np.abs(f_bad - f_ref) > 4 * np.sqrt(pb * (1 - pb) * (1 / DRAWS + 1 / ref.shape[1]))).sum() > 3
+
+
+def curve_mean(name: str, post: dict, X: np.ndarray) -> np.ndarray:
+    """E[y|θ] (S, rows): B-spline from scipy's own design matrix; HSGP from PyMC's compute_deterministics of f on
+    these rows (the reference framework evaluating its own basis)."""
+    if name == "bspline":
+        from scipy.interpolate import BSpline
+
+        from fixtures.pymc_classes import KNOTS
+
+        B = BSpline.design_matrix(X[:, 0], KNOTS, 3).toarray()
+        return post["alpha"][:, None] + post["w"] @ B.T
+    import warnings
+
+    import pymc as pm
+    import xarray as xr
+
+    from fixtures import pymc_classes as pc
+
+    ds = xr.open_dataset(ROOT / "fixtures/pymc_classes/hsgp.nc", group="posterior", engine="h5netcdf").load()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f = pm.compute_deterministics(ds, var_names=["f"], model=pc.hsgp_model(X), progressbar=False)["f"]
+    f = f.transpose("chain", "draw", ...).values
+    return f.reshape(-1, f.shape[-1])
+
+
+@pytest.mark.parametrize("name", CURVES)
+def test_basis_in_graph_matches_reference(artifacts, name):
+    got = artifacts[name]
+    post, _ = thinned(ROOT / f"fixtures/pymc_classes/{name}.nc")
+    X = feeds(name)["X"].astype(np.float64)
+    mu = curve_mean(name, post, X)
+    want = summaries(mu, np.broadcast_to(post["sigma"][:, None] ** 2, mu.shape), QS)
+    for key, w in want.items():
+        np.testing.assert_allclose(got[key], w, rtol=1e-5, atol=2e-5, err_msg=f"{name}.{key}")
+    assert np.ptp(want["mean"]) > 1.0  # a curve, not a constant
 
 
 def test_gamma_sampler_is_exact_at_small_and_large_shapes():

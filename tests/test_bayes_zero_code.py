@@ -271,3 +271,13 @@ def test_input_that_is_not_pm_data_is_exit_2(tmp_path, cli):
     line = assert_one_line_error(res)
     assert "'Z'" in line and "pm.Data" in line and "X" in line
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_value_computed_from_build_time_data_is_exit_2(tmp_path, cli):
+    """The model is built on placeholder rows: a value it takes from its data while being built (numpy on
+    X.get_value(), as HSGP does with its centre) would be baked into the graph — refused, not silently wrong."""
+    cfg = _write(tmp_path, "mu = (Xd - Xd.get_value().mean(0)) @ beta")
+    res = cli("convert", "--config", cfg, "-o", tmp_path / "m.onnx", cwd=tmp_path)
+    line = assert_one_line_error(res)
+    assert "when it is built" in line and "transform" in line, line
+    assert not (tmp_path / "m.onnx").exists()

@@ -133,11 +133,24 @@ def _zero_code(cfg, post, cats, builder, names: list[str]):
     if s.params:
         raise UserError("source.params: without a transform the family parameters come from the PyMC model — drop "
                         "params, or give source.transform")
-    enc = _dummy_encoded(cfg.inputs, cats)
-    args = {k: (v.reshape(-1) if len(spec.shape or [1]) == 1 else v)
-            for spec in cfg.inputs for k, v in [(spec.name, enc[spec.name])]}
-    model = call_builder(builder, args, {d: list(c) for d, c in post.coords.items()})
-    family, zc, fixed = extract(model, s.observed, names, post)
+    coords = {d: list(c) for d, c in post.coords.items()}
+    builds = []
+    for rows, fill in ((3, False), (5, True)):
+        enc = _dummy_encoded(cfg.inputs, cats, rows)
+        if fill:  # other values, other row count
+            enc = {k: (np.arange(v.size).reshape(v.shape) % len(cats[k].levels) if k in cats
+                       else np.linspace(-1.7, 2.3, v.size).reshape(v.shape)) for k, v in enc.items()}
+        args = {k: (v.reshape(-1) if len(spec.shape or [1]) == 1 else v)
+                for spec in cfg.inputs for k, v in [(spec.name, enc[spec.name])]}
+        builds.append(extract(call_builder(builder, args, coords), s.observed, names, post))
+    family, zc, fixed = builds[0]
+    # the model is built on placeholder rows: a value it computes from its data while being built (numpy on the
+    # data, `.eval()` — HSGP's centre of X) is a constant of those rows, wrong for any other; two builds tell
+    changed = zc.constants_changed(builds[1][1])
+    if changed:
+        raise UserError(f"zero-code export: the model computes a value from its data when it is built (a constant "
+                        f"of {changed} changes with the rows it is built on — e.g. numpy on the data, .eval(), "
+                        "HSGP's centre of X): fix that value in the model, or write source.transform")
     if "family" in s.model_fields_set and s.family != family:
         raise UserError(f"source.family: {s.family}, but the model's '{s.observed}' is {family} — drop family (the "
                         "model decides it) or fix the model")

@@ -87,6 +87,24 @@ class ZeroCode:
         anc = set(_traversal().ancestors(list(self.graphs.values())))
         return [n for n, v in self.input_vars.items() if v in anc]
 
+    def _constants(self) -> list[tuple[str, bytes]]:
+        from pytensor.graph.basic import Constant
+
+        out = []
+        for node in _traversal().io_toposort([], list(self.graphs.values())):
+            for i in node.inputs:
+                if isinstance(i, Constant) and not isinstance(i.data, slice | type(None)):
+                    out.append((str(node.op), np.asarray(i.data).tobytes()))
+        return out
+
+    def constants_changed(self, other: ZeroCode) -> str | None:
+        """The op whose constant input differs between two builds of the model (None: same graph constants)."""
+        a, b = self._constants(), other._constants()
+        for (op, x), (_, y) in zip(a, b, strict=False):
+            if x != y:
+                return f"the op {op} in {self.observed}'s graph"
+        return None if len(a) == len(b) else f"{self.observed}'s graph"
+
     def _shape_inputs(self, inputs: dict) -> dict:
         # onnxforge hands 1-D numeric inputs over as (rows, 1) columns; the pm.Data has its own rank
         out = {}

@@ -59,9 +59,10 @@ class TorchGraph(torch.nn.Module):
                 continue
             arr = np.asarray(value)
             name = f"c{i}"
-            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(
-                arr.astype({torch.float32: np.float32, torch.int64: np.int64, torch.bool: np.bool_}[
-                    lt.torch_dtype(str(arr.dtype))]))), persistent=True)
+            dtype = {torch.float32: np.float32, torch.int64: np.int64, torch.bool: np.bool_}[
+                lt.torch_dtype(str(arr.dtype))]
+            # np.array, not np.ascontiguousarray: that turns a 0-d constant into shape (1,), one axis too many
+            self.register_buffer(name, torch.from_numpy(np.array(arr, dtype=dtype)), persistent=True)
             self.consts[var] = (name, arr)
 
     def forward(self, inputs: dict, params: dict) -> dict:
