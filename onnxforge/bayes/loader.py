@@ -176,7 +176,8 @@ def build_predictive(cfg) -> BayesPredictive:
     post = load_posterior(s.path, s.samples)
     builder = load_callable(s.model, "model") if s.model else None
     if not cfg.inputs:
-        hint = "the model's pm.Data names" if s.transform is None else "the transform's inputs"
+        hint = ("the model's pm.Data names" if s.transform is None
+                else f"the transform's inputs {_transform_inputs(load_callable(s.transform, 'transform'))}")
         raise UserError(f"inputs: list {hint} with dtype and shape, e.g. [{{name: X, shape: [batch, 3]}}]")
     names = [i.name for i in cfg.inputs]
     cats = _categoricals(cfg, post, cfg.inputs)
