@@ -3,6 +3,9 @@ takes (--include_ops_by_config), both written by onnxruntime's own convert_onnx_
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -57,11 +60,22 @@ def build(onnx_path: Path, out: Path, opts: OrtMobileOptions) -> dict:
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         src = Path(tmp) / "model.onnx"
         shutil.copyfile(onnx_path, src)
-        with quiet():
-            conv.convert_onnx_models_to_ort(src, output_dir=Path(tmp), optimization_styles=[style[opts.optimization_style]],
-                                            target_platform=None, save_optimized_onnx_model=False,
-                                            allow_conversion_failures=False,
-                                            enable_type_reduction=opts.enable_type_reduction)
+        # the tool prints its progress to stdout and logs INFO through its own DEBUG-level loggers: the result
+        # and the check are ours to report
+        tool_logs = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("ort_format")]
+        levels = [lg.level for lg in tool_logs]
+        for lg in tool_logs:
+            lg.setLevel(logging.ERROR)
+        try:
+            with quiet(), contextlib.redirect_stdout(io.StringIO()):
+                conv.convert_onnx_models_to_ort(src, output_dir=Path(tmp),
+                                                optimization_styles=[style[opts.optimization_style]],
+                                                target_platform=None, save_optimized_onnx_model=False,
+                                                allow_conversion_failures=False,
+                                                enable_type_reduction=opts.enable_type_reduction)
+        finally:
+            for lg, lv in zip(tool_logs, levels, strict=True):
+                lg.setLevel(lv)
         ort_file = next(Path(tmp).rglob("*.ort"))
         config = next(Path(tmp).rglob("*.config"))
         shutil.move(ort_file, out / "model.ort")
