@@ -46,6 +46,8 @@ def _cases(d: Path) -> dict[str, tuple[tuple, int, str]]:
                          "--set", "batch_sizes=[1]", "--json"), 0, "optimize"),
         "optimize-missing-model": (("optimize", d / "nope.onnx", "-o", d / "out/o2.onnx", "--json"), 2, "optimize"),
         "inspect-ok": (("inspect", lin, "--json"), 0, "inspect"),
+        "compile-ok": (("compile", lin, "--target", "ort-mobile", "-o", d / "out/mobile", "--data", data, "--json"), 0,
+                       "compile"),
         "inspect-missing-model": (("inspect", d / "nope.onnx", "--json"), 2, "inspect"),
         "predict-ok": (("predict", lin, "--input", d / "x.npz", "-o", d / "out/y.npz", "--json"), 0, "predict"),
         "predict-missing-input": (("predict", lin, "--input", d / "nope.npz", "-o", d / "out/y2.npz", "--json"), 2,
