@@ -125,7 +125,7 @@ from onnxforge.summary import inspect_file
 assert P2 is Predictor and load_schema()["title"]
 from onnxforge import registry
 registry.load_plugins()
-assert sorted(registry.STAGES) == ["convert", "optimize", "quantize", "report", "validate"], sorted(registry.STAGES)
+assert {"convert", "optimize", "quantize", "report", "validate"} <= set(registry.STAGES), sorted(registry.STAGES)
 try:
     import onnxforge.inspect
 except ModuleNotFoundError:
