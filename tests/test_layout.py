@@ -18,8 +18,8 @@ ROOMS = ("onnxforge.stages", "onnxforge.frontends", "onnxforge.bayes", "onnxforg
 
 def readme_tree(text: str) -> set[str]:
     """Every module and folder the README's architecture block names, as paths under onnxforge/. A folder line may
-    name its modules after it (and on deeper-indented lines that hold only module names); a module line may hold
-    several module names and nothing else, or one name and a description."""
+    name its modules after it (and on the deeper-indented lines that continue it); a module line may hold several
+    module names and nothing else, or one name and a description."""
     block = text.split("## Architecture", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     lines = block.splitlines()
     assert lines[0] == "onnxforge/", lines[0]
@@ -28,9 +28,9 @@ def readme_tree(text: str) -> set[str]:
     inline_dir: tuple[int, str] | None = None  # (indent, folder) of the last folder line that listed modules
     for line in lines[1:]:
         indent = len(line) - len(line.lstrip(" "))
-        tokens = [t.strip(";,") for t in line.split()]
+        tokens = [t.strip(";,:()") for t in line.split()]
         mods = [t for t in tokens if t.endswith(".py")]
-        if inline_dir and indent > inline_dir[0] + 2 and tokens and len(mods) == len(tokens):
+        if inline_dir and indent > inline_dir[0] + 2 and tokens:
             found.update(f"{inline_dir[1]}/{m}" for m in mods)  # continuation of a folder's module list
             continue
         level = indent // 2 - 1
