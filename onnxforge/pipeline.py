@@ -225,6 +225,7 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
     "use" reuses matching entries and records missing ones, "remeasure" times every decision again (no stage
     that decides is taken from the run cache) and rewrites them, "locked" fails (CheckFailed) before anything
     runs when a decision would have to be measured. `force` reruns stages and still reuses the lock."""
+    from onnxforge import runtime
     from onnxforge.lock import Decisions, Lock, decides, upstream_hash
 
     run_path = cfg.run_path
@@ -310,7 +311,9 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
                 console.print(f"[bold cyan]▶ {name}[/bold cyan]")
             t0 = time.perf_counter()
             try:
-                res: StageResult = spec.run(ctx, opts)
+                # sessions a stage builds for its own checks (quantize, optimize) ask for the config's providers too
+                with runtime.use(runtime.requested(cfg.runtime.providers), cfg.runtime.allow_fallback):
+                    res: StageResult = spec.run(ctx, opts)
             except CheckFailed as e:
                 res = StageResult(verdict="fail", message=str(e),
                                   summary=e.result if isinstance(e.result, dict) else {})

@@ -146,3 +146,22 @@ def test_tensorrt_fp16_engine_is_cached_in_the_folder_given(model, tmp_path):
     got = runtime.device_run(sess, {"x": x})
     np.testing.assert_allclose(got["y"], cpu["y"], rtol=1e-2, atol=1e-2)  # fp16 engine
     assert any((tmp_path / "trt_cache").iterdir())
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="CUDA is installed here: the missing-provider premise does not hold")
+def test_a_pipeline_stage_own_sessions_ask_for_the_yaml_providers(model, tmp_path):
+    """`onnxforge run` with runtime.providers: an ONNX source whose only stage is optimize — the sessions optimize
+    builds for its own checks ask for CUDA too: exit 2 without allow_fallback, and the run goes on with it."""
+    def cfg(fallback: bool) -> Path:
+        p = tmp_path / f"p{int(fallback)}.yaml"
+        p.write_text(f"name: prov{int(fallback)}\nsource: {{framework: onnx, path: {model}}}\n"
+                     f"data: {{path: {model.parent / 'x.npy'}}}\n"
+                     f"runtime: {{providers: [CUDAExecutionProvider], allow_fallback: {str(fallback).lower()}}}\n"
+                     "stages:\n  optimize: {}\n")
+        return p
+
+    line = assert_one_line_error(run_cli("run", cfg(False), cwd=tmp_path), 2)
+    assert "CUDAExecutionProvider is not available" in line, line
+    assert not (tmp_path / "runs" / "prov0").exists()
+    ok = run_cli("run", cfg(True), cwd=tmp_path)
+    assert ok.code == 0, ok.stderr[-2000:]
