@@ -543,9 +543,19 @@ def predict(model: Annotated[Path, typer.Argument(help="an .onnx file")],
                 metavar="COL,...", help="input columns copied beside the predictions (an id to join on)")] = None,
             overwrite: Annotated[bool, typer.Option(
                 "--overwrite", help="redo every part of a folder --output instead of resuming")] = False,
+            providers: ProvidersOpt = None, allow_fallback: FallbackOpt = False,
             as_json: JsonOpt = False, debug: DebugOpt = False):
     """Score data offline with the same artifact that serves online: one file in chunks, or a dataset of any size
     into partitioned parquet on every core (or a Dask cluster), resuming where a stopped run left off."""
+    from onnxforge.runtime import from_flags
+
+    with from_flags(providers, allow_fallback):  # every session, the workers' too, asks for them
+        return _predict(model, input, output, chunk_rows, threads, seed, columns, allow_nan, engine, workers,
+                        scheduler, keep, overwrite, as_json)
+
+
+def _predict(model, input, output, chunk_rows, threads, seed, columns, allow_nan, engine, workers, scheduler, keep,
+             overwrite, as_json):
     from onnxforge.data import parse_columns
     from onnxforge.errors import UserError
 
@@ -640,6 +650,7 @@ def serve(target: Annotated[Path, typer.Argument(
           ui: Annotated[bool, typer.Option("--ui", help="add the browser playground at /ui")] = False,
           log_level: Annotated[str, typer.Option(help="server log level (access logs are INFO JSON lines)")]
           = "info",
+          providers: ProvidersOpt = None, allow_fallback: FallbackOpt = False,
           as_json: JsonOpt = False, debug: DebugOpt = False):
     """Serve an artifact over HTTP until SIGTERM: Open Inference Protocol v2 (Triton/KServe clients), POST /predict
     with JSON records, /metrics, /openapi.json; --ui adds a browser playground."""
@@ -657,8 +668,13 @@ def serve(target: Annotated[Path, typer.Argument(
 
     check_options(port=port, workers=workers, threads=threads, max_batch_size=max_batch_size,
                   max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, max_body_bytes=max_body_bytes)
+    from onnxforge import runtime
+
+    names = runtime.parse(providers)
+    runtime.providers(runtime.Providers(names, allow_fallback) if names else None)  # exit 2 before binding
     opts = Options(str(target), name=name, threads=threads, max_batch_size=max_batch_size,
-                   max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, ui=ui)
+                   max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, ui=ui,
+                   providers=names, allow_fallback=allow_fallback)
     return run_server(opts, host=host, port=port, workers=workers, log_level=log_level)
 
 

@@ -165,3 +165,41 @@ def test_a_pipeline_stage_own_sessions_ask_for_the_yaml_providers(model, tmp_pat
     assert not (tmp_path / "runs" / "prov0").exists()
     ok = run_cli("run", cfg(True), cwd=tmp_path)
     assert ok.code == 0, ok.stderr[-2000:]
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="CUDA is installed here: the missing-provider premise does not hold")
+def test_predict_asks_for_the_providers_in_every_engine(model, tmp_path):
+    """predict --providers: exit 2 naming the package before anything is written, for the single-file path and
+    the process pool; with --allow-fallback both score on CPU what onnxruntime computes."""
+    import pandas as pd
+
+    x = np.load(model.parent / "x.npy")
+    src = tmp_path / "rows.parquet"
+    pd.DataFrame({"x": list(x)}).to_parquet(src)  # one [4] vector per row: the columns flag stacks nothing here
+    table = tmp_path / "cols.csv"
+    pd.DataFrame(x, columns=["a", "b", "c", "d"]).to_csv(table, index=False)
+    flags = ["--columns", "x=a,b,c,d"]
+    for out in (tmp_path / "one.parquet", tmp_path / "parts"):
+        res = run_cli("predict", model, "--input", table, "--output", out, *flags, "--providers", "cuda",
+                      cwd=tmp_path)
+        line = assert_one_line_error(res, 2)
+        assert "CUDAExecutionProvider is not available" in line and "onnxruntime-gpu" in line, line
+        assert not out.exists()
+        ok = run_cli("predict", model, "--input", table, "--output", out, *flags, "--providers", "cuda",
+                     "--allow-fallback", cwd=tmp_path)
+        assert ok.code == 0, ok.stderr[-2000:]
+        got = pd.read_parquet(out)[["y_0", "y_1", "y_2"]].to_numpy()
+        want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="CUDA is installed here: the missing-provider premise does not hold")
+def test_serve_asks_for_the_providers_and_reports_what_runs(model, tmp_path):
+    from serve_http_server import Served
+
+    res = run_cli("serve", model, "--port", "0", "--providers", "cuda", cwd=tmp_path)
+    line = assert_one_line_error(res, 2)
+    assert "CUDAExecutionProvider is not available" in line and "onnxruntime-gpu" in line, line
+    with Served(model, "--providers", "cuda", "--allow-fallback") as server:
+        status, doc = server.json("GET", "/models")
+        assert status == 200 and [v["provider"] for v in doc["versions"]] == ["CPUExecutionProvider"], doc

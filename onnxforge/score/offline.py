@@ -38,12 +38,13 @@ class Job:
     columns: dict[str, list[str]] | None = None
     allow_nan: bool = False
     key: str = field(default="")
+    providers: list[str] | None = None  # a runtime.Providers pickles with its fallback policy
 
     def scorer(self):
         from onnxforge.score.scorer import Scorer
 
         return Scorer(self.model_bytes, admitted=True, name=self.name, threads=self.threads, columns=self.columns,
-                      allow_nan=self.allow_nan)
+                      allow_nan=self.allow_nan, providers=self.providers)
 
 
 def score_part(scorer, job: Job, part, frames=None) -> int:
@@ -114,7 +115,8 @@ def predict_dataset(model: str | Path, input: str | Path, output: str | Path, *,
                     workers: int | None = None, scheduler: str | None = None, chunk_rows: int = 65536,
                     keep: list[str] | None = None, overwrite: bool = False, seed: int | None = None,
                     columns: dict[str, list[str]] | None = None, allow_nan: bool = False,
-                    threads: int | None = None, console=None) -> dict[str, Any]:
+                    threads: int | None = None, providers: list[str] | None = None,
+                    console=None) -> dict[str, Any]:
     """Score a parquet/csv file, folder or glob into the folder `output` (partitioned parquet). See the module
     docstring; returns rows, parts (scored and skipped), seconds, rows/s and the engine's settings."""
     from onnxforge.artifact import sha256_file
@@ -135,7 +137,12 @@ def predict_dataset(model: str | Path, input: str | Path, output: str | Path, *,
     out_dir = Path(output)
     paths = dataset.files(input)
     _not_inside(out_dir, input, paths)
-    scorer = Scorer(Path(model), seed=None, columns=columns, allow_nan=allow_nan, lazy=True)
+    from onnxforge import runtime
+
+    if providers is None:  # `predict --providers` (runtime.use) reaches the workers' sessions too
+        providers = runtime.requested(None)
+    runtime.providers(providers)  # one not installed: exit 2 before a worker starts
+    scorer = Scorer(Path(model), seed=None, columns=columns, allow_nan=allow_nan, lazy=True, providers=providers)
     chunk = min(chunk_rows, scorer.rows_per_chunk or chunk_rows)
     read_columns: list[str] = []
     for p in paths:  # every file's header before any work: a missing column is refused up front
@@ -160,7 +167,7 @@ def predict_dataset(model: str | Path, input: str | Path, output: str | Path, *,
     per_worker = threads or (1 if scheduler else max(1, cpus // n_workers))
     job = Job(model_bytes=scorer.model_bytes, name=str(model), out_dir=str(out_dir), read_columns=read_columns,
               keep=keep, chunk_rows=chunk, seed=base_seed, threads=per_worker, columns=columns,
-              allow_nan=allow_nan, key=dataset.digest(key))
+              allow_nan=allow_nan, key=dataset.digest(key), providers=providers)
     done, created = partitions.prepare(out_dir, key, overwrite=overwrite)
     todo = [p for p in parts if p.index not in done]
     written: set[int] = set()

@@ -44,6 +44,8 @@ class Options:
     max_queue: int = 256
     max_body_bytes: int = 16 << 20
     ui: bool = False
+    providers: list[str] | None = None  # --providers (onnxruntime names); None: the default (CPU)
+    allow_fallback: bool = False
 
 
 class Server:
@@ -56,8 +58,12 @@ class Server:
         self.name = self.plan.name
         self.models: dict[str, ServedModel] = {}
         self.runners: dict[str, Runner] = {}
+        from onnxforge.runtime import Providers
+
+        chosen = Providers(opts.providers, opts.allow_fallback) if opts.providers else None
         for e in self.plan.entries:
-            m = ServedModel(e.path, name=self.name, version=e.version, stage=e.stage, threads=opts.threads)
+            m = ServedModel(e.path, name=self.name, version=e.version, stage=e.stage, threads=opts.threads,
+                            providers=chosen)
             self.models[e.version] = m
             self.runners[e.version] = Runner(
                 m.run, batchable=m.batchable, max_batch_size=opts.max_batch_size,
@@ -87,6 +93,7 @@ class Server:
                               "batching": self.runners[v].batching, "stochastic": m.stochastic,
                               "stochastic_outputs": m.stochastic_outputs,
                               "ort_threads": m.predictor.session.get_session_options().intra_op_num_threads,
+                              "provider": m.predictor.session.get_providers()[0],  # what really runs it
                               "inputs": [s.model_dump(mode="json", exclude_defaults=True) for s in m.specs],
                               "columns": m.columns(), "outputs": m.outputs}
                              for v, m in self.models.items()]}

@@ -33,12 +33,14 @@ def _dims(shape) -> list[int]:
 class ServedModel:
     """One version of a served model: its Scorer, input specs and what the artifact's metadata says about it."""
 
-    def __init__(self, path: Path, *, name: str, version: str, stage: str | None, threads: int | None):
+    def __init__(self, path: Path, *, name: str, version: str, stage: str | None, threads: int | None,
+                 providers: list[str] | None = None):
         from onnxforge.artifact import meta_json
         from onnxforge.score.scorer import Scorer
 
         self.path, self.name, self.version, self.stage, self.threads = Path(path), name, version, stage, threads
-        self.scorer = Scorer(self.path, threads=threads)  # the admission gate, specs, policies, a Predictor
+        # the admission gate, specs, policies, a Predictor on the providers asked for (--providers)
+        self.scorer = Scorer(self.path, threads=threads, providers=providers)
         self.proto, self.specs = self.scorer.proto, self.scorer.specs
         meta = self.scorer.meta
         self.col_names = self.scorer.output_columns
