@@ -145,7 +145,7 @@ def _missing(p: str, available: list[str]) -> str:
     bring = f"install {pkg}" if pkg else "install an onnxruntime build that has it"
     return (f"execution provider {p} is not available here (installed: {', '.join(available)}) — {bring}, "
             "or ask for one that is installed (--providers / runtime.providers), or set runtime.allow_fallback: "
-            "true (--allow-fallback) to run on what is")
+            "true (--allow-fallback) to run on the installed ones")
 
 
 def _provider_error(msg: str):
