@@ -75,7 +75,8 @@ wrk:
 # lock is unchanged; npm's own cache makes a rebuild offline), its wasm bundle copied into the Python package
 PLAYGROUND := onnxforge/serve/playground
 ORT_WEB_CACHE ?= $(HOME)/.cache/onnxforge/ort-web
-playground: node $(PLAYGROUND)/ort-wasm-simd-threaded.wasm
+# (only where the package's sources are: the README's scratch copy has the Makefile but no onnxforge/ folder)
+playground: $(if $(wildcard $(PLAYGROUND)/package.json),node $(PLAYGROUND)/ort-wasm-simd-threaded.wasm)
 
 $(PLAYGROUND)/ort-wasm-simd-threaded.wasm: $(PLAYGROUND)/package.json $(PLAYGROUND)/package-lock.json
 	@mkdir -p $(ORT_WEB_CACHE)

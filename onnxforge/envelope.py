@@ -21,7 +21,8 @@ from onnxforge.errors import one_line
 SCHEMA_ID = "https://onnxforge.dev/schemas/envelope.schema.json"
 SCHEMA_FILE = "schemas/envelope.schema.json"
 STAGE_COMMANDS = ("convert", "validate", "quantize", "optimize")
-COMMANDS = ("run", *STAGE_COMMANDS, "inspect", "predict", "report", "bench", "compile", "config check", "config schema")
+COMMANDS = ("run", *STAGE_COMMANDS, "inspect", "predict", "report", "bench", "compile", "serve", "config check",
+            "config schema")
 MAX_WARNING_CHARS = 500
 
 

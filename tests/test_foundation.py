@@ -74,7 +74,7 @@ def test_converted_onnx_is_stamped(project, cli):
         ("name: a\nsource: {framework: onxx, path: lin.onnx}\n", "unknown framework 'onxx' — did you mean 'onnx'?"),
         ("name: a\nsource: {framework: onnx, path: lin.onnx}\nstages:\n  validate:\n    rtol: lots\n",
          "p.yaml:5: stages.validate.rtol"),
-        ("name: a\nsource: {framework: onnx, path: lin.onnx}\nstages:\n  compile: {}\n", "unknown key 'compile'"),
+        ("name: a\nsource: {framework: onnx, path: lin.onnx}\nstages:\n  compil: {}\n", "unknown key 'compil'"),
         ("source: {framework: onnx, path: lin.onnx}\n", "missing required key 'name'"),
         ("name: a\nsource: !!python/object:os.system {}\n", "invalid YAML"),
         ("name: [a\n", "invalid YAML"),

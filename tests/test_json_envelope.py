@@ -57,6 +57,8 @@ def _cases(d: Path) -> dict[str, tuple[tuple, int, str]]:
         "report-missing-target": (("report", d / "nope.onnx", "--no-bench", "--out", d / "out/rep2", "--json"), 2,
                                   "report"),
         "bench-ok": (("bench", lin, "--batch", "1", "--runs", "3", "--json"), 0, "bench"),
+        # serve answers until SIGTERM: its envelope is what a refused start prints (a running server logs instead)
+        "serve-missing-target": (("serve", d / "nope.onnx", "--port", "0", "--json"), 2, "serve"),
         "bench-zero-runs": (("bench", lin, "--runs", "0", "--json"), 2, "bench"),
         "config-check-ok": (("config", "check", d / "p.yaml", "--json"), 0, "config check"),
         "config-check-unknown-key": (("config", "check", d / "bad.yaml", "--json"), 2, "config check"),
