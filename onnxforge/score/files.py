@@ -89,12 +89,9 @@ class _Writer:
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        if self._pq is not None:
-            try:
-                self._pq.close()
-            except Exception:
-                pass
-        self.tmp.unlink(missing_ok=True)
+        from onnxforge.score.partitions import discard
+
+        discard(self._pq, self.tmp)
 
 
 def predict_file(model: str | Path, input: str | Path, output: str | Path, *, chunk_rows: int = 65536,

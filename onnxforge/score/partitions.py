@@ -89,6 +89,16 @@ def remove_new(out_dir: Path, written: set[int], created: bool) -> None:
             pass
 
 
+def discard(pq, tmp: Path) -> None:
+    """Drop a half-written output: close its parquet writer (errors ignored: it is being thrown away), unlink it."""
+    if pq is not None:
+        try:
+            pq.close()
+        except Exception:
+            pass
+    tmp.unlink(missing_ok=True)
+
+
 class PartWriter:
     """One part's chunks → its parquet file, under a hidden temporary name until close()."""
 
@@ -120,9 +130,4 @@ class PartWriter:
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        if self._pq is not None:
-            try:
-                self._pq.close()
-            except Exception:
-                pass
-        self.tmp.unlink(missing_ok=True)
+        discard(self._pq, self.tmp)
