@@ -99,3 +99,22 @@ def test_int4_options_are_checked(mlp, tmp_path):
     res = run_cli("quantize", mlp / "mlp.onnx", "-o", tmp_path / "q.onnx", "--mode", "int4", "--data",
                   mlp / "test.npz", "--set", "int4={block_size: 24}", cwd=tmp_path)
     assert res.code == 2 and "block_size" in res.stderr, res.stderr
+
+
+def test_int4_on_a_gemm_model_is_exit_2_pointing_to_int8(tmp_path):
+    """A torch Linear exports as Gemm: INT4 (MatMulNBits) has nothing to quantize there — said as such, not as
+    the INT8 op list."""
+    from conftest import assert_one_line_error
+
+    rng = np.random.default_rng(0)
+    w = nh.from_array(rng.normal(size=(3, 4)).astype(np.float32), "w")
+    g = h.make_graph([h.make_node("Gemm", ["x", "w"], ["y"], transB=1)], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, ["n", 4])], [h.make_tensor_value_info("y", T.FLOAT, ["n", 3])],
+                     [w])
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "gemm.onnx")
+    np.save(tmp_path / "x.npy", rng.normal(size=(16, 4)).astype(np.float32))
+    res = run_cli("quantize", tmp_path / "gemm.onnx", "-o", tmp_path / "q.onnx", "--mode", "int4", "--data",
+                  tmp_path / "x.npy", cwd=tmp_path)
+    line = assert_one_line_error(res, 2)
+    assert "INT4 (MatMulNBits) covers MatMul weights only" in line and "--mode dynamic or static" in line, line
+    assert not (tmp_path / "q.onnx").exists()

@@ -378,7 +378,8 @@ def _run(ctx, opts: QuantizeOptions, work: Path, locked: dict | None, dec):
     elif slower and opts.mode != "fp16":
         why = ("allow_slower: true" if opts.allow_slower else
                f"--mode {opts.mode} was asked for (require_faster: true refuses it)")
-        warnings.append(f"shipping an INT8 model slower than float ({_fmt_speed(speed)}) because {why}")
+        kind = "an INT4" if opts.mode == "int4" else "an INT8"
+        warnings.append(f"shipping {kind} model slower than float ({_fmt_speed(speed)}) because {why}")
     out = _save(src, chosen, summary, ctx.stage_dir / "model.onnx")
     after.update(perf.model_stats(out))  # the shipped file, metadata included
     summary["size_ratio"] = before["file_bytes"] / max(after["file_bytes"], 1)
@@ -532,6 +533,10 @@ def _measure(env: _Env, nodes) -> tuple[dict, dict | None]:
             raise CheckFailed(f"quantize: every INT8 model onnxruntime's quantizer wrote for this model is invalid "
                               f"({broken[0]['label']}: {broken[0]['reason']}) — try --mode fp16, or keep the "
                               "failing nodes in float with nodes_to_exclude")
+        if opts.mode == "int4":
+            raise UserError("quantize: INT4 (MatMulNBits) covers MatMul weights only, and this model stores none "
+                            "(torch exports a Linear as Gemm) — use --mode dynamic or static for INT8, which "
+                            "covers Gemm and Conv too")
         raise UserError("quantize: no configuration quantizes anything in this model — it stores no weights of "
                         "the ops INT8 covers (Conv, ConvTranspose, MatMul, Gemm, LSTM, GRU, RNN, Attention; weights "
                         "that are graph inputs are not stored); if an earlier ORT optimization wrote contrib ops "
