@@ -33,3 +33,18 @@ def test_ort_file_loads_and_matches_and_lists_its_operators(tmp_path):
     assert "Conv" in ops and "Gemm" in ops  # fused (FusedConv/FusedGemm) or plain, but present
     assert s["outputs"]["logits"]["pass"] and s["bytes"]["model.ort"] == (out / "model.ort").stat().st_size
     assert s["latency"]["batch1"]["ort-mobile_p50_ms"] > 0
+
+
+def test_required_operators_config_names_no_machine_path_and_reruns_identically(tmp_path):
+    """onnxruntime's tool writes the absolute path of the model it read into the config's header (our scratch
+    folder): a machine path in a shipped file, different every run. The config keeps the file name only."""
+    model = small_cnn(tmp_path / "cnn.onnx")
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).uniform(0, 1, (8, 1, 8, 8)).astype(np.float32))
+    texts = []
+    for name in ("a", "b"):
+        res = run_cli("compile", model, "--target", "ort-mobile", "-o", tmp_path / name, "--data", tmp_path / "x.npy",
+                      cwd=tmp_path)
+        assert res.code == 0, res.stderr
+        texts.append((tmp_path / name / "required_operators.config").read_text())
+    assert texts[0] == texts[1], texts
+    assert str(tmp_path) not in texts[0] and "/tmp" not in texts[0] and "# - model.ort" in texts[0], texts[0]

@@ -79,7 +79,10 @@ def build(onnx_path: Path, out: Path, opts: OrtMobileOptions) -> dict:
         ort_file = next(Path(tmp).rglob("*.ort"))
         config = next(Path(tmp).rglob("*.config"))
         shutil.move(ort_file, out / "model.ort")
-        shutil.move(config, out / "required_operators.config")
+        # the tool names the model it read by its absolute path (our scratch folder): a machine path in a shipped
+        # file, and a different one every run — keep the file name only
+        text = config.read_text().replace(str(ort_file), ort_file.name).replace(str(Path(tmp)), ".")
+        (out / "required_operators.config").write_text(text)
     ops = [ln for ln in (out / "required_operators.config").read_text().splitlines() if ln and not ln.startswith("#")]
     return {"onnxruntime": ort.__version__, "files": [out / "model.ort", out / "required_operators.config"],
             "required_operators": ops, "optimization_style": opts.optimization_style}
