@@ -79,6 +79,11 @@ class TensorSpec(StrictModel):
                                 "sample rate)")
     _synth: list[int] | None = PrivateAttr(None)  # dims the input model resolved, for synthesis only
 
+    @property
+    def keys(self) -> list[str]:
+        """The table columns (record keys) this input reads: its `columns`, else `column`, else its name."""
+        return list(self.columns) if self.columns else [self.column or self.name]
+
 
 def _describe_framework(schema: dict[str, Any], cls: type) -> None:
     """Every frontend's `framework: Literal[...]` tag gets its description here, plugins' included."""

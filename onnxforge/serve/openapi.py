@@ -17,8 +17,7 @@ def _record_schema(m) -> dict:
         item = {"type": _JSON_TYPE.get(s.dtype, "number")}
         if s.categories:
             item["enum"] = list(s.categories)
-        keys = list(s.columns) if s.columns else [s.column or s.name]
-        for k in keys:
+        for k in s.keys:
             wide = not s.columns and len(s.shape or []) > 1 and not (len(s.shape) == 2 and s.shape[1] == 1)
             props[k] = {"type": "array", "description": f"input '{s.name}' shape {s.shape} without the batch dim",
                         "items": {}} if wide else item

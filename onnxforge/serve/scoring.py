@@ -91,17 +91,14 @@ class ServedModel:
             if missing:
                 raise UserError(f"record {i} has no {', '.join(repr(k) for k in missing[:5])} — every record needs "
                                 f"the model's columns: {', '.join(need)[:300]}")
-        text = {k for s in self.specs if s.dtype == "string" for k in (s.columns or [s.column or s.name])}
+        text = {k for s in self.specs if s.dtype == "string" for k in s.keys}
         if any(v is None for r in records for k, v in r.items() if k not in text):
             records = [{k: (np.nan if v is None and k not in text else v) for k, v in r.items()} for r in records]
         return dict(self.scorer.feeds(records))
 
     def columns(self) -> list[str]:
         """The record keys the model reads, in input order."""
-        out: list[str] = []
-        for s in self.specs:
-            out += list(s.columns) if s.columns else [s.column or s.name]
-        return out
+        return [k for s in self.specs for k in s.keys]
 
     # --- running
 
