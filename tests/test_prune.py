@@ -91,3 +91,19 @@ def test_mask_only_pruning_for_speed_is_refused_with_the_reason(tmp_path):
     line = assert_one_line_error(run_cli("config", "check", _cfg(tmp_path, {"ratio": 0.5, "method": "unstructured"}),
                                          cwd=tmp_path), 2)
     assert "do not skip zeros" in line or "multiply them all the same" in line, line
+
+
+def test_rerun_on_another_thread_count_gives_a_byte_identical_model(tmp_path, monkeypatch):
+    # fine-tuning sums gradients over torch's intra-op threads: a machine with another core count rounded
+    # differently before the stage fixed torch_threads (OMP 1 vs 2 gave different weights)
+    models = []
+    for threads in ("1", "2"):
+        d = tmp_path / threads
+        d.mkdir()
+        cfg = _cfg(d, {"ratio": 0.3, "finetune": "ft.py:finetune", "max_accuracy_drop": 0.05})
+        (d / "ft.py").write_text(FINETUNE.replace("range(10)", "range(2)"))
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        res = run_cli("run", cfg, "--until", "prune", cwd=d, fresh=True)
+        assert res.code == 0, res.stderr[-2000:]
+        models.append((d / "runs/p/02-prune/model.onnx").read_bytes())
+    assert models[0] == models[1]

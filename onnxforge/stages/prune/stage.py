@@ -33,6 +33,9 @@ class PruneOptions(StrictModel):
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="allowed accuracy drop vs the unpruned model "
                                      "(R² for regressors); over it is exit 1 with no model")
     threads: int = Field(1, gt=0, description="intra-op threads for the latency figures")
+    torch_threads: int = Field(1, gt=0, description="torch threads while pruning and fine-tuning: fixed so the "
+                               "same config gives the same weights on any machine (a float sum split over another "
+                               "thread count rounds differently)")
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], description="latency batch sizes")
     rounds: int = Field(3, gt=0, description="paired timing rounds")
 
@@ -72,36 +75,19 @@ def run_prune(ctx, opts: PruneOptions):
         raise UserError("prune needs torch-pruning — pip install 'onnxforge[prune]'") from None
     import torch
 
-    from onnxforge.frontends.torch import TorchModel, _example, _specs
+    from onnxforge.frontends.torch import TorchModel
 
     native = ctx.native()
     if native.kind != "module":
         raise UserError("prune needs an nn.Module (factory + state_dict), not a torch.export program")
     feeds, prov = ctx.feeds("eval")
     labels = ctx.labels()
-    if opts.method == "structured":
-        from onnxforge.stages.prune.channels import prune
-
-        model, removed = prune(native.module, tuple(_example(_specs(cfg))), ratio=opts.ratio, ratios=opts.ratios,
-                               importance=opts.importance)
-    else:
-        from onnxforge.stages.prune.channels import mask_only
-
-        model, removed = mask_only(native.module, opts.ratio or max(opts.ratios.values())), {}
-    tuned = None
-    if opts.finetune:
-        from onnxforge.frontends.torch import _import_factory
-
-        if not cfg.source.trust_code:
-            raise UserError(f"prune.finetune names code ({opts.finetune}): running it needs source.trust_code: true")
-
-        fn = _import_factory(opts.finetune, cfg)
-        train, tprov = (ctx.feeds("calibration") if cfg.data.calibration else (feeds, prov))
-        tl = _labels_of(cfg, cfg.data.calibration, ctx) if cfg.data.calibration else labels
-        torch.manual_seed(cfg.data.seed)  # the same config gives the same fine-tuned weights
-        got = fn(model, {"x": train, "labels": tl})
-        model = (got if got is not None else model).eval()
-        tuned = {"hook": opts.finetune, "data": tprov, "rows": data.n_rows(train)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(opts.torch_threads)
+    try:
+        model, removed, tuned = _pruned(ctx, opts, native, feeds, prov, labels)
+    finally:
+        torch.set_num_threads(threads)
     onnx_model = ctx.frontend.export(TorchModel(model, "module", native.origin), cfg, None, ctx.stage_dir)
     stamp(onnx_model, prune={"method": opts.method, "ratio": opts.ratio, "ratios": opts.ratios})
     out = save_model(onnx_model, ctx.stage_dir / "model.onnx")
@@ -138,6 +124,41 @@ def run_prune(ctx, opts: PruneOptions):
     return StageResult(model=out, summary=summary, message=(
         f"{assess.metric} {assess.accuracy_float:.4f} → {r['accuracy']:.4f}, size ÷{summary['size_ratio']:.2f}, "
         + ", ".join(f"{k} {v['speedup']['ratio']:.2f}×" for k, v in lat.items())))
+
+
+def _pruned(ctx, opts, native, feeds, prov, labels):
+    """The pruned (and fine-tuned) module, the channels removed per layer, and what the fine-tune ran on."""
+    import torch
+
+    from onnxforge import data
+    from onnxforge.errors import UserError
+    from onnxforge.frontends.torch import _example, _specs
+
+    cfg = ctx.cfg
+    if opts.method == "structured":
+        from onnxforge.stages.prune.channels import prune
+
+        model, removed = prune(native.module, tuple(_example(_specs(cfg))), ratio=opts.ratio, ratios=opts.ratios,
+                               importance=opts.importance)
+    else:
+        from onnxforge.stages.prune.channels import mask_only
+
+        model, removed = mask_only(native.module, opts.ratio or max(opts.ratios.values())), {}
+    tuned = None
+    if opts.finetune:
+        from onnxforge.frontends.torch import _import_factory
+
+        if not cfg.source.trust_code:
+            raise UserError(f"prune.finetune names code ({opts.finetune}): running it needs source.trust_code: true")
+
+        fn = _import_factory(opts.finetune, cfg)
+        train, tprov = (ctx.feeds("calibration") if cfg.data.calibration else (feeds, prov))
+        tl = _labels_of(cfg, cfg.data.calibration, ctx) if cfg.data.calibration else labels
+        torch.manual_seed(cfg.data.seed)  # the same config gives the same fine-tuned weights
+        got = fn(model, {"x": train, "labels": tl})
+        model = (got if got is not None else model).eval()
+        tuned = {"hook": opts.finetune, "data": tprov, "rows": data.n_rows(train)}
+    return model, removed, tuned
 
 
 def _labels_of(cfg, path, ctx):
