@@ -70,8 +70,8 @@ def build_module(pred):
             if fam == "negative-binomial":
                 kind, ref = pred.fparams["alpha"]
                 a = pred.values[ref][..., idx] if kind == "var" else np.float64(ref)
-                self.register_buffer("t_log_rising",
-                                     torch.from_numpy(negbin_log_rising(a, support).astype(np.float32)))
+                coef = negbin_log_rising(a, support) - log_factorials(support - 1)  # in float64, then rounded once
+                self.register_buffer("t_log_nb_coef", torch.from_numpy(coef.astype(np.float32)))
 
         def _fp(self, inputs, draws: bool):
             out = {}
