@@ -151,13 +151,25 @@ class Predictor:
     thread's bound output buffers: valid until that thread's next call with the same input shapes. A call over
     `max_rows` rows (first dim), `max_bytes` of input or `max_string_length` characters in a string is refused
     (0 or None: no cap).
+
+    `engine="numba"` (PyMC artifacts, with `source=` the config the artifact was converted from) scores with the
+    numba engine (onnxforge.bayes.numba_engine) instead of onnxruntime, after checking it equals the artifact on
+    probe rows (onnxforge.bayes.numba_score); inputs are validated the same way, `threads` is numba's thread count
+    (None: numba's own setting), and draws are numba's.
     """
 
     def __init__(self, model: str | Path | bytes | Any, *, threads: int | None = 1,
                  providers: list[str] | None = None, max_shapes: int = 8, max_rows: int | None = MAX_ROWS,
-                 max_bytes: int | None = MAX_BYTES, max_string_length: int | None = MAX_STRING_LENGTH):
+                 max_bytes: int | None = MAX_BYTES, max_string_length: int | None = MAX_STRING_LENGTH,
+                 engine: str = "onnxruntime", source: Any = None):
         from onnxforge import runtime
 
+        if engine not in ("onnxruntime", "numba"):
+            raise UserError(f"Predictor(engine={engine!r}) — engines are 'onnxruntime' (any artifact) and 'numba' "
+                            "(PyMC artifacts, with source='pipeline.yaml')")
+        if source is not None and engine != "numba":
+            raise UserError("Predictor(source=...) is for engine='numba' (onnxruntime needs only the .onnx) — add "
+                            "engine='numba' or drop source")
         if type(max_shapes) is not int or max_shapes < 1:
             raise UserError(f"Predictor(max_shapes={max_shapes!r}) — give a positive int")
         for cap, value in (("max_rows", max_rows), ("max_bytes", max_bytes),
@@ -187,6 +199,13 @@ class Predictor:
         self.max_shapes, self.max_rows, self.max_bytes = max_shapes, max_rows or None, max_bytes or None
         self.max_string_length = max_string_length or None
         self._local = _PerThread()
+        self.engine = None
+        if engine == "numba":
+            from onnxforge.bayes.numba_score import numba_engine
+
+            self.engine = numba_engine(self.session, source, threads, str(model) if isinstance(model, str | Path)
+                                       else "the model")
+            self._checked: set[tuple] = set()
 
     @property
     def _bound(self) -> OrderedDict:
@@ -345,6 +364,8 @@ class Predictor:
     def bind(self, feeds: Mapping[str, Any] | None = None, /, **kw: Any) -> BoundCall:
         """Buffers bound for the shapes of this example (its values are the first contents of the inputs), for
         the calling thread only."""
+        if self.engine is not None:
+            raise UserError("bind() binds onnxruntime buffers — with engine='numba' call the Predictor with feeds")
         arrays = self._feeds(feeds, kw)
         if not self.bindable:
             raise UserError(f"inputs {[k for k, d in zip(self.input_names, self.dtypes, strict=True) if d is _STRING]}"
@@ -359,6 +380,13 @@ class Predictor:
     def __call__(self, feeds: Mapping[str, Any] | None = None, /, *, copy: bool = True,
                  **kw: Any) -> dict[str, np.ndarray]:
         arrays = self._feeds(feeds, kw)
+        if self.engine is not None:  # numba: fresh output arrays every call (copy is moot)
+            key = tuple([a.shape for a in arrays])
+            if key not in self._checked:
+                self._check(arrays)
+                if len(self._checked) < self.max_shapes:
+                    self._checked.add(key)
+            return self.engine.score(arrays)
         if not self.bindable:
             self._check(arrays)
             return self._plain(arrays)
