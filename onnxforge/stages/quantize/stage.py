@@ -262,7 +262,10 @@ def _run(ctx, opts: QuantizeOptions, work: Path, locked: dict | None, dec):
         int8.name_nodes(named)
         nodes = int8.graph_nodes(named)
         c4 = int4.config(opts.int4)
-        plans = [(c4.label, c4, int4.Int4Builder(named, work, c4), int4.targets(nodes, adm.model), named)]
+        import onnx
+
+        plans = [(c4.label, c4, int4.Int4Builder(named, work, c4),
+                  int4.targets(nodes, onnx.load(str(named), load_external_data=False), c4.embeddings), named)]
     else:
         pre = work / "preprocessed.onnx"
         if opts.preprocess:
@@ -448,6 +451,11 @@ def _fit(env: _Env, c: dict, bar) -> Any:
                                                               **qb.brief(c["result"])}], None)
     from onnxforge.stages.quantize import fidelity
 
+    if c["config"].get("mode") == "int4":  # each weight rounded alone, ranked, the most sensitive demoted
+        from onnxforge.stages.quantize import int4_search
+
+        return int4_search.fit(builder, env.assess, ref_model, tg, list(opts.nodes_to_exclude), alive=env.alive,
+                               bar=bar)
     if isinstance(env.assess, fidelity.FidelityCheck) and c["config"].get("mode") == "dynamic":
         # keep the most sensitive MatMuls float; the search aims at half the allowed loss (a search that just met
         # 0.99 on its rows left held-out sentences at 0.982), the result is judged by the promised budget
