@@ -201,11 +201,11 @@ def standard_gamma(a, like=None):
     ok, x = _mt_proposals(d, c, like)
     # the rejected draws (flat indices, a run-time count) and their constants: GAMMA_TRIES - 1 more proposals each
     rej = torch.nonzero(~ok.reshape(-1)).squeeze(-1)
-    d2, c2 = d.expand_as(like).reshape(-1)[rej], c.expand_as(like).reshape(-1)[rej]
+    d2, c2 = (v.expand_as(like).reshape(-1).index_select(0, rej) for v in (d, c))  # Gather, not GatherND
     ok2, x2 = _mt_proposals(d2, c2, d2.expand(GAMMA_TRIES - 1, *d2.shape))
     first = torch.argmax(ok2.to(torch.int32), dim=0, keepdim=True)  # ArgMax returns the first maximum
     x2 = torch.gather(x2, 0, first).squeeze(0)
-    out = x.reshape(-1).index_put((rej,), x2).reshape(like.shape)
+    out = x.reshape(-1).scatter(0, rej, x2).reshape(like.shape)
     return torch.where(boost, out * torch.pow(1.0 - torch.rand_like(out), 1.0 / a), out)
 
 

@@ -1,0 +1,99 @@
+"""The exported count and gamma samplers against scipy (issue #16's 1-row latency work changed how they are built:
+a run-time count support, a MatMul cdf, one gamma proposal per draw with retries for the rejected ones)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+stats = pytest.importorskip("scipy.stats")
+torch = pytest.importorskip("torch")
+
+N = 20000  # draws per row
+
+
+def _session(module, *args, dynamic=None):
+    import onnxruntime as ort
+
+    # the product's exporter (bayes/module.export_onnx): dynamo, no exporter optimization
+
+    buf = io.BytesIO()
+    batch = torch.export.Dim("batch")
+    prog = torch.onnx.export(module, args, dynamo=True, external_data=False, optimize=False, opset_version=18,
+                             dynamic_shapes=tuple({0: batch} if d else None for d in dynamic or [True] * len(args)),
+                             verbose=False)
+    buf.write(prog.model_proto.SerializeToString())
+    return ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+
+
+def _counts_module(family: str, alpha: float | None, support: int = 64):
+    from onnxforge.bayes import families
+
+    class Counts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("t_k", torch.arange(support, dtype=torch.float32))
+            lf = families.log_factorials(support - 1)
+            self.register_buffer("t_log_factorial", torch.from_numpy(lf.astype(np.float32)))
+            if alpha is not None:
+                coef = families.negbin_log_rising(np.float64(alpha), support) - lf
+                self.register_buffer("t_log_nb_coef", torch.from_numpy(coef.astype(np.float32)))
+
+        def forward(self, mu):
+            tables = {k[2:]: v for k, v in self.named_buffers()}
+            return families.draw(family, mu, {} if alpha is None else {"alpha": alpha}, tables)
+
+    return Counts().eval()
+
+
+def _chi2_pvalue(x: np.ndarray, dist) -> float:
+    """Goodness of fit of integer draws to dist, cells merged until each expects >= 20."""
+    top = int(x.max()) + 1
+    pmf = dist.pmf(np.arange(top))
+    pmf[-1] += dist.sf(top - 1)
+    obs = np.bincount(x.astype(np.int64), minlength=top).astype(float)
+    o, e, cells = [], [], (0.0, 0.0)
+    for oi, ei in zip(obs, pmf * len(x), strict=True):
+        cells = (cells[0] + oi, cells[1] + ei)
+        if cells[1] >= 20:
+            o.append(cells[0])
+            e.append(cells[1])
+            cells = (0.0, 0.0)
+    o[-1] += cells[0]
+    e[-1] += cells[1]
+    return float(stats.chisquare(o, e).pvalue)
+
+
+@pytest.mark.parametrize(("family", "alpha"), [("poisson", None), ("negative-binomial", 2.0)])
+def test_count_draws_match_scipy_with_a_run_time_support(family, alpha):
+    """One batch mixing small and large means (support sized by the largest, capped at max_count) and one of small
+    means only (a support of a few counts): every row's draws fit the exact distribution."""
+    sess = _session(_counts_module(family, alpha), torch.ones(3, N))
+    # means where max_count = 64 does not truncate (mean + 6 sd < 63; beyond it the draw is a rounded normal)
+    for means in ([0.5, 3.0, 20.0] if alpha is None else [0.5, 2.0, 6.0], [0.5, 1.5]):
+        mu = np.repeat(np.asarray(means, np.float32)[:, None], N, axis=1)
+        x = sess.run(None, {sess.get_inputs()[0].name: mu})[0]
+        assert x.shape == mu.shape and np.all(x == np.round(x)) and x.min() >= 0
+        for m, row in zip(means, x, strict=True):
+            dist = stats.poisson(m) if alpha is None else stats.nbinom(alpha, alpha / (alpha + m))
+            assert _chi2_pvalue(row, dist) > 1e-3, (family, means, m)
+
+
+def test_gamma_draws_broadcast_a_posterior_shape_over_rows():
+    """standard_gamma(a, like): a per-sample shape (S,) drawn for (rows, S), the shapes spanning the boost (< 1)
+    and the retries (about 5 % of proposals rejected near shape 1): each column fits its Gamma by KS."""
+    from onnxforge.bayes.families import standard_gamma
+
+    class G(torch.nn.Module):
+        def forward(self, a, rows):
+            return standard_gamma(a[0], rows)
+
+    shapes = np.asarray([0.3, 1.0, 7.0], np.float32)
+    sess = _session(G().eval(), torch.ones(1, 3), torch.ones(5, 3), dynamic=[False, True])
+    x = sess.run(None, {"a": shapes[None, :], "rows": np.ones((N, 3), np.float32)})[0]
+    assert x.shape == (N, 3)
+    for j, a in enumerate(shapes):
+        assert stats.kstest(x[:, j], stats.gamma(float(a)).cdf).pvalue > 1e-3, a
+    assert np.unique(x[:, 1], return_counts=True)[1].max() <= 3  # no stuck value (float32 ties aside)
