@@ -74,16 +74,19 @@ def test_int4_blocks_the_matmuls_and_holds_the_accuracy_budget(mlp, tmp_path):
     drop = _accuracy(mlp / "mlp.onnx", mlp) - _accuracy(out, mlp)
     assert drop <= 0.01 and s["accuracy_drop"] == pytest.approx(drop, abs=1e-9)
     assert out.stat().st_size < 0.3 * (mlp / "mlp.onnx").stat().st_size  # 4-bit weights + a scale per 32
-    assert s["config"] == {"mode": "int4", "block_size": 32, "symmetric": False, "accuracy_level": 4}
+    assert s["config"] == {"mode": "int4", "block_size": 32, "symmetric": False, "accuracy_level": 4,
+                           "embeddings": True, "fallback": "int8"}
 
 
-def test_int4_over_budget_keeps_matmuls_float_or_fails(mlp, tmp_path):
-    """A zero-drop budget: the MatMuls that cost accuracy stay float (named in float_nodes), or exit 1 with no
-    model — never a model over budget."""
+@pytest.mark.parametrize("fallback", ["int8", "float"])
+def test_int4_over_budget_demotes_matmuls_or_fails(mlp, tmp_path, fallback):
+    """A zero-drop budget: the MatMuls that cost accuracy become 8-bit MatMulNBits (fallback int8) or stay float
+    (fallback float), each named in float_nodes with its precision — or exit 1 with no model; never a model over
+    budget."""
     out = tmp_path / "q4.onnx"
     res = run_cli("quantize", mlp / "mlp.onnx", "-o", out, "--mode", "int4", "--data", mlp / "test.npz",
-                  "--labels", "label", "--max-accuracy-drop", "0", "--set", "int4={block_size: 128}",
-                  "--json", cwd=tmp_path)
+                  "--labels", "label", "--max-accuracy-drop", "0", "--set",
+                  f"int4={{block_size: 128, symmetric: true, fallback: {fallback}}}", "--json", cwd=tmp_path)
     base = _accuracy(mlp / "mlp.onnx", mlp)
     if res.code == 1:
         assert not out.exists()
@@ -91,8 +94,15 @@ def test_int4_over_budget_keeps_matmuls_float_or_fails(mlp, tmp_path):
     assert res.code == 0, res.stderr[-2000:]
     assert _accuracy(out, mlp) >= base
     s = res.json()["result"]["summary"]
-    kept = {n.name for n in onnx.load(str(out)).graph.node if n.op_type == "MatMul"}
-    assert kept == {f["node"] for f in s["float_nodes"]}
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m, full_check=True)
+    bits = {n.name.rsplit("_Q", 1)[0]: {a.name: h.get_attribute_value(a) for a in n.attribute}["bits"]
+            for n in m.graph.node if n.op_type == "MatMulNBits"}
+    assert 4 in bits.values()  # something is left in 4 bits
+    demoted = {n: 8 for n, b in bits.items() if b == 8} | {n.name: 32 for n in m.graph.node if n.op_type == "MatMul"}
+    assert demoted == {f["node"]: 8 if f["precision"] == "int8" else 32 for f in s["float_nodes"]}
+    if fallback == "float":
+        assert 8 not in bits.values()
 
 
 def test_int4_options_are_checked(mlp, tmp_path):
