@@ -29,6 +29,8 @@ import numpy as np
 
 from onnxforge.errors import UserError
 
+_EMPTY = np.empty(0, np.float32)
+_NO_PLAN = (np.empty(0, np.int64), np.empty(0, np.int64), _EMPTY, np.empty((0, 0), np.float32))
 PARALLEL_ROWS = 64  # below this many rows the serial kernels are used (a parallel launch costs more than it saves)
 
 
@@ -198,7 +200,8 @@ class NumbaPredictive:
         self.names = dict(pred.output_names)
         if not self.n_draws:
             self.names.pop("draws", None)
-        self.order = [self.names[k] for k in ("mean", "std", "quantiles", "draws") if k in self.names]
+        self.names = {k: self.names[k] for k in ("mean", "std", "quantiles", "draws") if k in self.names}
+        self.within_c = np.float64(self.within if self.within is not None else 0.0)
         self.k = kernels()
         self._lock = threading.Lock()  # numba's generator state is per thread; seeding + drawing is one step
         self._fn_lock = threading.Lock()
@@ -249,47 +252,41 @@ class NumbaPredictive:
         with self._fn_lock:  # a compiled PyTensor function holds its inputs in shared containers
             res = self.fn(*arrays)
         m = res[0]
-        rows = m.shape[0]
         lead = m.shape[:-1]
         m2 = np.ascontiguousarray(m, dtype=np.float32).reshape(-1, self.s)
         n = m2.shape[0]
-        threads = self._threads()
-        par = int(threads > 1 and n >= self.parallel_rows)
+        par = 0
         prev = None
-        if par and self.threads is not None and self._numba.get_num_threads() != threads:
-            prev = self._numba.get_num_threads()
-            self._numba.set_num_threads(threads)
+        if n >= self.parallel_rows:
+            threads = self.threads if self.threads is not None else self._numba.get_num_threads()
+            par = int(threads > 1)
+            if par and self.threads is not None and self._numba.get_num_threads() != threads:
+                prev = self._numba.get_num_threads()
+                self._numba.set_num_threads(threads)
         try:
-            out: dict[str, np.ndarray] = {}
-            mean = np.empty(n, np.float32)
-            std = np.empty(n if self.pred.want_std else 0, np.float32)
-            if self.want_within:
-                within = np.ascontiguousarray(res[1].reshape(-1), dtype=np.float32)
-            elif self.within is not None:
-                within = np.full(n, self.within, np.float32)
-            else:
-                within = std
-            self.k["moments"][par](m2, within, mean, std)
-            if self.pred.want_mean:
-                out[self.names["mean"]] = mean.reshape(lead)
-            if self.pred.want_std:
-                out[self.names["std"]] = std.reshape(lead)
-            if self.n_draws:  # before the quantiles sort m (which may be mu) in place
-                out[self.names["draws"]] = self._draws(res, arrays, rows, par)
+            draws = self._draws(res, arrays, lead[0], par) if self.n_draws else None  # before m is sorted
             if self.plan is not None:
+                if not m2.flags.writeable:
+                    m2 = np.sort(m2, axis=-1)
+                else:  # a fresh array (PyTensor copies an output that aliases its constants): sorted in place
+                    m2.sort(axis=-1)
                 lo, hi, w = self.plan
-                if m2.flags.writeable:  # a fresh array (PyTensor copies an output that aliases its constants)
-                    m2.sort(axis=-1)  # in place: no second (rows, samples) array
-                    srt = m2
-                else:
-                    srt = np.sort(m2, axis=-1)
-                a = srt[:, lo]
-                q = a + (srt[:, hi] - a) * w
-                out[self.names["quantiles"]] = q.reshape(*lead, len(w))
+                q = np.empty((n, len(w)), np.float32)
+            else:
+                lo, hi, w, q = _NO_PLAN
+            pr = self.pred
+            mean = np.empty(n if pr.want_mean or pr.want_std else 0, np.float32)
+            std = np.empty(n if pr.want_std else 0, np.float32)
+            within = np.ascontiguousarray(res[1].reshape(-1), dtype=np.float32) if self.want_within else _EMPTY
+            self.k["summary"][par](m2, within, self.within_c, lo, hi, w, mean, std, q)
         finally:
             if prev is not None:
                 self._numba.set_num_threads(prev)
-        return {name: out[name] for name in self.order}  # the artifact's output order
+        out = {}
+        for kind, name in self.names.items():
+            out[name] = (mean.reshape(lead) if kind == "mean" else std.reshape(lead) if kind == "std"
+                         else draws if kind == "draws" else q.reshape(*lead, len(w)))
+        return out
 
     def _draws(self, res, arrays, rows: int, par: int) -> np.ndarray:
         out = np.empty((rows, self.n_draws), np.float32)

@@ -1,10 +1,12 @@
-"""The numba engine's row kernels (onnxforge.bayes.numba_engine): per-row predictive moments and predictive draws,
+"""The numba engine's row kernels (onnxforge.bayes.numba_engine): per-row predictive moments, the exact quantiles'
+interpolation and predictive draws,
 `@njit` over rows, each in a serial and a `parallel=True` (prange) build. Compiled on first use, in memory only
 (cache=False: nothing is written to disk). Imported only by the numba engine.
 
 Exact quantiles are not here: numpy's own sort (x86-simd-sort on AVX2 / AVX-512 CPUs) sorts a 1000 × 500 float32
 matrix ~15× faster than any per-row selection or sort compiled with numba (measured: numba's quickselect, its
-np.sort and its np.partition), so the engine sorts with numpy and interpolates the order statistics in numpy.
+np.sort and its np.partition), so the engine sorts in place with numpy and the summary kernel reads the order
+statistics from the sorted rows.
 """
 
 from __future__ import annotations
@@ -27,23 +29,30 @@ DRAW_PARAMS = {"normal": ("sigma",), "student-t": ("nu", "sigma"), "bernoulli": 
                "zero-inflated-negative-binomial": ("psi", "alpha")}
 
 
-def _moments(m, within, mean, std):
-    """m (N, S) float32: per row the mean over S and, when std has N entries, sqrt(within + variance over S);
-    accumulated in float64."""
+def _summary(m, within, within_c, lo, hi, w, mean, std, q):
+    """Per row r of m (N, S) float32, sorted along S when quantiles are wanted: mean[r] (when mean has N entries),
+    std[r] = sqrt(within[r] (or within_c when within is empty) + the variance over S) (when std has N entries),
+    both accumulated in float64, and q[r, t] = m[r, lo[t]] + (m[r, hi[t]] - m[r, lo[t]]) * w[t] (numpy's 'linear'
+    rule on the order statistics, float32 as the artifact computes it)."""
     n, s = m.shape
-    want_std = std.shape[0] == n
+    want_mean, want_std, nq = mean.shape[0] == n, std.shape[0] == n, lo.shape[0]
+    per_row = within.shape[0] == n
     for r in prange(n):
-        acc = 0.0
-        for j in range(s):
-            acc += m[r, j]
-        mu = acc / s
-        mean[r] = mu
-        if want_std:
-            ss = 0.0
+        if want_mean:
+            acc = 0.0
             for j in range(s):
-                d = m[r, j] - mu
-                ss += d * d
-            std[r] = np.sqrt(within[r] + ss / s)
+                acc += m[r, j]
+            mu = acc / s
+            mean[r] = mu
+            if want_std:
+                ss = 0.0
+                for j in range(s):
+                    d = m[r, j] - mu
+                    ss += d * d
+                std[r] = np.sqrt((within[r] if per_row else within_c) + ss / s)
+        for t in range(nq):
+            a = m[r, lo[t]]
+            q[r, t] = a + (m[r, hi[t]] - a) * w[t]
 
 
 @numba.njit(cache=False, nogil=True)
@@ -116,7 +125,7 @@ def kernels() -> dict[str, Any]:
     """{name: (serial, parallel)} njit builds of the row kernels; each compiles on its first call for the argument
     types it gets, in memory only (cache=False)."""
     out: dict[str, Any] = {}
-    for name, fn in (("moments", _moments), ("draws", _draws), ("class_draws", _class_draws)):
+    for name, fn in (("summary", _summary), ("draws", _draws), ("class_draws", _class_draws)):
         out[name] = (numba.njit(cache=False, nogil=True)(fn), numba.njit(parallel=True, cache=False, nogil=True)(fn))
     out["seed"] = numba.njit(cache=False)(_seed)
     return out

@@ -133,5 +133,6 @@ def numba_engine(session, source: Any, threads: int | None, where: str):
     diff = compare(got, want, skip=pred.output_names.get("draws"))
     if diff is not None:
         raise CheckFailed(f"{where}: the numba engine disagrees with the artifact on probe rows ({diff}; rtol "
-                          f"{RTOL:g}, atol {ATOL:g}) — use engine='onnxruntime', and report it")
+                          f"{RTOL:g}, atol {ATOL:g}) — if the artifact was quantized or cast after convert, pass convert's "
+                          "model; otherwise use engine='onnxruntime' and report it")
     return engine
