@@ -11,7 +11,7 @@ numpy's sort (faster than numba's, see numba_kernels) and apply numpy's 'linear'
 (categorical, ordered) give per-class outputs as the artifact does.
 
 Outputs equal the artifact's (tests/test_bayes_numba.py, rtol 1e-4). Draws cannot equal the artifact's (its random
-streams are onnxruntime's): they are numba's generators, checked as distributions.
+streams are onnxruntime's): they come from numpy Generators run inside numba, checked as distributions.
 
 `PyTensorPredictive(pred, mode)`: the whole computation (moments and sort-based quantiles) as one PyTensor function,
 mode "FAST_RUN" (C) or "NUMBA": the compiled-PyTensor baseline the bench measures the engine against.
@@ -31,7 +31,8 @@ from onnxforge.errors import UserError
 
 _EMPTY = np.empty(0, np.float32)
 _NO_PLAN = (np.empty(0, np.int64), np.empty(0, np.int64), _EMPTY, np.empty((0, 0), np.float32))
-PARALLEL_ROWS = 64  # below this many rows the serial kernels are used (a parallel launch costs more than it saves)
+PARALLEL_ROWS = 64
+DRAW_CHUNKS = 16  # draws: rows cut into this many chunks, each with its own generator (parallel over chunks)  # below this many rows the serial kernels are used (a parallel launch costs more than it saves)
 
 
 def require_numba() -> None:
@@ -136,8 +137,10 @@ class NumbaPredictive:
     """The predictive's outputs {output name: array} for raw feeds (categorical levels as strings), computed with
     numba: see the module docstring. `threads`: numba threads for the row kernels (None: numba's current setting,
     numba.set_num_threads / NUMBA_NUM_THREADS; an int: that many during each call). `draws`: also return predictive
-    draws when the predictive has them (numba's generators; with `seed` every call reseeds, so the same rows give
-    the same draws, and the draw kernel runs serially). `mode`: PyTensor's mode for the mean function."""
+    draws when the predictive has them: numpy Generators (PCG64) run inside numba, one per fixed chunk of rows, so
+    the draws do not depend on the thread count; with `seed` an engine's sequence of calls is reproducible (as a
+    seeded artifact's session is), without it the generators start from fresh entropy. `mode`: PyTensor's mode for
+    the mean function."""
 
     def __init__(self, pred, mode: str = "NUMBA", *, threads: int | None = None, draws: bool = True,
                  seed: int | None = None, parallel_rows: int = PARALLEL_ROWS):
@@ -203,7 +206,10 @@ class NumbaPredictive:
         self.names = {k: self.names[k] for k in ("mean", "std", "quantiles", "draws") if k in self.names}
         self.within_c = np.float64(self.within if self.within is not None else 0.0)
         self.k = kernels()
-        self._lock = threading.Lock()  # numba's generator state is per thread; seeding + drawing is one step
+        self._lock = threading.Lock()
+        # numpy Generators (numba runs their ziggurat/PCG64 code): one per fixed row chunk, so the draws do not
+        # depend on the thread count; from `seed` a reproducible sequence per engine, as a seeded artifact's
+        self.gens = tuple(np.random.default_rng(c) for c in np.random.SeedSequence(seed).spawn(DRAW_CHUNKS))
         self._fn_lock = threading.Lock()
         self._encoders = [self._encoder(spec, var) for spec, var in zip(pred.inputs, self.inputs, strict=True)]
 
@@ -296,20 +302,11 @@ class NumbaPredictive:
         for kind, ref in self.draw_p:  # broadcast views (zero strides), no copies
             v = ref if kind == "fixed" else arrays[ref] if kind == "input" else res[ref]
             ps.append(np.broadcast_to(np.asarray(v, np.float64), shape))
-        seeded = self.seed is not None
-        if seeded:
-            par = 0  # reproducible: one generator, reseeded per call
-            self._lock.acquire()
-        try:
-            if seeded:
-                self.k["seed"](self.seed)
+        with self._lock:  # the generators advance: one call at a time draws
             if self.code < 0:
-                self.k["class_draws"][par](mu, self.draw_idx, out)
+                self.k["class_draws"][par](self.gens, mu, self.draw_idx, out)
             else:
-                self.k["draws"][par](self.code, mu, ps[0], ps[1], self.draw_idx, out)
-        finally:
-            if seeded:
-                self._lock.release()
+                self.k["draws"][par](self.gens, self.code, mu, ps[0], ps[1], self.draw_idx, out)
         return out
 
 

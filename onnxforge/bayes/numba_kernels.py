@@ -56,68 +56,72 @@ def _summary(m, within, within_c, lo, hi, w, mean, std, q):
 
 
 @numba.njit(cache=False, nogil=True)
-def _nb(mu, alpha):
+def _nb(g, mu, alpha):
     """NegativeBinomial(mu, alpha) as PyMC parameterizes it: a Poisson with a Gamma(alpha, mu / alpha) rate."""
     if mu <= 0.0:
         return 0.0
-    return float(np.random.poisson(np.random.gamma(alpha, mu / alpha)))
+    return float(g.poisson(g.gamma(alpha, mu / alpha)))
 
 
 @numba.njit(cache=False, nogil=True)
-def _draw_one(code, mu, p1, p2):
+def _draw_one(g, code, mu, p1, p2):
     if code == 0:
-        return np.random.normal(mu, p1)
+        return mu + p1 * g.standard_normal()
     if code == 1:
-        return mu + p2 * np.random.standard_t(p1)
+        return mu + p2 * g.standard_t(p1)
     if code == 2:
-        return 1.0 if np.random.random() < mu else 0.0
+        return 1.0 if g.random() < mu else 0.0
     if code == 3:
-        return float(np.random.binomial(int(p1), min(max(mu, 0.0), 1.0)))
+        return float(g.binomial(int(p1), min(max(mu, 0.0), 1.0)))
     if code == 4:
-        return float(np.random.poisson(max(mu, 0.0)))
+        return float(g.poisson(max(mu, 0.0)))
     if code == 5:
-        return _nb(mu, p1)
+        return _nb(g, mu, p1)
     if code == 6:
-        return np.random.gamma(p1, mu / p1)
+        return g.gamma(p1, mu / p1)
     if code == 7:
-        return np.exp(np.random.normal(mu, p1))
+        return np.exp(mu + p1 * g.standard_normal())
     if code == 8:
-        return np.random.beta(mu * p1, (1.0 - mu) * p1)
+        return g.beta(mu * p1, (1.0 - mu) * p1)
     if code == 9:
-        return float(np.random.poisson(max(mu, 0.0))) if np.random.random() < p1 else 0.0
-    return _nb(mu, p2) if np.random.random() < p1 else 0.0
+        return float(g.poisson(max(mu, 0.0))) if g.random() < p1 else 0.0
+    return _nb(g, mu, p2) if g.random() < p1 else 0.0
 
 
-def _draws(code, mu, p1, p2, idx, out):
-    """out[r, d] ~ family(mu[r, idx[d]], p1[r, idx[d]], p2[r, idx[d]]) — one draw per (row, posterior sample)."""
+def _draws(gens, code, mu, p1, p2, idx, out):
+    """out[r, d] ~ family(mu[r, idx[d]], p1[r, idx[d]], p2[r, idx[d]]): one draw per (row, posterior sample).
+    Rows are cut into len(gens) fixed chunks, chunk c drawn from gens[c]: the serial and parallel builds (and any
+    thread count) give the same draws."""
     n, d = out.shape
-    for r in prange(n):
-        for k in range(d):
-            j = idx[k]
-            out[r, k] = _draw_one(code, mu[r, j], p1[r, j], p2[r, j])
+    nc = len(gens)
+    for c in prange(nc):
+        g = gens[c]
+        for r in range(c * n // nc, (c + 1) * n // nc):
+            for k in range(d):
+                j = idx[k]
+                out[r, k] = _draw_one(g, code, mu[r, j], p1[r, j], p2[r, j])
 
 
-def _class_draws(p, idx, out):
-    """Class indices by the inverse CDF over the class axis of p (N, K, S); a u above a CDF that rounds below 1
-    takes the last class (as the artifact does)."""
+def _class_draws(gens, p, idx, out):
+    """Class indices by the inverse CDF over the class axis of p (N, K, S), chunked as _draws; a u above a CDF that
+    rounds below 1 takes the last class (as the artifact does)."""
     n, kk, _ = p.shape
     d = out.shape[1]
-    for r in prange(n):
-        for k in range(d):
-            j = idx[k]
-            u = np.random.random()
-            c = 0.0
-            cls = kk - 1
-            for i in range(kk):
-                c += p[r, i, j]
-                if c > u:
-                    cls = i
-                    break
-            out[r, k] = cls
-
-
-def _seed(s):
-    np.random.seed(s)  # numba's generator of the calling thread
+    nc = len(gens)
+    for c in prange(nc):
+        g = gens[c]
+        for r in range(c * n // nc, (c + 1) * n // nc):
+            for k in range(d):
+                j = idx[k]
+                u = g.random()
+                acc = 0.0
+                cls = kk - 1
+                for i in range(kk):
+                    acc += p[r, i, j]
+                    if acc > u:
+                        cls = i
+                        break
+                out[r, k] = cls
 
 
 @functools.cache
@@ -127,5 +131,4 @@ def kernels() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, fn in (("summary", _summary), ("draws", _draws), ("class_draws", _class_draws)):
         out[name] = (numba.njit(cache=False, nogil=True)(fn), numba.njit(parallel=True, cache=False, nogil=True)(fn))
-    out["seed"] = numba.njit(cache=False)(_seed)
     return out
