@@ -186,7 +186,9 @@ def predict_dataset(model: str | Path, input: str | Path, output: str | Path, *,
                 rows += n
                 progress.advance(task, by_index[index].rows)
     except UserError:
-        partitions.remove_new(out_dir, written, created)
+        # every part this run was to write: a worker stopped mid-way may have finished one it had not reported yet
+        # (none of them existed before: prepare removed them, or they were not done)
+        partitions.remove_new(out_dir, {p.index for p in todo}, created)
         raise
     except BaseException:
         partitions.remove_new(out_dir, set(), False)  # finished parts stay for the rerun; temporaries go
