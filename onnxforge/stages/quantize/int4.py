@@ -30,6 +30,9 @@ class Int4Options(StrictModel):
                        "4 int8 (activations quantized per block at run time: fastest on CPUs with VNNI/AVX2)")
     embeddings: bool = Field(True, description="also store the word-embedding table (a Gather of ≥ 1024 rows, or "
                              "the table inside a fused EmbedLayerNormalization) in 4-bit blocks (GatherBlockQuantized)")
+    attention: bool = Field(True, description="also the fused Attention's QKV weights: the Attention is written "
+                            "back as MatMul + Split + MultiHeadAttention (the same attention) so its weights become "
+                            "MatMulNBits; the search keeps them at 8 bits when 4 bits cost too much")
     fallback: Literal["int8", "float"] = Field(
         "int8", description="what a MatMul that breaks the budget becomes: int8 (8-bit MatMulNBits, same block "
                             "size: near-lossless, as fast as 4-bit) or float")
@@ -42,6 +45,7 @@ class Int4Config:
     accuracy_level: int
     embeddings: bool = True
     fallback: str = "int8"
+    attention: bool = True
 
     @property
     def label(self) -> str:
@@ -52,7 +56,7 @@ class Int4Config:
 
 
 def config(o: Int4Options) -> Int4Config:
-    return Int4Config(o.block_size, o.symmetric, o.accuracy_level, o.embeddings, o.fallback)
+    return Int4Config(o.block_size, o.symmetric, o.accuracy_level, o.embeddings, o.fallback, o.attention)
 
 
 def _float_2d(model) -> dict:
@@ -74,9 +78,28 @@ def embedding_node(n, weights: dict) -> bool:
     return False
 
 
-def targets(nodes, model, embeddings: bool = True) -> list:
-    """MatMul nodes whose B is a stored 2-D float weight (what MatMulNBits replaces), and with `embeddings` the
-    word-embedding lookups (GatherBlockQuantized): the budget search's candidates."""
+_ATTENTION_ATTRS = {"num_heads", "unidirectional", "qkv_hidden_sizes", "scale", "mask_filter_value"}
+
+
+def attention_node(n, weights: dict) -> bool:
+    """A fused com.microsoft Attention that MultiHeadAttention computes the same way: a stored [D, 3D] weight,
+    equal Q/K/V widths, bidirectional, no past state, relative bias or rotary attributes; mask index optional."""
+    from onnx import helper
+
+    if n.op_type != "Attention" or n.domain != "com.microsoft" or len(n.input) not in (3, 4) or len(n.output) != 1:
+        return False
+    a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+    t = weights.get(n.input[1])
+    if t is None or not n.input[2] or set(a) - _ATTENTION_ATTRS or a.get("unidirectional", 0):
+        return False
+    sizes = list(a.get("qkv_hidden_sizes") or [])
+    return t.dims[1] % 3 == 0 and (not sizes or sizes == [t.dims[1] // 3] * 3)
+
+
+def targets(nodes, model, embeddings: bool = True, attention: bool = True) -> list:
+    """MatMul nodes whose B is a stored 2-D float weight (what MatMulNBits replaces); with `embeddings` the
+    word-embedding lookups (GatherBlockQuantized); with `attention` the fused Attentions (their QKV weight, as a
+    MatMul before MultiHeadAttention): the budget search's candidates."""
     weights = _float_2d(model)
     proto = {n.name: n for n in model.graph.node}
     out = []
@@ -86,7 +109,46 @@ def targets(nodes, model, embeddings: bool = True) -> list:
         elif embeddings and n.op_type in ("EmbedLayerNormalization", "Gather") and n.name in proto \
                 and embedding_node(proto[n.name], weights):
             out.append(n)
+        elif attention and n.op_type == "Attention" and n.name in proto and attention_node(proto[n.name], weights):
+            out.append(n)
     return out
+
+
+def qkv_matmul(name: str) -> str:
+    """The MatMul an unfused Attention's QKV projection becomes (unfuse_attention)."""
+    return f"{name}_qkv_MatMul"
+
+
+def unfuse_attention(model, names: set[str]) -> list[str]:
+    """In place: each Attention named in `names` (attention_node) becomes MatMul(x, W) → Split in Q, K, V →
+    com.microsoft MultiHeadAttention(q, k, v, bias, mask) with the same heads, scale and mask — so its weight is a
+    MatMul the quantizer can block. Returns the new MatMuls' names (qkv_matmul)."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    weights = _float_2d(model)
+    out, done = [], []
+    for n in g.node:
+        if n.name not in names or not attention_node(n, weights):
+            out.append(n)
+            continue
+        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+        d = weights[n.input[1]].dims[1] // 3
+        p = n.name
+        extra = {k: a[k] for k in ("scale", "mask_filter_value") if k in a}
+        mask = [n.input[3]] if len(n.input) > 3 and n.input[3] else []
+        out += [helper.make_node("MatMul", [n.input[0], n.input[1]], [f"{p}_qkv"], name=qkv_matmul(p)),
+                helper.make_node("Split", [f"{p}_qkv", f"{p}_qkv_split"], [f"{p}_q", f"{p}_k", f"{p}_v"],
+                                 name=f"{p}_Split", axis=-1),
+                helper.make_node("MultiHeadAttention", [f"{p}_q", f"{p}_k", f"{p}_v", n.input[2], *mask],
+                                 list(n.output), name=f"{p}_MultiHeadAttention", domain="com.microsoft",
+                                 num_heads=a["num_heads"], **extra)]
+        g.initializer.append(numpy_helper.from_array(np.array([d, d, d], np.int64), f"{p}_qkv_split"))
+        done.append(qkv_matmul(p))
+    if done:
+        del g.node[:]
+        g.node.extend(out)
+    return done
 
 
 def unfuse_embedding(model, names: set[str]) -> dict[str, str]:
@@ -155,6 +217,13 @@ class Int4Builder:
             gathers = unfuse_embedding(m, fused)
             gathers |= {n.name: n.name for n in m.graph.node if n.op_type == "Gather" and n.name not in skip
                         and n.name not in gathers.values() and embedding_node(n, weights)}
+        attention8 = set()
+        if self.cfg.attention:
+            atts = {n.name for n in m.graph.node if n.op_type == "Attention" and n.name not in set(exclude)}
+            unfuse_attention(m, atts)
+            attention8 = {qkv_matmul(a) for a in atts & set(int8)}
+            skip |= attention8
+            int8 = [*int8, *sorted(attention8)]
         ops = ("MatMul", "Gather") if gathers else ("MatMul",)
         other = [n.name for n in m.graph.node if n.op_type == "Gather" and n.name not in gathers.values()]
         with quiet():

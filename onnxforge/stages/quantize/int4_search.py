@@ -23,6 +23,8 @@ import numpy as np
 
 from onnxforge.stages.quantize import budget as qb
 
+_NBITS = ("MatMul", "Attention")  # targets with an 8-bit MatMulNBits fallback (an Attention's QKV MatMul)
+
 
 def ranking(builder, assess, float_path: Path, names: list[str], work: Path, bar=None,
             sizes: dict | None = None) -> dict[str, float]:
@@ -46,6 +48,8 @@ def ranking(builder, assess, float_path: Path, names: list[str], work: Path, bar
         n = nodes[name]
         if n.op_type == "MatMul":
             wname, value = n.input[1], rounded.get(name)
+        elif n.op_type == "Attention":  # its QKV weight, as the unfused MatMul stores it
+            wname, value = n.input[1], rounded.get(int4.qkv_matmul(name))
         else:  # the word-embedding table of a Gather or an EmbedLayerNormalization
             wname = n.input[2] if n.op_type == "EmbedLayerNormalization" else n.input[0]
             value = int4.fake_quant_rows(numpy_helper.to_array(m.graph.initializer[inits[wname]]), cfg.block_size,
@@ -88,7 +92,7 @@ def fit(builder, assess, float_path: Path, targets: list, start: list[str], *, a
     pool = [t.name for t in targets if t.name not in start]
 
     def build(demoted: list[str]) -> Path:
-        mm8 = [n for n in demoted if int8_ok and ops.get(n) == "MatMul"]
+        mm8 = [n for n in demoted if int8_ok and ops.get(n) in _NBITS]
         return builder.build([*start, *(n for n in demoted if n not in mm8)], mm8)
 
     steps: list[dict] = []
@@ -130,16 +134,17 @@ def fit(builder, assess, float_path: Path, targets: list, start: list[str], *, a
                 bar()
         return tried[k]
 
-    lo, hi, k = 0, None, 1
-    while k <= len(order):
+    lo, hi, k, cap = 0, None, 1, len(order)
+    while lo < cap:  # doubling: the first k that holds; a k that leaves nothing in 4 bits lowers the cap
+        k = min(k, cap)
         got = at(k)
         if got is None:
-            break
+            cap = k - 1
+            continue
         if got[1]["within"]:
             hi = k
             break
-        lo = k
-        k = min(k * 2, len(order)) if k < len(order) else k + 1
+        lo, k = k, k * 2
     if hi is not None:
         while hi - lo > 1:
             mid = (lo + hi) // 2
@@ -169,7 +174,7 @@ def fit(builder, assess, float_path: Path, targets: list, start: list[str], *, a
 def _why(names: list[str], sens: dict[str, float], ops: dict[str, str], int8_ok: bool) -> list[dict]:
     out = []
     for n in names:
-        prec = "int8" if int8_ok and ops.get(n) == "MatMul" else "float"
+        prec = "int8" if int8_ok and ops.get(n) in _NBITS else "float"
         out.append({"node": n, "op_type": ops.get(n, "?"), "precision": prec, "sensitivity": round(sens.get(n, 0.0), 4),
                     "reason": f"among the {len(names)} most sensitive in 4 bits (alone: budget ratio "
                               f"{sens.get(n, 0.0):.2f}); kept {'at 8 bits' if prec == 'int8' else 'float'}"})

@@ -265,7 +265,8 @@ def _run(ctx, opts: QuantizeOptions, work: Path, locked: dict | None, dec):
         import onnx
 
         plans = [(c4.label, c4, int4.Int4Builder(named, work, c4),
-                  int4.targets(nodes, onnx.load(str(named), load_external_data=False), c4.embeddings), named)]
+                  int4.targets(nodes, onnx.load(str(named), load_external_data=False), c4.embeddings,
+                               c4.attention), named)]
     else:
         pre = work / "preprocessed.onnx"
         if opts.preprocess:
