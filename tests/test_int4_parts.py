@@ -118,3 +118,29 @@ def test_fake_quant_rows_matches_the_gather_quantizer(tmp_path):
         if t.name == "word":
             t.CopyFrom(nh.from_array(rounded, "word"))
     np.testing.assert_allclose(_run(q, feeds), _run(f, feeds), rtol=1e-4, atol=1e-4)
+
+
+def test_fused_attention_written_back_computes_the_same(tmp_path):
+    """Attention(x, W, b, mask) → MatMul + Split + MultiHeadAttention: the same outputs (so its QKV weight can be
+    block-quantized as a MatMul), padded keys masked the same way."""
+    rng = np.random.default_rng(1)
+    d = 32
+    inits = [nh.from_array(rng.normal(0, 0.3, (d, 3 * d)).astype(np.float32), "w"),
+             nh.from_array(rng.normal(0, 0.1, 3 * d).astype(np.float32), "b")]
+    nodes = [h.make_node("Cast", ["mask"], ["mask32"], name="cast", to=T.INT32),
+             h.make_node("Attention", ["x", "w", "b", "mask32"], ["y"], name="att", domain="com.microsoft",
+                         num_heads=4, qkv_hidden_sizes=[d, d, d])]
+    g = h.make_graph(nodes, "att", [h.make_tensor_value_info("x", T.FLOAT, ["n", "s", d]),
+                                    h.make_tensor_value_info("mask", T.INT64, ["n", "s"])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["n", "s", d])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 18), h.make_opsetid("com.microsoft", 1)])
+    mask = np.ones((3, 7), np.int64)
+    mask[1, 4:] = 0
+    mask[2, 2:] = 0
+    feeds = {"x": rng.normal(0, 1, (3, 7, d)).astype(np.float32), "mask": mask}
+    ref = _run(m, feeds)
+    done = int4.unfuse_attention(m, {"att"})
+    assert done == ["att_qkv_MatMul"]
+    assert [n.op_type for n in m.graph.node] == ["Cast", "MatMul", "Split", "MultiHeadAttention"]
+    onnx.checker.check_model(m, full_check=True)
+    np.testing.assert_allclose(_run(m, feeds), ref, rtol=1e-5, atol=1e-5)

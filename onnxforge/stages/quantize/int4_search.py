@@ -176,6 +176,6 @@ def _why(names: list[str], sens: dict[str, float], ops: dict[str, str], int8_ok:
     for n in names:
         prec = "int8" if int8_ok and ops.get(n) in _NBITS else "float"
         out.append({"node": n, "op_type": ops.get(n, "?"), "precision": prec, "sensitivity": round(sens.get(n, 0.0), 4),
-                    "reason": f"among the {len(names)} most sensitive in 4 bits (alone: budget ratio "
-                              f"{sens.get(n, 0.0):.2f}); kept {'at 8 bits' if prec == 'int8' else 'float'}"})
+                    "reason": f"among the {len(names)} with the most loss per weight in 4 bits (alone: budget "
+                              f"ratio {sens.get(n, 0.0):.2f})"})
     return out

@@ -722,5 +722,6 @@ def _render(s: dict, console) -> None:
     if a.get("accuracy") is not None:
         console.print(f"{s['budget']['metric']} {b['accuracy']:.4f} → {a['accuracy']:.4f} "
                       f"(vs {s['budget']['against']}; budget {s['budget']['max_accuracy_drop']})")
-    for n in s["float_nodes"]:
-        console.print(f"  kept float: {n['node']} ({n['op_type']}): {n['reason']}")
+    for n in s["float_nodes"]:  # INT4's demoted weights may be 8-bit rather than float (int4 fallback: int8)
+        kept = "kept at 8 bits" if n.get("precision") == "int8" else "kept float"
+        console.print(f"  {kept}: {n['node']} ({n['op_type']}): {n['reason']}")
