@@ -3,9 +3,9 @@
 The transform's output `mu` is the family's natural mean parameter: the mean (normal, student-t location, poisson
 rate, negative-binomial mean) or the success probability (bernoulli, binomial). Draws are built only from
 RandomUniformLike / RandomNormalLike: never ONNX Bernoulli (onnxruntime 1.32 returns 1 with probability 1-p), so a
-bernoulli draw is `uniform < p`; student-t uses Bailey's polar formula; counts use the inverse CDF over a fixed
-support [0, K) and, where max_count would truncate (mean + 6 sd beyond it), a rounded normal. K is sized at run time
-from the batch's largest mean (at most max_count): the mass above K is < 1e-15 for poisson and < NB_TAIL for the
+bernoulli draw is `uniform < p`; student-t uses Bailey's polar formula; counts use the inverse CDF over a support
+[0, K) and, where max_count would truncate (mean + 6 sd beyond it), a rounded normal. K is sized at run time
+from the batch's largest mean (at most max_count): the mass above K is < 1e-13 for poisson and < NB_TAIL for the
 negative binomial (a Chernoff bound), so 1-row queries with small means compute a few cells, not max_count.
 """
 
@@ -118,7 +118,7 @@ def draw(family: str, mu, p: dict, tables: dict):
     if family == "lognormal":
         return torch.exp(mu + p["sigma"] * torch.randn_like(mu))
     if family == "gamma":
-        a = p["alpha"] if isinstance(p["alpha"], torch.Tensor) else torch.tensor(float(p["alpha"]))
+        a = _tensor(p["alpha"])
         return mu / a * standard_gamma(a, mu)
     if family == "beta":  # both gammas in one sampler call: half the nodes of two
         kappa = p["kappa"]
@@ -138,16 +138,16 @@ def draw(family: str, mu, p: dict, tables: dict):
     m = torch.clamp(mu, min=TINY)
     if family == "poisson":
         sd = torch.sqrt(m)
-        need = m + 8.0 * sd + 12.0  # P(X >= need) < 1e-15 for every mean (checked numerically up to 4000)
+        need = m + 7.5 * sd + 10.0  # P(X >= need) < 1e-13 for every mean below 4096 (checked with scipy)
     else:  # negative-binomial
-        a = _like(p["alpha"], m)
+        a = _tensor(p["alpha"])  # not broadcast to mu: terms of a posterior alpha alone fold into initializers
         sd = torch.sqrt(m + m * m / a)
         # Chernoff at s = q^-0.8 (q = m/(α+m)): P(X >= K) <= 5^α q^(0.8 K); K below makes that <= NB_TAIL
         need = (a * math.log(5.0) - math.log(NB_TAIL)) / (0.8 * torch.log1p(a / m))
     exact_ok = m + 6.0 * sd < float(k.shape[0] - 1)
     # the support is sized at run time from the batch: small means compute few cells; capped at max_count
     size = torch.clamp(torch.ceil(torch.where(exact_ok, need, 0.0).max()), 1.0, float(k.shape[0]))
-    size = size.to(torch.int64).item()
+    size = size.to(torch.int64).item()  # a run-time size: the exporter emits the Slices below with it
     torch._check(size >= 1)
     torch._check(size <= k.shape[0])
     k = k[:size]
@@ -156,28 +156,30 @@ def draw(family: str, mu, p: dict, tables: dict):
     else:  # Γ(k+α)/(k! Γ(α)) (α/(α+μ))^α (μ/(α+μ))^k; the table holds log Γ(k+α)/(k! Γ(α))
         log_den = torch.log(a + m)
         logpmf = (tables["log_nb_coef"][..., :size]
-                  + (a * (torch.log(a) - log_den)).unsqueeze(-1)
+                  + (a * torch.log(a) - a * log_den).unsqueeze(-1)
                   + k * (torch.log(m) - log_den).unsqueeze(-1))
     exact = _inverse_cdf(logpmf, torch.rand_like(mu))
     approx = torch.round(torch.clamp(m + sd * torch.randn_like(mu), min=0.0))
     return torch.where(exact_ok, exact, approx)
 
 
-def _like(x, mu):
-    """x (a number or a tensor broadcastable to mu) with mu's shape: an Expand, not the `x + 0 * mu` arithmetic."""
+def _tensor(x):
+    """A family parameter (a number, or a tensor broadcastable to mu) as a tensor, left unbroadcast: an `x + 0 * mu`
+    would cost two nodes per use and keep onnxruntime from folding what depends on a posterior parameter alone."""
     import torch
 
-    return x.expand_as(mu) if isinstance(x, torch.Tensor) else torch.full_like(mu, x)
+    return x if isinstance(x, torch.Tensor) else torch.tensor(float(x))
 
 
 def _inverse_cdf(logpmf, u):
-    """The count k with cdf(k-1) <= u < cdf(k). The cdf is a MatMul with an upper-triangular ones matrix: onnxruntime
-    runs that ~2x faster than CumSum on a few hundred rows x tens of counts."""
+    """The count k with cdf(k-1) <= u < cdf(k), i.e. the number of cdf values <= u. The cdf is a MatMul with an
+    upper-triangular ones matrix: onnxruntime runs that ~2x faster than CumSum on a few hundred rows x tens of
+    counts (a blocked two-MatMul cdf measured slower at these sizes: more nodes and a last-axis Gather)."""
     import torch
 
     pmf = torch.exp(logpmf)
     n = pmf.shape[-1]
-    cdf = pmf @ torch.triu(torch.ones(n, n, dtype=pmf.dtype, device=pmf.device))
+    cdf = pmf @ torch.triu(torch.ones(n, n, dtype=pmf.dtype))
     return (cdf <= u.unsqueeze(-1)).to(u.dtype).sum(-1)
 
 
