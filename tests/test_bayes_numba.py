@@ -149,6 +149,16 @@ def test_threads_and_seeded_draws(examples):
         a, b = one(rows), two(rows)
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # shared between threads (a server's pool): concurrent calls give what serial calls give
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = [{k: v[i::4] for k, v in rows.items()} for i in range(4)]
+    serial = [one(p) for p in parts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(two, parts * 2))
+    for want, got in zip(serial * 2, together, strict=True):
+        for key in ("mean", "std", "quantiles"):
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     free = NumbaPredictive(one.engine.pred, seed=None, threads=2)
     d1, d2 = free(rows)["draws"], free(rows)["draws"]
     assert not np.array_equal(d1, d2)
