@@ -1,5 +1,5 @@
-"""`predict` into a folder: a dataset of any size scored in parts on every core (local engine) or a Dask
-cluster, resumable, in bounded memory.
+"""`predict` into a folder: a dataset of any size scored in parts on every core (local engine), a Dask or a
+Ray cluster, resumable, in bounded memory.
 
 The driver reads the model once through the admission gate, checks every file's columns from its header, cuts
 the input into parts (see dataset.py) and hands the engine the model's bytes: each worker builds its own
@@ -19,7 +19,7 @@ from typing import Any
 
 from onnxforge.errors import UserError
 
-ENGINES = ("local", "dask")
+ENGINES = ("local", "dask", "ray")
 FORMAT_VERSION = 1  # of the parts' layout: a change makes old folders "another run"
 
 
@@ -131,8 +131,9 @@ def predict_dataset(model: str | Path, input: str | Path, output: str | Path, *,
         raise UserError(f"--chunk-rows {chunk_rows}: give a positive number of rows")
     if workers is not None and workers < 1:
         raise UserError(f"--workers {workers}: give a positive number of workers")
-    if scheduler and engine != "dask":
-        raise UserError("--scheduler is for --engine dask — add --engine dask, or drop --scheduler")
+    if scheduler and engine == "local":
+        raise UserError("--scheduler is for --engine dask or ray — add --engine dask (tcp://...) or --engine ray "
+                        "(ray://... or auto), or drop --scheduler")
     keep = list(dict.fromkeys(keep or []))
     out_dir = Path(output)
     paths = dataset.files(input)
@@ -178,8 +179,10 @@ def predict_dataset(model: str | Path, input: str | Path, output: str | Path, *,
                                      completed=sum(p.rows for p in parts if p.index in done))
             if engine == "local":
                 from onnxforge.score.engines.local import run
-            else:
+            elif engine == "dask":
                 from onnxforge.score.engines.dask import run
+            else:
+                from onnxforge.score.engines.ray import run
             by_index = {p.index: p for p in todo}
             for index, n in run(job, todo, n_workers, scheduler=scheduler):
                 written.add(index)
