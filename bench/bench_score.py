@@ -5,8 +5,8 @@
   with 1 worker × 1 thread and 2 workers × 1 thread each: end-to-end wall time of `predict_dataset` (read
   parquet, map and check the columns, score, write the parts), interleaved rounds (order reversed every other
   round), the ratio per round then its median and range;
-- Dask (LocalCluster, 2 worker processes × 1 thread, cluster start-up included) against the local engine (2
-  workers × 1 thread), same rounds;
+- Dask (a new LocalCluster per run, and a running one) and Ray (a new local instance per run, when `ray` is
+  installed), 2 workers × 1 thread, against the local engine (2 workers × 1 thread), same rounds;
 - peak RSS of the whole process tree (the CLI and every worker, /proc sampled every 50 ms) scoring a
   10-million-row parquet dataset generated into a temp folder.
 
@@ -152,8 +152,9 @@ def _cpu_seconds() -> float:
 def _timed(model, data, out, **kw) -> dict:
     from onnxforge.score.offline import predict_dataset
 
+    shutil.rmtree(out, ignore_errors=True)  # a fresh folder: deleting the last round's parts is not scoring
     c0, t0 = _cpu_seconds(), time.perf_counter()
-    res = predict_dataset(model, data, out, overwrite=True, **kw)
+    res = predict_dataset(model, data, out, **kw)
     res["wall"] = time.perf_counter() - t0
     res["cpu"] = _cpu_seconds() - c0  # a running cluster's workers are not children: not counted
     return res
@@ -269,6 +270,7 @@ def _run(tmp: Path, quick: bool) -> list[dict]:
     kw = {"keep": ["id"], "chunk_rows": 65536}
     one, two = {**kw, "workers": 1, "threads": 1}, {**kw, "workers": 2, "threads": 1}
     has_dask = importlib.util.find_spec("distributed") is not None
+    has_ray = importlib.util.find_spec("ray") is not None
 
     tables, rows_tab = [], []
     for label, model, data, n in (("tabular: cancer sklearn Pipeline", tab, tab_data, tab_rows),
@@ -278,6 +280,8 @@ def _run(tmp: Path, quick: bool) -> list[dict]:
             setups["dask, new LocalCluster per run, 2 workers × 1 thread"] = {**two, "engine": "dask"}
             setups["dask, running LocalCluster (--scheduler), 2 workers × 1 thread"] = {
                 **two, "engine": "dask", "scheduler": warm_cluster(tmp)}
+        if has_ray and model is tab:
+            setups["ray, new local instance per run, 2 workers × 1 thread"] = {**two, "engine": "ray"}
         # outputs first, untimed: every engine writes the same frame, equal to one session on the first file
         checked = _check({k: (_timed(model, data, tmp / f"chk_{i}", **s), tmp / f"chk_{i}")[1]
                           for i, (k, s) in enumerate(setups.items())}, model, sorted(data.glob("*.parquet"))[0],
@@ -289,9 +293,9 @@ def _run(tmp: Path, quick: bool) -> list[dict]:
             rps = [r["rows"] / r["wall"] for r in runs]
             threads = f"{runs[0]['workers']}×{runs[0]['threads_per_worker']}"
             vs1, _ = _ratio_cell(rps, base)
-            vs_local = _ratio_cell(rps, local2)[0] if k.startswith("dask") else "—"
+            vs_local = _ratio_cell(rps, local2)[0] if k.startswith(("dask", "ray")) else "—"
             threads += "" if runs[0]["threads_per_worker"] == 1 else " (!)"  # read back from the run
-            cpu = ("—" if "running" in k else
+            cpu = ("—" if "running" in k or k.startswith("ray") else
                    f"{statistics.median(r['cpu'] / r['rows'] * 1e6 for r in runs):.1f}")
             rows_tab.append([label, k, f"{n:,}", threads, statistics.median(rps), vs1, vs_local, cpu])
         rows_tab.append([label, "outputs", "", "", float("nan"), checked, "", ""])
@@ -301,19 +305,21 @@ def _run(tmp: Path, quick: bool) -> list[dict]:
                                "--output", str(tmp / "big_out"), "--keep", "id", "--workers", "2"], tmp)
     size = sum(f.stat().st_size for f in big.glob("*.parquet"))
     tables.append({
-        "title": "predict into a folder: rows/s, local engine 1 vs 2 workers, Dask vs local",
+        "title": "predict into a folder: rows/s, local engine 1 vs 2 workers, Dask and Ray vs local",
         "columns": ["artifact", "engine", "rows", "workers×threads", "rows/s (median)", "vs 1 worker",
                     "vs local 2 workers", "CPU s per 1M rows"],
         "rows": rows_tab,
-        "notes": (f"End-to-end wall time of predict_dataset (read parquet, map/check columns, score, write parts; "
-                  f"'new LocalCluster' includes starting and closing it, 'running LocalCluster' is a cluster "
-                  f"started once before the rounds, as --scheduler uses one), {rounds} interleaved round(s), order reversed every "
+        "notes": (f"End-to-end wall time of predict_dataset into a new folder (read parquet, map/check columns, "
+                  f"score, write parts; the local engine's 2 workers are this process and one fork; 'new "
+                  f"LocalCluster' and 'new local instance' include starting and closing them, 'running "
+                  f"LocalCluster' is a cluster started once before the rounds, as --scheduler uses one), "
+                  f"{rounds} interleaved round(s), order reversed every "
                   f"other round; ratios per round, median (range). CPU s: user + system of the process tree (this process "
                   f"and its reaped children: the pool's workers, a closed LocalCluster's processes) per million "
                   f"rows, median — what the engine costs whatever share of the machine it got. {cpus} CPUs usable by this process (affinity "
                   f"and cgroup quota), shared with other work (load average {load:.1f} at the start, "
                   f"{os.getloadavg()[0]:.1f} after these rounds): goal ≥ 1.7× for 2 workers, Dask within 15 % "
-                  "(≥ 0.85×)."),
+                  "(≥ 0.85×) on a running cluster."),
     })
     tables.append({
         "title": "predict into a folder: peak memory on a large dataset",
