@@ -113,6 +113,67 @@ def _check(cands: dict, want: dict, what: str) -> None:
             raise AssertionError(f"{what} {k}: {diff}")
 
 
+def threads_probe(rounds: int, seconds: float, rows: int) -> dict:
+    """In this process (started with or without OMP_WAIT_POLICY): the numba engine at `rows` rows with threads=1
+    and threads=2, mean + std + quantiles (linear) and with 500 draws (poisson), paired rounds. Printed as JSON."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    rng = np.random.default_rng(0)
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-numba-threads-") as d, threadpool_limits(1):
+        for name, draws in (("linear", 0), ("poisson", 500)):
+            s = _setup(name, False, Path(d), draws)
+            feeds = _feeds(s["pred"], rows, rng)
+            fns = {"1 thread": lambda f=feeds, p=s["one"]: p(f), "2 threads": lambda f=feeds, p=s["two"]: p(f)}
+            t = _rounds(fns, rows, rounds, seconds)
+            out[name] = {"median_p50_ms": {k: float(np.median(v)) for k, v in t.items()}, "per_round_ms": t,
+                         "x_2_vs_1": _ratio(t, "1 thread", "2 threads")}
+    out["threading_layer"] = numba.threading_layer()
+    return out
+
+
+def _threads_table(rounds: int, seconds: float, rows: int) -> dict:
+    """threads_probe in two fresh processes: OpenMP's default wait policy, and OMP_WAIT_POLICY=passive (it must be
+    set before the OpenMP runtime loads, hence a process each)."""
+    import json
+    import subprocess
+    import sys
+
+    table_rows, data = [], {}
+    for policy in ("default", "passive"):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if policy == "passive":
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        code = (f"import json; from bench.bench_bayes_numba import threads_probe; "
+                f"print('@@' + json.dumps(threads_probe({rounds}, {seconds}, {rows})))")
+        res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=900)
+        line = next((x for x in res.stdout.splitlines() if x.startswith("@@")), None)
+        if line is None:
+            raise RuntimeError(f"threads probe ({policy}) failed: {res.stderr.strip().splitlines()[-1:]}")
+        got = json.loads(line[2:])
+        data[policy] = got
+        for name, what in (("linear", "mean + std + 3 quantiles"), ("poisson", "+ 500 draws per row")):
+            med = got[name]["median_p50_ms"]
+            table_rows.append([f"{name} ({what})", rows, f"OMP_WAIT_POLICY {policy}", med["1 thread"],
+                               med["2 threads"], got[name]["x_2_vs_1"]])
+    layer = data["default"].get("threading_layer")
+    return {"title": f"Numba engine's parallel kernels: threads=1 vs threads=2 at {rows} rows, p50 (ms)",
+            "columns": ["model (outputs)", "rows", "OpenMP wait policy", "threads=1", "threads=2",
+                        "× 2 threads vs 1"],
+            "rows": table_rows,
+            "notes": (f"Each policy in its own fresh process (numba's {layer} threading layer: the policy is read "
+                      "when the OpenMP runtime loads). Same engine, same rows, paired interleaved rounds "
+                      f"({rounds}), >1: two threads faster. With libgomp's default (active) wait, an idle team "
+                      "thread spins for a while after each parallel region; on CPUs shared with other work that "
+                      "spinning thread and the caller's serial work (PyTensor's function, numpy's sort) compete "
+                      "for the same cores. OMP_WAIT_POLICY=passive makes idle threads sleep at once. Set it in the "
+                      "environment before Python starts; onnxforge does not set it for you (it is process-wide)."),
+            "data": data}
+
+
 def run(quick: bool = False) -> list[dict]:
     import numba
     import onnxruntime as ort
@@ -223,6 +284,7 @@ def run(quick: bool = False) -> list[dict]:
                   "Deterministic outputs checked equal to sess.run before timing. Count draws: the artifact uses "
                   "an inverse CDF over [0, max_count) (rounded normal beyond), numba exact Poisson draws. " + env),
         "data": [x for x in data if x["table"] == "draws"]})
+    tables.append(_threads_table(2 if quick else rounds, seconds, 100 if quick else 1000))
     return tables
 
 
