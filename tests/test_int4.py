@@ -75,7 +75,7 @@ def test_int4_blocks_the_matmuls_and_holds_the_accuracy_budget(mlp, tmp_path):
     assert drop <= 0.01 and s["accuracy_drop"] == pytest.approx(drop, abs=1e-9)
     assert out.stat().st_size < 0.3 * (mlp / "mlp.onnx").stat().st_size  # 4-bit weights + a scale per 32
     assert s["config"] == {"mode": "int4", "block_size": 32, "symmetric": False, "accuracy_level": 4,
-                           "embeddings": True, "fallback": "int8"}
+                           "embeddings": True, "fallback": "int8", "attention": True}
 
 
 @pytest.mark.parametrize("fallback", ["int8", "float"])
