@@ -134,6 +134,39 @@ def test_resume_after_kill_loses_and_repeats_nothing(work, tmp_path):
     pd.testing.assert_frame_equal(read_parts(out), reference(work, "many"), check_dtype=False)
 
 
+def test_a_worker_killed_midway_fails_the_run_and_the_rerun_completes(work, tmp_path):
+    """The local engine's forked worker dies (as the OOM killer would kill it): the command stops with one line
+    naming that (exit 3: not the user's input), leaves no temporary part, and a rerun finishes the rest."""
+    out = tmp_path / "scores"
+    args = [sys.executable, "-m", "onnxforge", "predict", str(work["model"]), "--input", str(work["many"]),
+            "--output", str(out), "--chunk-rows", "5", "--keep", "id", "--workers", "2", "--threads", "1"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("part-*.parquet"))) < 20 and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    kids = [int(d) for d in os.listdir("/proc") if d.isdigit() and _ppid(d) == p.pid]
+    assert len(kids) == 1, kids  # --workers 2: this process and one fork
+    os.kill(kids[0], signal.SIGKILL)
+    _, err = p.communicate(timeout=120)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert p.returncode == 3 and len(lines) == 1 and "scoring worker exited with code -9" in lines[0], err
+    done = len(list(out.glob("part-*.parquet")))
+    assert 20 <= done < 401 and not list(out.glob(".part-*"))
+    res = run_cli("predict", work["model"], "--input", work["many"], "--output", out, "--chunk-rows", "5",
+                  "--keep", "id", "--workers", "2", "--threads", "1", "--json")
+    assert res.code == 0, res.stderr
+    assert res.json()["result"]["parts_skipped"] == done
+    pd.testing.assert_frame_equal(read_parts(out), reference(work, "many"), check_dtype=False)
+
+
+def _ppid(pid: str) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def test_bad_rows_one_line_and_nothing_left(work, tmp_path):
     data = tmp_path / "bad"
     data.mkdir()
