@@ -1,14 +1,17 @@
 """In-process scoring without onnxruntime, for Python callers that are the only consumer: the posterior predictive
-of a loaded BayesPredictive (the same object the ONNX artifact is built from) compiled with numba.
+of a loaded BayesPredictive (the same object the ONNX artifact is built from) computed with numba.
 
-`NumbaPredictive(pred)`: the mean function — a hand transform run with the PyTensor `xp` over the posterior
-(float32 constants, sample axis last), or a zero-code model's per-sample graphs vectorized over the samples
-(pytensor.graph.replace.vectorize_graph) — and the family's E[y|x,θ] (and Var[y|x,θ] where it depends on x) are
-one PyTensor function compiled by PyTensor's numba backend (mode NUMBA). Its (rows, samples) matrix goes to njit
-row kernels (onnxforge.bayes.numba_kernels): mean and std per row, and draws, each `parallel=True` over rows
-(prange) from `parallel_rows` rows when more than one numba thread is allowed; exact quantiles sort each row with
-numpy's sort (faster than numba's, see numba_kernels) and apply numpy's 'linear' rule. Class families
-(categorical, ordered) give per-class outputs as the artifact does.
+`NumbaPredictive(pred)`:
+1. the mean function — a hand transform run with the PyTensor `xp` over the posterior (float32 constants, sample
+   axis last), or a zero-code model's per-sample graphs vectorized over the samples
+   (pytensor.graph.replace.vectorize_graph) — and the family's E[y|x,θ] (and Var[y|x,θ] where it depends on x) are
+   one PyTensor function compiled by PyTensor's numba backend (mode NUMBA): a float32 (rows, samples) matrix, or
+   (rows, classes, samples) for class probabilities;
+2. draws (if any) from that matrix: the njit draw kernel (onnxforge.bayes.numba_kernels);
+3. each row sorted in place by numpy (x86-simd-sort: far faster than any sort or selection compiled with numba);
+4. one njit kernel over the rows: mean, std, and the exact quantiles by numpy's 'linear' rule.
+The kernels are `parallel=True` (prange) builds from `parallel_rows` rows when more than one numba thread is
+allowed, serial builds below.
 
 Outputs equal the artifact's (tests/test_bayes_numba.py, rtol 1e-4). Draws cannot equal the artifact's (its random
 streams are onnxruntime's): they come from numpy Generators run inside numba, checked as distributions.
@@ -16,8 +19,8 @@ streams are onnxruntime's): they come from numpy Generators run inside numba, ch
 `PyTensorPredictive(pred, mode)`: the whole computation (moments and sort-based quantiles) as one PyTensor function,
 mode "FAST_RUN" (C) or "NUMBA": the compiled-PyTensor baseline the bench measures the engine against.
 
-onnxforge.score.Predictor(..., engine="numba", source=CONFIG) wraps NumbaPredictive (score/engine_numba.py-free:
-see Predictor's constructor).
+`onnxforge.score.Predictor(model, engine="numba", source=CONFIG)` builds a NumbaPredictive through
+onnxforge.bayes.numba_score, which checks it against the artifact first.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from onnxforge.errors import UserError
 
 _EMPTY = np.empty(0, np.float32)
 _NO_PLAN = (np.empty(0, np.int64), np.empty(0, np.int64), _EMPTY, np.empty((0, 0), np.float32))
-PARALLEL_ROWS = 64
-DRAW_CHUNKS = 16  # draws: rows cut into this many chunks, each with its own generator (parallel over chunks)  # below this many rows the serial kernels are used (a parallel launch costs more than it saves)
+PARALLEL_ROWS = 64  # below this many rows the serial kernels run (a parallel launch costs more than it saves)
+DRAW_CHUNKS = 16  # draws from PARALLEL_ROWS rows: this many fixed row chunks, each with its own generator
 
 
 def require_numba() -> None:
@@ -175,7 +178,7 @@ class NumbaPredictive:
             import pytensor.tensor as pt
 
             if not g.classes and fam not in FAMILY_CODES:
-                raise UserError(f"the numba engine has no draws for family {fam} — Predictor(engine='numba', "
+                raise UserError(f"the numba engine has no draws for family {fam} — NumbaPredictive(pred, "
                                 "draws=False), or score draws with the artifact")
             self.code = -1 if g.classes else FAMILY_CODES[fam]
             self.mu_out = 0 if g.mu is g.m else len(outs)  # E[y|θ] is mu itself (normal, poisson, ...): reuse it
@@ -214,9 +217,6 @@ class NumbaPredictive:
         self._encoders = [self._encoder(spec, var) for spec, var in zip(pred.inputs, self.inputs, strict=True)]
 
     # ------------------------------------------------------------------ calls
-
-    def _threads(self) -> int:
-        return self.threads if self.threads is not None else self._numba.get_num_threads()
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw feeds by name (categorical levels as given: strings or integers)."""
