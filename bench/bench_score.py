@@ -169,20 +169,25 @@ def _rounds(model, data, tmp: Path, setups: dict[str, dict], rounds: int) -> dic
     return out
 
 
-_CLUSTERS: list = []
+_CLUSTERS: dict = {}
 
 
-def warm_cluster(tmp: Path) -> str:
-    """A LocalCluster started once (2 processes × 1 thread), as a user's own cluster: its address."""
-    if not _CLUSTERS:
+def warm_cluster(tmp: Path, tuned: bool = False) -> str:
+    """A LocalCluster started once (2 processes × 1 thread), as a user's own cluster: its address. `tuned`: with
+    the worker settings the engine gives the clusters it starts itself (no profiler, glibc's malloc trimming)."""
+    if tuned not in _CLUSTERS:
         import logging
 
+        import dask
         from distributed import LocalCluster
 
-        _CLUSTERS.append(LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
-                                      local_directory=str(tmp / "dask")))
-    return _CLUSTERS[0].scheduler_address
+        from onnxforge.score.engines.dask import scoring_worker_config
+
+        with dask.config.set(scoring_worker_config() if tuned else {}):
+            _CLUSTERS[tuned] = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                            dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                                            local_directory=str(tmp / f"dask{int(tuned)}"))
+    return _CLUSTERS[tuned].scheduler_address
 
 
 def _tree_memory(pid: int) -> tuple[int, int]:
@@ -248,7 +253,7 @@ def run(quick: bool = False) -> list[dict]:
     try:
         return _run(tmp, quick)
     finally:
-        for c in _CLUSTERS:
+        for c in _CLUSTERS.values():
             c.close()
         _CLUSTERS.clear()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -280,6 +285,8 @@ def _run(tmp: Path, quick: bool) -> list[dict]:
             setups["dask, new LocalCluster per run, 2 workers × 1 thread"] = {**two, "engine": "dask"}
             setups["dask, running LocalCluster (--scheduler), 2 workers × 1 thread"] = {
                 **two, "engine": "dask", "scheduler": warm_cluster(tmp)}
+            setups["dask, running LocalCluster, no profiler + glibc malloc trimming, 2 workers × 1 thread"] = {
+                **two, "engine": "dask", "scheduler": warm_cluster(tmp, tuned=True)}
         if has_ray and model is tab:
             setups["ray, new local instance per run, 2 workers × 1 thread"] = {**two, "engine": "ray"}
         # outputs first, untimed: every engine writes the same frame, equal to one session on the first file
@@ -312,7 +319,10 @@ def _run(tmp: Path, quick: bool) -> list[dict]:
         "notes": (f"End-to-end wall time of predict_dataset into a new folder (read parquet, map/check columns, "
                   f"score, write parts; the local engine's 2 workers are this process and one fork; 'new "
                   f"LocalCluster' and 'new local instance' include starting and closing them, 'running "
-                  f"LocalCluster' is a cluster started once before the rounds, as --scheduler uses one), "
+                  f"LocalCluster' is a cluster started once before the rounds, as --scheduler uses one, with "
+                  f"Dask's default worker settings or (no profiler + glibc malloc trimming) the ones the engine "
+                  f"gives a LocalCluster it starts: Dask's 10 ms stack profiler and its nanny's "
+                  f"MALLOC_TRIM_THRESHOLD_=65536 cost the workers a third more CPU per row), "
                   f"{rounds} interleaved round(s), order reversed every "
                   f"other round; ratios per round, median (range). CPU s: user + system of the process tree (this process "
                   f"and its reaped children: the pool's workers, a closed LocalCluster's processes) per million "

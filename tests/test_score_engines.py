@@ -88,6 +88,30 @@ def test_engines_equal_one_session_file_by_file(work, engine, tmp_path):
     assert not list(out.glob(".*"))  # no temporary left
 
 
+def test_dask_local_cluster_workers_run_without_profiler_and_malloc_trimming():
+    """The LocalCluster the dask engine starts: no 10 ms stack sampler, glibc's own malloc trimming (the nanny's
+    MALLOC_TRIM_THRESHOLD_=65536 made every chunk fault its buffers in again), the nanny's other settings kept."""
+    import logging
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    from onnxforge.score.engines.dask import scoring_worker_config
+
+    with dask.config.set(scoring_worker_config()):
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+    try:
+        with Client(cluster) as client:
+            seen = client.run(lambda dask_worker: (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                                                   os.environ.get("OMP_NUM_THREADS"),
+                                                   "profile" in dask_worker.periodic_callbacks))
+    finally:
+        cluster.close()
+    assert list(seen.values()) == [(None, "1", False)]
+    assert dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_TRIM_THRESHOLD_"] == 65536  # scoped
+
+
 def test_glob_and_csv_inputs(work, tmp_path):
     csv = tmp_path / "csv"
     csv.mkdir()
