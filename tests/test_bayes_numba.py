@@ -18,7 +18,7 @@ from test_bayes_zero_code import convert
 from onnxforge.errors import CheckFailed, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow  # each engine compiles (PyTensor's numba backend and the row kernels)
+slow = pytest.mark.slow  # converts the examples and compiles an engine per test (PyTensor's numba backend)
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 
@@ -80,6 +80,7 @@ def _hier_zero_config(tmp_path):
     return parse_config(raw, path, lines, run_dir=tmp_path)
 
 
+@slow
 @pytest.mark.parametrize("name", [*EXAMPLES, "hier-zero"])
 def test_numba_engine_equals_the_artifact(examples, tmp_path, name):
     from onnxforge.score.predictor import Predictor
@@ -117,6 +118,7 @@ def classes(tmp_path_factory):
     return out
 
 
+@slow
 @pytest.mark.parametrize("name", CLASSES)
 def test_numba_engine_equals_the_artifact_for_every_class(classes, name):
     """Class probabilities (ordered, categorical) per class, as the artifact gives them; a parsed config as
@@ -134,6 +136,7 @@ def test_numba_engine_equals_the_artifact_for_every_class(classes, name):
     _draws_agree(got, name)
 
 
+@slow
 def test_threads_and_seeded_draws(examples):
     """threads=2 runs the parallel kernels from 64 rows: the same outputs as one thread, draws included (one
     generator per fixed chunk of rows); a seeded config gives every engine the same sequence of draws, an unseeded
@@ -166,6 +169,7 @@ def test_threads_and_seeded_draws(examples):
     _draws_agree(free(rows), "poisson unseeded, 2 threads")
 
 
+@slow
 def test_bad_use_is_one_line(examples, tmp_path):
     from onnxforge.score.predictor import Predictor
 
@@ -189,25 +193,50 @@ def test_bad_use_is_one_line(examples, tmp_path):
         fast(X=np.array([["a", "b", "c"]]))
 
 
-def test_non_pymc_artifact_and_missing_numba(tmp_path, monkeypatch, examples):
+def _identity(tmp_path) -> Path:
     import onnx
     from onnx import TensorProto, helper
 
-    from onnxforge.score.predictor import Predictor
-
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
-    plain = tmp_path / "identity.onnx"
+    path = tmp_path / "identity.onnx"
     onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
-                                opset_imports=[helper.make_opsetid("", 18)]), plain)
+                                opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_linear_equals_the_artifact_quick(tmp_path):
+    """The edit-test loop's check (one conversion, one engine): linear at 1 and 1000 rows equals the artifact."""
+    from onnxforge.score.predictor import Predictor
+
+    model = convert("linear", tmp_path, zero_code=False)
+    fast, ort = Predictor(model, engine="numba", source=ROOT / "configs" / "pymc_linear.yaml"), Predictor(model)
+    feeds = example_feeds("linear")
+    for rows in ({"X": feeds["X"][:1]}, _rows(feeds, 1000)):
+        _equal(fast(rows), ort(rows), f"linear@{len(rows['X'])}")
+
+
+def test_engine_choice_is_checked_before_any_compile(tmp_path, monkeypatch):
+    """Fast (no conversion): an unknown engine, source without engine='numba', engine='numba' without source or on
+    an artifact that is not PyMC, and numba missing — each one line naming the fix."""
+    from onnxforge.score.predictor import Predictor
+
+    plain = _identity(tmp_path)
+    config = ROOT / "configs" / "pymc_linear.yaml"
+    with pytest.raises(UserError, match="engines are 'onnxruntime'.*'numba'"):
+        Predictor(plain, engine="numpy")
+    with pytest.raises(UserError, match="is for engine='numba'"):
+        Predictor(plain, source=config)
     with pytest.raises(UserError, match="PyMC artifacts only.*engine='onnxruntime'"):
-        Predictor(plain, engine="numba", source=ROOT / "configs" / "pymc_linear.yaml")
-    model, config = examples["linear"]
+        Predictor(plain, engine="numba", source=config)
+    with pytest.raises(UserError, match="PyMC artifacts only"):
+        Predictor(plain, engine="numba")
     monkeypatch.setitem(sys.modules, "numba", None)
     with pytest.raises(UserError, match="pip install numba"):
-        Predictor(model, engine="numba", source=config)
+        Predictor(plain, engine="numba", source=config)
 
 
+@slow
 def test_a_wrong_engine_is_caught_at_construction(examples, monkeypatch):
     """The probe-row check is real: an engine whose mean is off by 1e-3 is refused (exit 1), not served."""
     from onnxforge.bayes import numba_engine
