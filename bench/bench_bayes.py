@@ -713,90 +713,10 @@ def _quantile_formulations() -> tuple[list, dict]:
     return rows, {"per_round_ms": times}
 
 
-def numba_table() -> list[dict]:
-    """The numba engine (onnxforge.bayes.numba_engine) vs the artifact in onnxruntime vs the same function compiled
-    on PyTensor's C backend: mean + std + 5/50/95 % quantiles, linear (hand transform) and hier (zero-code)."""
-    from threadpoolctl import threadpool_limits
-
-    from bench import num
-    from onnxforge.bayes.module import export_onnx
-    from onnxforge.bayes.numba_engine import NumbaPredictive
-    from onnxforge.config import parse_config, read_yaml
-    from onnxforge.registry import frontend
-
-    ok, note = _numba_threads(1)
-    rng = np.random.default_rng(0)
-    rows_out, data = [], []
-    for name, zero in (("linear", False), ("hier", True)):
-        path = ROOT / "configs" / f"pymc_{name}.yaml"
-        raw, lines = read_yaml(path)
-        if zero:
-            raw["source"] = {k: v for k, v in raw["source"].items() if k not in ("transform", "family", "params")}
-        raw["source"]["outputs"] = {"mean": True, "std": True, "quantiles": list(QUANTILES), "draws": 0}
-        pred = frontend("pymc").load(parse_config(raw, path, lines))
-        t0 = time.perf_counter()
-        engines = {"numba engine": NumbaPredictive(pred), "PyTensor C (same graph)": NumbaPredictive(pred, "FAST_RUN")}
-        compile_ms = (time.perf_counter() - t0) * 1e3
-        sess, (threads, t_ok) = _session(export_onnx(pred, 18, seed=0))
-        for n in ROWS:
-            if name == "hier":
-                feeds = {"x": rng.normal(size=n).astype(np.float32),
-                         "group": np.asarray(pred.categorical["group"].levels, dtype=object)[rng.integers(0, 3, n)]}
-            else:
-                feeds = {"X": rng.normal(size=(n, 3)).astype(np.float32)}
-            ort_feeds = dict(feeds)
-            want = dict(zip(["mean", "std", "quantiles"], sess.run(None, ort_feeds), strict=True))
-            for k, e in engines.items():
-                for key, v in e(feeds).items():
-                    np.testing.assert_allclose(v, want[key], rtol=1e-4, atol=1e-5, err_msg=f"{name} {k} {key}")
-            fns = {"ort": (lambda f=ort_feeds, s=sess: s.run(None, f), False)}
-            fns.update({k: (lambda e=e, f=feeds: e(f), False) for k, e in engines.items()})
-            with threadpool_limits(1):
-                t = _rounds(fns, n)
-            med = {k: float(np.median(v)) for k, v in t.items()}
-            rows_out.append([f"{name} ({'zero-code' if zero else 'hand transform'})", n, num(med["ort"]),
-                             num(med["numba engine"]), num(med["PyTensor C (same graph)"]),
-                             num(_ratio(t, "ort", "numba engine")), num(_ratio(t, "PyTensor C (same graph)",
-                                                                               "numba engine"))])
-            data.append({"model": name, "rows": n, "median_p50_ms": med, "per_round_ms": t, "threads": threads,
-                         "compile_ms_both": compile_ms})
-    return [{"title": "Numba engine vs ONNX artifact vs PyTensor C: mean + std + 3 exact quantiles, p50 (ms), same run",
-             "columns": ["model", "rows", "artifact sess.run", "numba engine", "PyTensor C", "× numba vs ORT",
-                         "× numba vs PyTensor C"],
-             "rows": rows_out,
-             "notes": (f"{ROUNDS} interleaved rounds, median p50 and median paired ratios (>1: numba faster). Both "
-                       "engines are onnxforge.bayes.numba_engine.NumbaPredictive (mode NUMBA / FAST_RUN), checked "
-                       "equal to the artifact (rtol 1e-4) at every row count before timing; their call includes "
-                       "encoding the raw feeds (categorical strings → codes) in numpy, as Predictor would. "
-                       f"onnxruntime {threads}; {note}; BLAS/OpenMP pools limited to 1 thread. Compile time of "
-                       "both engines per model is in the JSON (compile_ms_both)."),
-             "data": data}]
-
-
 def main() -> int:
     from bench.__main__ import to_markdown
 
-    if os.environ.get("BENCH_BAYES_ONLY") == "numba":
-        tables = numba_table()
-        OUT.mkdir(parents=True, exist_ok=True)
-        meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "rounds": ROUNDS}
-        (OUT / "bayes_numba.json").write_text(json.dumps({"meta": meta, "tables": tables}, indent=2,
-                                                         default=str) + "\n")
-        (OUT / "bayes_numba.md").write_text(f"_Measured {meta['date']}._\n\n" + to_markdown(tables))
-        print(to_markdown(tables))
-        return 0
-
-    if os.environ.get("BENCH_BAYES_ONLY") == "classes":  # the issue-16 tables alone, into bayes_classes.*
-        tables = class_tables()
-        OUT.mkdir(parents=True, exist_ok=True)
-        meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
-                "cpus": os.cpu_count(), "rounds": ROUNDS}
-        (OUT / "bayes_classes.json").write_text(json.dumps({"meta": meta, "tables": tables}, indent=2,
-                                                           default=str) + "\n")
-        (OUT / "bayes_classes.md").write_text(f"_Measured {meta['date']}._\n\n" + to_markdown(tables))
-        print(to_markdown(tables))
-        return 0
-    tables = run() + class_tables() + numba_table()
+    tables = run()
     OUT.mkdir(parents=True, exist_ok=True)
     meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
             "cpus": os.cpu_count(), "rounds": ROUNDS}
