@@ -174,7 +174,7 @@ _CLUSTERS: dict = {}
 
 def warm_cluster(tmp: Path, tuned: bool = False) -> str:
     """A LocalCluster started once (2 processes × 1 thread), as a user's own cluster: its address. `tuned`: with
-    the worker settings the engine gives the clusters it starts itself (no profiler, glibc's malloc trimming)."""
+    the worker settings the engine gives the clusters it starts itself (no profiler, no MALLOC_TRIM_THRESHOLD_)."""
     if tuned not in _CLUSTERS:
         import logging
 
@@ -285,7 +285,7 @@ def _run(tmp: Path, quick: bool) -> list[dict]:
             setups["dask, new LocalCluster per run, 2 workers × 1 thread"] = {**two, "engine": "dask"}
             setups["dask, running LocalCluster (--scheduler), 2 workers × 1 thread"] = {
                 **two, "engine": "dask", "scheduler": warm_cluster(tmp)}
-            setups["dask, running LocalCluster, no profiler + glibc malloc trimming, 2 workers × 1 thread"] = {
+            setups["dask, running LocalCluster with the engine's worker settings, 2 workers × 1 thread"] = {
                 **two, "engine": "dask", "scheduler": warm_cluster(tmp, tuned=True)}
         if has_ray and model is tab:
             setups["ray, new local instance per run, 2 workers × 1 thread"] = {**two, "engine": "ray"}
@@ -320,9 +320,9 @@ def _run(tmp: Path, quick: bool) -> list[dict]:
                   f"score, write parts; the local engine's 2 workers are this process and one fork; 'new "
                   f"LocalCluster' and 'new local instance' include starting and closing them, 'running "
                   f"LocalCluster' is a cluster started once before the rounds, as --scheduler uses one, with "
-                  f"Dask's default worker settings or (no profiler + glibc malloc trimming) the ones the engine "
-                  f"gives a LocalCluster it starts: Dask's 10 ms stack profiler and its nanny's "
-                  f"MALLOC_TRIM_THRESHOLD_=65536 cost the workers a third more CPU per row), "
+                  f"Dask's default worker settings, or with the engine's (the ones it gives a LocalCluster it "
+                  f"starts: no 10 ms stack profiler, no MALLOC_TRIM_THRESHOLD_=65536 from the nanny; those two "
+                  f"defaults cost the workers a third more CPU per row)), "
                   f"{rounds} interleaved round(s), order reversed every "
                   f"other round; ratios per round, median (range). CPU s: user + system of the process tree (this process "
                   f"and its reaped children: the pool's workers, a closed LocalCluster's processes) per million "
