@@ -534,11 +534,11 @@ def predict(model: Annotated[Path, typer.Argument(help="an .onnx file")],
             allow_nan: Annotated[bool, typer.Option(
                 "--allow-nan", help="let NaN/±inf reach a model not stamped as handling missing values")] = False,
             engine: Annotated[str | None, typer.Option(
-                help="local (a process pool, the default) or dask; folder --output only")] = None,
+                help="local (this process + forked workers, the default), dask or ray; folder --output only")] = None,
             workers: Annotated[int | None, typer.Option(
                 help="worker processes (default: the CPUs this process may use); folder --output only")] = None,
             scheduler: Annotated[str | None, typer.Option(
-                help="a Dask scheduler address (tcp://host:8786) instead of a LocalCluster")] = None,
+                help="a running cluster instead of a local one: Dask tcp://host:8786, Ray ray://host:10001 or auto")] = None,
             keep: Annotated[str | None, typer.Option(
                 metavar="COL,...", help="input columns copied beside the predictions (an id to join on)")] = None,
             overwrite: Annotated[bool, typer.Option(
