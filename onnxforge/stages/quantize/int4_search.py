@@ -157,7 +157,7 @@ def fit(builder, assess, float_path: Path, targets: list, start: list[str], *, a
     for kk, v in tried.items():
         if v is not None and kk != hi:
             v[0].unlink(missing_ok=True)
-    method = f"int4: each target rounded alone, ranked ({len(pool)} sessions), {len([v for v in tried.values()])} builds"
+    method = f"int4: each target rounded alone, ranked ({len(pool)} sessions), {len(tried)} builds"
     if keep is None:
         last = max((kk for kk, v in tried.items() if v is not None), default=0)
         return qb.Outcome(False, None, res, _why(order[:last], sens, ops, int8_ok), steps, method,
