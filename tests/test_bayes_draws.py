@@ -3,6 +3,7 @@ a run-time count support, a MatMul cdf, one gamma proposal per draw with retries
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import numpy as np
@@ -14,18 +15,21 @@ torch = pytest.importorskip("torch")
 N = 20000  # draws per row
 
 
+def _export(module, *args, dynamic=None):
+    # the product's exporter (bayes/module.export_onnx): dynamo, no exporter optimization
+    batch = torch.export.Dim("batch")
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps
+        prog = torch.onnx.export(module, args, dynamo=True, external_data=False, optimize=False, opset_version=18,
+                                 dynamic_shapes=tuple({0: batch} if d else None
+                                                      for d in dynamic or [True] * len(args)), verbose=False)
+    return prog.model_proto
+
+
 def _session(module, *args, dynamic=None):
     import onnxruntime as ort
 
-    # the product's exporter (bayes/module.export_onnx): dynamo, no exporter optimization
-
-    buf = io.BytesIO()
-    batch = torch.export.Dim("batch")
-    prog = torch.onnx.export(module, args, dynamo=True, external_data=False, optimize=False, opset_version=18,
-                             dynamic_shapes=tuple({0: batch} if d else None for d in dynamic or [True] * len(args)),
-                             verbose=False)
-    buf.write(prog.model_proto.SerializeToString())
-    return ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    model = _export(module, *args, dynamic=dynamic)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def _counts_module(family: str, alpha: float | None, support: int = 64):
@@ -97,3 +101,29 @@ def test_gamma_draws_broadcast_a_posterior_shape_over_rows():
     for j, a in enumerate(shapes):
         assert stats.kstest(x[:, j], stats.gamma(float(a)).cdf).pvalue > 1e-3, a
     assert np.unique(x[:, 1], return_counts=True)[1].max() <= 3  # no stuck value (float32 ties aside)
+
+
+@pytest.mark.parametrize(("family", "alpha"), [("poisson", None), ("negative-binomial", 50.0)])
+def test_count_means_past_the_support_take_the_rounded_normal_branch(family, alpha):
+    """A mean whose mean + 6 sd passes max_count (64 here) takes the rounded normal (an If's else branch) while the
+    batch's other rows still draw exactly; the normals sit only in that branch, so a batch of small means makes
+    none (onnxruntime's normals cost more than a small mean's inverse CDF)."""
+    import onnxruntime as ort
+
+    from onnxforge.summary import all_nodes
+
+    model = _export(_counts_module(family, alpha), torch.ones(2, N))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    big = 200.0
+    mu = np.repeat(np.asarray([2.0, big], np.float32)[:, None], N, axis=1)
+    x = sess.run(None, {sess.get_inputs()[0].name: mu})[0]
+    assert np.all(x == np.round(x)) and x.min() >= 0
+    exact = stats.poisson(2.0) if alpha is None else stats.nbinom(alpha, alpha / (alpha + 2.0))
+    assert _chi2_pvalue(x[0], exact) > 1e-3
+    sd = np.sqrt(big if alpha is None else big + big * big / alpha)
+    assert abs(x[1].mean() - big) < 5 * sd / np.sqrt(N) + 0.1
+    assert 0.97 < x[1].std() / sd < 1.03
+    assert x[1].max() > 64  # not truncated to the support
+    top = [n.op_type for n in model.graph.node]
+    normals = [n for n in all_nodes(model.graph) if n.op_type == "RandomNormalLike"]
+    assert "If" in top and "RandomNormalLike" not in top and len(normals) == 1

@@ -136,17 +136,19 @@ def draw(family: str, mu, p: dict, tables: dict):
         logpmf = torch.where(nk >= 0, logpmf, torch.full_like(logpmf, -math.inf))
         return _inverse_cdf(logpmf, torch.rand_like(mu))
     m = torch.clamp(mu, min=TINY)
+    cap = float(k.shape[0] - 1)
     if family == "poisson":
-        sd = torch.sqrt(m)
-        need = m + 7.5 * sd + 10.0  # P(X >= need) < 1e-13 for every mean below 4096 (checked with scipy)
+        # need and the exactness test grow with the mean: computed once on the batch's largest mean
+        top = m.max()
+        need = top + 7.5 * torch.sqrt(top) + 10.0  # P(X >= need) < 1e-13 for every mean below 4096 (scipy-checked)
+        all_exact = top + 6.0 * torch.sqrt(top) < cap
     else:  # negative-binomial
         a = _tensor(p["alpha"])  # not broadcast to mu: terms of a posterior alpha alone fold into initializers
-        sd = torch.sqrt(m + m * m / a)
         # Chernoff at s = q^-0.8 (q = m/(α+m)): P(X >= K) <= 5^α q^(0.8 K); K below makes that <= NB_TAIL
-        need = (a * math.log(5.0) - math.log(NB_TAIL)) / (0.8 * torch.log1p(a / m))
-    exact_ok = m + 6.0 * sd < float(k.shape[0] - 1)
+        need = ((a * math.log(5.0) - math.log(NB_TAIL)) / (0.8 * torch.log1p(a / m))).max()
+        all_exact = (m + 6.0 * torch.sqrt(m + m * m / a)).max() < cap
     # the support is sized at run time from the batch: small means compute few cells; capped at max_count
-    size = torch.clamp(torch.ceil(torch.where(exact_ok, need, 0.0).max()), 1.0, float(k.shape[0]))
+    size = torch.clamp(torch.ceil(need), 1.0, float(k.shape[0]))
     size = size.to(torch.int64).item()  # a run-time size: the exporter emits the Slices below with it
     torch._check(size >= 1)
     torch._check(size <= k.shape[0])
@@ -159,8 +161,25 @@ def draw(family: str, mu, p: dict, tables: dict):
                   + (a * torch.log(a) - a * log_den).unsqueeze(-1)
                   + k * (torch.log(m) - log_den).unsqueeze(-1))
     exact = _inverse_cdf(logpmf, torch.rand_like(mu))
-    approx = torch.round(torch.clamp(m + sd * torch.randn_like(mu), min=0.0))
-    return torch.where(exact_ok, exact, approx)
+    # means that max_count would truncate take a rounded normal; an If, so the usual batch (all exact) makes no
+    # normals: they cost ~12 ns each in onnxruntime, more than the inverse CDF of a small-mean draw
+    if family == "poisson":
+        return torch.cond(all_exact, _same, lambda e, m_: _rounded_normal(e, m_, m_, cap), (exact, m))
+    return torch.cond(all_exact, lambda e, m_, a_: e.clone(),
+                      lambda e, m_, a_: _rounded_normal(e, m_, m_ + m_ * m_ / a_, cap), (exact, m, a))
+
+
+def _same(exact, m):
+    return exact.clone()
+
+
+def _rounded_normal(exact, m, var, cap: float):
+    """The exact draw where the mean + 6 sd stays inside the support, a rounded normal elsewhere."""
+    import torch
+
+    sd = torch.sqrt(var)
+    approx = torch.round(torch.clamp(m + sd * torch.randn_like(m), min=0.0))
+    return torch.where(m + 6.0 * sd < cap, exact, approx)
 
 
 def _tensor(x):
@@ -208,7 +227,20 @@ def standard_gamma(a, like=None):
     first = torch.argmax(ok2.to(torch.int32), dim=0, keepdim=True)  # ArgMax returns the first maximum
     x2 = torch.gather(x2, 0, first).squeeze(0)
     out = x.reshape(-1).scatter(0, rej, x2).reshape(like.shape)
-    return torch.where(boost, out * torch.pow(1.0 - torch.rand_like(out), 1.0 / a), out)
+    # the boost runs only when some shape is below 1 (an If: its uniforms and logs cost more than the test);
+    # U^(1/a) as exp(log(U)/a): onnxruntime's Pow is ~5x slower than Log + Div + Exp
+    return torch.cond(boost.any(), _boost, _same_gamma, (out, a))
+
+
+def _same_gamma(out, a):
+    return out.clone()
+
+
+def _boost(out, a):
+    import torch
+
+    u = 1.0 - torch.rand_like(out)  # (0, 1]
+    return torch.where(a < 1, out * torch.exp(torch.log(u) / a), out)
 
 
 def _mt_proposals(d, c, like):
