@@ -152,14 +152,17 @@ def draw(family: str, mu, p: dict, tables: dict):
     size = size.to(torch.int64).item()  # a run-time size: the exporter emits the Slices below with it
     torch._check(size >= 1)
     torch._check(size <= k.shape[0])
-    k = k[:size]
-    if family == "poisson":
-        logpmf = k * torch.log(m).unsqueeze(-1) - (m.unsqueeze(-1) + tables["log_factorial"][:size])
+    # the log-pmf as one small GEMM of per-draw terms with rows of constants: onnxruntime's broadcasting
+    # elementwise ops ((rows, S, 1) against (K,)) run several times slower at one row
+    if family == "poisson":  # k log m - m - log k!: [log m, m, 1] @ [k; -1; -log k!]
+        w = torch.stack([tables["k"], -torch.ones_like(tables["k"]), -tables["log_factorial"]])[:, :size]
+        m1 = m.unsqueeze(-1)
+        logpmf = torch.cat([torch.log(m1), m1, m1 / m1], -1) @ w  # m1 / m1: ones (m >= TINY) in one node
     else:  # Γ(k+α)/(k! Γ(α)) (α/(α+μ))^α (μ/(α+μ))^k; the table holds log Γ(k+α)/(k! Γ(α))
         log_den = torch.log(a + m)
-        logpmf = (tables["log_nb_coef"][..., :size]
-                  + (a * torch.log(a) - a * log_den).unsqueeze(-1)
-                  + k * (torch.log(m) - log_den).unsqueeze(-1))
+        k1 = torch.stack([tables["k"], torch.ones_like(tables["k"])])[:, :size]
+        logpmf = (torch.stack([torch.log(m) - log_den, a * torch.log(a) - a * log_den + 0 * m], -1) @ k1
+                  + tables["log_nb_coef"][..., :size])
     exact = _inverse_cdf(logpmf, torch.rand_like(mu))
     # means that max_count would truncate take a rounded normal; an If, so the usual batch (all exact) makes no
     # normals: they cost ~12 ns each in onnxruntime, more than the inverse CDF of a small-mean draw

@@ -361,6 +361,14 @@ class Predictor:
             bound = _UNBINDABLE
         return bound, first
 
+    def check(self, feeds: Mapping[str, Any] | None = None, /, **kw: Any) -> list[np.ndarray]:
+        """The inputs as a call would take them — coerced to the model's dtypes (range-checked), in input order,
+        shapes and caps checked — without running the model; a UserError naming the input otherwise. A server
+        checks each request this way before it joins a batch, so one request's mistake never fails another's."""
+        arrays = self._feeds(feeds, kw)
+        self._check(arrays)
+        return arrays
+
     def bind(self, feeds: Mapping[str, Any] | None = None, /, **kw: Any) -> BoundCall:
         """Buffers bound for the shapes of this example (its values are the first contents of the inputs), for
         the calling thread only."""

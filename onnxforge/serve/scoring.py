@@ -71,9 +71,7 @@ class ServedModel:
         """Inputs by name → arrays of the model's dtypes in input order and the rows they hold, or a UserError
         naming the input and what it expected — checked per request, before it joins a batch, so one request's
         mistake never fails another's (the Predictor's own checks)."""
-        pred = self.predictor
-        arrays = pred._feeds(feeds, {})
-        pred._check(arrays)
+        arrays = self.predictor.check(feeds)
         return arrays, max((a.shape[0] for a in arrays if a.ndim), default=1)
 
     def feeds_from_records(self, records: Any) -> dict[str, np.ndarray]:

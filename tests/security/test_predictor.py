@@ -220,3 +220,17 @@ def test_unknown_input_names_are_bounded_in_the_message():
     assert "\n" not in str(e.value) and len(str(e.value)) < 600
     with pytest.raises(UserError, match="dict or keywords"):
         pred(np.zeros((1, 3), np.float32))
+
+
+def test_check_runs_a_calls_validation_without_running():
+    """Predictor.check: what a call would take (coerced arrays in input order) or the call's own one-line refusal —
+    the public check serve applies to each request before batching."""
+    pred = Predictor(_model(T.INT64), max_rows=4)
+    (a,) = pred.check(x=[[1, 2, 3]])
+    assert a.dtype == np.int64 and a.shape == (1, 3)
+    for bad, words in (({"x": np.zeros((1, 4), np.int64)}, r"shape \[1, 4\]"), ({"x": [[1.5, 2, 3]]}, "'x'"),
+                       ({"y": np.zeros((1, 3), np.int64)}, r"missing \['x'\]"),
+                       ({"x": np.zeros((5, 3), np.int64)}, "max_rows=4")):
+        with pytest.raises(UserError, match=words) as e:
+            pred.check(bad)
+        assert "\n" not in str(e.value)
