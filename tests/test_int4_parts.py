@@ -144,3 +144,31 @@ def test_fused_attention_written_back_computes_the_same(tmp_path):
     assert [n.op_type for n in m.graph.node] == ["Cast", "MatMul", "Split", "MultiHeadAttention"]
     onnx.checker.check_model(m, full_check=True)
     np.testing.assert_allclose(_run(m, feeds), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_smallest_holding_doubles_bisects_and_respects_the_cap():
+    """The INT8 and INT4 budget searches' shared loop: the smallest k that holds, with one build per k tried;
+    a k that leaves nothing to quantize lowers the cap instead of ending the search."""
+    from onnxforge.stages.quantize.budget import smallest_holding
+
+    def search(n, first_holding, buildable=None):
+        tried = []
+
+        def at(k):
+            tried.append(k)
+            if buildable is not None and k > buildable:
+                return None
+            return ("path", {"within": k >= first_holding})
+
+        return smallest_holding(at, n), tried
+
+    for n in (1, 2, 7, 20, 33):
+        for first in range(1, n + 1):
+            k, tried = search(n, first)
+            assert k == first and len(tried) == len(set(tried)) and len(tried) <= 2 * n.bit_length() + 1
+    assert search(20, 25)[0] is None  # nothing holds
+    k, tried = search(20, 10, buildable=12)  # 16 leaves nothing to quantize: 12 is tried, holds, bisect down
+    assert k == 10 and 16 in tried and 12 in tried
+    assert search(20, 14, buildable=12)[0] is None  # what would hold is not buildable
+    k, tried = search(64, 40, buildable=45)  # the cap is found by halving too: builds stay logarithmic
+    assert k == 40 and len(tried) <= 14, tried

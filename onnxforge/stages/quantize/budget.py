@@ -14,6 +14,34 @@ import numpy as np
 from onnxforge.stages.quantize.int8 import FUSED_ACTIVATIONS, NodeInfo
 
 
+def smallest_holding(at: Callable[[int], Any], n: int) -> int | None:
+    """The smallest k in 1..n whose build holds the budget, by doubling then bisection (keeping more of the ranked
+    weights in higher precision never holds worse). `at(k)` builds and checks once per k and returns a
+    (path, result) pair with result["within"], or None where k leaves nothing to quantize: the search's cap then
+    drops below k. None when no buildable k holds."""
+    lo, hi, k, cap = 0, None, 1, n
+    while lo < cap:
+        k = min(k, cap)
+        got = at(k)
+        if got is None:  # past the last buildable k: look halfway back, not one step at a time
+            cap = k - 1
+            k = (lo + cap + 1) // 2
+            continue
+        if got[1]["within"]:
+            hi = k
+            break
+        lo, k = k, k * 2
+    if hi is not None:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            got = at(mid)
+            if got is not None and got[1]["within"]:
+                hi = mid
+            else:
+                lo = mid
+    return hi
+
+
 @dataclass
 class Budget:
     max_accuracy_drop: float | None = None

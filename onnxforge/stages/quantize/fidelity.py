@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from onnxforge.stages.quantize.budget import smallest_holding
+
 EMBEDDING_MIN_WIDTH = 16  # a float output whose last axis is at least this wide is compared by direction
 
 
@@ -421,16 +423,7 @@ def keep_float_search(build: Callable[[list[str]], Path], check: FidelityCheck, 
             steps.append({"float_nodes": [*excluded, *order[:k]], "within": r["within"], "fidelity": r["fidelity"]})
         return tried[k]
 
-    lo, hi, k = 0, None, 1
-    while k <= len(order):  # doubling: the first k that holds
-        got = at(k)
-        if got is None:
-            break
-        if got[1]["within"]:
-            hi = k
-            break
-        lo = k
-        k = min(k * 2, len(order)) if k < len(order) else k + 1
+    hi = smallest_holding(at, len(order))
     if hi is None:
         last = max(tried) if tried else 0
         p, r = tried[last] if tried else (path, res)
@@ -441,13 +434,6 @@ def keep_float_search(build: Callable[[list[str]], Path], check: FidelityCheck, 
                             time.perf_counter() - t0,
                             f"still outside the fidelity budget ({describe(r['fidelity'])}) with {last} of "
                             f"{len(order)} nodes kept in float", timings)
-    while hi - lo > 1:  # bisection: the smallest k that holds
-        mid = (lo + hi) // 2
-        got = at(mid)
-        if got is not None and got[1]["within"]:
-            hi = mid
-        else:
-            lo = mid
     p, r = tried[hi]
     for kk, (pp, _) in tried.items():
         if kk != hi:

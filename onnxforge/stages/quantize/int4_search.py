@@ -134,25 +134,7 @@ def fit(builder, assess, float_path: Path, targets: list, start: list[str], *, a
                 bar()
         return tried[k]
 
-    lo, hi, k, cap = 0, None, 1, len(order)
-    while lo < cap:  # doubling: the first k that holds; a k that leaves nothing in 4 bits lowers the cap
-        k = min(k, cap)
-        got = at(k)
-        if got is None:
-            cap = k - 1
-            continue
-        if got[1]["within"]:
-            hi = k
-            break
-        lo, k = k, k * 2
-    if hi is not None:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            got = at(mid)
-            if got is not None and got[1]["within"]:
-                hi = mid
-            else:
-                lo = mid
+    hi = qb.smallest_holding(at, len(order))
     keep = tried.get(hi) if hi is not None else None
     for kk, v in tried.items():
         if v is not None and kk != hi:
