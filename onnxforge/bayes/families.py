@@ -4,7 +4,8 @@ The transform's output `mu` is the family's natural mean parameter: the mean (no
 rate, negative-binomial mean) or the success probability (bernoulli, binomial). Draws are built only from
 RandomUniformLike / RandomNormalLike: never ONNX Bernoulli (onnxruntime 1.32 returns 1 with probability 1-p), so a
 bernoulli draw is `uniform < p`; student-t uses Bailey's polar formula; counts use the inverse CDF over a support
-[0, K) and, where max_count would truncate (mean + 6 sd beyond it), a rounded normal. K is sized at run time
+[0, K) and, where max_count would truncate (mean + 6 sd beyond it), a rounded normal (behind an If: a batch
+without such a mean draws no normals). K is sized at run time
 from the batch's largest mean (at most max_count): the mass above K is < 1e-13 for poisson and < NB_TAIL for the
 negative binomial (a Chernoff bound), so 1-row queries with small means compute a few cells, not max_count.
 """
