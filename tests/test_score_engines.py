@@ -66,7 +66,8 @@ def reference(work, folder: str = "data") -> pd.DataFrame:
         df = pd.read_parquet(f)
         label, proba = sess.run(["label", "probabilities"], graph_feeds(sess, df))
         out.append(pd.DataFrame({"id": df["id"].to_numpy(), "label": label,
-                                 "probabilities_0": proba[:, 0], "probabilities_1": proba[:, 1]}))
+                                 "probabilities_benign": proba[:, 0],
+                                 "probabilities_malignant": proba[:, 1]}))
     return pd.concat(out, ignore_index=True)
 
 

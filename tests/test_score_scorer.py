@@ -63,15 +63,16 @@ def test_every_row_shape_gives_onnxruntimes_outputs(models):
     }
     for what, rows in shapes.items():
         got = scorer(rows)
-        assert list(got) == ["label", "probabilities_0", "probabilities_1"], (what, list(got))
+        # the stamped classes name the probability columns (predict, serve and the Scorer alike)
+        assert list(got) == ["label", "probabilities_benign", "probabilities_malignant"], (what, list(got))
         np.testing.assert_array_equal(got["label"].astype(str), want["label"].astype(str), err_msg=what)
-        np.testing.assert_array_equal(np.stack([got["probabilities_0"], got["probabilities_1"]], 1),
+        np.testing.assert_array_equal(np.stack([got["probabilities_benign"], got["probabilities_malignant"]], 1),
                                       want["probabilities"], err_msg=what)
     raw = scorer.outputs(df)
     assert set(raw) == {"label", "probabilities"} and raw["probabilities"].shape == (len(df), 2)
     recs = scorer.records(df.head(3))
     assert len(recs) == 3 and recs[0]["label"] == str(want["label"][0])
-    assert isinstance(recs[0]["probabilities_0"], float)
+    assert isinstance(recs[0]["probabilities_benign"], float)
 
 
 def test_from_bytes_is_the_same_scorer(models):
@@ -158,3 +159,43 @@ def test_rows_that_are_no_table_are_refused(models):
             bad = [first, {k: v for k, v in first.items() if k != "radius"}]
         with pytest.raises(UserError, match=needle):
             scorer(bad)
+
+
+def test_class_labels_name_the_probability_columns(tmp_path):
+    """A user's classifier with string labels (iris species, saved with skops): predict's table, the Scorer and
+    serve's records name the probability columns by class — the stamped classes, the same in all three — and hold
+    scikit-learn's own predict_proba."""
+    import json
+
+    import pyarrow.parquet as pq
+    import skops.io as sio
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from onnxforge.serve.scoring import ServedModel
+
+    iris = load_iris()
+    X = iris.data.astype(np.float32)
+    clf = LogisticRegression(max_iter=500).fit(X, iris.target_names[iris.target])
+    sio.dump(clf, tmp_path / "iris.skops")
+    np.savez(tmp_path / "iris.npz", input=X[:20])
+    (tmp_path / "iris.yaml").write_text(json.dumps({
+        "name": "iris", "source": {"framework": "sklearn", "path": "iris.skops"},
+        "inputs": [{"name": "input", "dtype": "float32", "shape": ["batch", 4]}], "data": {"path": "iris.npz"},
+        "stages": {"convert": {}}}))
+    assert run_cli("convert", "--config", "iris.yaml", "-o", "iris.onnx", cwd=tmp_path).code == 0
+    cols = [f"probabilities_{c}" for c in ("setosa", "versicolor", "virginica")]
+    want = clf.predict_proba(X)
+    names = ["sl", "sw", "pl", "pw"]
+    pd.DataFrame(X, columns=names).to_csv(tmp_path / "rows.csv", index=False)
+    res = run_cli("predict", "iris.onnx", "--input", "rows.csv", "--columns", f"input={','.join(names)}",
+                  "-o", "scores.parquet", cwd=tmp_path)
+    assert res.code == 0, res.stderr
+    table = pq.read_table(tmp_path / "scores.parquet").to_pandas()
+    assert list(table.columns) == ["label", *cols]
+    np.testing.assert_allclose(table[cols].to_numpy(), want, atol=1e-5)
+    got = Scorer(tmp_path / "iris.onnx", threads=1)({"input": X})
+    assert list(got) == ["label", *cols]
+    rec = ServedModel(tmp_path / "iris.onnx", name="iris", version="1", stage=None, threads=1).records_out(
+        {"probabilities": want[:1].astype(np.float32)}, 1)[0]
+    assert list(rec["probabilities"]) == ["setosa", "versicolor", "virginica"]

@@ -212,6 +212,7 @@ class Scorer:
         self.specs = with_columns(specs, columns) if columns else specs
         self.nonfinite, self.nan_fix = nan_policy(self.meta, allow_nan)
         self.output_columns = meta_json(self.meta, "output_columns", dict, {}, items=list, where=self.name)
+        self.classes = meta_json(self.meta, "classes", list, [], where=self.name)  # a classifier's class labels
         self.levels = levels(self.meta, self.name)
         self._pred = None if lazy else self._predictor(self.proto)  # lazy: a driver that never scores
 
@@ -299,11 +300,20 @@ class Scorer:
                                 "rows scored) — predict writes per-row scores only: give that output a batch axis, "
                                 "or remove it from the graph's outputs")
 
+    def column_names(self, name: str, arr: Any) -> list | None:
+        """The names of a [rows, k] output's columns: the stamped output_columns, else a classifier's class labels
+        for its float [rows, classes] outputs (probabilities, scores), else None (0..k-1)."""
+        cols = self.output_columns.get(name)
+        if cols is None and self.classes and isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and arr.ndim == 2:
+            cols = self.classes
+        return cols
+
     def columns(self, raw: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Raw outputs as named table columns (see named_columns)."""
         cols: dict[str, np.ndarray] = {}
         for name, arr in raw.items():
-            cols.update(named_columns(name, arr, self.output_columns.get(name)))
+            labels = self.column_names(name, arr)
+            cols.update(named_columns(name, arr, [str(c) for c in labels] if labels else None))
         return cols
 
     def outputs(self, rows: Any, *, seed: int | None = None, offset: int = 0, source: Any = None) -> dict[str, Any]:

@@ -43,8 +43,6 @@ class ServedModel:
         self.scorer = Scorer(self.path, threads=threads, providers=providers)
         self.proto, self.specs = self.scorer.proto, self.scorer.specs
         meta = self.scorer.meta
-        self.col_names = self.scorer.output_columns
-        self.classes = meta_json(meta, "classes", list, [], where=self.path)  # a classifier's class labels
         self.stochastic_outputs = meta_json(meta, "stochastic_outputs", list, [], items=str, where=self.path)
         self.stochastic = self.scorer.random_nodes > 0
         self.predictor = self.scorer.predictor
@@ -119,9 +117,7 @@ class ServedModel:
             if not arr.ndim or arr.shape[0] != rows:
                 raise UserError(f"output '{name}' has shape {list(arr.shape)}, not one row per record — ask "
                                 "POST /v2/models/{name}/infer for whole tensors")
-            cols = self.col_names.get(name)
-            if cols is None and self.classes and arr.dtype.kind == "f" and arr.ndim == 2:
-                cols = self.classes  # class scores, one column per class label
+            cols = self.scorer.column_names(name, arr)  # as predict names them: stamped, else class labels
             vals = to_json(arr)
             if cols and arr.ndim == 2 and len(cols) == arr.shape[1]:
                 vals = [dict(zip(map(str, cols), v, strict=True)) for v in vals]
