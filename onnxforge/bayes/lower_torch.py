@@ -428,8 +428,8 @@ def softmax(node, ins):
     dim = node.op.axis % x.core
     if dim == x.t.dim() - 1:
         return [Val(fn(x.t, dim=dim), x.b)]
-    # over an inner axis (the samples trail): written out, ~8 % faster at one row than onnxruntime's Softmax,
-    # which transposes the axis to the end and back
+    # over an inner axis (the samples trail): written out — onnxruntime's Softmax transposes the axis to the end
+    # and back there (measured on the categorical class: 2.5x faster at 1000 rows, ~8 % at one row)
     z = x.t - torch.amax(x.t, dim=dim, keepdim=True)
     if fn is torch.log_softmax:
         return [Val(z - torch.log(torch.exp(z).sum(dim, keepdim=True)), x.b)]
