@@ -89,6 +89,21 @@ def check_values(arr: np.ndarray, raw: np.ndarray, name: str, keys, source=None,
     and float values an integer input cannot hold (NaN, fractions). `arr` is the cast input, `raw` the data before.
     Why: a NaN calibration row breaks quantization scales, a NaN evaluation row makes comparisons meaningless, and
     a model that does not handle missing values scores them silently wrong."""
+    if arr.dtype == object:  # text: a missing cell (None, an empty CSV cell) is no level of any category
+        missing = np.frompyfunc(lambda v: v is None, 1, 1)(arr).astype(bool) if arr.ndim else np.asarray(
+            arr.item() is None)
+        if not missing.any():
+            return
+        if nonfinite == "pass":  # --allow-nan: scored as the text 'nan', as before this check existed
+            arr[missing] = "nan"
+            return
+        flat = missing.reshape(len(missing), -1) if missing.ndim else missing.reshape(1, 1)
+        row = int(np.argwhere(flat)[0][0])
+        n = int(flat.any(1).sum())
+        rows = f"row {row + offset}" + (f" and {n - 1} more row{'s' if n > 2 else ''}" if n > 1 else "")
+        where = f"'{keys}'" if keys and keys != name else f"input '{name}'"
+        raise UserError(f"{_where(source)}{where} has a missing value (an empty or null text cell) at {rows} — "
+                        f"{fix or 'drop or fill those rows before using the data'}")
     if arr.dtype.kind == "f":
         if nonfinite == "pass":
             return

@@ -216,12 +216,19 @@ def column(series) -> np.ndarray:
     return arr
 
 
+def _text(v):
+    """A cell as text; a missing one (None, or the NaN pandas reads for an empty cell) stays None, so that the
+    input checks refuse it instead of scoring the text 'None' or 'nan' as a level."""
+    if v is None or (isinstance(v, float | np.floating) and math.isnan(v)):  # math.isnan: no numpy warning
+        return None
+    return str(v)  # str() of a str is the same object: no cell is copied
+
+
 def as_str_objects(arr) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.dtype != object:
         arr = arr.astype(object)
-    # str() of a str is the same object: no cell is copied
-    return np.frompyfunc(str, 1, 1)(arr) if arr.ndim else np.asarray(str(arr.item()), dtype=object)
+    return np.frompyfunc(_text, 1, 1)(arr) if arr.ndim else np.asarray(_text(arr.item()), dtype=object)
 
 
 def _csv(path: Path) -> Table:

@@ -199,3 +199,23 @@ def test_class_labels_name_the_probability_columns(tmp_path):
     rec = ServedModel(tmp_path / "iris.onnx", name="iris", version="1", stage=None, threads=1).records_out(
         {"probabilities": want[:1].astype(np.float32)}, 1)[0]
     assert list(rec["probabilities"]) == ["setosa", "versicolor", "virginica"]
+
+
+def test_a_missing_text_cell_is_refused_not_scored_as_a_level(models, tmp_path):
+    """An empty CSV cell or a null record value in a string column used to reach the model as the text 'nan' or
+    'None' (OneHotEncoder(handle_unknown='ignore') then scored it as no category at all, exit 0): now refused like
+    a NaN in a numeric column, one line naming the input and row, nothing written; --allow-nan keeps the old text."""
+    model, df = models["sklearn_pipeline"], models["table"]
+    rows = df.head(4).copy()
+    rows.loc[rows.index[2], "size_band"] = None
+    rows.to_csv(tmp_path / "blank.csv", index=False)
+    res = run_cli("predict", model, "--input", tmp_path / "blank.csv", "-o", tmp_path / "out.csv")
+    assert res.code == 2 and "input 'size_band' has a missing value" in res.stderr and "row 2" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.csv").exists()
+    res = run_cli("predict", model, "--input", tmp_path / "blank.csv", "-o", tmp_path / "out.csv", "--allow-nan")
+    assert res.code == 0, res.stderr
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 4
+    records = df.head(3).to_dict("records")
+    records[1]["size_band"] = None
+    with pytest.raises(UserError, match="input 'size_band' has a missing value .* at row 1"):
+        Scorer(model, threads=1)(records)
