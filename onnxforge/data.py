@@ -97,11 +97,7 @@ def check_values(arr: np.ndarray, raw: np.ndarray, name: str, keys, source=None,
         if nonfinite == "pass":  # --allow-nan: scored as the text 'nan', as before this check existed
             arr[missing] = "nan"
             return
-        flat = missing.reshape(len(missing), -1) if missing.ndim else missing.reshape(1, 1)
-        row = int(np.argwhere(flat)[0][0])
-        n = int(flat.any(1).sum())
-        rows = f"row {row + offset}" + (f" and {n - 1} more row{'s' if n > 2 else ''}" if n > 1 else "")
-        where = f"'{keys}'" if keys and keys != name else f"input '{name}'"
+        _, where, rows = _first_bad(missing, keys, name, offset)
         raise UserError(f"{_where(source)}{where} has a missing value (an empty or null text cell) at {rows} — "
                         f"{fix or 'drop or fill those rows before using the data'}")
     if arr.dtype.kind == "f":
@@ -117,26 +113,34 @@ def check_values(arr: np.ndarray, raw: np.ndarray, name: str, keys, source=None,
         return
     if not bad.any():
         return
-    flat = bad.reshape(len(bad), -1) if bad.ndim else bad.reshape(1, 1)
-    row, j = (int(v) for v in np.argwhere(flat)[0])
-    value = values.reshape(flat.shape)[row, j]
-    before = raw.reshape(flat.shape)[row, j] if raw.dtype.kind == "f" else value
-    if isinstance(keys, list) and len(keys) == flat.shape[1]:
-        where = f"column '{keys[j]}' (input '{name}')"
-    else:
-        where = f"'{keys}'" if keys and keys != name else f"input '{name}'"
-        where += f" element {j}" if flat.shape[1] > 1 else ""
-        where += f" (input '{name}')" if keys and keys != name else ""
+    at, where, rows = _first_bad(bad, keys, name, offset)
+    shape = (len(bad), -1) if bad.ndim else (1, 1)  # the (rows, -1) view _first_bad counted in
+    value = values.reshape(shape)[at]
+    before = raw.reshape(shape)[at] if raw.dtype.kind == "f" else value
     what = "NaN (a missing value)" if np.isnan(value) else f"{before:g}"
     why = ""
     if arr.dtype.kind in "iu":
         why = f" (an {arr.dtype} input cannot hold it)"
     elif np.isinf(value) and np.isfinite(before):
         why = f" (beyond {arr.dtype}'s range)"
-    n = int(flat.any(1).sum())
-    rows = f"row {row + offset}" + (f" and {n - 1} more row{'s' if n > 2 else ''}" if n > 1 else "")
     raise UserError(f"{_where(source)}{where} holds {what} at {rows}{why} — "
                     f"{fix or 'drop or impute those rows before using the data'}")
+
+
+def _first_bad(bad: np.ndarray, keys, name: str, offset: int) -> tuple[tuple[int, int], str, str]:
+    """Where the first flagged cell of an input is — its (row, element) in the (rows, -1) view, the column or input
+    that holds it, and 'row R and N more rows' — for check_values' one-line refusals."""
+    flat = bad.reshape(len(bad), -1) if bad.ndim else bad.reshape(1, 1)
+    row, j = (int(v) for v in np.argwhere(flat)[0])
+    if isinstance(keys, list) and len(keys) == flat.shape[1]:
+        where = f"column '{keys[j]}' (input '{name}')"
+    else:
+        where = f"'{keys}'" if keys and keys != name else f"input '{name}'"
+        where += f" element {j}" if flat.shape[1] > 1 else ""
+        where += f" (input '{name}')" if keys and keys != name else ""
+    n = int(flat.any(1).sum())
+    rows = f"row {row + offset}" + (f" and {n - 1} more row{'s' if n > 2 else ''}" if n > 1 else "")
+    return (row, j), where, rows
 
 
 def _keys_for(spec, specs, table, source=None, hint=None) -> list[str] | str:
