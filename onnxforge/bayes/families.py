@@ -168,13 +168,14 @@ def draw(family: str, mu, p: dict, tables: dict):
     # means that max_count would truncate take a rounded normal; an If, so the usual batch (all exact) makes no
     # normals: they cost ~12 ns each in onnxruntime, more than the inverse CDF of a small-mean draw
     if family == "poisson":
-        return torch.cond(all_exact, _same, lambda e, m_: _rounded_normal(e, m_, m_, cap), (exact, m))
-    return torch.cond(all_exact, lambda e, m_, a_: e.clone(),
-                      lambda e, m_, a_: _rounded_normal(e, m_, m_ + m_ * m_ / a_, cap), (exact, m, a))
+        return torch.cond(all_exact, _first, lambda e, m_: _rounded_normal(e, m_, m_, cap), (exact, m))
+    return torch.cond(all_exact, _first, lambda e, m_, a_: _rounded_normal(e, m_, m_ + m_ * m_ / a_, cap),
+                      (exact, m, a))
 
 
-def _same(exact, m):
-    return exact.clone()
+def _first(x, *_):
+    """An If's branch that keeps its first operand (a copy: a branch may not return its input itself)."""
+    return x.clone()
 
 
 def _rounded_normal(exact, m, var, cap: float):
@@ -233,11 +234,7 @@ def standard_gamma(a, like=None):
     out = x.reshape(-1).scatter(0, rej, x2).reshape(like.shape)
     # the boost runs only when some shape is below 1 (an If: its uniforms and logs cost more than the test);
     # U^(1/a) as exp(log(U)/a): onnxruntime's Pow is ~5x slower than Log + Div + Exp
-    return torch.cond(boost.any(), _boost, _same_gamma, (out, a))
-
-
-def _same_gamma(out, a):
-    return out.clone()
+    return torch.cond(boost.any(), _boost, _first, (out, a))
 
 
 def _boost(out, a):
