@@ -12,10 +12,20 @@ def hint(model) -> str | None:
     return next((p.value for p in model.metadata_props if p.key == "onnxforge.prediction_output"), None)
 
 
-def prediction(outputs: dict[str, np.ndarray], name: str | None = None) -> tuple[str, np.ndarray, str]:
+def kind_hint(model) -> str | None:
+    """What the declared prediction output holds, where a name cannot tell (metadata `onnxforge.prediction_kind`):
+    'class_probabilities' for a Bayesian categorical's mean, (rows, classes) — its argmax is the class."""
+    return next((p.value for p in model.metadata_props if p.key == "onnxforge.prediction_kind"), None)
+
+
+def prediction(outputs: dict[str, np.ndarray], name: str | None = None,
+               kind: str | None = None) -> tuple[str, np.ndarray, str]:
     """(output name, prediction, kind) with kind 'class' or 'value'. A label output wins; then an output named like
     a point prediction (mean, prediction, variable); else a [N, C>1] float output is argmaxed; else the first float
-    output is a regression value. Models may name theirs in `onnxforge.prediction_output` metadata."""
+    output is a regression value. Models may name theirs in `onnxforge.prediction_output` metadata, and say in
+    `onnxforge.prediction_kind` that it holds class probabilities."""
+    if name is not None and kind == "class_probabilities" and np.ndim(outputs[name]) == 2:
+        return name, np.asarray(outputs[name]).argmax(1), "class"
     items = list(outputs.items()) if name is None else [(name, outputs[name])]
     for n, a in items:
         if np.asarray(a).dtype.kind in "iuUSOb":
@@ -58,16 +68,17 @@ def _is_number(v) -> bool:
 
 
 def task_metrics(outputs: dict[str, np.ndarray], labels: np.ndarray | None = None,
-                 reference: dict[str, np.ndarray] | None = None, name: str | None = None) -> dict:
-    name, pred, kind = prediction(outputs, name)
+                 reference: dict[str, np.ndarray] | None = None, name: str | None = None,
+                 kind: str | None = None) -> dict:
+    name, pred, kind_ = prediction(outputs, name, kind)
     if labels is not None:
         labels = check_labels(labels, len(pred))
-    m: dict = {"prediction_output": name, "task": "classification" if kind == "class" else "regression"}
-    if kind == "class":
+    m: dict = {"prediction_output": name, "task": "classification" if kind_ == "class" else "regression"}
+    if kind_ == "class":
         if labels is not None:
             m["accuracy"] = float(np.mean(pred.astype(str) == labels.astype(str)))
         if reference is not None:
-            _, rp, _ = prediction(reference, name)
+            _, rp, _ = prediction(reference, name, kind)
             m["top1_agreement"] = float(np.mean(pred.astype(str) == rp.astype(str)))
     else:
         if labels is not None:

@@ -159,10 +159,10 @@ def _zero_code(cfg, post, cats, builder, names: list[str]):
         if name in zc.graphs:
             fparams[name] = ("graph", name)
         elif name in fixed:
-            ref, values = fixed[name]
+            kind, ref, values = fixed[name]
             if values is not None:
                 extra[ref] = values
-            fparams[name] = ("var", ref)
+            fparams[name] = (kind, ref)
     return FAMILIES[family], zc, fparams, extra
 
 
@@ -233,6 +233,8 @@ def artifact_metadata(pred: BayesPredictive, cfg) -> dict[str, Any]:
         "output_columns": cols or None,
         # the point prediction, for task metrics (a [rows, Q] quantiles output is not a class-score matrix)
         "prediction_output": names.get("mean"),
+        # a categorical's mean is (rows, classes) of probabilities: task metrics take its argmax as the class
+        "prediction_kind": "class_probabilities" if pred.family.classes and "mean" in names else None,
         "bayes": {"family": pred.family.name, "transform": (cfg.source.transform.rpartition(":")[2]
                                                              if cfg.source.transform else None),
                   "outputs": names, "quantiles": pred.quantiles, "draws": pred.n_draws,

@@ -36,6 +36,8 @@ FAMILY_OF_RV = {
     "BetaRV": ("beta", lambda p: {"mu": p[0] / (p[0] + p[1]), "kappa": p[0] + p[1]}),
     "CategoricalRV": ("categorical", lambda p: {"mu": p[0]}),
 }
+LIKELIHOODS = ("pm.Normal, StudentT, Bernoulli, Binomial, Poisson, NegativeBinomial, Gamma, LogNormal, Beta, "
+               "Categorical (OrderedLogistic, OrderedProbit), ZeroInflatedPoisson and ZeroInflatedNegativeBinomial")
 HINT = "write the mean function yourself as source.transform: 'file.py:function' (fn(xp, params, **inputs))"
 
 
@@ -57,11 +59,16 @@ def call_builder(builder, args: dict[str, np.ndarray], coords: dict):
     kw = {k: v for k, v in args.items() if k in sig or takes_any}
     if "coords" in sig or takes_any:
         kw["coords"] = coords
+    name = getattr(builder, "__name__", "the builder")
     try:
         return builder(**kw)
     except TypeError as e:
         raise UserError(f"source.model: calling the builder failed ({e}) — it must accept the inputs "
                         f"{list(args)} (or none of them) and coords=") from None
+    except Exception as e:  # the user's code failed: their bug to fix, not ours (exit 2, not an internal error)
+        msg = " ".join(str(e).split())[:200]
+        raise UserError(f"source.model: {name}() raised {type(e).__name__}: {msg} — fix the model builder (it is "
+                        f"called with the inputs {list(args)} as new rows, and coords=)") from None
 
 
 @dataclass
@@ -151,6 +158,11 @@ def _rv_family(model, observed: str):
     from pytensor.tensor.random.op import RandomVariable
 
     names = [v.name for v in model.observed_RVs]
+    if observed not in names and observed in {v.name for v in model.free_RVs}:
+        raise UserError(f"source.observed: '{observed}' is a free variable of the model as the builder built it, "
+                        "not an observed one (observed=None when called without the labels?) — give it placeholder "
+                        "observations when the labels are missing, e.g. observed=np.zeros(len(x)), "
+                        "with shape=x.shape[0]")
     if observed not in names:
         raise UserError(f"source.observed: '{observed}' is not an observed variable of the PyMC model — it has "
                         f"{', '.join(names) or 'none'}")
@@ -163,9 +175,9 @@ def _rv_family(model, observed: str):
         if found is not None:
             return found
     if not isinstance(op, RandomVariable) or kind not in FAMILY_OF_RV:
-        have = ", ".join(sorted(FAMILY_OF_RV))
-        raise UserError(f"zero-code export: the observed '{observed}' is a {kind or type(rv).__name__} — supported "
-                        f"likelihoods are {have}; or {HINT}")
+        what = getattr(op, "name", None) or kind or type(rv).__name__  # weibull, not WeibullBetaRV
+        raise UserError(f"zero-code export: the observed '{observed}' is a {what} likelihood, which onnxforge has no "
+                        f"predictive family for — the supported ones are {LIKELIHOODS}")
     family, params = FAMILY_OF_RV[kind]
     return family, params(list(op.dist_params(node)))
 
@@ -188,8 +200,8 @@ def _zero_inflated(op, node):
 
 
 def extract(model, observed: str, input_names: list[str], posterior):
-    """(family, the ZeroCode of the input-dependent parameters, {param: (posterior name, None) | (new name,
-    per-sample values)} for the others)."""
+    """(family, the ZeroCode of the input-dependent parameters, {param: ("var", posterior name, None) | ("var",
+    new name, per-sample values) | ("const", number, None)} for the others)."""
     import pytensor.tensor as pt
     from pytensor.graph.replace import clone_replace
     from pytensor.tensor.random.op import RandomVariable
@@ -243,7 +255,7 @@ def extract(model, observed: str, input_names: list[str], posterior):
             continue
         direct = _placeholder(g, param_vars)
         if direct is not None and posterior.values[direct].ndim == 1:
-            fixed[n] = (direct, None)  # the posterior variable itself, as a hand config's params: {sigma: sigma}
+            fixed[n] = ("var", direct, None)  # the posterior variable itself, as a hand config's params: {sigma: sigma}
             continue
         # posterior-only parameter: per-sample values, computed once by PyTensor in float64
         probe = ZeroCode(observed, family, {}, param_vars, {n: g})
@@ -251,7 +263,10 @@ def extract(model, observed: str, input_names: list[str], posterior):
         if int(np.prod(values.shape[:-1])) != 1:
             zc.graphs[n] = g  # shaped like the training rows or groups: leave it to the graph
             continue
-        fixed[n] = (f"{observed}.{n}", values.reshape(-1))
+        if not probe.used:  # a number in the model (sigma=1.0, nu=4, n=20): a constant, as params: {sigma: 1.0}
+            fixed[n] = ("const", float(values.reshape(-1)[0]), None)
+            continue
+        fixed[n] = ("var", f"{observed}.{n}", values.reshape(-1))
     return family, zc, fixed
 
 

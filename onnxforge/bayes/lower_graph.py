@@ -82,7 +82,10 @@ class TorchGraph(torch.nn.Module):
             outs = lt.apply(node, [env[i] for i in node.inputs])
             for o, v in zip(node.outputs, outs, strict=False):
                 env[o] = v
-        return {n: env[o].t for n, o in zip(self.names, self.outputs, strict=True)}
+        # a parameter computed from the data alone (a known per-row sigma, binomial trials from pm.Data) has no
+        # sample axis: give it one, as the module expects (rows, samples)
+        return {n: env[o].t if env[o].b else env[o].t.unsqueeze(-1) for n, o in zip(self.names, self.outputs,
+                                                                                    strict=True)}
 
 
 def _perform(node, inputs: list) -> list:

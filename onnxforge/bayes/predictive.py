@@ -272,8 +272,11 @@ class BayesPredictive:
         for spec in self.inputs:
             cat = self.categorical.get(spec.name)
             a = encoded[spec.name]
-            args[spec.name] = a.reshape(-1) if (cat is None and a.ndim == 2 and a.shape[1] == 1
-                                                and len(spec.shape or [1]) == 1) else a
+            a = a.reshape(-1) if (cat is None and a.ndim == 2 and a.shape[1] == 1
+                                  and len(spec.shape or [1]) == 1) else a
+            if cat is None and str(spec.dtype).startswith(("int", "uint")):
+                a = a.astype(np.int64)  # an integer input (a group index) stays integer for the model's pm.Data
+            args[spec.name] = a
         return args
 
     def build_model(self, encoded: dict[str, np.ndarray]):
@@ -282,11 +285,14 @@ class BayesPredictive:
 
         if self.builder is None:
             raise UserError("source.model is not set")
-        return call_builder(self.builder, self.builder_args(encoded),
-                            {d: list(c) for d, c in self.posterior.coords.items()})
+        args = self.builder_args(encoded)
+        model = call_builder(self.builder, args, {d: list(c) for d, c in self.posterior.coords.items()})
+        put_rows(model, args)
+        return model
 
     def sample_pymc(self, feeds: dict[str, np.ndarray], seed: int = 0) -> np.ndarray:
         """pm.sample_posterior_predictive on the same new data and the same (thinned) posterior: (rows, samples)."""
+        import logging
         import warnings
 
         if self.builder is None:
@@ -304,10 +310,48 @@ class BayesPredictive:
         if self.observed not in model.named_vars:
             raise UserError(f"source.observed: the PyMC model has no variable '{self.observed}' — it has "
                             f"{', '.join(sorted(model.named_vars))[:200]}")
+        log = logging.getLogger("pymc")  # PyMC logs "Sampling: [y]" at INFO on every call: noise in our output
+        level = log.level
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            idata = pm.sample_posterior_predictive(self.posterior.dataset(), model=model,
-                                                   var_names=[self.observed], random_seed=seed,
-                                                   progressbar=False)
+            log.setLevel(logging.WARNING)
+            try:
+                idata = pm.sample_posterior_predictive(self.posterior.dataset(), model=model,
+                                                       var_names=[self.observed], random_seed=seed,
+                                                       progressbar=False)
+            except Exception as e:  # PyMC's own sampler on the user's model (e.g. float trials for a Binomial)
+                msg = " ".join(str(e).split())[:200]
+                raise UserError(f"the stochastic check's reference failed: pm.sample_posterior_predictive on the "
+                                f"model raised {type(e).__name__}: {msg} — fix the model so PyMC can sample it "
+                                "(or drop outputs.draws)") from None
+            finally:
+                log.setLevel(level)
         draws = idata.posterior_predictive[self.observed].values  # (chain, draw, rows)
         return draws.reshape(-1, draws.shape[-1]).T.astype(np.float64)
+
+
+def put_rows(model, args: dict[str, np.ndarray]) -> None:
+    """The new rows into the model's pm.Data, as `pm.set_data` does before pm.sample_posterior_predictive: a
+    builder() that takes no inputs was built on its training data, and a dim of the rows (dims=("obs_id", ...))
+    still has the posterior's coords, as long as the training rows."""
+    import pymc as pm
+
+    data = {v.name: v for v in model.data_vars}
+    values = {k: v for k, v in args.items() if k in data}
+    for k, v in values.items():  # integer data (int32 on some platforms) from int64 rows: same values, its dtype
+        dt = np.dtype(data[k].dtype)
+        if dt.kind in "iu" and np.asarray(v).dtype.kind in "iu":
+            values[k] = np.asarray(v).astype(dt)
+    coords = {}
+    for k, v in values.items():
+        dims = model.named_vars_to_dims.get(k) or ()
+        if dims and dims[0] is not None and len(model.coords.get(dims[0]) or ()) != len(v):
+            coords[dims[0]] = np.arange(len(v))
+    if not values:
+        return
+    try:
+        pm.set_data(values, model=model, coords=coords or None)
+    except Exception as e:  # the model's own checks (dtype, rank, a dim it does not let change)
+        msg = " ".join(str(e).split())[:200]
+        raise UserError(f"source.model: putting the new rows into the model's pm.Data failed ({type(e).__name__}: "
+                        f"{msg}) — give inputs shaped and typed as its pm.Data ({', '.join(values)})") from None

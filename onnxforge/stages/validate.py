@@ -268,8 +268,9 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     task = {}
     if det_got:
         name = metrics.hint(model) if metrics.hint(model) in det_got else None
-        task = {"candidate": metrics.task_metrics(det_got, labels, det_ref, name=name),
-                "reference": metrics.task_metrics(det_ref, labels, name=name)}
+        kind = metrics.kind_hint(model)
+        task = {"candidate": metrics.task_metrics(det_got, labels, det_ref, name=name, kind=kind),
+                "reference": metrics.task_metrics(det_ref, labels, name=name, kind=kind)}
     failing = sorted({c["output"] for c in comparisons if not c["pass"]})
     return {"verdict": "fail" if failing else "pass", "failing": failing, "reference": ref_desc,
             "against": opts.against, "data": provenance, "rows": rows, "structural": st,

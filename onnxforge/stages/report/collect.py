@@ -216,18 +216,22 @@ def _run_model(path: Path, proto, feeds: dict[str, np.ndarray], cfg) -> dict[str
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
-def _metrics(outputs, labels, reference=None) -> dict | None:
-    from onnxforge.metrics import task_metrics
+def _metrics(outputs, labels, reference=None, proto=None) -> dict | None:
+    from onnxforge.metrics import hint, kind_hint, task_metrics
 
     if not outputs or (labels is None and reference is None):
         return None
     n = len(next(iter(outputs.values())))
     lab = None if labels is None else labels[:n]
+    # the prediction output the model declares (a Bayesian categorical's class probabilities are argmaxed)
+    name = hint(proto) if proto is not None and hint(proto) in outputs else None
+    kind = kind_hint(proto) if name is not None else None
     try:
         try:
-            return task_metrics(outputs, lab, None if reference is None else {k: v[:n] for k, v in reference.items()})
+            return task_metrics(outputs, lab, None if reference is None else {k: v[:n] for k, v in reference.items()},
+                                name=name, kind=kind)
         except KeyError:  # the reference names its outputs differently: no agreement figure
-            return task_metrics(outputs, lab) if lab is not None else None
+            return task_metrics(outputs, lab, name=name, kind=kind) if lab is not None else None
     except (ValueError, IndexError, TypeError, KeyError):
         return None  # outputs that are no prediction (e.g. embeddings) have no task metric
 
@@ -320,8 +324,8 @@ def _measure(a: Artifact, proto, feeds, labels, src: Sources, outputs: dict, ref
         src.notes.append(f"{a.label}: stochastic outputs {sorted(stochastic)} have no element-wise errors or "
                          "task metrics here (validate compares them as distributions)")
     errors = compare_outputs(a.label, ref_label, ref_out, got) if got is not None and ref_out is not None else []
-    m = _metrics(got, labels, ref_out)
-    ref_metrics.setdefault(a.label, _metrics(got, labels))
+    m = _metrics(got, labels, ref_out, proto)
+    ref_metrics.setdefault(a.label, _metrics(got, labels, proto=proto))
     return {
         "label": a.label, "path": a.path.relative_to(src.run_dir).as_posix() if src.run_dir else shown(a.path, *_bases(src)),
         "stage": a.stage, "parent": a.parent, "reference": ref_label, "sha256": sha256_file(a.path),
