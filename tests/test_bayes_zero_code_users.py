@@ -9,6 +9,7 @@ pm.sample_posterior_predictive).
 - a number in the model (sigma=1.0, StudentT nu=4) with more draws than posterior samples;
 - the gallery's builder() that takes no arguments (its data are module globals, replaced by pm.set_data);
 - the posterior's coords passed back into a model whose pm.Data carry a rows dim (dims=("obs_id", ...));
+- the numba engine (Predictor(engine="numba")) equal to the artifact on the first three;
 - a categorical's task metric is the accuracy of its argmax, not a regression on the first class's probability;
 - bad input: a builder that raises, a likelihood without a family, an observed variable left unobserved, a model
   PyMC itself cannot sample — exit 2, one line, nothing written.
@@ -188,6 +189,17 @@ def _validates(cli, cfg: Path) -> dict:
     return val
 
 
+def _numba_equals_artifact(cfg: Path, feeds: dict) -> None:
+    """Predictor(engine="numba") on the same config: mean/std/quantiles equal to the artifact's."""
+    from onnxforge.score import Predictor
+
+    model = next(cfg.parent.rglob("01-convert/model.onnx"))
+    want = Predictor(str(model))(**feeds)
+    got = Predictor(str(model), engine="numba", source=str(cfg))(**feeds)
+    for key in ("mean", "std", "quantiles"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
 def _column(n: int, seed: int = 3) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=n)
 
@@ -207,6 +219,7 @@ def test_integer_group_index_input(tmp_path, cli):
 
     m = onnx.load(str(next(tmp_path.rglob("01-convert/model.onnx"))))
     assert {i.name: i.type.tensor_type.elem_type for i in m.graph.input}["g"] == onnx.TensorProto.INT64
+    _numba_equals_artifact(cfg, {"x": _column(n).astype(np.float32), "g": g})
 
 
 def test_known_per_row_sigma_from_data(tmp_path, cli):
@@ -216,6 +229,7 @@ def test_known_per_row_sigma_from_data(tmp_path, cli):
                    {"x": _column(n), "se": se, "y": _column(n, 5)}, AB)
     val = _validates(cli, cfg)
     assert val["rows"] == n
+    _numba_equals_artifact(cfg, {"x": _column(n).astype(np.float32), "se": se.astype(np.float32)})
 
 
 def test_binomial_trials_from_data(tmp_path, cli):
@@ -224,6 +238,7 @@ def test_binomial_trials_from_data(tmp_path, cli):
     cfg = _project(tmp_path, "trials", [X1, {"name": "n", "dtype": "int64", "shape": ["batch"]}],
                    {"x": _column(n), "n": trials, "y": trials // 2}, AB)
     _validates(cli, cfg)
+    _numba_equals_artifact(cfg, {"x": _column(n).astype(np.float32), "n": trials})
 
 
 @pytest.mark.parametrize(("builder", "extra"), [("fixed_sigma", {}), ("fixed_nu", {"sigma": ((), _positive)})])

@@ -66,7 +66,8 @@ class _Graph:
             # static sizes where the config fixes them; a 1-D number is a (rows, 1) column, broadcastable as such
             static = (None,) if cat else (None, 1) if len(dims) == 1 else \
                 (None, *[d if isinstance(d, int) else None for d in dims[1:]])
-            var = pt.tensor(spec.name, dtype="int64" if cat else "float32", shape=static)
+            integer = cat or str(spec.dtype).startswith(("int", "uint"))  # codes, or an integer input (an index)
+            var = pt.tensor(spec.name, dtype="int64" if integer else "float32", shape=static)
             self.inputs.append(var)
             args[spec.name] = var
         if hasattr(pred.transform, "graphs"):
@@ -119,7 +120,9 @@ class _Graph:
             repl[want] = (v[:, 0] if want.ndim == 1 and v.ndim == 2 else v).astype(want.dtype)
         names = list(zc.graphs)
         outs = vectorize_graph([zc.graphs[n] for n in names], replace=repl)
-        return {n: pt.moveaxis(o, 0, -1) for n, o in zip(names, outs, strict=True)}
+        # a graph of the data alone (a known per-row sigma) gets no sample axis from vectorizing: give it one
+        return {n: pt.moveaxis(o, 0, -1) if o.ndim > zc.graphs[n].ndim else o[..., None]
+                for n, o in zip(names, outs, strict=True)}
 
 
 def _quantile_plan(quantiles: list[float], s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -234,8 +237,10 @@ class NumbaPredictive:
         if cat is None:
             nd = var.type.ndim
 
+            dtype = np.int64 if var.type.dtype == "int64" else np.float32
+
             def number(a):
-                a = np.ascontiguousarray(a, dtype=np.float32)
+                a = np.ascontiguousarray(a, dtype=dtype)
                 return a.reshape(-1, 1) if a.ndim == 1 and nd == 2 else a
             return number
         lut = {level: code for code, level in enumerate(cat.levels)}
