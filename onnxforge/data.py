@@ -121,6 +121,8 @@ def check_values(arr: np.ndarray, raw: np.ndarray, name: str, keys, source=None,
     why = ""
     if arr.dtype.kind in "iu":
         why = f" (an {arr.dtype} input cannot hold it)"
+        if np.isfinite(value):  # a fraction, not a missing value: the caller's NaN advice does not apply
+            fix = "give whole numbers for an integer input (it is never rounded for you)"
     elif np.isinf(value) and np.isfinite(before):
         why = f" (beyond {arr.dtype}'s range)"
     raise UserError(f"{_where(source)}{where} holds {what} at {rows}{why} — "

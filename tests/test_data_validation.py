@@ -446,3 +446,19 @@ def test_missing_reader_names_the_extra(tmp_path, hidden, out):
     assert p.returncode == 2, p.stderr
     assert "pip install 'onnxforge[data]'" in p.stderr and "Traceback" not in p.stderr
     assert sorted(f.name for f in tmp_path.iterdir()) == ["m.onnx", "rows.csv"]  # nothing left behind
+
+
+def test_fraction_in_an_integer_input_is_not_called_missing(tmp_path):
+    """1.5 in an int64 column (a group index) is refused naming the fix for it (whole numbers), not the NaN advice
+    (--allow-nan would not help: it is no missing value)."""
+    ins = [h.make_tensor_value_info("x", T.FLOAT, ["n"]), h.make_tensor_value_info("g", T.INT64, ["n"])]
+    g = h.make_graph([h.make_node("Cast", ["g"], ["gf"], to=T.FLOAT), h.make_node("Add", ["gf", "x"], ["y"])],
+                     "idx", ins, [h.make_tensor_value_info("y", T.FLOAT, ["n"])])
+    save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "idx.onnx")
+    (tmp_path / "rows.csv").write_text("x,g\n0.1,0\n0.2,2\n0.3,1.5\n")
+    out = tmp_path / "scores.csv"
+    line = assert_one_line_error(run_cli("predict", tmp_path / "idx.onnx", "--input", tmp_path / "rows.csv",
+                                         "-o", out))
+    assert "'g'" in line and "1.5" in line and "row 2" in line and "whole numbers" in line, line
+    assert "allow-nan" not in line and "missing" not in line, line
+    assert not out.exists()
