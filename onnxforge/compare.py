@@ -145,33 +145,88 @@ def _py(v):
     return v.item() if hasattr(v, "item") else v
 
 
+MIN_DRAWS = 20  # fewer draws per row on either side: no distribution check (it would pass anything, or fail by chance)
+
+
+def _betabinom_bounds(n: int, a: float, b: float, alpha: float) -> tuple[int, int]:
+    """(L, U): the alpha-lower and alpha-upper quantiles of BetaBinomial(n, a, b) — the law of how many of n
+    candidate draws fall below the reference's k-th smallest of nr draws (a = k, b = nr + 1 - k) when both come
+    from one continuous distribution. Exact for any nr, unlike a normal band (a tail quantile's law is skewed)."""
+    from math import lgamma
+
+    x = np.arange(n + 1)
+    lg = np.frompyfunc(lgamma, 1, 1)
+    logp = (lgamma(n + 1) - lg(x + 1).astype(float) - lg(n - x + 1).astype(float)
+            + lg(x + a).astype(float) + lg(n - x + b).astype(float) - lgamma(n + a + b)
+            - (lgamma(a) + lgamma(b) - lgamma(a + b)))
+    cdf = np.cumsum(np.exp(logp - logp.max()))
+    cdf /= cdf[-1]
+    lower = int(np.searchsorted(cdf, alpha))  # P(X < L) <= alpha
+    upper = int(np.searchsorted(cdf, 1 - alpha))  # P(X > U) <= alpha
+    return lower, upper
+
+
+def _t_critical(nu: int, alpha: float) -> float:
+    """t with P(T_nu > t) = alpha: the mean check's critical value. Welch's t has at least min(nr, ng) - 1 degrees
+    of freedom; a normal critical value there fails correct artifacts at 20-50 reference draws (heavier tails).
+    P(T > t) = ∫ cos^(nu-1) θ dθ over [atan(t/√nu), π/2], normalized over [-π/2, π/2] (u = √nu tan θ)."""
+    z = NormalDist().inv_cdf(1 - alpha)
+    if nu >= 20000:  # t and normal differ by < 1e-3 there (and the grid below would be too coarse)
+        return z
+    theta = np.linspace(-np.pi / 2, np.pi / 2, 40001)
+    total = np.trapezoid(np.cos(theta) ** (nu - 1), theta)
+
+    def tail(t: float) -> float:
+        th = np.linspace(np.arctan(t / np.sqrt(nu)), np.pi / 2, 4001)
+        return float(np.trapezoid(np.cos(th) ** (nu - 1), th) / total)
+
+    lo, hi = z, z * 4 + 10
+    for _ in range(60):  # bisection: tail() falls as t grows
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if tail(mid) > alpha else (lo, mid)
+    return hi
+
+
 def distribution(name: str, ref_draws: np.ndarray, got_draws: np.ndarray, axis: int = -1, sigmas: float = 4.0,
                  quantiles: tuple[float, ...] = (0.05, 0.5, 0.95)) -> dict[str, Any]:
     """Stochastic outputs, row by row: means agree within `sigmas` Monte-Carlo standard errors, and each reference
-    quantile sits where the candidate's empirical CDF says it should (F(q⁻) ≤ p ≤ F(q) within sampling error) —
-    a CDF test that also holds for discrete outputs (0/1 draws), where quantiles themselves jump."""
+    quantile sits where the candidate's empirical CDF says it should: the count of candidate draws below it (and
+    at or below it, so 0/1 and other discrete draws are judged fairly) inside the exact beta-binomial band of a
+    reference order statistic. Non-finite draws, or fewer than MIN_DRAWS per row on a side, fail with a reason."""
     r = np.moveaxis(np.asarray(ref_draws, dtype=np.float64), axis, -1)
     g = np.moveaxis(np.asarray(got_draws, dtype=np.float64), axis, -1)
+    base = {"output": name, "kind": "distribution", "pass": False}
     if r.shape[:-1] != g.shape[:-1]:
-        return {"output": name, "kind": "distribution", "pass": False,
-                "reason": f"row shape {list(g.shape[:-1])} differs from reference {list(r.shape[:-1])}"}
+        return {**base, "reason": f"row shape {list(g.shape[:-1])} differs from reference {list(r.shape[:-1])}"}
     nr, ng = r.shape[-1], g.shape[-1]
+    if min(nr, ng) < MIN_DRAWS:
+        return {**base, "draws_ref": nr, "draws_got": ng,
+                "reason": f"{min(nr, ng)} draws per row on the {'reference' if nr < ng else 'candidate'} side: a "
+                          f"distribution check needs at least {MIN_DRAWS} (more posterior samples, or more draws)"}
+    for side, a in (("candidate", g), ("reference", r)):
+        if not np.isfinite(a).all():
+            return {**base, "draws_ref": nr, "draws_got": ng,
+                    "reason": f"the {side}'s draws hold {int((~np.isfinite(a)).sum())} NaN/inf value(s)"}
     # Many rows × several checks: widen the band (Bonferroni) so a correct artifact fails < 1 in 10,000 runs.
     checks = max(1, int(np.prod(r.shape[:-1]))) * (1 + len(quantiles))
-    sigmas = max(sigmas, NormalDist().inv_cdf(1 - 1e-4 / (2 * checks)))
+    alpha = 1e-4 / (2 * checks)
+    sigmas = max(sigmas, _t_critical(min(nr, ng) - 1, alpha))
     mr, mg = r.mean(-1), g.mean(-1)
     se = np.sqrt(r.var(-1, ddof=1) / nr + g.var(-1, ddof=1) / ng)
     z = np.abs(mg - mr) / np.maximum(se, 1e-9 + 1e-6 * np.abs(mr))
-    mean_bad = z > sigmas
+    mean_bad = ~(z <= sigmas)  # a NaN statistic fails
     q_bad = np.zeros(r.shape[:-1], dtype=bool)
     q_err = {}
     for q in quantiles:
-        qr = np.quantile(r, q, axis=-1)[..., None]
-        below, at_or_below = (g < qr).mean(-1), (g <= qr).mean(-1)
-        allow = sigmas * np.sqrt(q * (1 - q) * (1 / nr + 1 / ng)) + 1e-9
-        off = np.maximum(q - at_or_below, below - q)  # > 0: the candidate's CDF disagrees at this quantile
-        q_bad |= off > allow
-        q_err[str(q)] = float(off.max(initial=0.0))
+        qr = np.quantile(r, q, axis=-1)[..., None]  # between the reference's (lo+1)-th and (lo+2)-th smallest
+        below, at_or_below = (g < qr).sum(-1), (g <= qr).sum(-1)
+        lo = min(int(np.floor(q * (nr - 1))), nr - 1)
+        low, _ = _betabinom_bounds(ng, lo + 1, nr - lo, alpha)
+        k = min(lo + 2, nr)
+        _, high = _betabinom_bounds(ng, k, nr + 1 - k, alpha)
+        q_bad |= (at_or_below < low) | (below > high)
+        # the figure shown: how far the candidate's CDF at the reference quantile is from q (0 inside [F(q-), F(q)])
+        q_err[str(q)] = float(np.maximum(q - at_or_below / ng, below / ng - q).max(initial=0.0))
     rows = mean_bad.size
     res = {"output": name, "kind": "distribution", "draws_ref": nr, "draws_got": ng, "sigmas": sigmas,
            "max_z": float(z.max(initial=0.0)), "mean_fail_rows": int(mean_bad.sum()),
@@ -180,7 +235,7 @@ def distribution(name: str, ref_draws: np.ndarray, got_draws: np.ndarray, axis: 
     allowed = int(0.01 * rows)
     res["pass"] = bool(mean_bad.sum() <= allowed and q_bad.sum() <= allowed)
     if not res["pass"]:
-        i = np.unravel_index(int(np.argmax(z)), z.shape)
+        i = np.unravel_index(int(np.argmax(np.nan_to_num(z, nan=np.inf))), z.shape)
         res["worst"] = {"index": [int(k) for k in i], "ref_mean": float(mr[i]), "got_mean": float(mg[i]),
                         "z": float(z[i])}
     return res

@@ -168,3 +168,30 @@ def test_pipeline_records_failed_validation(models, cli):
     assert manifest["verdict"] == "fail" and stage["verdict"] == "fail" and stage["summary"]["failing"] == ["y"]
     assert json.loads((models / "runs/v/02-validate/validation.json").read_text())["verdict"] == "fail"
     assert onnx.load(str(models / "runs/v/01-convert/model.onnx"))  # the convert artifact still stands
+
+
+def test_distribution_check_is_calibrated_at_few_reference_draws():
+    """Two samples of one distribution must pass (the band promises < 1 false fail in 10,000 runs) also when the
+    reference has few draws (pm.sample_posterior_predictive over a thinned posterior): a normal band around a tail
+    quantile failed ~5 % of such runs at 100 reference draws; the exact beta-binomial band and a t critical value
+    for the mean do not. A shift of one sd still fails."""
+    rng = np.random.default_rng(0)
+    for nr in (30, 100):
+        fails = [not distribution("d", rng.normal(size=(40, nr)), rng.normal(size=(40, 500)))["pass"]
+                 for _ in range(200)]
+        assert sum(fails) == 0, (nr, sum(fails))
+        counts = rng.poisson(2.5, size=(40, nr)).astype(float), rng.poisson(2.5, size=(40, 500)).astype(float)
+        assert distribution("d", *counts)["pass"]
+        assert not distribution("d", rng.normal(size=(40, nr)), rng.normal(size=(40, 500)) + 1.0)["pass"]
+
+
+@pytest.mark.parametrize(("ref_draws", "why"), [(1, "at least 20"), (5, "at least 20"), (50, "NaN/inf")])
+def test_distribution_check_cannot_pass_on_nothing(ref_draws, why):
+    """One reference draw gave a NaN statistic, and NaN > band is False: it passed draws shifted by 100 sd."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(40, ref_draws))
+    got = rng.normal(size=(40, 500)) + (100.0 if ref_draws < 20 else 0.0)
+    if why == "NaN/inf":
+        got[3, 7] = np.inf
+    res = distribution("draws", ref, got)
+    assert not res["pass"] and why in res["reason"], res
