@@ -121,8 +121,10 @@ def check_values(arr: np.ndarray, raw: np.ndarray, name: str, keys, source=None,
     why = ""
     if arr.dtype.kind in "iu":
         why = f" (an {arr.dtype} input cannot hold it)"
-        if np.isfinite(value):  # a fraction, not a missing value: the caller's NaN advice does not apply
-            fix = "give whole numbers for an integer input (it is never rounded for you)"
+        # the caller's NaN advice (--allow-nan) does not apply: an integer input holds no NaN and no fraction
+        fix = ("give whole numbers for an integer input (it is never rounded for you)" if np.isfinite(value)
+               else "drop or fill those rows: an integer input cannot hold a missing value (--allow-nan does not "
+                    "change that)")
     elif np.isinf(value) and np.isfinite(before):
         why = f" (beyond {arr.dtype}'s range)"
     raise UserError(f"{_where(source)}{where} holds {what} at {rows}{why} — "

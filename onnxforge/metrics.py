@@ -14,7 +14,8 @@ def hint(model) -> str | None:
 
 def kind_hint(model) -> str | None:
     """What the declared prediction output holds, where a name cannot tell (metadata `onnxforge.prediction_kind`):
-    'class_probabilities' for a Bayesian categorical's mean, (rows, classes) — its argmax is the class."""
+    'class_probabilities' for a Bayesian categorical's mean, (rows, classes) — its argmax is the class; 'none'
+    where no output is a point prediction (a PyMC artifact with quantiles or draws only): no task metrics."""
     return next((p.value for p in model.metadata_props if p.key == "onnxforge.prediction_kind"), None)
 
 

@@ -309,3 +309,31 @@ def test_user_model_errors_are_exit_2(tmp_path, cli, builder, inputs, named):
         assert text in line, line
     if builder != "float_trials":  # that one fails in validate: the converted artifact stays, as after any check
         assert not list(tmp_path.rglob("*.onnx")), list(tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_non_finite_posterior_draw_is_refused(tmp_path, cli, bad):
+    """One inf sigma draw gave std = inf on every row with exit 0 (inf == inf passed validate); a NaN one was blamed
+    on the converter. Now: exit 2 at load, naming the variable, nothing written."""
+    n = 10
+
+    def sigma(rng, shape):
+        v = _positive(rng, shape)
+        v[1, 3] = bad
+        return v
+
+    cfg = _project(tmp_path, "fixed_nu", [X1], {"x": _column(n), "y": _column(n, 5)}, {**AB, "sigma": ((), sigma)})
+    line = assert_one_line_error(cli("run", cfg, cwd=tmp_path))
+    assert "'sigma'" in line and ("inf" if bad == np.inf else "NaN") in line and "1 of its 40 samples" in line, line
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_quantiles_only_artifact_has_no_task_metric(tmp_path, cli):
+    """Without a mean output the [rows, Q] quantiles were scored as class scores (accuracy 0.0)."""
+    n = 25
+    cfg = _project(tmp_path, "fixed_nu", [X1], {"x": _column(n), "y": _column(n, 5)}, {**AB, "sigma": ((), _positive)},
+                   outputs={"mean": False, "std": False, "quantiles": [0.1, 0.9], "draws": 0})
+    res = cli("run", cfg, "--json", cwd=tmp_path)
+    assert res.code == 0, res.stderr[-1500:]
+    val = next(s for s in res.json()["result"]["stages"] if s["name"] == "validate")["summary"]
+    assert val["verdict"] == "pass" and not val["metrics"], val["metrics"]

@@ -462,3 +462,19 @@ def test_fraction_in_an_integer_input_is_not_called_missing(tmp_path):
     assert "'g'" in line and "1.5" in line and "row 2" in line and "whole numbers" in line, line
     assert "allow-nan" not in line and "missing" not in line, line
     assert not out.exists()
+
+
+def test_missing_value_in_an_integer_input_gives_a_fix_that_works(tmp_path):
+    """An empty cell in an int64 column advised --allow-nan, which then failed the same way."""
+    ins = [h.make_tensor_value_info("x", T.FLOAT, ["n"]), h.make_tensor_value_info("g", T.INT64, ["n"])]
+    g = h.make_graph([h.make_node("Cast", ["g"], ["gf"], to=T.FLOAT), h.make_node("Add", ["gf", "x"], ["y"])],
+                     "idx", ins, [h.make_tensor_value_info("y", T.FLOAT, ["n"])])
+    save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "idx.onnx")
+    (tmp_path / "rows.csv").write_text("x,g\n0.1,0\n0.2,\n")
+    out = tmp_path / "scores.csv"
+    for extra in ([], ["--allow-nan"]):
+        line = assert_one_line_error(run_cli("predict", tmp_path / "idx.onnx", "--input", tmp_path / "rows.csv",
+                                             "-o", out, *extra))
+        assert "'g'" in line and "row 1" in line and "cannot hold a missing value" in line, line
+        assert "pass --allow-nan" not in line, line
+        assert not out.exists()

@@ -182,6 +182,7 @@ def test_client_mistakes_are_400_naming_the_input(server, table, case):
     msg = json.loads(raw)["error"]
     assert named in msg and "\n" not in msg and "Traceback" not in msg, msg
     assert " — " in msg, msg  # the problem, then the fix
+    assert "--" not in msg.split(" — ", 1)[1], msg  # a CLI flag is no fix an HTTP client can apply (--allow-nan)
 
 
 def test_unknown_model_version_route_are_404_and_405(server, table):

@@ -212,6 +212,7 @@ def build_predictive(cfg) -> BayesPredictive:
     # a dry run records the variables the transform uses and turns shape mismatches into one-line errors
     pred.mu(pred.encode(pred.dummy_feeds()))
     pred.used.update(r for k, r in fparams.values() if k == "var")
+    _refuse_nonfinite(pred)
     for cat in cats.values():
         if cat.policy != "population":
             continue
@@ -220,6 +221,23 @@ def build_predictive(cfg) -> BayesPredictive:
             raise UserError(f"categorical.{cat.input}: the transform indexes {uncovered} by '{cat.dim}' but "
                             f"population gives no value for them — add population: {{{uncovered[0]}: ...}}")
     return pred
+
+
+def _refuse_nonfinite(pred: BayesPredictive) -> None:
+    """A NaN or inf draw in a variable the predictive uses would reach every row (a std of inf, NaN quantiles) and
+    compare equal to a reference that has it too: refused at load, naming the variable (a diverged run, or a value
+    written on purpose)."""
+    for name in sorted(pred.used):
+        v = pred.values.get(name)
+        if v is None:
+            continue
+        bad = ~np.isfinite(v)
+        if bad.any():
+            where = bad.reshape(-1, v.shape[-1]).any(0)
+            kind = "NaN" if np.isnan(v).any() else "inf"
+            raise UserError(f"{pred.posterior.path.name}: posterior variable '{name}' holds {kind} in "
+                            f"{int(where.sum())} of its {v.shape[-1]} samples (sample {int(np.argmax(where))} "
+                            "first) — drop those draws (or fix the sampling run) before converting")
 
 
 def artifact_metadata(pred: BayesPredictive, cfg) -> dict[str, Any]:
@@ -234,7 +252,9 @@ def artifact_metadata(pred: BayesPredictive, cfg) -> dict[str, Any]:
         # the point prediction, for task metrics (a [rows, Q] quantiles output is not a class-score matrix)
         "prediction_output": names.get("mean"),
         # a categorical's mean is (rows, classes) of probabilities: task metrics take its argmax as the class
-        "prediction_kind": "class_probabilities" if pred.family.classes and "mean" in names else None,
+        # without a mean output there is no point prediction: no task metrics (quantiles are no class scores)
+        "prediction_kind": ("none" if "mean" not in names else "class_probabilities" if pred.family.classes
+                            else None),
         "bayes": {"family": pred.family.name, "transform": (cfg.source.transform.rpartition(":")[2]
                                                              if cfg.source.transform else None),
                   "outputs": names, "quantiles": pred.quantiles, "draws": pred.n_draws,

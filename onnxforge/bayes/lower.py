@@ -63,8 +63,10 @@ def call_builder(builder, args: dict[str, np.ndarray], coords: dict):
     try:
         return builder(**kw)
     except TypeError as e:
+        odd = [k for k in args if not k.isidentifier()]  # 'sub::x' from pm.Model(name="sub"): no parameter name
+        kwargs = f", or **kwargs: {odd[0]!r} is no Python name" if odd else ""
         raise UserError(f"source.model: calling the builder failed ({e}) — it must accept the inputs "
-                        f"{list(args)} (or none of them) and coords=") from None
+                        f"{list(args)} (or none of them{kwargs}) and coords=") from None
     except Exception as e:  # the user's code failed: their bug to fix, not ours (exit 2, not an internal error)
         msg = " ".join(str(e).split())[:200]
         raise UserError(f"source.model: {name}() raised {type(e).__name__}: {msg} — fix the model builder (it is "

@@ -79,15 +79,18 @@ def input_specs(model, where=None) -> list:
     return graph_specs
 
 
-def nan_policy(meta: dict, allow_nan: bool) -> tuple[str, str]:
+def nan_policy(meta: dict, allow_nan: bool, flag: bool = True) -> tuple[str, str]:
     """(what non-finite values may reach the model, the advice when one may not). NaN passes where convert stamped
-    that the model scores missing values as its source framework does (tree ensembles); --allow-nan passes all."""
+    that the model scores missing values as its source framework does (tree ensembles); --allow-nan passes all.
+    flag=False: advice for a caller that has no --allow-nan (an HTTP client of serve)."""
     if allow_nan:
         return "pass", ""
     if meta.get("onnxforge.accepts_missing") == "true":
-        return "nan", "this model takes NaN as a missing value but not ±inf: fix those rows, or pass --allow-nan"
-    return "refuse", ("this model was not stamped as handling missing values: drop or impute those rows, or pass "
-                      "--allow-nan to score them anyway")
+        return "nan", ("this model takes NaN as a missing value but not ±inf: fix those rows"
+                       + (", or pass --allow-nan" if flag else ""))
+    return "refuse", ("this model was not stamped as handling missing values: "
+                      + ("drop or impute those rows, or pass --allow-nan to score them anyway" if flag
+                         else "send a number (or drop the record)"))
 
 
 def levels(meta: dict, where=None) -> tuple[dict[str, list], dict[str, str]]:

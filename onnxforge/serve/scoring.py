@@ -36,11 +36,13 @@ class ServedModel:
     def __init__(self, path: Path, *, name: str, version: str, stage: str | None, threads: int | None,
                  providers: list[str] | None = None):
         from onnxforge.artifact import meta_json
-        from onnxforge.score.scorer import Scorer
+        from onnxforge.score.scorer import Scorer, nan_policy
 
         self.path, self.name, self.version, self.stage, self.threads = Path(path), name, version, stage, threads
         # the admission gate, specs, policies, a Predictor on the providers asked for (--providers)
         self.scorer = Scorer(self.path, threads=threads, providers=providers)
+        # an HTTP client has no --allow-nan: the advice in a refusal is what it can do
+        self.scorer.nan_fix = nan_policy(self.scorer.meta, False, flag=False)[1]
         self.proto, self.specs = self.scorer.proto, self.scorer.specs
         meta = self.scorer.meta
         self.stochastic_outputs = meta_json(meta, "stochastic_outputs", list, [], items=str, where=self.path)

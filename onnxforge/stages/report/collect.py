@@ -221,6 +221,8 @@ def _metrics(outputs, labels, reference=None, proto=None) -> dict | None:
 
     if not outputs or (labels is None and reference is None):
         return None
+    if proto is not None and kind_hint(proto) == "none":  # no point prediction declared: no task metric
+        return None
     n = len(next(iter(outputs.values())))
     lab = None if labels is None else labels[:n]
     # the prediction output the model declares (a Bayesian categorical's class probabilities are argmaxed)
