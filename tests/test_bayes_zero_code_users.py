@@ -337,3 +337,14 @@ def test_quantiles_only_artifact_has_no_task_metric(tmp_path, cli):
     assert res.code == 0, res.stderr[-1500:]
     val = next(s for s in res.json()["result"]["stages"] if s["name"] == "validate")["summary"]
     assert val["verdict"] == "pass" and not val["metrics"], val["metrics"]
+
+
+def test_input_shape_against_the_models_data_names_the_graph(tmp_path, cli):
+    """inputs: X [batch, 3] for a model whose design matrix has 2 columns: the message speaks of the model's graph
+    (there is no transform in a zero-code config)."""
+    cfg = _project(tmp_path, "no_args", [{"name": "X", "dtype": "float32", "shape": ["batch", 3]}],
+                   {"X": np.zeros((5, 3)), "y": np.zeros(5)},
+                   {"beta": ((("feature", ["f0", "f1"]),), _normal(0.3)), "sigma": ((), _positive)})
+    line = assert_one_line_error(cli("run", cfg, cwd=tmp_path))
+    assert "the model's graph fails on these shapes" in line and "X [3, 3]" in line, line
+    assert not list(tmp_path.rglob("*.onnx"))

@@ -218,7 +218,8 @@ def build_predictive(cfg) -> BayesPredictive:
             continue
         uncovered = [v for v in sorted(pred.used) if cat.dim in post.dims.get(v, ()) and v not in cat.population]
         if uncovered:
-            raise UserError(f"categorical.{cat.input}: the transform indexes {uncovered} by '{cat.dim}' but "
+            what = "the model's graph" if s.transform is None else "the transform"
+            raise UserError(f"categorical.{cat.input}: {what} indexes {uncovered} by '{cat.dim}' but "
                             f"population gives no value for them — add population: {{{uncovered[0]}: ...}}")
     return pred
 

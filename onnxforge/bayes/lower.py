@@ -177,7 +177,7 @@ def _rv_family(model, observed: str):
         if found is not None:
             return found
     if not isinstance(op, RandomVariable) or kind not in FAMILY_OF_RV:
-        what = getattr(op, "name", None) or kind or type(rv).__name__  # weibull, not WeibullBetaRV
+        what = getattr(op, "name", None) or (kind or type(rv).__name__).removesuffix("RV")  # weibull, Censored
         raise UserError(f"zero-code export: the observed '{observed}' is a {what} likelihood, which onnxforge has no "
                         f"predictive family for — the supported ones are {LIKELIHOODS}")
     family, params = FAMILY_OF_RV[kind]

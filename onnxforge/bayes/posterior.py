@@ -86,7 +86,8 @@ def load_posterior(path: Path, samples: int | None = None) -> Posterior:
             raise UserError(f"{path}: no 'posterior' group in this netcdf file — write it with "
                             "idata.to_netcdf() (pymc 5) or DataTree.to_netcdf() (pymc 6) after pm.sample") from None
         raise UserError(f"{path}: not a readable netcdf file ({str(e).splitlines()[0]}) — point source.path at "
-                        "the .nc file written by to_netcdf") from None
+                        "the .nc file written by idata.to_netcdf() (NetCDF4/HDF5: a NetCDF3 file has no groups, so "
+                        "no posterior group)") from None
     except Exception as e:
         raise UserError(f"{path}: cannot read the posterior ({type(e).__name__}: {e})") from None
     with ds:

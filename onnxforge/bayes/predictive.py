@@ -212,8 +212,9 @@ class BayesPredictive:
 
     def _shape_message(self, encoded, e: Exception) -> str:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return (f"the transform fails on these shapes ({first}): {self._shapes(encoded)} — make inputs[].shape "
-                "match the posterior dims (e.g. X's columns = the number of levels of beta's dim)")
+        what = "the model's graph" if hasattr(self.transform, "graphs") else "the transform"  # zero-code or by hand
+        return (f"{what} fails on these shapes ({first}): {self._shapes(encoded)} — make inputs[].shape match the "
+                "posterior dims (e.g. a design matrix's columns = the length of its coefficients' dim)")
 
     def family_params(self, encoded: dict[str, np.ndarray], index: np.ndarray | None = None) -> dict[str, Any]:
         out = {}
