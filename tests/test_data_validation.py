@@ -448,13 +448,18 @@ def test_missing_reader_names_the_extra(tmp_path, hidden, out):
     assert sorted(f.name for f in tmp_path.iterdir()) == ["m.onnx", "rows.csv"]  # nothing left behind
 
 
-def test_fraction_in_an_integer_input_is_not_called_missing(tmp_path):
-    """1.5 in an int64 column (a group index) is refused naming the fix for it (whole numbers), not the NaN advice
-    (--allow-nan would not help: it is no missing value)."""
+def _int_index_model(path: Path) -> None:
+    """y = float(g) + x with g an int64 input (a group index)."""
     ins = [h.make_tensor_value_info("x", T.FLOAT, ["n"]), h.make_tensor_value_info("g", T.INT64, ["n"])]
     g = h.make_graph([h.make_node("Cast", ["g"], ["gf"], to=T.FLOAT), h.make_node("Add", ["gf", "x"], ["y"])],
                      "idx", ins, [h.make_tensor_value_info("y", T.FLOAT, ["n"])])
-    save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "idx.onnx")
+    save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), path)
+
+
+def test_fraction_in_an_integer_input_is_not_called_missing(tmp_path):
+    """1.5 in an int64 column (a group index) is refused naming the fix for it (whole numbers), not the NaN advice
+    (--allow-nan would not help: it is no missing value)."""
+    _int_index_model(tmp_path / "idx.onnx")
     (tmp_path / "rows.csv").write_text("x,g\n0.1,0\n0.2,2\n0.3,1.5\n")
     out = tmp_path / "scores.csv"
     line = assert_one_line_error(run_cli("predict", tmp_path / "idx.onnx", "--input", tmp_path / "rows.csv",
@@ -466,10 +471,7 @@ def test_fraction_in_an_integer_input_is_not_called_missing(tmp_path):
 
 def test_missing_value_in_an_integer_input_gives_a_fix_that_works(tmp_path):
     """An empty cell in an int64 column advised --allow-nan, which then failed the same way."""
-    ins = [h.make_tensor_value_info("x", T.FLOAT, ["n"]), h.make_tensor_value_info("g", T.INT64, ["n"])]
-    g = h.make_graph([h.make_node("Cast", ["g"], ["gf"], to=T.FLOAT), h.make_node("Add", ["gf", "x"], ["y"])],
-                     "idx", ins, [h.make_tensor_value_info("y", T.FLOAT, ["n"])])
-    save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "idx.onnx")
+    _int_index_model(tmp_path / "idx.onnx")
     (tmp_path / "rows.csv").write_text("x,g\n0.1,0\n0.2,\n")
     out = tmp_path / "scores.csv"
     for extra in ([], ["--allow-nan"]):
