@@ -208,18 +208,22 @@ X1 = {"name": "x", "dtype": "float32", "shape": ["batch"]}
 AB = {"a": ((), _normal()), "b": ((), _normal())}
 
 
-def test_integer_group_index_input(tmp_path, cli):
+@pytest.mark.parametrize("dtype", ["int64", "float32"])
+def test_integer_group_index_input(tmp_path, cli, dtype):
+    """The index declared int64 (the graph takes int64), or float32 with the builder casting it (validate's
+    reference must not put floats into the int pm.Data itself)."""
     n = 30
     g = np.random.default_rng(4).integers(0, 3, size=n)
-    cfg = _project(tmp_path, "hier_int", [X1, {"name": "g", "dtype": "int64", "shape": ["batch"]}],
+    cfg = _project(tmp_path, "hier_int", [X1, {"name": "g", "dtype": dtype, "shape": ["batch"]}],
                    {"x": _column(n), "g": g, "y": _column(n, 5)},
                    {"a": ((("group", [0, 1, 2]),), _normal()), "b": ((), _normal()), "sigma": ((), _positive)})
     _validates(cli, cfg)
     import onnx
 
     m = onnx.load(str(next(tmp_path.rglob("01-convert/model.onnx"))))
-    assert {i.name: i.type.tensor_type.elem_type for i in m.graph.input}["g"] == onnx.TensorProto.INT64
-    _numba_equals_artifact(cfg, {"x": _column(n).astype(np.float32), "g": g})
+    want = onnx.TensorProto.INT64 if dtype == "int64" else onnx.TensorProto.FLOAT
+    assert {i.name: i.type.tensor_type.elem_type for i in m.graph.input}["g"] == want
+    _numba_equals_artifact(cfg, {"x": _column(n).astype(np.float32), "g": g.astype(dtype)})
 
 
 def test_known_per_row_sigma_from_data(tmp_path, cli):

@@ -338,16 +338,21 @@ def put_rows(model, args: dict[str, np.ndarray]) -> None:
     import pymc as pm
 
     data = {v.name: v for v in model.data_vars}
-    values = {k: v for k, v in args.items() if k in data}
-    for k, v in values.items():  # integer data (int32 on some platforms) from int64 rows: same values, its dtype
-        dt = np.dtype(data[k].dtype)
-        if dt.kind in "iu" and np.asarray(v).dtype.kind in "iu":
-            values[k] = np.asarray(v).astype(dt)
-    coords = {}
-    for k, v in values.items():
+    values, coords = {}, {}
+    for k, v in args.items():
+        if k not in data:
+            continue
+        v, have = np.asarray(v), data[k].get_value()
         dims = model.named_vars_to_dims.get(k) or ()
-        if dims and dims[0] is not None and len(model.coords.get(dims[0]) or ()) != len(v):
-            coords[dims[0]] = np.arange(len(v))
+        row_dim = dims[0] if dims and dims[0] is not None else None
+        if row_dim is not None and len(model.coords.get(row_dim) or ()) != len(v):
+            coords[row_dim] = np.arange(len(v))
+        elif v.shape == have.shape and np.array_equal(v, have):
+            continue  # the builder took these rows itself (and cast them as it wanted)
+        dt = np.dtype(data[k].dtype)
+        if dt.kind in "iu" and (v.dtype.kind in "iu" or (v.dtype.kind == "f" and np.all(v == np.round(v)))):
+            v = v.astype(dt)  # whole numbers for integer data (int32 on some platforms): same values, its dtype
+        values[k] = v
     if not values:
         return
     try:
