@@ -145,7 +145,7 @@ def _py(v):
     return v.item() if hasattr(v, "item") else v
 
 
-MIN_DRAWS = 20  # fewer draws per row on either side: no distribution check (it would pass anything, or fail by chance)
+MIN_DRAWS = 20  # fewer draws per row on a side: no distribution check (it would pass anything, or fail by chance)
 
 
 def _betabinom_bounds(n: int, a: float, b: float, alpha: float) -> tuple[int, int]:

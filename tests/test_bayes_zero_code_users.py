@@ -256,7 +256,8 @@ def test_a_number_in_the_model_with_more_draws_than_samples(tmp_path, cli, build
 
     m = onnx.load(str(next(tmp_path.rglob("01-convert/model.onnx"))))
     params = json.loads({p.key: p.value for p in m.metadata_props}["onnxforge.bayes"])["params"]
-    want = {"sigma": ["const", 1.0]} if builder == "fixed_sigma" else {"nu": ["const", 4.0], "sigma": ["var", "sigma"]}
+    want = ({"sigma": ["const", 1.0]} if builder == "fixed_sigma"
+            else {"nu": ["const", 4.0], "sigma": ["var", "sigma"]})
     assert params == want, params
 
 
@@ -335,7 +336,8 @@ def test_a_non_finite_posterior_draw_is_refused(tmp_path, cli, bad):
 def test_quantiles_only_artifact_has_no_task_metric(tmp_path, cli):
     """Without a mean output the [rows, Q] quantiles were scored as class scores (accuracy 0.0)."""
     n = 25
-    cfg = _project(tmp_path, "fixed_nu", [X1], {"x": _column(n), "y": _column(n, 5)}, {**AB, "sigma": ((), _positive)},
+    cfg = _project(tmp_path, "fixed_nu", [X1], {"x": _column(n), "y": _column(n, 5)},
+                   {**AB, "sigma": ((), _positive)},
                    outputs={"mean": False, "std": False, "quantiles": [0.1, 0.9], "draws": 0})
     res = cli("run", cfg, "--json", cwd=tmp_path)
     assert res.code == 0, res.stderr[-1500:]

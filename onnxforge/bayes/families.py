@@ -41,8 +41,8 @@ def _t_var(xp, mu, p):
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("normal", ("sigma",), False, lambda xp, mu, p: mu, lambda xp, mu, p: p["sigma"] ** 2 + 0 * mu,
            "pm.Normal(mu, sigma)", variance_uses_mu=False),
-    Family("student-t", ("nu", "sigma"), False, lambda xp, mu, p: xp.where(p["nu"] + 0 * mu > 1, mu, math.nan), _t_var,
-           "pm.StudentT(nu, mu, sigma)", variance_uses_mu=False),
+    Family("student-t", ("nu", "sigma"), False, lambda xp, mu, p: xp.where(p["nu"] + 0 * mu > 1, mu, math.nan),
+           _t_var, "pm.StudentT(nu, mu, sigma)", variance_uses_mu=False),
     Family("bernoulli", (), True, lambda xp, mu, p: mu, lambda xp, mu, p: mu * (1 - mu), "pm.Bernoulli(p=mu)"),
     Family("binomial", ("n",), True, lambda xp, mu, p: p["n"] * mu, lambda xp, mu, p: p["n"] * mu * (1 - mu),
            "pm.Binomial(n, p=mu)"),

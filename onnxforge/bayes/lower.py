@@ -257,7 +257,7 @@ def extract(model, observed: str, input_names: list[str], posterior):
             continue
         direct = _placeholder(g, param_vars)
         if direct is not None and posterior.values[direct].ndim == 1:
-            fixed[n] = ("var", direct, None)  # the posterior variable itself, as a hand config's params: {sigma: sigma}
+            fixed[n] = ("var", direct, None)  # the posterior variable itself, as params: {sigma: sigma} by hand
             continue
         # posterior-only parameter: per-sample values, computed once by PyTensor in float64
         probe = ZeroCode(observed, family, {}, param_vars, {n: g})
