@@ -228,7 +228,7 @@ def distribution(name: str, ref_draws: np.ndarray, got_draws: np.ndarray, axis: 
         # the figure shown: how far the candidate's CDF at the reference quantile is from q (0 inside [F(q-), F(q)])
         q_err[str(q)] = float(np.maximum(q - at_or_below / ng, below / ng - q).max(initial=0.0))
     rows = mean_bad.size
-    res = {"output": name, "kind": "distribution", "draws_ref": nr, "draws_got": ng, "sigmas": sigmas,
+    res = {**base, "draws_ref": nr, "draws_got": ng, "sigmas": sigmas,
            "max_z": float(z.max(initial=0.0)), "mean_fail_rows": int(mean_bad.sum()),
            "quantile_fail_rows": int(q_bad.sum()), "rows": int(rows), "quantile_cdf_error": q_err}
     # With many rows a few sigma-level excursions happen by chance; allow 1 % of rows.

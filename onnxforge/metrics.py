@@ -7,16 +7,27 @@ import numpy as np
 POINT_NAMES = ("mean", "prediction", "variable", "value")
 
 
+def _prop(model, key: str) -> str | None:
+    return next((p.value for p in model.metadata_props if p.key == f"onnxforge.{key}"), None)
+
+
 def hint(model) -> str | None:
     """The output a model declares as its prediction (metadata `onnxforge.prediction_output`)."""
-    return next((p.value for p in model.metadata_props if p.key == "onnxforge.prediction_output"), None)
+    return _prop(model, "prediction_output")
 
 
 def kind_hint(model) -> str | None:
     """What the declared prediction output holds, where a name cannot tell (metadata `onnxforge.prediction_kind`):
     'class_probabilities' for a Bayesian categorical's mean, (rows, classes) — its argmax is the class; 'none'
     where no output is a point prediction (a PyMC artifact with quantiles or draws only): no task metrics."""
-    return next((p.value for p in model.metadata_props if p.key == "onnxforge.prediction_kind"), None)
+    return _prop(model, "prediction_kind")
+
+
+def declared(model, outputs: dict) -> tuple[str | None, str | None]:
+    """(the prediction output the model declares, if among `outputs`; what it holds) for task_metrics(name=, kind=)
+    — kind 'none' means no task metric at all."""
+    name = hint(model)
+    return (name if name in outputs else None), kind_hint(model)
 
 
 def prediction(outputs: dict[str, np.ndarray], name: str | None = None,

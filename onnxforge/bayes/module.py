@@ -191,8 +191,8 @@ def _example_args(pred, rows: int = 3):
         if any(not isinstance(d, int) for d in shape[1:]):
             raise UserError(f"input '{spec.name}': only the first (batch) dim may be dynamic, got {spec.shape} — "
                             "give the other dims as numbers")
-        if spec.name in pred.categorical or str(spec.dtype).startswith(("int", "uint")):
-            args.append(torch.zeros(shape, dtype=torch.int64))  # codes, or an integer input (a group index)
+        if pred.takes_integers(spec):
+            args.append(torch.zeros(shape, dtype=torch.int64))
         else:
             args.append(torch.zeros(shape, dtype=torch.float32))
     return tuple(args)

@@ -66,8 +66,7 @@ class _Graph:
             # static sizes where the config fixes them; a 1-D number is a (rows, 1) column, broadcastable as such
             static = (None,) if cat else (None, 1) if len(dims) == 1 else \
                 (None, *[d if isinstance(d, int) else None for d in dims[1:]])
-            integer = cat or str(spec.dtype).startswith(("int", "uint"))  # codes, or an integer input (an index)
-            var = pt.tensor(spec.name, dtype="int64" if integer else "float32", shape=static)
+            var = pt.tensor(spec.name, dtype="int64" if pred.takes_integers(spec) else "float32", shape=static)
             self.inputs.append(var)
             args[spec.name] = var
         if hasattr(pred.transform, "graphs"):

@@ -91,7 +91,7 @@ def probe_feeds(pred, rows: int = PROBE_ROWS) -> dict[str, np.ndarray]:
                                                       ].reshape(shape)
             if cat.levels and isinstance(cat.levels[0], str):
                 feeds[spec.name] = feeds[spec.name].astype(object)
-        elif str(spec.dtype).startswith(("int", "uint")):
+        elif pred.takes_integers(spec):
             feeds[spec.name] = np.zeros(shape, np.int64)  # an integer input may be an index: 0 is always one
         else:
             feeds[spec.name] = rng.normal(size=shape).astype(np.float32)

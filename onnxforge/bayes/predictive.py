@@ -267,6 +267,10 @@ class BayesPredictive:
 
     # ------------------------------------------------------------------ PyMC reference draws
 
+    def takes_integers(self, spec) -> bool:
+        """The input reaches the model as int64: a categorical's codes, or an input declared integer (an index)."""
+        return spec.name in self.categorical or str(spec.dtype).startswith(("int", "uint"))
+
     def builder_args(self, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Encoded feeds as the model builder takes them: 1-D numeric inputs back to 1-D, codes as integers."""
         args = {}
@@ -275,7 +279,7 @@ class BayesPredictive:
             a = encoded[spec.name]
             a = a.reshape(-1) if (cat is None and a.ndim == 2 and a.shape[1] == 1
                                   and len(spec.shape or [1]) == 1) else a
-            if cat is None and str(spec.dtype).startswith(("int", "uint")):
+            if cat is None and self.takes_integers(spec):
                 a = a.astype(np.int64)  # an integer input (a group index) stays integer for the model's pm.Data
             args[spec.name] = a
         return args

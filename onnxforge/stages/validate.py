@@ -266,9 +266,8 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
                and np.ndim(v) > 0 and np.shape(v)[0] == rows}  # task metrics are per row
     det_got = {k: got_full[k] for k in det_ref}
     task = {}
-    kind = metrics.kind_hint(model)
+    name, kind = metrics.declared(model, det_got)
     if det_got and kind != "none":  # "none": the model declares no point prediction (PyMC quantiles only)
-        name = metrics.hint(model) if metrics.hint(model) in det_got else None
         task = {"candidate": metrics.task_metrics(det_got, labels, det_ref, name=name, kind=kind),
                 "reference": metrics.task_metrics(det_ref, labels, name=name, kind=kind)}
     failing = sorted({c["output"] for c in comparisons if not c["pass"]})

@@ -217,17 +217,16 @@ def _run_model(path: Path, proto, feeds: dict[str, np.ndarray], cfg) -> dict[str
 
 
 def _metrics(outputs, labels, reference=None, proto=None) -> dict | None:
-    from onnxforge.metrics import hint, kind_hint, task_metrics
+    from onnxforge.metrics import declared, task_metrics
 
     if not outputs or (labels is None and reference is None):
         return None
-    if proto is not None and kind_hint(proto) == "none":  # no point prediction declared: no task metric
+    # the prediction output the model declares (a Bayesian categorical's class probabilities are argmaxed)
+    name, kind = declared(proto, outputs) if proto is not None else (None, None)
+    if kind == "none":  # no point prediction declared: no task metric
         return None
     n = len(next(iter(outputs.values())))
     lab = None if labels is None else labels[:n]
-    # the prediction output the model declares (a Bayesian categorical's class probabilities are argmaxed)
-    name = hint(proto) if proto is not None and hint(proto) in outputs else None
-    kind = kind_hint(proto) if name is not None else None
     try:
         try:
             return task_metrics(outputs, lab, None if reference is None else {k: v[:n] for k, v in reference.items()},
