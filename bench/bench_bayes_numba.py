@@ -282,7 +282,8 @@ def run(quick: bool = False) -> list[dict]:
                   "The two cannot be equal draw for draw; tests/test_bayes_numba.py checks numba's "
                   "against the stated predictive (binned means within 4 MC s.e., variance within 10 %). "
                   "Deterministic outputs checked equal to sess.run before timing. Count draws: the artifact uses "
-                  "an inverse CDF over [0, max_count) (rounded normal beyond), numba exact Poisson draws. " + env),
+                  "an inverse CDF over [0, K ≤ max_count) (past it: Poisson a rounded normal, negative binomial "
+                  "the gamma-Poisson mixture), numba exact Poisson draws. " + env),
         "data": [x for x in data if x["table"] == "draws"]})
     tables.append(_threads_table(2 if quick else rounds, seconds, 100 if quick else 1000))
     return tables

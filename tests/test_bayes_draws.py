@@ -85,6 +85,24 @@ def test_count_draws_match_scipy_with_a_run_time_support(family, alpha):
             assert _chi2_pvalue(row, dist) > 1e-3, (family, means, m)
 
 
+@pytest.mark.parametrize("alpha", [0.5, 0.37])
+def test_heavy_tailed_negative_binomial_is_neither_truncated_nor_a_rounded_normal(alpha):
+    """A small dispersion's tail passes max_count (64) at a mean of a few counts (alpha 0.5, mean 8: 0.5 % of the
+    mass above 64; alpha 0.37, mean 10: 2 %) while mean + 6 sd says it fits. Those draws come from the gamma-Poisson
+    mixture: every row fits scipy's negative binomial, its mean within 5 s.e. (a rounded normal, as before, lifted
+    the mean by a quarter; a truncated support piles the tail on 64)."""
+    sess = _session(_counts_module("negative-binomial", alpha), torch.ones(3, N))
+    means = [1.0, 8.0, 10.0]
+    mu = np.repeat(np.asarray(means, np.float32)[:, None], N, axis=1)
+    x = sess.run(None, {sess.get_inputs()[0].name: mu})[0]
+    assert np.all(x == np.round(x)) and x.min() >= 0
+    for m, row in zip(means, x, strict=True):
+        dist = stats.nbinom(alpha, alpha / (alpha + m))
+        assert _chi2_pvalue(row, dist) > 1e-3, (alpha, m)
+        assert abs(row.mean() - m) < 5 * dist.std() / np.sqrt(N), (alpha, m, row.mean())
+    assert x[2].max() > 64
+
+
 def test_gamma_draws_broadcast_a_posterior_shape_over_rows():
     """standard_gamma(a, like): a per-sample shape (S,) drawn for (rows, S), the shapes spanning the boost (< 1)
     and the retries (about 5 % of proposals rejected near shape 1): each column fits its Gamma by KS."""
@@ -105,8 +123,8 @@ def test_gamma_draws_broadcast_a_posterior_shape_over_rows():
 
 @pytest.mark.parametrize(("family", "alpha"), [("poisson", None), ("negative-binomial", 50.0)])
 def test_count_means_past_the_support_take_the_rounded_normal_branch(family, alpha):
-    """A mean whose mean + 6 sd passes max_count (64 here) takes the rounded normal (an If's else branch) while the
-    batch's other rows still draw exactly; the normals sit only in that branch, so a batch of small means makes
+    """A mean whose support passes max_count (64 here) takes an If's else branch (poisson: a rounded normal;
+    negative binomial: the gamma-Poisson mixture) while the batch's other rows still draw exactly; the normals sit only in that branch, so a batch of small means makes
     none (onnxruntime's normals cost more than a small mean's inverse CDF)."""
     import onnxruntime as ort
 
@@ -126,4 +144,5 @@ def test_count_means_past_the_support_take_the_rounded_normal_branch(family, alp
     assert x[1].max() > 64  # not truncated to the support
     top = [n.op_type for n in model.graph.node]
     normals = [n for n in all_nodes(model.graph) if n.op_type == "RandomNormalLike"]
-    assert "If" in top and "RandomNormalLike" not in top and len(normals) == 1
+    # poisson: the rounded normal's; negative binomial: the gamma-Poisson mixture's proposals and its Poisson's
+    assert "If" in top and "RandomNormalLike" not in top and len(normals) == (1 if alpha is None else 3)

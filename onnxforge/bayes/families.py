@@ -6,8 +6,10 @@ RandomUniformLike / RandomNormalLike: never ONNX Bernoulli (onnxruntime 1.32 ret
 bernoulli draw is `uniform < p`; student-t uses Bailey's polar formula; counts use the inverse CDF over a support
 [0, K) and, where max_count would truncate (mean + 6 sd beyond it), a rounded normal (behind an If: a batch
 without such a mean draws no normals). K is sized at run time
-from the batch's largest mean (at most max_count): the mass above K is < 1e-13 for poisson and < NB_TAIL for the
-negative binomial (a Chernoff bound), so 1-row queries with small means compute a few cells, not max_count.
+from the batch's largest mean (at most max_count) so that the mass above K is < COUNT_TAIL = 2^-25 (poisson: checked
+with scipy; negative binomial: a Chernoff bound): below the resolution of the float32 uniform that picks the count
+(its largest value is 1 - 2^-24), so no uniform reaches a cell above K and cutting them changes no draw (up to the
+cdf's own float32 rounding). 1-row queries with small means compute a few cells, not max_count.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 # parameter name → default posterior variable name
 DEFAULT_PARAMS = {"sigma": "sigma", "nu": "nu", "alpha": "alpha", "n": None, "kappa": None, "psi": "psi"}
 ZERO_INFLATED = {"zero-inflated-poisson": "poisson", "zero-inflated-negative-binomial": "negative-binomial"}
-NB_TAIL = 1e-12  # negative binomial: the run-time support leaves at most this mass above it
+COUNT_TAIL = 2.0**-25  # the run-time count support leaves at most this mass above it (see the module doc)
 GAMMA_TRIES = 6  # Marsaglia-Tsang proposals per draw: all rejected with probability < 0.05**6 ≈ 2e-8
 
 
@@ -141,13 +143,15 @@ def draw(family: str, mu, p: dict, tables: dict):
     if family == "poisson":
         # need and the exactness test grow with the mean: computed once on the batch's largest mean
         top = m.max()
-        need = top + 7.5 * torch.sqrt(top) + 10.0  # P(X >= need) < 1e-13 for every mean below 4096 (scipy-checked)
+        need = top + 5.75 * torch.sqrt(top) + 4.0  # P(X >= ceil(need)) < 2.4e-8 < COUNT_TAIL for every mean (scipy)
         all_exact = top + 6.0 * torch.sqrt(top) < cap
     else:  # negative-binomial
         a = _tensor(p["alpha"])  # not broadcast to mu: terms of a posterior alpha alone fold into initializers
-        # Chernoff at s = q^-0.8 (q = m/(α+m)): P(X >= K) <= 5^α q^(0.8 K); K below makes that <= NB_TAIL
-        need = ((a * math.log(5.0) - math.log(NB_TAIL)) / (0.8 * torch.log1p(a / m))).max()
-        all_exact = (m + 6.0 * torch.sqrt(m + m * m / a)).max() < cap
+        # Chernoff at s = q^-0.8 (q = m/(α+m)): P(X >= K) <= 5^α q^(0.8 K); K below makes that <= COUNT_TAIL
+        need = _nb_need(m, a).max()
+        # not mean + 6 sd: a small dispersion's tail is far heavier than a normal's (alpha 0.37, mean 3.5: 2e-4 of
+        # the mass sits above 64 counts; alpha 0.5, mean 8: 0.5 %)
+        all_exact = need <= float(k.shape[0])
     # the support is sized at run time from the batch: small means compute few cells; capped at max_count
     size = torch.clamp(torch.ceil(need), 1.0, float(k.shape[0]))
     size = size.to(torch.int64).item()  # a run-time size: the exporter emits the Slices below with it
@@ -169,8 +173,33 @@ def draw(family: str, mu, p: dict, tables: dict):
     # normals: they cost ~12 ns each in onnxruntime, more than the inverse CDF of a small-mean draw
     if family == "poisson":
         return torch.cond(all_exact, _first, lambda e, m_: _rounded_normal(e, m_, m_, cap), (exact, m))
-    return torch.cond(all_exact, _first, lambda e, m_, a_: _rounded_normal(e, m_, m_ + m_ * m_ / a_, cap),
-                      (exact, m, a))
+    return torch.cond(all_exact, _first, _nb_past_support, (exact, m, a, tables["k"], tables["log_factorial"]))
+
+
+def _nb_need(m, a):
+    """Per draw, a support size K leaving < COUNT_TAIL of the negative binomial's mass above it: Chernoff at
+    s = q^-0.8 (q = m/(α+m)) gives P(X >= K) <= 5^α q^(0.8 K)."""
+    import torch
+
+    return (a * math.log(5.0) - math.log(COUNT_TAIL)) / (0.8 * torch.log1p(a / m))
+
+
+def _nb_past_support(exact, m, a, k, log_factorial):
+    """The If's branch for a batch holding a negative binomial that max_count would truncate: those draws alone
+    (gathered, as standard_gamma's retries) come from the gamma-Poisson mixture (λ = μ/α · Gamma(α), then
+    Poisson(λ)), exact while λ's own Poisson support fits in max_count, a rounded normal of Poisson(λ) past it
+    (λ > ~31 at max_count 64, where that normal is close). A rounded normal of the negative binomial itself, as
+    before, is badly off for small α: at α 0.5, mean 8 its clamp at zero lifts the mean by a quarter."""
+    import torch
+
+    far = torch.nonzero((_nb_need(m, a) > float(k.shape[0])).reshape(-1)).squeeze(-1)
+    m2, a2 = (v.expand_as(exact).reshape(-1).index_select(0, far) for v in (m, a))
+    lam = torch.clamp(m2 / a2 * standard_gamma(a2), min=TINY)
+    w = torch.stack([k, -torch.ones_like(k), -log_factorial])
+    lam1 = lam.unsqueeze(-1)
+    pois = _inverse_cdf(torch.cat([torch.log(lam1), lam1, lam1 / lam1], -1) @ w, torch.rand_like(lam))
+    pois = _rounded_normal(pois, lam, lam, float(k.shape[0] - 1))
+    return exact.reshape(-1).scatter(0, far, pois).reshape(exact.shape)
 
 
 def _first(x, *_):
