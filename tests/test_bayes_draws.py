@@ -124,8 +124,9 @@ def test_gamma_draws_broadcast_a_posterior_shape_over_rows():
 @pytest.mark.parametrize(("family", "alpha"), [("poisson", None), ("negative-binomial", 50.0)])
 def test_count_means_past_the_support_take_the_rounded_normal_branch(family, alpha):
     """A mean whose support passes max_count (64 here) takes an If's else branch (poisson: a rounded normal;
-    negative binomial: the gamma-Poisson mixture) while the batch's other rows still draw exactly; the normals sit only in that branch, so a batch of small means makes
-    none (onnxruntime's normals cost more than a small mean's inverse CDF)."""
+    negative binomial: the gamma-Poisson mixture) while the batch's other rows still draw exactly; the normals sit
+    only in that branch, so a batch of small means makes none (onnxruntime's normals cost more than a small mean's
+    inverse CDF)."""
     import onnxruntime as ort
 
     from onnxforge.summary import all_nodes
