@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from conftest import assert_one_line_error
@@ -234,6 +235,10 @@ def test_known_per_row_sigma_from_data(tmp_path, cli):
     val = _validates(cli, cfg)
     assert val["rows"] == n
     _numba_equals_artifact(cfg, {"x": _column(n).astype(np.float32), "se": se.astype(np.float32)})
+    pd.DataFrame({"x": [0.1, 0.2], "se": [0.5, -0.5]}).to_csv(tmp_path / "bad.csv", index=False)
+    model = next(tmp_path.rglob("01-convert/model.onnx"))
+    line = assert_one_line_error(cli("predict", model, "--input", tmp_path / "bad.csv", "-o", tmp_path / "o"))
+    assert "input 'se' feeds the family's sigma, which must be positive" in line and "-0.5 at row(s) [1]" in line
 
 
 def test_binomial_trials_from_data(tmp_path, cli):
@@ -243,6 +248,20 @@ def test_binomial_trials_from_data(tmp_path, cli):
                    {"x": _column(n), "n": trials, "y": trials // 2}, AB)
     _validates(cli, cfg)
     _numba_equals_artifact(cfg, {"x": _column(n).astype(np.float32), "n": trials})
+    # trials past the draws' log-factorial table (max_count 64) or negative: the artifact would fail in
+    # onnxruntime with "invalid index found" or return a negative mean and draws of 65 with exit 0
+    model = next(tmp_path.rglob("01-convert/model.onnx"))
+    for bad, fix in ((100, "larger source.max_count"), (-2, "fix those rows")):
+        pd.DataFrame({"x": [0.1, 0.2], "n": [10, bad]}).to_csv(tmp_path / "bad.csv", index=False)
+        line = assert_one_line_error(cli("predict", model, "--input", tmp_path / "bad.csv", "-o", tmp_path / "o"))
+        assert "input 'n' feeds the family's n" in line and f"got {bad} at row(s) [1]" in line and fix in line
+        assert not (tmp_path / "o").exists()
+    # the same rows in the config's data: refused before convert runs the artifact on them
+    data = dict(np.load(tmp_path / "data.npz"))
+    data["n"] = np.where(np.arange(n) == 3, 100, data["n"])
+    np.savez(tmp_path / "data.npz", **data)
+    line = assert_one_line_error(cli("run", cfg, cwd=tmp_path))
+    assert "got 100 at row(s) [3]" in line, line
 
 
 @pytest.mark.parametrize(("builder", "extra"), [("fixed_sigma", {}), ("fixed_nu", {"sigma": ((), _positive)})])

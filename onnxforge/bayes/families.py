@@ -80,6 +80,47 @@ COUNT_TAIL = 2.0**-25  # the run-time count support leaves at most this mass abo
 GAMMA_TRIES = 6  # Marsaglia-Tsang proposals per draw: all rejected with probability < 0.05**6 ≈ 2e-8
 
 
+# a family parameter fed straight from an input: (values that are fine, what they must be); PyMC refuses the rest,
+# and the artifact would return numbers for them (a negative binomial n: a negative mean, draws of max_count + 1)
+PARAM_DOMAINS = {
+    "n": (lambda v: (v >= 0) & (v == np.floor(v)), "whole numbers >= 0 (binomial trials)"),
+    "sigma": (lambda v: v > 0, "positive (a scale)"),
+    "nu": (lambda v: v > 0, "positive (degrees of freedom)"),
+    "alpha": (lambda v: v > 0, "positive (a shape or dispersion)"),
+    "kappa": (lambda v: v > 0, "positive (a concentration)"),
+    "psi": (lambda v: (v >= 0) & (v <= 1), "in [0, 1] (a probability)"),
+}
+
+
+def check_param_inputs(feeds: dict, bayes: dict, offset: int = 0) -> None:
+    """Refuse rows whose input feeds a family parameter outside its domain (`bayes`: the artifact's
+    onnxforge.bayes metadata); binomial trials above max_count have no row in the draws' log-factorial table."""
+    from onnxforge.artifact import META_FIX
+    from onnxforge.errors import UserError
+
+    top, pairs = bayes.get("max_count"), bayes.get("param_inputs") or {}
+    if not isinstance(pairs, dict) or not all(isinstance(v, str) for v in pairs.values()) or not (
+            top is None or (isinstance(top, int) and not isinstance(top, bool))):
+        raise UserError(f"metadata onnxforge.bayes: param_inputs/max_count are not an input map and a count — "
+                        f"{META_FIX}")
+    for param, name in pairs.items():
+        if name not in feeds or param not in PARAM_DOMAINS or np.asarray(feeds[name]).dtype.kind not in "iuf":
+            continue
+        v = np.asarray(feeds[name], np.float64).reshape(-1)
+        ok, what = PARAM_DOMAINS[param]
+        bad = ~ok(v)
+        fix = "fix those rows"
+        if param == "n" and top is not None:
+            bad |= v > top
+            what = f"whole numbers from 0 to {top} (binomial trials; the draws' table ends at source.max_count)"
+            fix += ", or convert again with a larger source.max_count" if (v > top).any() else ""
+        if bad.any():
+            rows = (np.flatnonzero(bad) + offset)[:3].tolist()
+            got = [float(x) for x in v[bad][:3]]
+            raise UserError(f"input '{name}' feeds the family's {param}, which must be {what}; got "
+                            f"{', '.join(f'{x:g}' for x in got)} at row(s) {rows} — {fix}")
+
+
 def log_factorials(k_max: int) -> np.ndarray:
     """log k! for k = 0..k_max, in float64."""
     return np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, k_max + 1, dtype=np.float64)))])

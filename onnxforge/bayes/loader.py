@@ -265,6 +265,11 @@ def artifact_metadata(pred: BayesPredictive, cfg) -> dict[str, Any]:
     if cfg.source.transform is None:  # zero-code: which model function, and the PyTensor ops that were lowered
         meta["bayes"]["zero_code"] = {"model": cfg.source.model.rpartition(":")[2], "observed": cfg.source.observed,
                                       "ops": pred.transform.ops}
+    direct = {k: ref for k, (kind, ref) in pred.fparams.items() if kind == "input"}
+    if cfg.source.transform is None:
+        direct.update({k: v for k, v in pred.transform.direct_inputs().items() if k in pred.fparams})
+    if direct:  # family parameters fed straight from an input: the scorer checks their domain
+        meta["bayes"]["param_inputs"] = direct
     if pred.categorical:
         meta["categories"] = {c.input: c.levels for c in pred.categorical.values()}
         meta["unseen_policy"] = {c.input: c.policy for c in pred.categorical.values()}

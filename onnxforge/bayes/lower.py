@@ -91,6 +91,16 @@ class ZeroCode:
         anc = set(_traversal().ancestors(list(self.graphs.values())))
         return sorted(n for n, v in self.param_vars.items() if v in anc)
 
+    def direct_inputs(self) -> dict[str, str]:
+        """Family parameter → the input it is, unchanged but for dims and casts (binomial n=pm.Data("trials")):
+        the scorer checks such an input against the parameter's domain."""
+        out = {}
+        for name, g in self.graphs.items():
+            found = _placeholder(g, self.input_vars, casts=True)
+            if name != "mu" and found is not None:
+                out[name] = found
+        return out
+
     @property
     def inputs_used(self) -> list[str]:
         anc = set(_traversal().ancestors(list(self.graphs.values())))
@@ -272,8 +282,14 @@ def extract(model, observed: str, input_names: list[str], posterior):
     return family, zc, fixed
 
 
-def _placeholder(g, param_vars: dict) -> str | None:
-    """The posterior variable `g` is, up to broadcasting dims and views (sigma → ExpandDims(sigma))."""
-    while g.owner is not None and type(g.owner.op).__name__ in ("DimShuffle", "ViewOp", "SpecifyShape"):
+def _placeholder(g, named: dict, casts: bool = False) -> str | None:
+    """The placeholder `g` is, up to broadcasting dims and views (sigma → ExpandDims(sigma)) and, with casts, dtype
+    casts (an int64 pm.Data as float)."""
+    def passes(op) -> bool:
+        kind = type(op).__name__
+        return kind in ("DimShuffle", "ViewOp", "SpecifyShape") or (
+            casts and kind == "Elemwise" and type(op.scalar_op).__name__ == "Cast")
+
+    while g.owner is not None and passes(g.owner.op):
         g = g.owner.inputs[0]
-    return next((n for n, v in param_vars.items() if v is g), None)
+    return next((n for n, v in named.items() if v is g), None)

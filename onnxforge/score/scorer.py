@@ -217,6 +217,7 @@ class Scorer:
         self.output_columns = meta_json(self.meta, "output_columns", dict, {}, items=list, where=self.name)
         self.classes = meta_json(self.meta, "classes", list, [], where=self.name)  # a classifier's class labels
         self.levels = levels(self.meta, self.name)
+        self.bayes = meta_json(self.meta, "bayes", dict, {}, where=self.name)  # a PyMC artifact's description
         self._pred = None if lazy else self._predictor(self.proto)  # lazy: a driver that never scores
 
     @property
@@ -274,6 +275,10 @@ class Scorer:
         feeds = feeds_from_table(table, self.specs, source=source, nonfinite=self.nonfinite, fix=self.nan_fix,
                                  hint=COLUMNS_HINT, offset=offset)
         check_levels(feeds, self.levels, offset)
+        if self.bayes:
+            from onnxforge.bayes.families import check_param_inputs
+
+            check_param_inputs(feeds, self.bayes, offset)
         return feeds
 
     def run(self, feeds, *, seed: int | None = None, offset: int = 0, source: Any = None) -> dict[str, Any]:
