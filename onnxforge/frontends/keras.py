@@ -6,9 +6,12 @@ unconverted (Discretization, IntegerLookup), the model is frozen first and that 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -78,6 +81,65 @@ def _check_file(path: Path | None) -> Path:
                         "model.save('model.keras')")
     resave = "save the model with model.save('model.keras')" if kind in ("pickle", "unknown") else None
     raise wrong_file(path, kind, "a .keras model", resave)
+
+
+_UNKNOWN = re.compile(r"Could not (?:locate|deserialize) (class|function) '([^']+)'"
+                      r"(?: because its parent module ([\w.]+) cannot be imported)?")
+_EXPORT_IT = ("export the model yourself where that code is defined (model.export('model.onnx', format='onnx')) "
+              "and convert the ONNX file with source.framework: onnx")
+
+
+def _unknown_object(e: BaseException) -> tuple[str, str, str | None] | None:
+    """(kind, name, the module it names or None) of the custom class or function Keras could not find. Keras wraps
+    that error in generic 'could not be deserialized properly' ones (a nested layer's only as __context__)."""
+    for _ in range(20):
+        if e is None:
+            break
+        if m := _UNKNOWN.search(str(e)):
+            return m.group(1), m.group(2), m.group(3)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _config(path: Path) -> dict:
+    """The model's config.json, read from the .keras zip without Keras (best effort: {} if unreadable)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            cfg = json.loads(z.read("config.json"))
+        return cfg if isinstance(cfg, dict) else {}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return {}
+
+
+def _in_layers(node, name: str) -> bool:
+    """Whether a config object of class `name` is an entry of some `layers` list (a layer, not e.g. an
+    initializer)."""
+    if isinstance(node, dict):
+        return any((k == "layers" and isinstance(v, list)
+                    and any(isinstance(x, dict) and x.get("class_name") == name for x in v))
+                   or _in_layers(v, name) for k, v in node.items())
+    return isinstance(node, list) and any(_in_layers(x, name) for x in node)
+
+
+def _custom_error(path: Path, kind: str, name: str, module: str | None) -> UserError:
+    """The .keras file names Python code it does not hold; the keras source has no way to supply that code
+    (no factory), so registering the class is no fix: rebuild from built-ins, or export it where the code is."""
+    if module:  # a class of a package Keras imports itself (keras_hub, keras_nlp, keras_cv) that is missing
+        package = module.split(".")[0]
+        return UserError(f"{path.name}: the model uses {kind} '{name}' from {package}, which is not installed — "
+                         f"install it (pip install {package.replace('_', '-')})")
+    cfg = _config(path)
+    if kind == "class" and cfg.get("class_name") == name:
+        return UserError(f"{path.name} holds a subclassed model (class '{name}'): Keras can rebuild it only by "
+                         "running that class's Python code, which the file does not contain, and onnxforge's keras "
+                         "source takes Sequential and Functional models only — rebuild it from built-in layers "
+                         f"as a Functional or Sequential model, or {_EXPORT_IT}")
+    short = name.rpartition(">")[2]  # registered names are 'package>name'
+    what = {"function": "function", "class": "layer" if _in_layers(cfg, name) else "class"}[kind]
+    kinds = "layers" if what == "layer" else "objects"
+    return UserError(f"{path.name}: the model uses a custom {what} '{short}' whose Python code the file does not "
+                     "contain, so Keras cannot rebuild it, and onnxforge's keras source loads only Keras's built-in "
+                     f"{kinds} — replace it with built-in ones, or {_EXPORT_IT}")
 
 
 def _out_names(model, cfg) -> list[str]:
@@ -193,8 +255,10 @@ class KerasFrontend(Frontend):
                 return keras.saving.load_model(str(path), compile=False, safe_mode=not cfg.source.trust_pickle)
         except Exception as e:
             msg = first_line(e)
+            if "safe_mode" not in msg and (unknown := _unknown_object(e)):
+                raise _custom_error(path, *unknown) from None
             fix = ("set source.trust_pickle: true if you trust its Lambda layers" if "safe_mode" in msg
-                   else "register its custom layers or re-save it with this Keras version")
+                   else f"re-save it with model.save('model.keras') under Keras {keras.__version__}")
             raise UserError(f"{path.name}: Keras cannot load it ({msg}) — {fix}") from None
 
     def export(self, native, cfg, opset, workdir):

@@ -132,10 +132,25 @@ def _state_dict(obj) -> dict | None:
     return None
 
 
+# Wrappers whose state_dict prefixes every key: DataParallel/DistributedDataParallel, and torch.compile's
+# OptimizedModule; nested in either order (`_orig_mod.module.`, `module._orig_mod.`)
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _unwrap(sd: dict, own) -> dict:
+    """sd without the wrapper prefixes that all its keys carry and the model's own keys do not."""
+    while sd:
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in sd)
+                       and not any(k.startswith(p) for k in own)), None)
+        if prefix is None:
+            break
+        sd = {k.removeprefix(prefix): v for k, v in sd.items()}
+    return sd
+
+
 def _fit(model, sd: dict, path: Path, factory: str) -> None:
     own = model.state_dict()
-    if all(k.startswith("module.") for k in sd) and not any(k.startswith("module.") for k in own):
-        sd = {k.removeprefix("module."): v for k, v in sd.items()}  # saved from DataParallel
+    sd = _unwrap(sd, own)
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [f"{k} {list(sd[k].shape)}≠{list(v.shape)}" for k, v in own.items()
