@@ -2,13 +2,16 @@
 Pipelines holding an XGBClassifier/XGBRegressor/XGBRanker (converted by skl2onnx with onnxmltools' registered
 converters, at opset ≤ 15). What onnxmltools 1.16 gets wrong is repaired here: feature names in the tree dump
 (a model trained on a DataFrame), one_output_per_tree multi-target models (every tree added to target 0, the output
-declared [N, 1]); multi_output_tree models (vector leaves) are refused with XGBoost's own reason."""
+declared [N, 1]); multi_output_tree models (vector leaves) are refused with XGBoost's own reason. DART models are
+converted as the gbtree their weighted trees make; gblinear is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
+import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -83,13 +86,24 @@ def vector_leaves(est) -> bool:
     return any(int(t["tree_param"].get("size_leaf_vector", 1) or 1) > 1 for t in _trees(est).get("trees", []))
 
 
-def xgboost_reason(e: BaseException) -> str:
-    """XGBoost's own message on one line, whole: without the '[13:34:16] src/tree/tree_model.cc:779: Check failed:
-    !with_stats:' prefix and the native stack trace that follow it."""
+def xgboost_reason(e: BaseException, first_line: bool = False) -> str:
+    """XGBoost's own message on one line, whole (or its first line): without the '[13:34:16]
+    src/tree/tree_model.cc:779: Check failed: !with_stats:' prefix and the native stack trace that follow it."""
     text = str(e).split("Stack trace:")[0]
+    if first_line:  # a parse error's next lines quote the file around the error, with a ~~~^ marker
+        text = (text.strip().splitlines() or [""])[0]
     text = re.sub(r"^\s*\[\d\d:\d\d:\d\d\]\s+\S+:\d+:\s*", "", text)
     text = re.sub(r"^Check failed:\s*[^:]*:\s*", "", text)
     return one_line(text).rstrip(".") or type(e).__name__
+
+
+@contextlib.contextmanager
+def quiet_suffix():
+    """XGBoost warns 'Unknown file format: model. Using UBJSON as a guess' for a .model/.bin file; sniff has
+    recognized the content already, so that warning alone is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*Unknown file format", category=UserWarning)
+        yield
 
 
 def refuse_vector_leaves(est, what: str) -> None:
@@ -105,6 +119,39 @@ def refuse_vector_leaves(est, what: str) -> None:
                             f"({xgboost_reason(e)}) — multi_strategy='multi_output_tree' (vector leaves) has no ONNX "
                             "converter; retrain with multi_strategy='one_output_per_tree' (one tree per target), "
                             "which converts") from None
+
+
+def refuse_gblinear(est, what: str) -> None:
+    """booster='gblinear' is a linear model, not trees: onnxmltools' XGBoost converter reads only tree models."""
+    for p in _boosters(est):
+        if _learner(p)["gradient_booster"]["name"] == "gblinear":
+            raise UserError(f"{what} uses booster='gblinear' (a linear model, not trees), which has no ONNX "
+                            "converter — retrain with booster='gbtree' (or 'dart'), or fit sklearn's "
+                            "LinearRegression/LogisticRegression and use source.framework: sklearn")
+
+
+def undart(est) -> int | None:
+    """A DART model predicts (outside training) with every tree, each scaled by its weight_drop: the same model as a
+    gbtree whose leaves hold value × weight. onnxmltools reads only gbtree models (it looks for gbtree_model_param),
+    so the booster is reloaded as that gbtree. Returns the number of trees whose weight is not 1."""
+    raw = json.loads(est.get_booster().save_raw("json"))
+    dart = raw["learner"]["gradient_booster"]
+    if dart.get("name") != "dart":
+        return None
+    scaled = 0
+    for tree, w in zip(dart["gbtree"]["model"]["trees"], dart["weight_drop"], strict=True):
+        if w == 1.0:
+            continue
+        scaled += 1
+        leaves = [i for i, c in enumerate(tree["left_children"]) if c == -1]
+        for key in ("split_conditions", "base_weights"):  # a leaf's value is kept in both
+            for i in leaves:
+                tree[key][i] *= w
+    raw["learner"]["gradient_booster"] = dart["gbtree"]
+    est.get_booster().load_model(bytearray(json.dumps(raw).encode()))
+    if "booster" in est.get_params():
+        est.set_params(booster="gbtree")
+    return scaled
 
 
 def categorical_features(est) -> list[int]:
@@ -162,16 +209,18 @@ class XGBoostFrontend(SklearnAPIFrontend):
             raise wrong_file(path, kind, self.wanted)
         xgb = require("xgboost", "xgboost")
         try:
-            booster = xgb.Booster(model_file=str(path))
+            with quiet_suffix():
+                booster = xgb.Booster(model_file=str(path))
             objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
         except Exception as e:
-            raise UserError(f"{path.name}: XGBoost cannot read it ({one_line(e).splitlines()[0][:200]}) — re-save "
-                            "it with save_model('model.json')") from None
+            raise UserError(f"{path.name}: XGBoost cannot read it ({xgboost_reason(e, first_line=True)[:200]}) — "
+                            "re-save it with save_model('model.json')") from None
         task = task_for(objective, cfg.source.task, path.name)
         # the sklearn wrapper gives predict/predict_proba with XGBoost's own semantics, and skl2onnx converts it
         est = {"classifier": xgb.XGBClassifier, "regressor": xgb.XGBRegressor, "ranker": xgb.XGBRanker}[task]()
         try:
-            est.load_model(str(path))
+            with quiet_suffix():
+                est.load_model(str(path))
         except (TypeError, ValueError) as e:  # e.g. saved by another wrapper than its objective says
             raise UserError(f"{path.name}: XGBoost's {type(est).__name__} cannot load it ({one_line(e)[:200]}) — set "
                             "source.task to what the model is") from None
@@ -179,7 +228,9 @@ class XGBoostFrontend(SklearnAPIFrontend):
 
     def export(self, native, cfg, opset, workdir):
         refuse_vector_leaves(native, self.what(native, cfg))
+        refuse_gblinear(native, self.what(native, cfg))
         native = copy.deepcopy(native)  # converted as a copy: what is changed below is for the converter only
+        dart = [n for p in _boosters(native) if (n := undart(p)) is not None]
         for p in parts(native):
             # multi:softmax: onnxmltools would emit raw margins as "probabilities", but XGBClassifier.predict_proba
             # gives their softmax (and predict their argmax), exactly as multi:softprob: convert it as softprob
@@ -191,10 +242,11 @@ class XGBoostFrontend(SklearnAPIFrontend):
             p.get_booster().feature_names = None
         model = super().export(native, cfg, opset, workdir)
         multi = [f for p in _boosters(native) if (f := fix_multi_target(model, p))]
-        if multi:
+        if multi or dart:
             from onnxforge.artifact import stamp
 
-            stamp(model, **{"convert.multi_target": multi[0]})
+            stamp(model, **{"convert.multi_target": multi[0] if multi else None,  # None: not stamped
+                            "convert.dart_weighted_trees": dart[0] if dart else None})
         return model
 
     def predict(self, native, feeds, cfg):
