@@ -429,18 +429,6 @@ def check_feeds(feeds: dict, model, *, what: str, model_name: str) -> None:
             got = f"{'string' if arr.dtype.kind in 'OUS' else arr.dtype} {_fmt(list(arr.shape))}"
             raise UserError(f"input '{name}' of {model_name} is {want} but {what} gives {got} — fix the data (or "
                             "the inputs: section of the config) so that it fits the model")
-    check_bayes_inputs(feeds, model, model_name)
-
-
-def check_bayes_inputs(feeds: dict, model, model_name: str) -> None:
-    """A PyMC artifact's inputs that feed a family parameter (binomial trials, a known sigma) within its domain."""
-    from onnxforge.artifact import meta_json
-
-    bayes = meta_json(model, "bayes", dict, {}, where=model_name)
-    if bayes:
-        from onnxforge.bayes.families import check_param_inputs
-
-        check_param_inputs(feeds, bayes)
 
 
 def same_inputs(model, ref, *, model_name: str, ref_name: str) -> None:

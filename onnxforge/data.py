@@ -222,6 +222,26 @@ def _check_numeric(col: np.ndarray, key: str, spec, source, offset: int = 0) -> 
                         "fix those cells, or the input's dtype")
 
 
+def _text_file(source) -> bool:
+    """A CSV holds text: a column of digits there may well be a text category (pandas reads it as numbers)."""
+    return str(source or "").lower().endswith((".csv", ".tsv", ".txt"))
+
+
+def _check_text(col: np.ndarray, key: str, spec, source, offset: int = 0) -> None:
+    """A typed number (parquet/npz column, JSON number) for a text input: scikit-learn refuses it, and as text it
+    would score as an unknown level ('5' is no category the encoder learned) — refuse it by name."""
+    cells = col.reshape(len(col), -1)[:, 0] if col.ndim else np.asarray([col.item()], dtype=object)
+    hit = next(((i, v.item() if hasattr(v, "item") else v) for i, v in enumerate(cells)
+                if isinstance(v, bool | int | float | np.number | np.bool_) and not (
+                    isinstance(v, float | np.floating) and np.isnan(v))), None)  # NaN: a null, judged later
+    if hit is None:
+        return
+    col_name = f" column '{key}'," if key and key != spec.name else ""
+    raise UserError(f"{_where(source)}input '{spec.name}' takes text but the data holds a number ({hit[1]!r} in"
+                    f"{col_name} row {offset + hit[0]}) — give the category as text (e.g. \"{hit[1]}\"), or "
+                    "declare the input int64/float32 if the model encodes numbers")
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -258,6 +278,9 @@ def feeds_from_table(table: Mapping[str, np.ndarray], specs, rows: int | None = 
         if spec.dtype != "string":  # name the column a CSV read as text (one odd cell makes the whole column str)
             for k, c in zip(key if isinstance(key, list) else [key], cols, strict=True):
                 _check_numeric(c, k, spec, source, offset)
+        elif not _text_file(source):
+            for k, c in zip(key if isinstance(key, list) else [key], cols, strict=True):
+                _check_text(c, k, spec, source, offset)
         if isinstance(key, list):
             lens = {len(c) for c in cols}
             if len(lens) > 1:

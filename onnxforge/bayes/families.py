@@ -121,6 +121,15 @@ def check_param_inputs(feeds: dict, bayes: dict, offset: int = 0) -> None:
                             f"{', '.join(f'{x:g}' for x in got)} at row(s) {rows} — {fix}")
 
 
+def check_model_inputs(feeds: dict, model, model_name: str) -> None:
+    """check_param_inputs for a model that may be a PyMC artifact (its onnxforge.bayes metadata says)."""
+    from onnxforge.artifact import meta_json
+
+    bayes = meta_json(model, "bayes", dict, {}, where=model_name)
+    if bayes:
+        check_param_inputs(feeds, bayes)
+
+
 def log_factorials(k_max: int) -> np.ndarray:
     """log k! for k = 0..k_max, in float64."""
     return np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, k_max + 1, dtype=np.float64)))])

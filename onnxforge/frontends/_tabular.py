@@ -223,10 +223,44 @@ def _kind(obj) -> tuple[str, str]:
     return type(obj).__module__.split(".")[0], type(obj).__name__
 
 
-def accepts_missing(est) -> bool:
+def _nan_imputer(obj) -> bool:
+    """A SimpleImputer of NaN (skl2onnx's Imputer op replaces NaN with the same fitted statistics)."""
+    missing = getattr(obj, "missing_values", None)
+    return (_kind(obj) == ("sklearn", "SimpleImputer") and isinstance(missing, float) and np.isnan(missing)
+            and not getattr(obj, "add_indicator", False))
+
+
+def imputes_first(est, specs=()) -> bool:
+    """Every raw column that can hold NaN meets a NaN imputer before anything else: a Pipeline(SimpleImputer, ...),
+    or a first ColumnTransformer whose every branch starts with one — but for branches whose columns are all
+    declared text or integer inputs (those cannot hold NaN: a null text cell is refused)."""
+    first = est
+    while hasattr(first, "steps"):
+        first = first.steps[0][1]
+    if _nan_imputer(first):
+        return True
+    floats = {s.column or s.name for s in specs if s.dtype in ("float32", "float64")} if specs else None
+    branches = [(t, np.atleast_1d(cols)) for _, t, cols in getattr(first, "transformers_", [])
+                if t != "drop" and len(np.atleast_1d(cols))]
+    if not branches:
+        return False
+    for t, cols in branches:
+        if floats is not None and not floats & {str(c) for c in cols}:
+            continue
+        while hasattr(t, "steps"):
+            t = t.steps[0][1]
+        if not _nan_imputer(t):
+            return False
+    return True
+
+
+def accepts_missing(est, specs=()) -> bool:
     """Whether the converted model takes NaN as a missing value exactly as `est` does (stamped at convert time so
-    predict can let NaN through). Only defaults are trusted: a custom `missing` marker or LightGBM's
-    use_missing=False / zero_as_missing=True were not measured."""
+    predict can let NaN through): it imputes them first, or its trees route them as the library does. Only
+    defaults are trusted: a custom `missing` marker or LightGBM's use_missing=False / zero_as_missing=True were
+    not measured."""
+    if imputes_first(est, specs):
+        return True
     final = final_estimator(est)
     if _kind(final) not in NAN_AWARE or not all(_kind(p) in NAN_AWARE | NAN_PASSING for p in parts(est)):
         return False
@@ -287,6 +321,37 @@ def _column_transformer(est):
     return est if hasattr(est, "transformers_") else None
 
 
+def _first_encoder(trans):
+    """The encoder a ColumnTransformer branch starts with, behind NaN imputers only; None otherwise."""
+    steps = [t for _, t in trans.steps] if hasattr(trans, "steps") else [trans]
+    for t in steps:
+        if hasattr(t, "categories_"):
+            return t
+        if not _nan_imputer(t) and _kind(t) != ("sklearn", "SimpleImputer"):
+            return None
+    return None
+
+
+def refused_levels(est, specs) -> dict[str, list]:
+    """Inputs whose encoder refuses an unseen level in scikit-learn (handle_unknown='error', OrdinalEncoder's and
+    OneHotEncoder's default) → its fitted levels. The graph does not refuse them (OrdinalEncoder's LabelEncoder maps
+    them to a default code), so the scorer must: stamped as onnxforge.categories with the 'error' policy."""
+    ct = _column_transformer(est)
+    if ct is None:
+        return {}
+    names = {s.column or s.name: s.name for s in specs if len(s.keys) == 1}
+    out: dict[str, list] = {}
+    for _, trans, cols in ct.transformers_:
+        enc = None if isinstance(trans, str) else _first_encoder(trans)
+        if enc is None or getattr(enc, "handle_unknown", None) != "error":
+            continue
+        for col, levels in zip(np.atleast_1d(cols), enc.categories_, strict=False):
+            values = np.asarray(levels).tolist()
+            if str(col) in names and not any(v is None or (isinstance(v, float) and np.isnan(v)) for v in values):
+                out[names[str(col)]] = values  # a NaN level is a category sklearn accepts: not stamped
+    return out
+
+
 def classes_of(est) -> list | None:
     classes = getattr(est, "classes_", None)
     if classes is None:
@@ -323,6 +388,18 @@ def _encoded_kind(trans) -> str | None:
     return "string" if any(np.asarray(c).dtype.kind in "OUS" for c in cats) else "number"
 
 
+def _column_kinds(trans, n: int) -> list[str | None]:
+    """Per column of a ColumnTransformer branch: 'string'/'number' as its encoder's fitted categories (each column
+    its own: one encoder may hold text and integer columns), behind imputers too (Pipeline(SimpleImputer,
+    OneHotEncoder), the usual categorical branch); None for numbers; 'skip' for drop/passthrough."""
+    if isinstance(trans, str):
+        return ["skip"] * n
+    enc = _first_encoder(trans)
+    if enc is None:
+        return [None] * n
+    return ["string" if np.asarray(c).dtype.kind in "OUS" else "number" for c in enc.categories_][:n]
+
+
 def check_specs(est, specs, n_features: int | None, what: str) -> None:
     """Refuse an input spec that cannot feed this model (before the converter fails obscurely)."""
     names = getattr(est, "feature_names_in_", None) if hasattr(est, "n_features_in_") else None
@@ -331,7 +408,15 @@ def check_specs(est, specs, n_features: int | None, what: str) -> None:
         isinstance(c, str) for _, _, cols in ct.transformers_ for c in np.atleast_1d(cols))
     if by_name:
         given = {s.name for s in specs}
-        if any((_width(s) or 1) != 1 for s in specs) or given != {str(n) for n in names}:
+        features = {str(n) for n in names}
+        # the converter matches an input to the column it selects by the input's name, so a spec named otherwise
+        # (e.g. the graph-safe 'sepal_length__cm_' with column: 'sepal length (cm)') can feed nothing
+        renamed = next((s for s in specs if s.name not in features and s.column in features - given), None)
+        if renamed is not None:
+            raise UserError(f"input '{renamed.name}' reads column '{renamed.column}', which {what} selects by "
+                            f"name — name the input '{renamed.column}' and drop its column: (the graph input keeps "
+                            "that name, spaces and all)")
+        if any((_width(s) or 1) != 1 for s in specs) or given != features:
             missing = [str(n) for n in names if str(n) not in given]
             extra = sorted(given - {str(n) for n in names})
             raise UserError(f"the input spec does not match {what}: it selects columns by name, so declare one "
@@ -339,8 +424,8 @@ def check_specs(est, specs, n_features: int | None, what: str) -> None:
                             " — fix inputs: in the config")
         dtypes = {s.name: s.dtype for s in specs}
         for tname, trans, cols in ct.transformers_:
-            kind = "skip" if isinstance(trans, str) else _encoded_kind(trans)
-            for c in np.atleast_1d(cols):
+            cols = np.atleast_1d(cols)
+            for c, kind in zip(cols, _column_kinds(trans, len(cols)), strict=True):
                 dt = dtypes.get(str(c))
                 if kind == "skip" or dt is None:
                     continue
@@ -483,6 +568,7 @@ def convert_estimator(est, specs, opset, what: str):
     from onnxforge.frontends import skl_compat  # skl2onnx's gaps on this stack (HistGradientBoosting, ...)
 
     register_boosters(est)
+    est = _text_imputers(est)
     options: dict[Any, dict] = {StandardScaler: {"div": "div"}}
     task = task_of(est)
     if task == "classifier":
@@ -490,6 +576,25 @@ def convert_estimator(est, specs, opset, what: str):
     model = skl_compat.convert(est, initial_types(specs), options, opset, what)
     skl_compat.check_outputs(model, task, what)
     return model
+
+
+def _text_imputers(est):
+    """skl2onnx converts a SimpleImputer of text only when its missing value is a string, but one fitted on a
+    pandas frame looks for NaN. A text input cannot hold NaN here (a null cell is refused, or is the text 'nan'
+    under --allow-nan), so a copy whose imputers look for 'nan' computes what scikit-learn does on a null."""
+    def text_imputers(obj) -> list:  # the fitted ones: parts() also lists a ColumnTransformer's unfitted clones
+        kids = [t for _, t in getattr(obj, "steps", [])] + [t for _, t, _ in getattr(obj, "transformers_", [])]
+        own = [obj] if _nan_imputer(obj) and np.asarray(getattr(obj, "statistics_", [0.0])).dtype.kind == "O" else []
+        return own + [i for k in kids if not isinstance(k, str) for i in text_imputers(k)]
+
+    if not text_imputers(est):
+        return est
+    import copy
+
+    est = copy.deepcopy(est)
+    for imputer in text_imputers(est):
+        imputer.missing_values = "nan"
+    return est
 
 
 def fix_lightgbm_thresholds(model, boosters) -> dict[str, int]:
@@ -508,7 +613,8 @@ def fix_lightgbm_thresholds(model, boosters) -> dict[str, int]:
                 stack += [n["left_child"], n["right_child"]]
                 if n.get("decision_type") == "<=":
                     t = float(n["threshold"])
-                    f = float(np.float32(t))
+                    with np.errstate(over="ignore"):  # LightGBM's 1e300 (missing-value) thresholds round to inf
+                        f = float(np.float32(t))
                     below.setdefault((int(n["split_feature"]), f), set()).add(f > t)
     fixed = ambiguous = 0
     for node in model.graph.node:
@@ -580,6 +686,87 @@ def _rename_outputs(model, names: list[str]) -> None:
         o.name = mapping.get(o.name, o.name)
 
 
+def _float_trees(model) -> int:
+    """Trees fed float64 (a float64 input through a scaler computed in double, as sklearn does): XGBoost and
+    scikit-learn's trees cast their features to float32 before comparing, so the ensemble gets a Cast to float
+    (compared in double, 32 of 50 rows moved across a threshold, by up to 78 on values ≈ 150). And onnxmltools
+    declares such an ensemble's scores double while ONNX-ML's TreeEnsemble* always emits float (onnx.checker
+    fails): the scores are cast back to the declared type."""
+    from onnx import TensorProto, helper, shape_inference
+
+    inferred = shape_inference.infer_shapes(model).graph
+    declared = {v.name: v.type.tensor_type.elem_type
+                for v in (*model.graph.input, *model.graph.output, *model.graph.value_info, *inferred.value_info)}
+    nodes, added = [], 0
+    for node in model.graph.node:
+        if node.domain != "ai.onnx.ml" or not node.op_type.startswith("TreeEnsemble"):
+            nodes.append(node)
+            continue
+        x = node.input[0]
+        if declared.get(x) == TensorProto.DOUBLE:
+            nodes.append(helper.make_node("Cast", [x], [f"{x}_float"], to=TensorProto.FLOAT,
+                                          name=f"{node.name or x}_features_to_float"))
+            node.input[0] = f"{x}_float"
+            added += 1
+        nodes.append(node)
+        scores = 1 if node.op_type == "TreeEnsembleClassifier" else 0  # (label, scores) or (scores)
+        out = node.output[scores] if len(node.output) > scores else ""
+        if declared.get(out) == TensorProto.DOUBLE:
+            node.output[scores] = f"{out}_float"
+            nodes.append(helper.make_node("Cast", [f"{out}_float"], [out], to=TensorProto.DOUBLE,
+                                          name=f"{node.name or out}_to_double"))
+            added += 1
+    if added:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return added
+
+
+def _value_names(graph) -> set[str]:
+    """Every value name a graph and its subgraphs use."""
+    names = {v.name for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer)}
+    for node in graph.node:
+        names.update(node.input, node.output)
+        for a in node.attribute:
+            for g in (*([a.g] if a.HasField("g") else []), *a.graphs):
+                names |= _value_names(g)
+    return names
+
+
+def _substitute(graph, mapping: dict[str, str]) -> None:
+    """Rename values everywhere they occur, subgraphs included (a Scan body may read an outer input)."""
+    for node in graph.node:
+        for seq in (node.input, node.output):
+            for i, v in enumerate(seq):
+                if v in mapping:
+                    seq[i] = mapping[v]
+        for a in node.attribute:
+            for g in (*([a.g] if a.HasField("g") else []), *a.graphs):
+                _substitute(g, mapping)
+    for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        v.name = mapping.get(v.name, v.name)
+
+
+def _rename_inputs(model, specs) -> None:
+    """skl2onnx and onnxmltools turn input names into C identifiers ('sepal length (cm)' → 'sepal_length__cm_');
+    ONNX names are any strings, so the graph takes the declared names back: the columns a ColumnTransformer selects,
+    the data's headers and serve's JSON keys are then the graph's input names too."""
+    graph = model.graph
+    initialized = {t.name for t in graph.initializer}
+    old = [i.name for i in graph.input if i.name not in initialized]
+    if len(old) != len(specs):
+        return  # convert names the mismatch
+    mapping = {o: s.name for o, s in zip(old, specs, strict=True) if o != s.name}
+    if not mapping:
+        return
+    taken = _value_names(graph)
+    for n in [n for n in mapping.values() if n in taken and n not in mapping]:  # held inside: that value moves
+        fresh = next(f"{n}_inner{i}" for i in range(len(taken) + 1) if f"{n}_inner{i}" not in taken)
+        taken.add(fresh)
+        mapping[n] = fresh
+    _substitute(graph, mapping)
+
+
 def finish(model, specs, names: list[str], upgrade_to: int | None, notes: dict[str, Any]):
     """Normalize what converters leave behind: one opset per domain (upgraded if asked beyond the converter's cap),
     the config's output names, and the batch dimension named on every output."""
@@ -588,6 +775,8 @@ def finish(model, specs, names: list[str], upgrade_to: int | None, notes: dict[s
     from onnxforge.artifact import stamp
 
     _normalize_opsets(model)
+    if _float_trees(model):
+        notes["trees_cast_to_float"] = True
     if upgrade_to is not None:
         current = next(o.version for o in model.opset_import if o.domain == "")
         try:
@@ -597,6 +786,7 @@ def finish(model, specs, names: list[str], upgrade_to: int | None, notes: dict[s
                             f"{upgrade_to} ({one_line(e)[:160]}) — drop convert.opset or choose ≤ {current}") from None
         _normalize_opsets(model)
         notes["opset_upgraded_from"] = current
+    _rename_inputs(model, specs)  # before the outputs: an output name an input takes is then refused there
     _rename_outputs(model, names)
     batch = specs[0].shape[0] if specs and isinstance(specs[0].shape[0], str) else "batch"
     by_name = {s.name: s for s in specs}
@@ -670,6 +860,8 @@ class SklearnAPIFrontend(Frontend):
         ("other", "probabilities"): (0.0, 1e-4),
     }
     reads: ClassVar[tuple[str, ...]] = ("skops", "pickle")
+    # validate also compares with predict on the data file's float64 values (see validate.as_loaded)
+    float64_reference: ClassVar[bool] = True
 
     def versions(self) -> dict[str, str]:
         # the boosters' versions matter only when the model used them (they are imported lazily, on demand)
@@ -750,6 +942,10 @@ class SklearnAPIFrontend(Frontend):
         meta: dict[str, Any] = {"task": task, "estimator": describe(native)}
         if task == "classifier":
             meta["classes"] = classes_of(native)
-        if accepts_missing(native):
+        specs = self.specs(native, cfg)
+        if accepts_missing(native, specs):
             meta["accepts_missing"] = True  # predict lets NaN through only for models stamped so
+        levels = refused_levels(native, specs)
+        if levels:
+            meta["categories"], meta["unseen_policy"] = levels, {k: "error" for k in levels}
         return meta

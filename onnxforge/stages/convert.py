@@ -105,7 +105,9 @@ def verify(ctx, opts: ConvertOptions, model, path: Path) -> dict[str, Any]:
     if cfg.data.path is not None:
         feeds, provenance = ctx.feeds("eval", path, nonfinite=nan_policy(model))
         feeds = data.take(feeds, opts.verify_rows)
-        admission.check_bayes_inputs(feeds, model, path.name)
+        from onnxforge.bayes.families import check_model_inputs  # a PyMC artifact's trials, known sigma, ...
+
+        check_model_inputs(feeds, model, path.name)
     else:
         try:
             feeds, provenance = data.synthesize(ctx.input_specs(path), opts.verify_rows, cfg.data.seed), "synthetic"
