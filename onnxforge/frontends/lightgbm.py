@@ -69,49 +69,43 @@ def task_for(objective: str, asked: str, name: str) -> str:
     return confirm_task(task, asked, objective, name)
 
 
-def linear_leaves(booster) -> int:
-    """Trees whose leaves hold a linear model (linear_tree=True): onnxmltools converts only each leaf's value."""
-    dump = booster.dump_model()
-    n = 0
-    for tree in dump.get("tree_info", []):
-        stack = [tree.get("tree_structure", {})]
-        while stack:
-            node = stack.pop()
-            if "left_child" in node:
-                stack += [node["left_child"], node["right_child"]]
-            elif node.get("leaf_coeff"):
-                n += 1
-                break
-    return n
-
-
-def refuse_linear_trees(boosters, what: str) -> None:
-    for b in boosters:
-        if (b.params or {}).get("linear_tree") in (True, "true", "1", 1) or linear_leaves(b):
-            raise UserError(f"{what} was trained with linear_tree=True (a linear model in each leaf), which "
-                            "onnxmltools cannot convert: it keeps only each leaf's constant and drops the linear "
-                            "terms — retrain without linear_tree for an ONNX artifact")
-
-
-def zero_missing_splits(booster) -> int:
-    """Splits that treat 0 as missing (zero_as_missing=True): onnxmltools compares the 0 against the threshold."""
-    n = 0
+def _nodes(booster):
+    """Every node of every tree of a booster's dump (splits carry left_child; leaves do not)."""
     for tree in booster.dump_model().get("tree_info", []):
         stack = [tree.get("tree_structure", {})]
         while stack:
             node = stack.pop()
             if "left_child" in node:
                 stack += [node["left_child"], node["right_child"]]
-                n += node.get("missing_type") == "Zero"
-    return n
+            yield node
+
+
+def linear_leaves(booster) -> int:
+    """Leaves holding a linear model (linear_tree=True): onnxmltools converts only each leaf's value."""
+    return sum(1 for node in _nodes(booster) if "left_child" not in node and node.get("leaf_coeff"))
+
+
+def zero_missing_splits(booster) -> int:
+    """Splits that treat 0 as missing (zero_as_missing=True): onnxmltools compares the 0 against the threshold."""
+    return sum(1 for node in _nodes(booster) if "left_child" in node and node.get("missing_type") == "Zero")
+
+
+def _refuse(boosters, what: str, param: str, found, why: str) -> None:
+    for b in boosters:
+        if (b.params or {}).get(param) in (True, "true", "1", 1) or found(b):
+            raise UserError(f"{what} was trained with {param}=True ({why}")
+
+
+def refuse_linear_trees(boosters, what: str) -> None:
+    _refuse(boosters, what, "linear_tree", linear_leaves,
+            "a linear model in each leaf), which onnxmltools cannot convert: it keeps only each leaf's constant and "
+            "drops the linear terms — retrain without linear_tree for an ONNX artifact")
 
 
 def refuse_zero_as_missing(boosters, what: str) -> None:
-    for b in boosters:
-        if (b.params or {}).get("zero_as_missing") in (True, "true", "1", 1) or zero_missing_splits(b):
-            raise UserError(f"{what} was trained with zero_as_missing=True (a 0 takes the missing-value branch), "
-                            "which onnxmltools cannot convert: it compares the 0 against the threshold instead — "
-                            "retrain without zero_as_missing (NaN marks missing values) for an ONNX artifact")
+    _refuse(boosters, what, "zero_as_missing", zero_missing_splits,
+            "a 0 takes the missing-value branch), which onnxmltools cannot convert: it compares the 0 against the "
+            "threshold instead — retrain without zero_as_missing (NaN marks missing values) for an ONNX artifact")
 
 
 def average_rf(model, booster) -> int | None:
