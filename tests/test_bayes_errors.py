@@ -116,3 +116,30 @@ def test_cli_import_stays_light():
             "print(','.join(m for m in ('torch', 'pymc', 'pytensor', 'xarray', 'arviz') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+MISTAKES = {  # a hand transform's usual mistakes: each was exit 3, a NaN artifact passing, or a shapes message
+    "np_function": ("import numpy as np\ndef mu(xp, params, X):\n    return np.tanh(params['alpha'] + X @ "
+                    "params['beta'])\n", ["cannot be exported to ONNX", "with xp"]),
+    "returns_none": ("def mu(xp, params, X):\n    return None\n", ["returned NoneType, not mu"]),
+    "raises": ("def mu(xp, params, X):\n    raise ValueError('user bug in transform')\n",
+               ["raised ValueError: user bug in transform", "fix the transform"]),
+    "nan_everywhere": ("def mu(xp, params, X):\n    return xp.log(params['alpha'] - 100 + 0 * (X @ "
+                       "params['beta']))\n", ["NaN/inf mean for 3 of 3 rows", "fix the transform"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISTAKES))
+def test_transform_mistakes_are_named(tmp_path, cli, case):
+    """Before: np.tanh on the export backend and a None return were exit 3 (torch.export's error), a transform's
+    own ValueError was blamed on the input shapes, and a transform giving NaN for every row converted and
+    validated with exit 0 (NaN on both sides compared as equal)."""
+    code, words = MISTAKES[case]
+    (tmp_path / "mu.py").write_text(code)
+    np.savez(tmp_path / "rows.npz", X=np.random.default_rng(0).normal(size=(3, 3)).astype(np.float32))
+    cfg = yaml.safe_load(write(tmp_path, case, source={"transform": "mu.py:mu"}).read_text())
+    cfg["data"] = {"path": "rows.npz"}
+    (tmp_path / f"{case}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    line = assert_one_line_error(cli("convert", "--config", tmp_path / f"{case}.yaml", "-o", tmp_path / "m.onnx"))
+    assert all(w in line for w in words), line
+    assert not (tmp_path / "m.onnx").exists()

@@ -216,10 +216,18 @@ def export_onnx(pred, opset: int, seed: int | None):
         buf = io.StringIO()
         from contextlib import redirect_stdout
 
-        with redirect_stdout(buf):  # the exporter narrates its steps on stdout
-            prog = torch.onnx.export(module, args, dynamo=True, input_names=in_names, output_names=out_names,
-                                     dynamic_shapes=(tuple({0: batch} for _ in args),), opset_version=opset,
-                                     external_data=False, verbose=False, optimize=False)
+        by_hand = not hasattr(pred.transform, "graphs")  # the user's code, which must run on torch tensors
+        if by_hand:
+            _try_eager(module, args)
+        try:
+            with redirect_stdout(buf):  # the exporter narrates its steps on stdout
+                prog = torch.onnx.export(module, args, dynamo=True, input_names=in_names, output_names=out_names,
+                                         dynamic_shapes=(tuple({0: batch} for _ in args),), opset_version=opset,
+                                         external_data=False, verbose=False, optimize=False)
+        except Exception as e:
+            if not by_hand:
+                raise  # a zero-code graph is our lowering: a failure there is ours to fix (exit 3)
+            raise _not_exportable(e) from None
     # the exporter's own optimize pass costs seconds; onnxscript's optimizer on the proto does the same folding
     # (constants, shape arithmetic) in tens of milliseconds
     import onnxscript.optimizer
@@ -234,6 +242,35 @@ def export_onnx(pred, opset: int, seed: int | None):
 
         reseed(model, seed)
     return model
+
+
+def _try_eager(module, args) -> None:
+    """One eager call of the module before export: a transform that fails on torch tensors says so with its own
+    error, not torch.export's."""
+    from onnxforge.errors import UserError
+
+    try:
+        module(*args)
+    except UserError:
+        raise
+    except Exception as e:
+        raise _not_exportable(e) from None
+
+
+def _not_exportable(e: Exception):
+    """A hand transform the export backend cannot run or trace — most often numpy called directly (np.tanh on a
+    tensor runs eagerly through numpy, which torch.export cannot follow)."""
+    import re
+
+    from onnxforge.errors import UserError
+
+    while e.__cause__ is not None:  # torch.onnx wraps torch.export's error, which names the construct
+        e = e.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # the exporter colours its messages
+    first = " ".join((text.splitlines() or [""])[0].split())[:160]
+    return UserError(f"the transform cannot be exported to ONNX ({type(e).__name__}: {first}) — write its math "
+                     "with xp (xp.tanh, xp.exp, xp.where, @ ...), not numpy's functions: the same code runs on numpy "
+                     "for the reference and on torch for the export")
 
 
 def add_encoders(model, pred) -> None:

@@ -102,6 +102,12 @@ class Categorical:
                             "population")
 
 
+def _about_shapes(message: str) -> bool:
+    """numpy's broadcasting, matmul and indexing errors (the usual result of inputs that do not fit the posterior)."""
+    words = ("shape", "broadcast", "dimension", "mismatch", "out of bounds", "size", "axis", "operands", "index")
+    return any(w in message.lower() for w in words)
+
+
 @dataclass
 class BayesPredictive:
     posterior: Posterior
@@ -178,8 +184,13 @@ class BayesPredictive:
                 out = self.transform(numpy_xp(), params, **{k: encoded[k] for k in self.args})
             except UserError:
                 raise
-            except (ValueError, IndexError, TypeError) as e:
+            except (ValueError, IndexError) as e:
                 raise UserError(self._shape_message(encoded, e)) from None
+            except Exception as e:  # the user's code failed: their bug to fix (exit 2), named as it is
+                raise UserError(self._raised_message(e)) from None
+        if out is None or (not isinstance(out, dict) and np.asarray(out).dtype.kind not in "biuf"):
+            raise UserError(f"the transform returned {type(out).__name__}, not mu — return an array of shape "
+                            "(rows, samples) computed with xp (e.g. return xp.exp(params['a'] + X @ params['b']))")
         extra = {}
         if isinstance(out, dict):
             extra = {k: self._rows_by_samples(v, rows, encoded) for k, v in out.items() if k != "mu"}
@@ -198,6 +209,11 @@ class BayesPredictive:
                             f"{list(want)}: {self._shapes(encoded)} — make the input shapes match the posterior "
                             "dims") from None
 
+    @property
+    def subject(self) -> str:
+        """What computes mu, for messages: a zero-code model's graph, or the hand-written transform."""
+        return "the model's graph" if hasattr(self.transform, "graphs") else "the transform"
+
     def _shapes(self, encoded) -> str:
         ins = ", ".join(f"{k} {list(v.shape)}" for k, v in encoded.items())
         used = self.used or set(self.values)
@@ -212,9 +228,16 @@ class BayesPredictive:
 
     def _shape_message(self, encoded, e: Exception) -> str:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        what = "the model's graph" if hasattr(self.transform, "graphs") else "the transform"  # zero-code or by hand
+        what = self.subject
+        if not _about_shapes(first):
+            return self._raised_message(e)
         return (f"{what} fails on these shapes ({first}): {self._shapes(encoded)} — make inputs[].shape match the "
                 "posterior dims (e.g. a design matrix's columns = the length of its coefficients' dim)")
+
+    def _raised_message(self, e: Exception) -> str:
+        first = " ".join((str(e).splitlines() or [""])[0].split())[:200]
+        what = self.subject
+        return f"{what} raised {type(e).__name__}: {first} — fix {what} (it runs on the posterior's samples)"
 
     def family_params(self, encoded: dict[str, np.ndarray], index: np.ndarray | None = None) -> dict[str, Any]:
         out = {}
@@ -241,6 +264,13 @@ class BayesPredictive:
         with np.errstate(all="ignore"):
             m = np.broadcast_to(self.family.mean(xp, mu, p), mu.shape)
             mean = m.mean(-1)
+        bad = ~np.isfinite(mean).reshape(len(mean), -1).all(-1)
+        if bad.any():  # both sides would be NaN alike and every comparison would pass on nothing
+            what = self.subject
+            raise UserError(f"{what} gives a NaN/inf mean for {int(bad.sum())} of {len(bad)} rows (row "
+                            f"{int(np.argmax(bad))} first) on these data and the posterior's samples — fix {what} "
+                            "(a log or sqrt of a negative value? a division by zero?) or those rows")
+        with np.errstate(all="ignore"):
             res = {}
             if self.want_mean:
                 res[self.output_names["mean"]] = mean
