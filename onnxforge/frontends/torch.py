@@ -265,16 +265,22 @@ def _specs(cfg):
     return cfg.inputs
 
 
-def _example(specs, batch: int = 2):
-    """Deterministic example inputs for tracing: dynamic dims get size 2 (sizes 0 and 1 are specialized)."""
+def _example(specs, base: int = 2):
+    """Deterministic example inputs for tracing. Each dynamic dim name gets its own size, base, base+1, ... in order
+    of first appearance (sizes 0 and 1 are specialized): with batch == seq the dynamo exporter can confuse the two
+    (an RNN's initial state sized batch*seq). One name keeps one size, so dims that must agree still do."""
     import torch
 
     from onnxforge.data import NP_DTYPES
 
+    sizes: dict[str, int] = {}
+    for d in _dims(specs):
+        for n in d.values():
+            sizes.setdefault(n, base + len(sizes))
     rng = np.random.default_rng(0)
     out = []
-    for s in specs:
-        shape = [d if isinstance(d, int) else batch for d in s.shape]
+    for s, d in zip(specs, _dims(specs), strict=True):
+        shape = [sizes[d[i]] if i in d else n for i, n in enumerate(s.shape)]
         if s.dtype.startswith(("int", "uint")):
             arr = rng.integers(int(s.low), max(int(s.high), int(s.low) + 1), size=shape)
         elif s.dtype == "bool":
@@ -395,6 +401,47 @@ def _torchscript(native: TorchModel, example, specs, names, opset):
     return onnx.load_from_string(buf.getvalue())
 
 
+def _dynamo_opset(model, opset: int | None, native: TorchModel):
+    """A problem when the dynamo graph is not at the asked opset: torch exports at 18 and converts down, and where
+    the converter cannot (a TransformerEncoder's attention) it keeps 18 and only warns."""
+    got = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if not opset or got == opset:
+        return None
+    fix = f"set convert.opset: {got}"
+    if native.kind == "module":
+        fix += " or source.exporter: torchscript"
+    return (f"it wrote opset {got}, not {opset}",
+            f"the dynamo exporter cannot write opset {opset} for this model (it wrote {got})", fix)
+
+
+def _dynamo_dims(model, second, native: TorchModel):
+    """A problem when the dynamo graph cannot run once the dynamic dims change size: torch.export may bake a traced
+    size into the graph (an LSTM's sequence length) without a constraint error, and the data would get the blame."""
+    if second is None:
+        return None
+    import onnxruntime as ort
+
+    inputs, shapes = second
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 4  # ort logs a failing node to stderr, which carries only the one-line error
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # cannot load at all (too big to serialize, an op ort lacks): convert's own check reports it
+        return None
+    try:
+        got = [tuple(o.shape) for o in sess.run(None, {i.name: t.numpy() for i, t in
+                                                        zip(sess.get_inputs(), inputs, strict=True)})]
+        if got != shapes:
+            raise ValueError(f"outputs {got} where torch gives {shapes}")
+    except Exception as e:
+        reason = f"its graph fails when the dynamic dims change size ({first_line(e)})"
+        return (reason, f"the dynamo exporter's graph fails when the dynamic dims change size ({first_line(e)})",
+                ("set source.exporter: torchscript (or auto), or " if native.kind == "module" else "")
+                + "give the dims that must not change a number in `inputs:`")
+    return None
+
+
 @register_frontend
 class TorchFrontend(Frontend):
     name = "torch"
@@ -422,10 +469,12 @@ class TorchFrontend(Frontend):
         except Exception as e:
             raise UserError(f"the input spec ({shapes}) does not fit the model: {first_line(e)} — fix `inputs:` "
                             "(count, order, dtype, shape)") from None
+        second = None  # (inputs, output shapes) at other sizes, to run the dynamo graph on
         if any(_dims(specs)):  # a dim the spec calls dynamic must really be free: try a second size
             try:
                 with torch.no_grad():
-                    native(*_example(specs, batch=3))
+                    other = _example(specs, base=3)  # every dynamic dim one larger
+                    second = (other, [tuple(t.shape) for t in _flatten(native(*other))[0]])
             except Exception as e:
                 raise UserError(f"the input spec ({shapes}) marks dims dynamic that the model fixes: it fails when "
                                 f"they change size ({first_line(e)}) — give those dims a number in `inputs:`") from None
@@ -437,20 +486,27 @@ class TorchFrontend(Frontend):
         if exporter == "torchscript":
             model = self._torchscript(native, example, specs, names, opset)
         else:
+            # (reason, what went wrong, fix) when the dynamo export failed or wrote a graph that cannot be shipped
+            problem = None
             try:
                 model = _dynamo(native, example, specs, names, opset or DYNAMO_OPSET)
-                native.exporter = "dynamo"
             except Exception as e:
                 reason = first_line(e)
                 if "Constraints violated" in str(e) or "specializ" in str(e):
                     raise UserError(f"the input spec marks a dim dynamic that the model fixes ({reason}) — give "
                                     "that dim a number in `inputs:`") from None
-                if exporter == "dynamo" or native.kind == "exported":
-                    raise UserError(f"the dynamo exporter failed ({reason}) — try source.exporter: torchscript "
-                                    "(or auto)") from None
-                warnings.warn(f"dynamo export failed ({reason}); falling back to the TorchScript exporter",
+                problem = (reason, f"the dynamo exporter failed ({reason})", "try source.exporter: torchscript "
+                           "(or auto)")
+            else:
+                problem = _dynamo_opset(model, opset, native) or _dynamo_dims(model, second, native)
+            if problem is None:
+                native.exporter = "dynamo"
+            elif exporter == "dynamo" or native.kind == "exported":
+                raise UserError(f"{problem[1]} — {problem[2]}")
+            else:
+                warnings.warn(f"dynamo export failed ({problem[0]}); falling back to the TorchScript exporter",
                               stacklevel=2)
-                native.fallback = reason
+                native.fallback = problem[0]
                 model = self._torchscript(native, example, specs, names, opset)
         name_dims(model, specs)
         strip_provenance(model)
