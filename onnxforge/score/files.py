@@ -94,6 +94,13 @@ class _Writer:
         discard(self._pq, self.tmp)
 
 
+def refuse_no_inputs(scorer, model_path: Path) -> None:
+    """A model whose every value comes from initializers: no column can feed it, so there is no row to score."""
+    if not scorer.specs:
+        raise UserError(f"{model_path.name} takes no inputs, so there are no rows to score — run it once with "
+                        f"`onnxforge validate {model_path} --synthetic` or `onnxforge bench {model_path}`")
+
+
 def predict_file(model: str | Path, input: str | Path, output: str | Path, *, chunk_rows: int = 65536,
                  threads: int | None = None, seed: int | None = None, columns: dict[str, list[str]] | None = None,
                  allow_nan: bool = False, console=None) -> dict[str, Any]:
@@ -111,6 +118,7 @@ def predict_file(model: str | Path, input: str | Path, output: str | Path, *, ch
         raise UserError("--output is the input file — choose another path (inputs are never overwritten)")
     t_start = time.perf_counter()
     scorer = Scorer(model_path, threads=threads, seed=seed, columns=columns, allow_nan=allow_nan)
+    refuse_no_inputs(scorer, model_path)
     chunk = min(chunk_rows, scorer.rows_per_chunk or chunk_rows)
     out_names = scorer.output_names
     total, chunks = _read_chunks(in_path, chunk, scorer)

@@ -121,6 +121,7 @@ def predict_dataset(model: str | Path, input: str | Path, output: str | Path, *,
     docstring; returns rows, parts (scored and skipped), seconds, rows/s and the engine's settings."""
     from onnxforge.artifact import sha256_file
     from onnxforge.score import dataset, partitions
+    from onnxforge.score.files import refuse_no_inputs
     from onnxforge.score.progress import bar
     from onnxforge.score.scorer import Scorer
 
@@ -144,6 +145,7 @@ def predict_dataset(model: str | Path, input: str | Path, output: str | Path, *,
         providers = runtime.requested(None)
     runtime.providers(providers)  # one not installed: exit 2 before a worker starts
     scorer = Scorer(Path(model), seed=None, columns=columns, allow_nan=allow_nan, lazy=True, providers=providers)
+    refuse_no_inputs(scorer, Path(model))
     chunk = min(chunk_rows, scorer.rows_per_chunk or chunk_rows)
     read_columns: list[str] = []
     for p in paths:  # every file's header before any work: a missing column is refused up front

@@ -138,18 +138,29 @@ def _stochastic_outputs(model, opts, where=None) -> list[str]:
     return meta_json(model, "stochastic_outputs", list, [], items=str, where=where)
 
 
-def default_tolerances(ctx, opts: ValidateOptions) -> Callable[[str], tuple[float, float]]:
+# a float16/bfloat16 output cannot agree past its own resolution (machine epsilon 9.8e-4 / 7.8e-3): two correct
+# runtimes round intermediate sums differently (a float16 MLP: up to 0.016 apart on outputs up to 32, 0.0056 beyond
+# rtol 1e-3), so a default (never a tolerance the user set) is at least these; bfloat16 scaled by its epsilon
+LOW_PRECISION_TOLERANCES = {"float16": (1e-3, 1e-2), "bfloat16": (1e-2, 1e-1)}
+
+
+def default_tolerances(ctx, opts: ValidateOptions) -> Callable[..., tuple[float, float]]:
     """Each output's (rtol, atol) where it has none of its own: the options' rtol/atol where set, else — against the
     source — the frontend's default for that output (by model family and output kind, set from measurement:
-    Frontend.tolerance), else 1e-4/1e-5 against another ONNX model."""
+    Frontend.tolerance), else 1e-4/1e-5 against another ONNX model; a default is raised to
+    LOW_PRECISION_TOLERANCES for an output (candidate's or reference's `dtypes`) in float16 or bfloat16."""
     source = opts.against == "source"
-    seen: dict[str, tuple[float, float]] = {}
+    seen: dict[tuple, tuple[float, float]] = {}
 
-    def tolerance(name: str) -> tuple[float, float]:
-        if name not in seen:
+    def tolerance(name: str, *dtypes) -> tuple[float, float]:
+        kinds = tuple(sorted({getattr(d, "name", str(d)) for d in dtypes} & set(LOW_PRECISION_TOLERANCES)))
+        if (name, kinds) not in seen:
             rtol, atol = ctx.frontend.tolerance(ctx.native(), ctx.cfg, name) if source else (1e-4, 1e-5)
-            seen[name] = (opts.rtol if opts.rtol is not None else rtol, opts.atol if opts.atol is not None else atol)
-        return seen[name]
+            for k in kinds:
+                rtol, atol = max(rtol, LOW_PRECISION_TOLERANCES[k][0]), max(atol, LOW_PRECISION_TOLERANCES[k][1])
+            seen[name, kinds] = (opts.rtol if opts.rtol is not None else rtol,
+                                 opts.atol if opts.atol is not None else atol)
+        return seen[name, kinds]
 
     return tolerance
 
@@ -168,7 +179,7 @@ def compare_output(name: str, ref: dict, got, n: int, rows: int, opts: ValidateO
     aligned = r.ndim > 0 and r.shape[0] == rows
     if not aligned and n != rows:
         return None  # a scalar or batch statistic: compared where all rows ran as one batch
-    rtol, atol = defaults(name)
+    rtol, atol = defaults(name, r.dtype, getattr(got, "dtype", None))  # a sequence output has none
     c = compare(name, r[:n] if aligned else r, got, tol.rtol if tol.rtol is not None else rtol,
                 tol.atol if tol.atol is not None else atol)
     if c.get("kind") == "label" and not c["pass"] and c["flip_rate"] <= tol.max_flip_rate:
@@ -227,12 +238,14 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     got_full = None
     # -1 and 0 dims count as dynamic there, as onnxruntime reads them; rows_per_run: a pin found by the input model
     fixed = data.fixed_batch(model) or getattr(feeds, "rows_per_run", None)
-    for bs in ([fixed] if fixed else opts.batch_sizes):
+    # a model with no graph inputs (all initializers) has no rows to batch over: it runs once, as one batch of 1
+    no_inputs = not sess.get_inputs()
+    for bs in ([fixed] if fixed else [1] if no_inputs else opts.batch_sizes):
         # a pinned batch (even of 1) runs every row, that many at a time; batch size 1 otherwise scores a sample
         n = min(rows, opts.batch1_rows) if bs == 1 and not fixed else rows
         size = bs or n
         # runtime.run splits the rows for a pinned batch itself (and names the total when it is no multiple)
-        chunks = list(data.batches(data.take(feeds, n), n if fixed else size))
+        chunks = [feeds] if no_inputs else list(data.batches(data.take(feeds, n), n if fixed else size))
         parts = [runtime.run(sess, b) for b in chunks]
         got = {k: _join([p[k] for p in parts], [data.n_rows(b) for b in chunks]) for k in out_names}
         if bs == 0 or n == rows:

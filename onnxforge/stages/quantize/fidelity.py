@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxforge.stages.quantize.budget import smallest_holding
+from onnxforge.stages.quantize.budget import smallest_holding, within
 
 EMBEDDING_MIN_WIDTH = 16  # a float output whose last axis is at least this wide is compared by direction
 
@@ -177,7 +177,7 @@ class FidelityCheck:
         tiebreak = float(np.mean([1.0 - f["mean"] if f["kind"] == "cosine" else f.get("mean", 0.0)
                                   for f in fid.values()])) if fid else 0.0
         return {"accuracy": None, "accuracy_drop": None, "fidelity": fid, "errors": errors,
-                "within": all(f["ratio"] <= 1.0 for f in fid.values()), "score": float(worst[1]["ratio"]),
+                "within": all(within(f["ratio"]) for f in fid.values()), "score": float(worst[1]["ratio"]),
                 "worst": worst[0], "tiebreak": tiebreak}
 
     def describe(self, r: dict) -> str:
