@@ -68,11 +68,15 @@ def _no_inputs(tmp_path: Path) -> Path:
     return save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "noinputs.onnx")
 
 
-def test_validate_runs_a_model_without_inputs_once(tmp_path, cli):
-    model = _no_inputs(tmp_path)
+def _validated_y(cli, model: Path) -> list[dict]:
+    """validate against onnx's reference evaluator on synthetic inputs: exit 0, output y's comparisons."""
     res = cli("validate", model, "--against", "onnx-reference", "--synthetic", "--json")
     assert res.code == 0, res.stderr
-    y = [c for c in res.json()["result"]["summary"]["comparisons"] if c["output"] == "y"]
+    return [c for c in res.json()["result"]["summary"]["comparisons"] if c["output"] == "y"]
+
+
+def test_validate_runs_a_model_without_inputs_once(tmp_path, cli):
+    y = _validated_y(cli, _no_inputs(tmp_path))
     assert len(y) == 1 and y[0]["pass"] and y[0]["total"] == 10 and y[0]["batch"] == 1
 
 
@@ -98,9 +102,7 @@ def _fp16_mlp(tmp_path: Path) -> Path:
 
 def test_a_correct_float16_model_passes_at_the_default_tolerances(tmp_path, cli):
     model = _fp16_mlp(tmp_path)
-    res = cli("validate", model, "--against", "onnx-reference", "--synthetic", "--json")
-    assert res.code == 0, res.stderr
-    y = [c for c in res.json()["result"]["summary"]["comparisons"] if c["output"] == "y"]
+    y = _validated_y(cli, model)
     assert y and all(c["pass"] and (c["rtol"], c["atol"]) == (1e-3, 1e-2) for c in y)
     # a tolerance the user sets is kept as given: the float32 defaults still see the float16 rounding
     res = cli("validate", model, "--against", "onnx-reference", "--synthetic", "--rtol", "1e-4", "--atol", "1e-5")
