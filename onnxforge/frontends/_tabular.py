@@ -322,12 +322,12 @@ def _column_transformer(est):
 
 
 def _first_encoder(trans):
-    """The encoder a ColumnTransformer branch starts with, behind NaN imputers only; None otherwise."""
+    """The encoder a ColumnTransformer branch starts with, behind SimpleImputers only; None otherwise."""
     steps = [t for _, t in trans.steps] if hasattr(trans, "steps") else [trans]
     for t in steps:
         if hasattr(t, "categories_"):
             return t
-        if not _nan_imputer(t) and _kind(t) != ("sklearn", "SimpleImputer"):
+        if _kind(t) != ("sklearn", "SimpleImputer"):
             return None
     return None
 
@@ -658,32 +658,22 @@ def _rename_outputs(model, names: list[str]) -> None:
     if not mapping:
         return
     inputs = {i.name for i in graph.input}
-    taken = {v for node in graph.node for v in (*node.input, *node.output)} | inputs
+    taken = _value_names(graph)
     clash = [n for n in mapping.values() if n in taken and n not in mapping]
     if any(n in inputs for n in clash):
         raise UserError(f"output name {clash[0]} is already used inside the model — choose other outputs: names")
-    for n in clash:  # an inner tensor holds the name (skl2onnx calls a ColumnTransformer's parts 'variable'): renamed
+    # an inner tensor holds the name (skl2onnx calls a ColumnTransformer's parts 'variable'): it moves aside
+    _move_aside(mapping, taken)
+    _substitute(graph, mapping)
+
+
+def _move_aside(mapping: dict[str, str], taken: set[str]) -> None:
+    """A new name that a value inside the graph already holds (and that is not itself being renamed): that value
+    moves to a fresh '<name>_innerN', added to `mapping` (one substitution then renames both at once)."""
+    for n in [n for n in mapping.values() if n in taken and n not in mapping]:
         fresh = next(f"{n}_inner{i}" for i in range(len(taken) + 1) if f"{n}_inner{i}" not in taken)
         taken.add(fresh)
-        for node in graph.node:
-            for seq in (node.input, node.output):
-                for i, v in enumerate(seq):
-                    if v == n:
-                        seq[i] = fresh
-        for t in (*graph.initializer, *graph.value_info):
-            if t.name == n:
-                t.name = fresh
-
-    def sub(seq):
-        for i, v in enumerate(seq):
-            if v in mapping:
-                seq[i] = mapping[v]
-
-    for node in graph.node:
-        sub(node.input)
-        sub(node.output)
-    for o in graph.output:
-        o.name = mapping.get(o.name, o.name)
+        mapping[n] = fresh
 
 
 def _float_trees(model) -> int:
@@ -759,11 +749,7 @@ def _rename_inputs(model, specs) -> None:
     mapping = {o: s.name for o, s in zip(old, specs, strict=True) if o != s.name}
     if not mapping:
         return
-    taken = _value_names(graph)
-    for n in [n for n in mapping.values() if n in taken and n not in mapping]:  # held inside: that value moves
-        fresh = next(f"{n}_inner{i}" for i in range(len(taken) + 1) if f"{n}_inner{i}" not in taken)
-        taken.add(fresh)
-        mapping[n] = fresh
+    _move_aside(mapping, _value_names(graph))
     _substitute(graph, mapping)
 
 
