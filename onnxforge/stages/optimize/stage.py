@@ -423,6 +423,8 @@ def _run(ctx, opts: OptimizeOptions, adm, work: Path, locked: dict | None, dec):
                "latency": latency_info, "speed": speed, "speedup": {b: v["ratio"] for b, v in speed.items()},
                "decision": dec.source(reused) | {"rule": decision["rule"], "speed": timing.overall(speed, 1.0)},
                "warnings": warnings}
+    if not opts.require_faster and (slow := slower_warning(speed, opts, applied, reused)):
+        warnings.append(slow)  # exit 0 still: a noisy timing must not flip a CI job unless require_faster asks
     model = load_model(current)
     stamp(model, **metadata(load_model(src, load_external=False)))
     stamp(model, optimize={"applied": applied, "rejected": rejected, "portable": opts.portable})
@@ -447,6 +449,36 @@ def _run(ctx, opts: OptimizeOptions, adm, work: Path, locked: dict | None, dec):
 
 RULE = ("paired rounds (input and output back to back, same feeds); faster or slower only when the 95 % interval of "
         "the per-round ratios clears a ±5 % band, else the same speed")
+
+
+def _turn_off(name: str) -> str:
+    """The option that leaves pass `name` out."""
+    if name == "onnxslim":
+        return "simplify: false"
+    if name.startswith("fusion-"):
+        return "fusion: off"
+    return "level: none" if name == "ort-basic" else "level: basic"
+
+
+def slower_warning(speed: dict, opts: OptimizeOptions, applied: list[str], reused: bool) -> str | None:
+    """The warning for shipping an optimized model measurably slower than its input at some batch size (judged on
+    the recorded figures, so a rerun from the lock says the same), or None. The README promises that optimize does
+    not slow a model unasked; with min_pass_speedup 0 (the default) timing rejects no pass, so this is said aloud."""
+    from onnxforge import timing
+
+    if timing.overall(speed, 1.0) != "slower":
+        return None
+    figures = ", ".join(f"{v['ratio']:.2f}× ({v['interval'][0]:.2f}–{v['interval'][1]:.2f}) at {k}"
+                        for k, v in speed.items())
+    off = [f"{_turn_off(p)} for {p}" for p in applied]
+    why = ("min_pass_speedup is 0, so no pass was rejected for speed — set min_pass_speedup: 0.95 to reject "
+           "passes measured slower" if opts.min_pass_speedup == 0 else
+           f"no single pass was measured slower than {opts.min_pass_speedup:g}× its input")
+    return (f"shipping an optimized model slower than its input ({figures}; "
+            f"{'from the lock' if reused else 'measured'}): {why}"
+            + (f", or leave a pass out ({'; '.join(off)})" if off else "")
+            + (", or use portable: true" if not opts.portable else "")
+            + "; require_faster: true fails the stage instead")
 
 
 def _ms(p50: dict) -> dict:

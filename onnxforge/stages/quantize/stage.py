@@ -338,6 +338,9 @@ def _run(ctx, opts: QuantizeOptions, work: Path, locked: dict | None, dec):
     if decision.get("speed"):
         summary["decision"]["speed"] = timing.overall(decision["speed"], 1.0)
     summary["candidates"] = decision["candidates"]
+    if (opts.mode == "auto" and chosen is not None and chosen["config"].get("mode") == "static"
+            and eval_feeds is not None and qfeeds.calibrates_on_evaluation(ctx.cfg.data)):
+        warnings.append(qfeeds.OPTIMISTIC)  # only a static model was calibrated on the budget's own rows
     before["p50_ms"] = decision["p50_ms"]["float"]
     if decision["verdict"] == "fail":
         summary["verdict"] = "fail"
@@ -502,6 +505,21 @@ RULE = ("paired rounds (float and candidates back to back, same feeds); a candid
         "fewer nodes, smaller file, then candidate order")
 
 
+def rank_candidates(live: list[dict], faster, preference, slower) -> tuple[list[str], list[str]]:
+    """(ranked, slow): the measured candidates not slower than the bar, best first — the ones auto tries in turn
+    and `decision.ranked` lists — and, ranked apart, those measurably slower than it at some batch size (`slower`
+    judges their recorded `speed`), marked rejected with their figures. Every slower one is screened out before
+    the ranking, not only those tried before the choice: auto skips them (README, the speed gate)."""
+    from onnxforge import timing
+
+    slow = [c["label"] for c in live if slower(c["speed"])]
+    for c in live:
+        if c["label"] in slow:
+            c.update(status="rejected", reason=f"slower than float ({_fmt_speed(c['speed'])})")
+    ok = [c["label"] for c in live if c["label"] not in slow]
+    return timing.rank(ok, faster, preference), timing.rank(slow, faster, preference)
+
+
 def _measure(env: _Env, nodes) -> tuple[dict, dict | None]:
     """Build every candidate, time them against the float model in paired rounds, and choose: ranked by
     timing.rank (measurably faster first, ties by preference), each fitted to the accuracy budget in turn."""
@@ -566,14 +584,11 @@ def _measure(env: _Env, nodes) -> tuple[dict, dict | None]:
 
     # ---- fastest first (noise-aware); fit the budget (keeping sensitive nodes float); re-time after a fallback
     faster = lambda a, b: lat.paired_over(b, a).verdict() == "faster"  # noqa: E731 — a measurably faster than b
-    ranked = timing.rank([c["label"] for c in live], faster, pref.__getitem__)
+    ranked, slow_ranked = rank_candidates(live, faster, pref.__getitem__, slower)
     by_label = {c["label"]: c for c in live}
     chosen = None
     for label in ranked:
         c = by_label[label]
-        if slower(c["speed"]):
-            c.update(status="rejected", reason=f"slower than float ({_fmt_speed(c['speed'])})")
-            continue
         with progress_bar(ctx.console, f"quantize: budget for {c['label']}", 1) as bar:
             out = _fit(env, c, bar)
             bar()
@@ -608,7 +623,7 @@ def _measure(env: _Env, nodes) -> tuple[dict, dict | None]:
     if chosen is None:
         slow = [c for c in live if "slower" in (c.get("reason") or "")]
         if slow and len(slow) == len(live):
-            best = next(c for lab in ranked for c in slow if c["label"] == lab)
+            best = next(c for lab in slow_ranked + ranked for c in slow if c["label"] == lab)
             why = (f"no INT8 model is at least {opts.min_speedup:g}× as fast as the float input at every batch size "
                    f"(best of {len(live)}: {best['label']}, {_fmt_speed(best['speed'])})")
             hint = " — set allow_slower: true to ship it anyway, or batch_sizes: [64] if you serve batches"
