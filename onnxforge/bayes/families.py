@@ -189,41 +189,60 @@ def draw(family: str, mu, p: dict, tables: dict):
         logpmf = torch.where(nk >= 0, logpmf, torch.full_like(logpmf, -math.inf))
         return _inverse_cdf(logpmf, torch.rand_like(mu))
     m = torch.clamp(mu, min=TINY)
-    cap = float(k.shape[0] - 1)
-    if family == "poisson":
-        # need and the exactness test grow with the mean: computed once on the batch's largest mean
-        top = m.max()
-        need = top + 5.75 * torch.sqrt(top) + 4.0  # P(X >= ceil(need)) < 2.4e-8 < COUNT_TAIL for every mean (scipy)
-        all_exact = top + 6.0 * torch.sqrt(top) < cap
-    else:  # negative-binomial
+    if family == "negative-binomial":
         a = _tensor(p["alpha"])  # not broadcast to mu: terms of a posterior alpha alone fold into initializers
-        # Chernoff at s = q^-0.8 (q = m/(α+m)): P(X >= K) <= 5^α q^(0.8 K); K below makes that <= COUNT_TAIL
         need = _nb_need(m, a).max()
         # not mean + 6 sd: a small dispersion's tail is far heavier than a normal's (alpha 0.37, mean 3.5: 2e-4 of
-        # the mass sits above 64 counts; alpha 0.5, mean 8: 0.5 %)
-        all_exact = need <= float(k.shape[0])
-    # the support is sized at run time from the batch: small means compute few cells; capped at max_count
-    size = torch.clamp(torch.ceil(need), 1.0, float(k.shape[0]))
-    size = size.to(torch.int64).item()  # a run-time size: the exporter emits the Slices below with it
+        # the mass sits above 64 counts; alpha 0.5, mean 8: 0.5 %). A batch that max_count would truncate draws
+        # all its counts from the gamma-Poisson mixture, so its inverse CDF over max_count cells is not computed
+        return torch.cond(need <= float(k.shape[0]), _nb_inverse_cdf, _nb_mixture,
+                          (m, a, need, k, tables["log_nb_coef"], tables["log_factorial"]))
+    # need and the exactness test grow with the mean: computed once on the batch's largest mean
+    top = m.max()
+    need = top + 5.75 * torch.sqrt(top) + 4.0  # P(X >= ceil(need)) < 2.4e-8 < COUNT_TAIL for every mean (scipy)
+    exact = _poisson_inverse_cdf(m, need, k, tables["log_factorial"])
+    # means that max_count would truncate take a rounded normal; an If, so the usual batch (all exact) makes no
+    # normals: they cost ~8 ns each in onnxruntime, more than the inverse CDF of a small-mean draw
+    cap = float(k.shape[0] - 1)
+    return torch.cond(top + 6.0 * torch.sqrt(top) < cap, _first, lambda e, m_: _rounded_normal(e, m_, m_, cap),
+                      (exact, m))
+
+
+def _support(need, k) -> int:
+    """The count support sized at run time from the batch (small means compute few cells), capped at max_count:
+    a run-time size the exporter emits the Slices with."""
+    import torch
+
+    size = torch.clamp(torch.ceil(need), 1.0, float(k.shape[0])).to(torch.int64).item()
     torch._check(size >= 1)
     torch._check(size <= k.shape[0])
-    # the log-pmf as one small GEMM of per-draw terms with rows of constants: onnxruntime's broadcasting
-    # elementwise ops ((rows, S, 1) against (K,)) run several times slower at one row
-    if family == "poisson":  # k log m - m - log k!: [log m, m, 1] @ [k; -1; -log k!]
-        w = torch.stack([tables["k"], -torch.ones_like(tables["k"]), -tables["log_factorial"]])[:, :size]
-        m1 = m.unsqueeze(-1)
-        logpmf = torch.cat([torch.log(m1), m1, m1 / m1], -1) @ w  # m1 / m1: ones (m >= TINY) in one node
-    else:  # Γ(k+α)/(k! Γ(α)) (α/(α+μ))^α (μ/(α+μ))^k; the table holds log Γ(k+α)/(k! Γ(α))
-        log_den = torch.log(a + m)
-        k1 = torch.stack([tables["k"], torch.ones_like(tables["k"])])[:, :size]
-        logpmf = (torch.stack([torch.log(m) - log_den, a * torch.log(a) - a * log_den + 0 * m], -1) @ k1
-                  + tables["log_nb_coef"][..., :size])
-    exact = _inverse_cdf(logpmf, torch.rand_like(mu))
-    # means that max_count would truncate take a rounded normal; an If, so the usual batch (all exact) makes no
-    # normals: they cost ~12 ns each in onnxruntime, more than the inverse CDF of a small-mean draw
-    if family == "poisson":
-        return torch.cond(all_exact, _first, lambda e, m_: _rounded_normal(e, m_, m_, cap), (exact, m))
-    return torch.cond(all_exact, _first, _nb_past_support, (exact, m, a, tables["k"], tables["log_factorial"]))
+    return size
+
+
+def _poisson_inverse_cdf(m, need, k, log_factorial):
+    """Exact Poisson(m) draws over [0, need). The log-pmf is one small GEMM of per-draw terms with rows of
+    constants, k log m - m - log k! = [log m, m, 1] @ [k; -1; -log k!]: onnxruntime's broadcasting elementwise ops
+    ((rows, S, 1) against (K,)) run several times slower at one row."""
+    import torch
+
+    size = _support(need, k)
+    w = torch.stack([k, -torch.ones_like(k), -log_factorial])[:, :size]
+    m1 = m.unsqueeze(-1)
+    logpmf = torch.cat([torch.log(m1), m1, m1 / m1], -1) @ w  # m1 / m1: ones (m >= TINY) in one node
+    return _inverse_cdf(logpmf, torch.rand_like(m))
+
+
+def _nb_inverse_cdf(m, a, need, k, log_nb_coef, log_factorial):
+    """The If's branch for a batch whose negative binomials fit max_count: exact draws by the inverse CDF of
+    Γ(k+α)/(k! Γ(α)) (α/(α+μ))^α (μ/(α+μ))^k (the table holds log Γ(k+α)/(k! Γ(α))), one GEMM as the Poisson's."""
+    import torch
+
+    size = _support(need, k)
+    log_den = torch.log(a + m)
+    k1 = torch.stack([k, torch.ones_like(k)])[:, :size]
+    logpmf = (torch.stack([torch.log(m) - log_den, a * torch.log(a) - a * log_den + 0 * m], -1) @ k1
+              + log_nb_coef[..., :size])
+    return _inverse_cdf(logpmf, torch.rand_like(m))
 
 
 def _nb_need(m, a):
@@ -234,22 +253,23 @@ def _nb_need(m, a):
     return (a * math.log(5.0) - math.log(COUNT_TAIL)) / (0.8 * torch.log1p(a / m))
 
 
-def _nb_past_support(exact, m, a, k, log_factorial):
-    """The If's branch for a batch holding a negative binomial that max_count would truncate: those draws alone
-    (gathered, as standard_gamma's retries) come from the gamma-Poisson mixture (λ = μ/α · Gamma(α), then
-    Poisson(λ)), exact while λ's own Poisson support fits in max_count, a rounded normal of Poisson(λ) past it
-    (λ > ~31 at max_count 64, where that normal is close). A rounded normal of the negative binomial itself, as
-    before, is badly off for small α: at α 0.5, mean 8 its clamp at zero lifts the mean by a quarter."""
+def _nb_mixture(m, a, need, k, log_nb_coef, log_factorial):
+    """The If's branch for a batch holding a negative binomial that max_count would truncate: every draw from the
+    gamma-Poisson mixture (λ = μ/α · Gamma(α), then Poisson(λ)), exact while λ's own Poisson support fits in
+    max_count, a rounded normal of Poisson(λ) past it (λ > ~31 at max_count 64, where that normal is close). A
+    rounded normal of the negative binomial itself is badly off for small α: at α 0.5, mean 8 its clamp at zero
+    lifts the mean by a quarter. All draws, not only those past the support: the gathered few cost the full
+    support's inverse CDF for the rest plus a gather and scatter (the zinb fixture: ~1.4x slower at one row,
+    A/B). need and log_nb_coef are unused: an If's branches take the same operands."""
     import torch
 
-    far = torch.nonzero((_nb_need(m, a) > float(k.shape[0])).reshape(-1)).squeeze(-1)
-    m2, a2 = (v.expand_as(exact).reshape(-1).index_select(0, far) for v in (m, a))
-    lam = torch.clamp(m2 / a2 * standard_gamma(a2), min=TINY)
-    w = torch.stack([k, -torch.ones_like(k), -log_factorial])
-    lam1 = lam.unsqueeze(-1)
-    pois = _inverse_cdf(torch.cat([torch.log(lam1), lam1, lam1 / lam1], -1) @ w, torch.rand_like(lam))
-    pois = _rounded_normal(pois, lam, lam, float(k.shape[0] - 1))
-    return exact.reshape(-1).scatter(0, far, pois).reshape(exact.shape)
+    lam = torch.clamp(m / a * standard_gamma(a, m), min=TINY)
+    top = lam.max()
+    root = torch.sqrt(top)
+    pois = _poisson_inverse_cdf(lam, top + 5.75 * root + 4.0, k, log_factorial)
+    # the rounded normal behind an If, as the Poisson family's (k an operand: its size is symbolic in a branch)
+    return torch.cond(top + 6.0 * root < float(k.shape[0] - 1), _first,
+                      lambda e, l_, k_: _rounded_normal(e, l_, l_, float(k_.shape[0] - 1)), (pois, lam, k))
 
 
 def _first(x, *_):
@@ -290,12 +310,12 @@ def standard_gamma(a, like=None):
     """Gamma(a, 1) draws of `like`'s shape (default a's; a broadcasts to it) from normals and uniforms only (ONNX
     has no gamma sampler): Marsaglia & Tsang (2000), a < 1 by the boost Gamma(a+1) · U^(1/a). Every draw gets one
     proposal; the few rejected (< 5 %) get GAMMA_TRIES - 1 more at once along a new leading axis, the first
-    accepted one kept (ArgMax over the accept mask, then GatherElements). So the random numbers made are about one
-    normal and one uniform per draw, not GAMMA_TRIES (onnxruntime's generators dominate the cost at one row), and
-    the node count does not grow with GAMMA_TRIES. d and c are computed on a before broadcasting: a posterior shape
-    folds into initializers. Exact up to the chance that every proposal is rejected (each is accepted with
-    probability > 0.95 since a + boost >= 1, so < 0.05**6 < 2e-8); such a draw is the first retry, or the mode d
-    where that proposal is invalid (v <= 0)."""
+    accepted one kept. So the random numbers made are about one normal and one uniform per draw, not GAMMA_TRIES,
+    and the node count does not grow with GAMMA_TRIES. (Two proposals per draw up front, with the retries behind an
+    If, measured no faster at one row: the doubled generators and logs cost what the skipped retries save.) d and c
+    are computed on a before broadcasting: a posterior shape folds into initializers. Exact up to the chance that
+    every proposal is rejected (each is accepted with probability > 0.95 since a + boost >= 1, so < 0.05**6 < 2e-8);
+    such a draw is the mode d."""
     import torch
 
     like = a if like is None else like
@@ -304,16 +324,23 @@ def standard_gamma(a, like=None):
     d = a1 - 1.0 / 3.0
     c = torch.rsqrt(9.0 * d)
     ok, x = _mt_proposals(d, c, like)
-    # the rejected draws (flat indices, a run-time count) and their constants: GAMMA_TRIES - 1 more proposals each
-    rej = torch.nonzero(~ok.reshape(-1)).squeeze(-1)
-    d2, c2 = (v.expand_as(like).reshape(-1).index_select(0, rej) for v in (d, c))  # Gather, not GatherND
-    ok2, x2 = _mt_proposals(d2, c2, d2.expand(GAMMA_TRIES - 1, *d2.shape))
-    first = torch.argmax(ok2.to(torch.int32), dim=0, keepdim=True)  # ArgMax returns the first maximum
-    x2 = torch.gather(x2, 0, first).squeeze(0)
-    out = x.reshape(-1).scatter(0, rej, x2).reshape(like.shape)
+    out = _mt_retries(x, ~ok, d, c)
     # the boost runs only when some shape is below 1 (an If: its uniforms and logs cost more than the test);
     # U^(1/a) as exp(log(U)/a): onnxruntime's Pow is ~5x slower than Log + Div + Exp
     return torch.cond(boost.any(), _boost, _first, (out, a))
+
+
+def _mt_retries(first, miss, d, c):
+    """The draws whose proposal was rejected (flat indices, a run-time count): GAMMA_TRIES - 1 more proposals
+    each, gathered (Gather, not GatherND), the first accepted kept (ArgMax returns the first maximum)."""
+    import torch
+
+    rej = torch.nonzero(miss.reshape(-1)).squeeze(-1)
+    d2, c2 = (v.expand_as(first).reshape(-1).index_select(0, rej) for v in (d, c))
+    ok2, x2 = _mt_proposals(d2, c2, d2.expand(GAMMA_TRIES - 1, *d2.shape))
+    pick = torch.argmax(ok2.to(torch.int32), dim=0, keepdim=True)
+    x2 = torch.where(ok2.any(0), torch.gather(x2, 0, pick).squeeze(0), d2)
+    return first.reshape(-1).scatter(0, rej, x2).reshape(first.shape)
 
 
 def _boost(out, a):
@@ -324,13 +351,13 @@ def _boost(out, a):
 
 
 def _mt_proposals(d, c, like):
-    """Marsaglia-Tsang proposals of like's shape: (accepted, d·v)."""
+    """Marsaglia-Tsang proposals of like's shape: (accepted, d·v). A proposal with v <= 0 is rejected by the
+    comparison itself (log v is NaN or -inf there, and no comparison with NaN holds), so it needs no mask; its d·v
+    is never kept. u is in [0, 1): at u = 0, log u = -inf accepts, as the test u < exp(...) does."""
     import torch
 
     z = torch.randn_like(like)
     t = 1.0 + c * z
     v = t * t * t  # not ** 3: Pow runs several times slower than Mul in onnxruntime
-    u = 1.0 - torch.rand_like(like)  # (0, 1]: log u finite
-    vs = torch.where(v > 0, v, 1.0)  # v <= 0 is a rejection; 1 keeps the log finite
-    ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * vs + d * torch.log(vs))
-    return ok, d * vs
+    ok = torch.log(torch.rand_like(like)) < 0.5 * z * z + d * (1.0 - v + torch.log(v))
+    return ok, d * v
