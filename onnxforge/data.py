@@ -75,7 +75,7 @@ def _fit_rank(arr: np.ndarray, shape: list, name: str, source=None, columns=None
                 arr.shape[1] == int(np.prod(shape[1:])):
             arr = arr.reshape(arr.shape[0], *shape[1:])  # flattened images, e.g. digits rows → [N, 1, 8, 8]
     fixed_ok = arr.ndim == len(shape) and all(
-        not isinstance(d, int) or d <= 0 or i == 0 or arr.shape[i] == d for i, d in enumerate(shape))
+        not isinstance(d, int) or d < 0 or i == 0 or arr.shape[i] == d for i, d in enumerate(shape))
     if shape and not fixed_ok:  # a batch dim (i == 0) may differ: callers tile or slice rows
         got = f"{len(columns)} columns, shape {list(arr.shape)}" if columns else f"shape {list(arr.shape)}"
         raise UserError(f"{_where(source)}input '{name}' takes shape {shape} but the data gives {got} — "
@@ -152,7 +152,12 @@ def _keys_for(spec, specs, table, source=None, hint=None) -> list[str] | str:
     fix = hint or "set inputs[].column (one key) or inputs[].columns (several) in the config"
     if spec.columns:
         missing = [c for c in spec.columns if c not in table]
+        if len(missing) == len(spec.columns) and spec.name in table:
+            # none of the columns, but the input's own name: a file holding the stacked [rows, k] matrix (an .npz
+            # beside the parquet the columns are for) is matched by name, as an input without `columns` is
+            return spec.name
         if missing:
+            fix = hint or "store those columns in the file, or list the file's own in inputs[].columns"
             raise UserError(f"{_where(source)}input '{spec.name}': columns {missing} not in the data — available: "
                             f"{', '.join(sorted(table))[:200]}; {fix}")
         return list(spec.columns)
@@ -169,11 +174,17 @@ def _keys_for(spec, specs, table, source=None, hint=None) -> list[str] | str:
 
 def input_keys(specs, keys, source=None, hint=None) -> list[str]:
     """Every key of a table with `keys` that the inputs read (so a reader can skip the rest)."""
-    out: list[str] = []
+    return list(key_specs(specs, keys, source, hint))
+
+
+def key_specs(specs, keys, source=None, hint=None) -> dict:
+    """Every key of a table with `keys` that the inputs read → the spec of the input that reads it."""
+    out: dict = {}
     for spec in specs:
         k = _keys_for(spec, specs, keys, source, hint)
-        out += k if isinstance(k, list) else [k]
-    return list(dict.fromkeys(out))
+        for key in k if isinstance(k, list) else [k]:
+            out.setdefault(key, spec)
+    return out
 
 
 def with_columns(specs, mapping: Mapping[str, list[str]], flag: str = "--columns") -> list:
@@ -237,7 +248,8 @@ def _check_text(col: np.ndarray, key: str, spec, source, offset: int = 0) -> Non
     if hit is None:
         return
     col_name = f" column '{key}'," if key and key != spec.name else ""
-    raise UserError(f"{_where(source)}input '{spec.name}' takes text but the data holds a number ({hit[1]!r} in"
+    what = "a boolean" if isinstance(hit[1], bool | np.bool_) else "a number"  # JSON true is no number to a user
+    raise UserError(f"{_where(source)}input '{spec.name}' takes text but the data holds {what} ({hit[1]!r} in"
                     f"{col_name} row {offset + hit[0]}) — give the category as text (e.g. \"{hit[1]}\"), or "
                     "declare the input int64/float32 if the model encodes numbers")
 
@@ -375,7 +387,7 @@ def is_whole(spec) -> bool:
 
 def _synth_shape(spec, rows: int, whole_input: bool) -> list[int]:
     dims = list(getattr(spec, "_synth", None) or (spec.shape if spec.shape is not None else ["batch"]))
-    out = [d if isinstance(d, int) and d > 0 else 1 for d in dims]
+    out = [d if isinstance(d, int) and d >= 0 else 1 for d in dims]  # a fixed 0 stays 0: onnxruntime pins it
     if not whole_input and dims:
         d0 = dims[0]
         out[0] = max(d0, rows // d0 * d0) if isinstance(d0, int) and d0 > 0 else rows
@@ -407,9 +419,11 @@ def specs_from_model(model) -> list:
         if inp.name in inits:
             continue
         tt = inp.type.tensor_type
-        # -1 and 0 in dim_value appear in real files and mean "dynamic" to onnxruntime
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
-                for d in tt.shape.dim]
+        # -1 in dim_value appears in real files and means "dynamic" to onnxruntime; a 0 past dim 0 is a fixed
+        # 0-size dim onnxruntime enforces ("Expected: 0"): the input holds no values and is fed empty. A 0 at dim 0
+        # stays free, as the batch axis has always been read.
+        dims = [d.dim_value if d.HasField("dim_value") and (d.dim_value > 0 or (i and d.dim_value == 0))
+                else (d.dim_param or None) for i, d in enumerate(tt.shape.dim)]
         if not tt.HasField("shape"):  # rank unknown: guess one batched axis (the input model probes it)
             dims = ["batch"]
         specs.append(TensorSpec(name=inp.name, dtype=ONNX_TO_DTYPE.get(tt.elem_type, "float32"), shape=dims))

@@ -116,7 +116,9 @@ def _merge(base, given, cfg, names) -> list:
 
 
 def _user_shape(name: str, declared: list, dims: list[int]) -> list:
-    if any(not isinstance(d, int) or d <= 0 for d in dims):
+    # a 0 is taken only where the model fixes that dim at 0 (an input with no values): nowhere else does it run
+    if any(not isinstance(d, int) or d < 0 or (d == 0 and (i >= len(declared) or declared[i] != 0))
+           for i, d in enumerate(dims)):
         raise UserError(f"--shape {name}={','.join(map(str, dims))}: give positive whole numbers, e.g. "
                         f"--shape {name}=1,3,224,224")
     if declared and len(dims) != len(declared):
@@ -348,7 +350,8 @@ def _probe(path: Path, specs: Specs) -> None:
     except Exception:
         return  # admission speaks for a model onnxruntime cannot load
     if opened:
-        names = sorted({str(d) for _, _, d in opened})
+        # an unnamed dim (no dim_param, or -1) is named by its place, never as Python's None
+        names = sorted({d if isinstance(d, str) else f"{s.name}[{axis}]" for s, axis, d in opened})
         ok = None
         for size in PROBE_SIZES:
             for s, axis, _ in opened:
@@ -362,10 +365,10 @@ def _probe(path: Path, specs: Specs) -> None:
                 break
         if ok is None:  # refused only if inputs must be synthesized: a data file may still fit
             which = sorted({s.name for s, _, _ in opened})
-            specs.unresolved = (f"input {', '.join(repr(w) for w in which)}: the model leaves dims {', '.join(names)} "
-                            f"symbolic and onnxruntime runs it at none of {', '.join(map(str, PROBE_SIZES))} — "
-                            f"give the real shape with --shape {which[0]}=d0,d1,... (or input_shapes: in the "
-                            "config)")
+            specs.unresolved = (f"input {', '.join(repr(w) for w in which)}: the model leaves dim"
+                                f"{'s' if len(names) > 1 else ''} {', '.join(names)} symbolic and onnxruntime "
+                                f"runs it at none of {', '.join(map(str, PROBE_SIZES))} — give the real shape "
+                                f"with --shape {which[0]}=d0,d1,... (or input_shapes: in the config)")
             return
         for s, _, _ in opened:
             specs.notes.setdefault(s.name, f"{', '.join(names)}={ok}: the smallest of "

@@ -99,6 +99,20 @@ class PymcFrontend(Frontend):
         require("h5netcdf", "pymc")
         return build_predictive(cfg)
 
+    def preflight(self, cfg) -> None:
+        super().preflight(cfg)
+        # validate's stochastic check samples draws with pm.sample_posterior_predictive, which needs the model:
+        # refused here, before a ~30 s convert, with the message validate would give (bayes.predictive.sample_pymc)
+        opts = getattr(cfg.stages, "validate", None) if "validate" in cfg.stages.order else None
+        s = cfg.source
+        if opts is None or not s.outputs.draws or s.model or getattr(opts, "against", "source") != "source" \
+                or getattr(opts, "stochastic", None) == []:
+            return
+        from onnxforge.errors import UserError
+
+        raise UserError("the stochastic check needs source.model ('file.py:builder' returning the pm.Model) "
+                        "to run pm.sample_posterior_predictive — set it, or drop outputs.draws")
+
     def export(self, native, cfg, opset, workdir):
         from onnxforge.bayes.module import export_onnx
         from onnxforge.errors import UserError

@@ -140,10 +140,10 @@ def named_columns(name: str, arr, names: list[str] | None) -> dict[str, np.ndarr
     return {f"{name}_{lab}": flat[:, j] for j, lab in enumerate(labels)}
 
 
-def as_table(data: Any, keys_wanted=None) -> Mapping[str, np.ndarray]:
+def as_table(data: Any, keys_wanted=None, check=None) -> Mapping[str, np.ndarray]:
     """Named columns of a dict of arrays/lists, a pandas DataFrame, a pyarrow Table/RecordBatch or a list of dict
     records, as numpy (strings as object arrays of str). `keys_wanted(keys)` picks the columns to convert (the
-    others are never copied)."""
+    others are never copied); `check(key, values)` sees each picked column of records as the client typed it."""
     from onnxforge.tables import column
 
     def pick(keys):
@@ -160,6 +160,8 @@ def as_table(data: Any, keys_wanted=None) -> Mapping[str, np.ndarray]:
             except KeyError:
                 i = next(i for i, r in enumerate(data) if k not in r)
                 raise UserError(f"record {i} has no '{k}' — give every record the same keys") from None
+            if check is not None:
+                check(k, vals)
             out[k] = _array(vals, k)
         return out
     if hasattr(data, "to_numpy") and hasattr(data, "columns") and not hasattr(data, "schema"):  # pandas
@@ -267,11 +269,17 @@ class Scorer:
 
         return input_keys(self.specs, list(keys), source, COLUMNS_HINT)
 
-    def feeds(self, rows: Any, *, offset: int = 0, source: Any = None):
-        """Model inputs from named columns, cast and checked (`offset`: the first row's number in `source`)."""
+    def feeds(self, rows: Any, *, offset: int = 0, source: Any = None, strict: bool = False):
+        """Model inputs from named columns, cast and checked (`offset`: the first row's number in `source`).
+        `strict`: rows that are a list of records are a client's request (serve's /predict, `records`): a key no
+        input reads and a JSON type the input cannot take (true for a number) are refused, not dropped or cast."""
         from onnxforge.data import feeds_from_table
 
-        table = rows if hasattr(rows, "load") else as_table(rows, lambda keys: self.input_columns(keys, source))
+        check = None
+        if strict and isinstance(rows, list | tuple) and rows and all(isinstance(r, Mapping) for r in rows):
+            check = self._record_check(rows, source)
+        table = rows if hasattr(rows, "load") else as_table(rows, lambda keys: self.input_columns(keys, source),
+                                                            check)
         feeds = feeds_from_table(table, self.specs, source=source, nonfinite=self.nonfinite, fix=self.nan_fix,
                                  hint=COLUMNS_HINT, offset=offset)
         check_levels(feeds, self.levels, offset)
@@ -280,6 +288,29 @@ class Scorer:
 
             check_param_inputs(feeds, self.bayes, offset)
         return feeds
+
+    def _record_check(self, records, source):
+        """Refuse record keys no input reads (a typo beside the right key was dropped silently); return the
+        per-column type check as_table runs on each column it converts."""
+        import difflib
+
+        from onnxforge.data import key_specs
+
+        first = list(records[0])
+        # every record's keys, at C speed (set.union), in the first record's order, then the others sorted
+        rest = set().union(*records) - set(first)
+        keys = first + sorted(rest, key=str)
+        specs = key_specs(self.specs, keys, source, COLUMNS_HINT)
+        unknown = [k for k in keys if k not in specs]
+        if unknown:
+            k = unknown[0]
+            i = next(i for i, r in enumerate(records) if k in r)
+            near = difflib.get_close_matches(str(k), [str(c) for c in specs], n=1)
+            more = f" (and {', '.join(repr(u) for u in unknown[1:4])})" if len(unknown) > 1 else ""
+            raise UserError(f"record {i} has key {k!r}{more} that no model input reads"
+                            f"{f' (did you mean {near[0]!r}?)' if near else ''} — the model reads "
+                            f"{', '.join(map(str, specs))[:300]}; drop or rename it")
+        return lambda key, values: _check_record_types(key, values, specs[key])
 
     def run(self, feeds, *, seed: int | None = None, offset: int = 0, source: Any = None) -> dict[str, Any]:
         """Raw outputs by name, one entry per row each. `seed`: this call on a fresh session reseeded with it."""
@@ -332,11 +363,64 @@ class Scorer:
         return self.columns(self.outputs(rows, seed=seed, offset=offset, source=source))
 
     def records(self, rows: Any, *, seed: int | None = None) -> list[dict[str, Any]]:
-        """A list of {column: value} per row (JSON-ready Python values)."""
-        cols = self(rows, seed=seed)
+        """A list of {column: value} per row (JSON-ready Python values). A list of records is checked as serve's
+        /predict checks a request (`feeds(strict=True)`): an unknown key or a boolean for a number is refused."""
+        cols = self.columns(self.run(self.feeds(rows, strict=True), seed=seed))
         n = len(next(iter(cols.values()))) if cols else 0
         lists = {k: v.tolist() for k, v in cols.items()}
         return [{k: v[i] for k, v in lists.items()} for i in range(n)]
+
+
+_BOOLS = (bool, np.bool_)
+
+
+def _check_record_types(key: str, values: list, spec) -> None:
+    """One column of records as the client typed it: a JSON boolean is no number (`true` scored as 1.0 hid a
+    client's mistake), a bool input takes true/false (or 0/1), not 2, and a text input takes text (a number or
+    boolean beside text cells became the text "5"/"False"). Costs one pass at C speed (set(map(type))) unless a
+    wide input's rows are lists."""
+    types = set(map(type, values))
+    if spec.dtype == "string":
+        if not types - {str, np.str_, type(None)}:
+            return
+        # NaN (pandas' missing text) is a missing value, refused as such further on
+        j = next((j for j, v in enumerate(values) if not isinstance(v, str | np.str_ | type(None))
+                  and not (isinstance(v, float | np.floating) and v != v)), None)
+        if j is None:
+            return
+        v = values[j]
+        what = (f"{str(bool(v)).lower()} (a boolean)" if isinstance(v, _BOOLS) else
+                f"{v!r} (a number)" if isinstance(v, int | float | np.number) else f"a {type(v).__name__}")
+        raise UserError(f"record {j}: '{key}' is {what} but input '{spec.name}' takes text — give the category as "
+                        f"text (e.g. \"{v}\")")
+    if types & {list, tuple}:  # a [rows, k] input fed one list per record: look at the elements
+        try:
+            flat = np.array(values, dtype=object).reshape(-1)
+        except ValueError:
+            return  # ragged: as_table says so
+        types = set(map(type, flat))
+    else:
+        flat = values
+    per_row = max(len(flat) // max(len(values), 1), 1)
+    if spec.dtype != "bool":
+        if not types & set(_BOOLS):
+            return
+        j = next(j for j, v in enumerate(flat) if isinstance(v, _BOOLS))
+        raise UserError(f"record {j // per_row}: '{key}' is {str(bool(flat[j])).lower()} (a boolean) but input "
+                        f"'{spec.name}' takes {spec.dtype} numbers — send a number (1 or 0 if that is what it "
+                        "means)")
+    if not types - set(_BOOLS) or types & {str, np.str_}:
+        return  # booleans; text is refused by the cast, naming the input
+    try:
+        arr = np.asarray(flat, dtype=np.float64)  # null (serve sends it as NaN) → NaN: cast to bool it was True
+    except (TypeError, ValueError):
+        return  # not numbers: the cast names what it got
+    bad = ~np.isin(arr, (0.0, 1.0))
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        v = "null" if flat[j] is None or np.isnan(arr[j]) else repr(flat[j])
+        raise UserError(f"record {j // per_row}: '{key}' is {v} but input '{spec.name}' is bool — send true or "
+                        "false (or 1/0)")
 
 
 def _random_nodes(model):

@@ -92,7 +92,7 @@ class ServedModel:
         text = {k for s in self.specs if s.dtype == "string" for k in s.keys}
         if any(v is None for r in records for k, v in r.items() if k not in text):
             records = [{k: (np.nan if v is None and k not in text else v) for k, v in r.items()} for r in records]
-        return dict(self.scorer.feeds(records))
+        return dict(self.scorer.feeds(records, strict=True))  # unknown keys, a boolean for a number: a 400
 
     def columns(self) -> list[str]:
         """The record keys the model reads, in input order."""
