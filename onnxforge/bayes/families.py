@@ -315,7 +315,7 @@ def standard_gamma(a, like=None):
     If, measured no faster at one row: the doubled generators and logs cost what the skipped retries save.) d and c
     are computed on a before broadcasting: a posterior shape folds into initializers. Exact up to the chance that
     every proposal is rejected (each is accepted with probability > 0.95 since a + boost >= 1, so < 0.05**6 < 2e-8);
-    such a draw is the mode d."""
+    such a draw is the first retry, or the mode d where that proposal is invalid (v <= 0)."""
     import torch
 
     like = a if like is None else like
@@ -339,7 +339,8 @@ def _mt_retries(first, miss, d, c):
     d2, c2 = (v.expand_as(first).reshape(-1).index_select(0, rej) for v in (d, c))
     ok2, x2 = _mt_proposals(d2, c2, d2.expand(GAMMA_TRIES - 1, *d2.shape))
     pick = torch.argmax(ok2.to(torch.int32), dim=0, keepdim=True)
-    x2 = torch.where(ok2.any(0), torch.gather(x2, 0, pick).squeeze(0), d2)
+    x2 = torch.gather(x2, 0, pick).squeeze(0)
+    x2 = torch.where(x2 > 0, x2, d2)  # all rejected and the first retry invalid (NaN or <= 0): the mode
     return first.reshape(-1).scatter(0, rej, x2).reshape(first.shape)
 
 
