@@ -31,7 +31,7 @@ TEST_JOBS ?= 2
 XDIST := -n $(TEST_JOBS) --dist loadfile
 
 test: install fixtures chromium node corpus
-	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=25 $(XDIST) $(PYTEST_ARGS)
 
 # the edit-test loop: everything but the tests marked slow (README blocks, corpus, transformer, rerun determinism)
 test-quick: install fixtures chromium corpus

@@ -172,9 +172,24 @@ def _keys_for(spec, specs, table, source=None, hint=None) -> list[str] | str:
                     f"{', '.join(sorted(k or '<array>' for k in table))[:200]}; {fix}")
 
 
-def input_keys(specs, keys, source=None, hint=None) -> list[str]:
-    """Every key of a table with `keys` that the inputs read (so a reader can skip the rest)."""
-    return list(key_specs(specs, keys, source, hint))
+class Keys(list):
+    """Table keys, and in `text` those that feed only text inputs: a reader of an untyped file (CSV) reads them as
+    written — "02139" stays "02139", not the number 2139 whose text "2139" is another category level."""
+
+    text: tuple = ()
+
+
+def input_keys(specs, keys, source=None, hint=None) -> Keys:
+    """Every key of a table with `keys` that the inputs read (so a reader can skip the rest), with `.text`."""
+    out, text, other = Keys(), set(), set()
+    for spec in specs:
+        k = _keys_for(spec, specs, keys, source, hint)
+        for key in k if isinstance(k, list) else [k]:
+            (text if spec.dtype == "string" else other).add(key)
+            if key not in out:
+                out.append(key)
+    out.text = tuple(k for k in out if k in text and k not in other)  # a key a number input reads too: as it was
+    return out
 
 
 def key_specs(specs, keys, source=None, hint=None) -> dict:
@@ -233,18 +248,21 @@ def _check_numeric(col: np.ndarray, key: str, spec, source, offset: int = 0) -> 
                         "fix those cells, or the input's dtype")
 
 
-def _text_file(source) -> bool:
-    """A CSV holds text: a column of digits there may well be a text category (pandas reads it as numbers)."""
-    return str(source or "").lower().endswith((".csv", ".tsv", ".txt"))
-
-
 def _check_text(col: np.ndarray, key: str, spec, source, offset: int = 0) -> None:
     """A typed number (parquet/npz column, JSON number) for a text input: scikit-learn refuses it, and as text it
-    would score as an unknown level ('5' is no category the encoder learned) — refuse it by name."""
+    would score as an unknown level ('5' is no category the encoder learned) — refuse it by name. Judged by the
+    column's dtype first: a text column (every cell str or None, the usual case) costs no Python loop per cell."""
     cells = col.reshape(len(col), -1)[:, 0] if col.ndim else np.asarray([col.item()], dtype=object)
-    hit = next(((i, v.item() if hasattr(v, "item") else v) for i, v in enumerate(cells)
-                if isinstance(v, bool | int | float | np.number | np.bool_) and not (
-                    isinstance(v, float | np.floating) and np.isnan(v))), None)  # NaN: a null, judged later
+    kind = cells.dtype.kind
+    if kind in "biufc":  # a numeric column: its first cell that is not NaN (NaN: a null, judged later)
+        present = np.flatnonzero(~np.isnan(cells)) if kind in "fc" else np.arange(min(len(cells), 1))
+        hit = (int(present[0]), cells[present[0]].item()) if len(present) else None
+    elif kind != "O" or set(map(type, cells)) <= {str, type(None)}:  # set(map(type)): at C speed
+        return
+    else:  # mixed cells (JSON records, a DataFrame the caller built): the first typed number
+        hit = next(((i, v.item() if hasattr(v, "item") else v) for i, v in enumerate(cells)
+                    if isinstance(v, bool | int | float | np.number | np.bool_) and not (
+                        isinstance(v, float | np.floating) and np.isnan(v))), None)
     if hit is None:
         return
     col_name = f" column '{key}'," if key and key != spec.name else ""
@@ -272,6 +290,8 @@ def feeds_from_table(table: Mapping[str, np.ndarray], specs, rows: int | None = 
     source = source or getattr(table, "path", None)
     if hasattr(table, "load"):
         table.load(input_keys(specs, list(table), source, hint))  # one pass over the file for all of them
+    # a CSV types no cell: its text columns were read as written (Keys.text), a number there is a text of digits
+    typed = getattr(table, "typed", True)
     feeds = {}
     for spec in specs:
         key = _keys_for(spec, specs, table, source, hint)
@@ -290,7 +310,7 @@ def feeds_from_table(table: Mapping[str, np.ndarray], specs, rows: int | None = 
         if spec.dtype != "string":  # name the column a CSV read as text (one odd cell makes the whole column str)
             for k, c in zip(key if isinstance(key, list) else [key], cols, strict=True):
                 _check_numeric(c, k, spec, source, offset)
-        elif not _text_file(source):
+        elif typed:
             for k, c in zip(key if isinstance(key, list) else [key], cols, strict=True):
                 _check_text(c, k, spec, source, offset)
         if isinstance(key, list):

@@ -91,12 +91,17 @@ def read_error(path: Path, e: Exception) -> UserError:
 
 
 class Table(Mapping):
-    """Column name → array; reads (and caches) columns on first access. `load(keys)` reads several in one pass."""
+    """Column name → array; reads (and caches) columns on first access. `load(keys)` reads several in one pass.
+
+    `typed`: the file stores each cell's type (npy, npz, parquet). A CSV does not: a column of digits may be a text
+    category ("02139"), so `load(keys, text=...)` reads the columns that feed text inputs as written."""
 
     def __init__(self, path: Path, keys: list[str], cost: Callable[[list[str]], int],
-                 read: Callable[[list[str]], dict[str, np.ndarray]]):
+                 read: Callable[..., dict[str, np.ndarray]], typed: bool = True):
         self.path, self._keys, self._cost, self._read = path, list(keys), cost, read
+        self.typed = typed
         self._cache: dict[str, np.ndarray] = {}
+        self._as_text: set[str] = set()  # cached keys read as text (an untyped file only)
         self._held = 0
 
     def __contains__(self, key) -> bool:  # Mapping's default would read the column
@@ -111,20 +116,38 @@ class Table(Mapping):
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self._keys:
             raise KeyError(key)
-        self.load([key])
+        if key not in self._cache:
+            self.load([key])
         return self._cache[key]
 
-    def load(self, keys) -> None:
-        todo = [k for k in dict.fromkeys(keys) if k in self._keys and k not in self._cache]
+    def load(self, keys, text=None) -> None:
+        """Read `keys` in one pass; `text` (default: the keys' own `.text`, see data.input_keys) are read as text
+        from an untyped file. A column cached in the other reading is read again."""
+        text = set() if self.typed else set(getattr(keys, "text", ()) if text is None else text)
+        todo = [k for k in dict.fromkeys(keys) if k in self._keys and
+                (k not in self._cache or (k in text) != (k in self._as_text))]
         if not todo:
             return
         try:
             limits.check_data_bytes(self._held + self._cost(todo), self.path, _what(todo))
-            arrays = self._read(todo)
+            arrays = self._read(todo, [k for k in todo if k in text])
         except Exception as e:
             raise read_error(self.path, e) from None
-        self._held += sum(a.nbytes for a in arrays.values())
+        self._held += sum(a.nbytes for a in arrays.values()) - sum(
+            self._cache[k].nbytes for k in arrays if k in self._cache)
         self._cache.update(arrays)
+        self._as_text = (self._as_text - set(arrays)) | (set(arrays) & text)
+
+
+class Columns(dict):
+    """A chunk of columns already read (iter_chunks): `typed` as Table's; `load` has nothing left to read."""
+
+    def __init__(self, items, path: Path, typed: bool):
+        super().__init__(items)
+        self.path, self.typed = path, typed
+
+    def load(self, keys, text=None) -> None:
+        pass
 
 
 def _what(keys: list[str]) -> str:
@@ -176,7 +199,7 @@ def _npy(path: Path) -> Table:
         with open(path, "rb") as f:
             return _header(f, path, "", path.stat().st_size)
 
-    return Table(path, [""], cost, lambda keys: {"": np.load(path, allow_pickle=False)})
+    return Table(path, [""], cost, lambda keys, text: {"": np.load(path, allow_pickle=False)})
 
 
 def _npz(path: Path) -> Table:
@@ -197,7 +220,7 @@ def _npz(path: Path) -> Table:
                     total += _header(f, path, f"member '{k}'", stored)
             return total
 
-    def read(keys):
+    def read(keys, text):
         with np.load(path, allow_pickle=False) as z:  # NpzFile reads a member only when indexed
             return {k: z[k] for k in keys}
 
@@ -236,19 +259,25 @@ def _csv(path: Path) -> Table:
 
     keys = [str(c) for c in pd.read_csv(path, nrows=0).columns]
 
-    def read(cols):
-        df = pd.read_csv(path, usecols=cols)
+    def read(cols, text):
+        df = pd.read_csv(path, usecols=cols, dtype=_as_text(text))
         return {str(c): column(df[c]) for c in df.columns}
 
     # plain text: what a column decodes to is bounded by the file's own size (strings are not padded, see column)
-    return Table(path, keys, lambda cols: 0, read)
+    return Table(path, keys, lambda cols: 0, read, typed=False)
+
+
+def _as_text(text) -> dict | None:
+    """read_csv's dtype for the columns that feed text inputs: read as written ("02139", not the number 2139;
+    a text "7" is no level "007"), an empty cell still NaN (missing, refused by the input checks)."""
+    return {c: str for c in text} or None
 
 
 def _parquet(path: Path) -> Table:
     pf = _parquet_file(path)
     keys = list(pf.schema_arrow.names)
 
-    def read(cols):
+    def read(cols, text):
         table = pf.read(columns=cols)
         # dictionary columns are read compact: check what they decode to before they do
         limits.check_data_bytes(sum(decoded_nbytes(table.column(c)) for c in cols), path, _what(cols))
@@ -326,7 +355,7 @@ def iter_chunks(path: Path, chunk_rows: int, select: Callable[[list[str]], list[
         def gen():
             for batch in pf.iter_batches(batch_size=chunk_rows, columns=cols):
                 limits.check_data_bytes(sum(decoded_nbytes(batch.column(c)) for c in cols), path, _what(cols))
-                yield {str(c): column(batch.column(c).to_pandas()) for c in batch.schema.names}
+                yield Columns({str(c): column(batch.column(c).to_pandas()) for c in batch.schema.names}, path, True)
 
         return total, gen()
     if suffix == ".csv":
@@ -337,13 +366,14 @@ def iter_chunks(path: Path, chunk_rows: int, select: Callable[[list[str]], list[
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise read_error(path, e) from None
         cols = select(names)
+        dtype = _as_text([c for c in getattr(cols, "text", ()) if c in cols])  # see data.input_keys
         with open(path, "rb") as f:  # a newline count is cheap next to scoring, and gives the bar a total
             total = max(sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) - 1, 0)
 
         def gen():
             try:
-                for df in pd.read_csv(path, chunksize=chunk_rows, usecols=cols):
-                    yield {str(c): column(df[c]) for c in df.columns}
+                for df in pd.read_csv(path, chunksize=chunk_rows, usecols=cols, dtype=dtype):
+                    yield Columns({str(c): column(df[c]) for c in df.columns}, path, False)
             except (pd.errors.ParserError, UnicodeDecodeError) as e:
                 raise read_error(path, e) from None
 
@@ -357,5 +387,6 @@ def iter_chunks(path: Path, chunk_rows: int, select: Callable[[list[str]], list[
         if len(n) != 1:
             raise UserError(f"{path}: arrays have different row counts {sorted(n)} — one table per file")
         total = n.pop()
-        return total, ({k: v[i:i + chunk_rows] for k, v in arrays.items()} for i in range(0, total, chunk_rows))
+        return total, (Columns({k: v[i:i + chunk_rows] for k, v in arrays.items()}, path, True)
+                       for i in range(0, total, chunk_rows))
     raise UserError(f"{path}: unsupported input format '{suffix}' — use .csv, .parquet, .npz or .npy")
