@@ -43,16 +43,3 @@ def prune(module, example: tuple, *, ratio: float | None, ratios: dict[str, floa
 def _width(m) -> int:
     return int(getattr(m, "out_channels", getattr(m, "out_features", 0)))
 
-
-def mask_only(module, amount: float):
-    """Unstructured L1 pruning with torch.nn.utils.prune, made permanent: zeros in dense tensors (goal: size)."""
-    import torch
-    from torch.nn.utils import prune as tprune
-
-    model = copy.deepcopy(module).eval()
-    params = [(m, "weight") for m in model.modules() if isinstance(m, tuple(layer_types().values()))]
-    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=amount)
-    with torch.no_grad():
-        for m, name in params:
-            tprune.remove(m, name)
-    return model

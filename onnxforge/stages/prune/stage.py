@@ -4,30 +4,40 @@ latency and size before and after are measured in the same run. Place it after c
 
 from __future__ import annotations
 
+import math
+import re
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from onnxforge.code_trust import is_file_ref
 from onnxforge.config import StrictModel
 from onnxforge.registry import register_stage
 
-# why mask-only pruning cannot serve a speed goal (said in the refusal)
+# why mask-only pruning is refused (said in the refusal): the artifact is a dense ONNX file and the project writes
+# no sparse or compressed format, so single zeroed weights buy neither goal
 MASK_ONLY_NO_SPEED = ("mask-only (unstructured) pruning leaves dense tensors full of zeros and onnxruntime's CPU "
                       "kernels multiply them all the same: no speedup")
+MASK_ONLY_NO_SIZE = ("mask-only (unstructured) pruning leaves dense tensors full of zeros: every zero still takes "
+                     "its full width, so the .onnx file does not shrink")
 
 
 class PruneOptions(StrictModel):
     method: Literal["structured", "unstructured"] = Field("structured", description="structured: remove whole "
-                                                          "channels/filters (torch-pruning); unstructured: zero "
-                                                          "single weights (torch.nn.utils.prune) — size goal only")
-    goal: Literal["speed", "size"] = Field("speed", description="speed refuses unstructured pruning (ORT does not "
-                                           "skip zeros)")
+                                                          "channels/filters (torch-pruning); unstructured (zeroing "
+                                                          "single weights) is refused: the ONNX file stays dense, so "
+                                                          "it is neither smaller nor faster")
+    goal: Literal["speed", "size"] = Field("speed", description="speed: latency before/after is measured and "
+                                           "reported; size: the stage fails (exit 1, no model) unless the pruned "
+                                           "file and its weights are smaller than the input's")
     ratio: float | None = Field(None, ge=0, lt=1, description="fraction of channels removed in every prunable "
                                 "layer (the last layer is kept whole)")
     ratios: dict[Literal["Conv", "Linear"], float] = Field(default_factory=dict, description="per layer type, "
                                                            "e.g. {Conv: 0.5, Linear: 0.3}; over `ratio`")
     importance: Literal["l1", "l2"] = Field("l2", description="channel importance: weight magnitude norm")
-    finetune: str | None = Field(None, description="module:function or file.py:function called as fn(model, data) "
+    finetune: str | None = Field(None, description="file.py:function (relative to the YAML) or "
+                                 "package.module:function, called as fn(model, data) "
                                  "after pruning (data: {'x': {input: array}, 'labels': array or None}); returns "
                                  "the model (or None: trained in place). Runs code: source.trust_code rules apply")
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="allowed accuracy drop vs the unpruned model "
@@ -39,11 +49,22 @@ class PruneOptions(StrictModel):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], description="latency batch sizes")
     rounds: int = Field(3, gt=0, description="paired timing rounds")
 
+    @field_validator("finetune")
+    @classmethod
+    def _hook_ref(cls, v: str | None) -> str | None:
+        if v is not None:
+            target, sep, fn = v.rpartition(":")
+            if not sep or not target or not fn.isidentifier():
+                raise ValueError(f"prune.finetune: expected 'file.py:function' or 'package.module:function', got "
+                                 f"'{v}' — e.g. finetune: train.py:finetune")
+        return v
+
     @model_validator(mode="after")
     def _checked(self):
-        if self.method == "unstructured" and self.goal == "speed":
-            raise ValueError(f"prune.method unstructured with goal speed is refused: {MASK_ONLY_NO_SPEED} — use "
-                             "method: structured, or goal: size")
+        if self.method == "unstructured":
+            why = MASK_ONLY_NO_SPEED if self.goal == "speed" else MASK_ONLY_NO_SIZE
+            raise ValueError(f"prune.method unstructured with goal {self.goal} is refused: {why} — use method: "
+                             "structured (whole channels removed: a smaller and faster model)")
         if self.ratio is None and not self.ratios:
             raise ValueError("prune: give ratio (global) or ratios per layer type, e.g. ratio: 0.3")
         if any(not 0 <= v < 1 for v in self.ratios.values()):
@@ -55,8 +76,6 @@ class PruneOptions(StrictModel):
                 help="structured pruning of a torch model (after convert): channels removed, fine-tune hook, "
                      "accuracy budget, ORT latency and size before/after")
 def run_prune(ctx, opts: PruneOptions):
-    from pathlib import Path
-
     import numpy as np
 
     from onnxforge import data, runtime, timing
@@ -94,16 +113,25 @@ def run_prune(ctx, opts: PruneOptions):
     assess = Assessor(Path(ctx.model), feeds, labels, Budget(opts.max_accuracy_drop, {}))
     r = assess(out)
     before_b, after_b = Path(ctx.model).stat().st_size, out.stat().st_size
+    before_w, after_w = _weight_bytes(Path(ctx.model)), _weight_bytes(out)
     summary = {"method": opts.method, "goal": opts.goal, "ratio": opts.ratio, "ratios": opts.ratios,
                "removed": removed, "finetune": tuned, "data": prov, "metric": assess.metric,
                "accuracy_before": assess.accuracy_float, "accuracy_after": r["accuracy"],
                "accuracy_drop": r["accuracy_drop"], "max_accuracy_drop": opts.max_accuracy_drop,
-               "bytes_before": before_b, "bytes_after": after_b, "size_ratio": before_b / max(after_b, 1)}
+               "bytes_before": before_b, "bytes_after": after_b, "size_ratio": before_b / max(after_b, 1),
+               "weight_bytes_before": before_w, "weight_bytes_after": after_w}
     if not r["within"]:
         out.unlink()
         summary["verdict"] = "fail"
-        raise CheckFailed(f"prune: {assess.describe(r)} exceeds max_accuracy_drop {opts.max_accuracy_drop:g} — "
+        raise CheckFailed(f"prune: {_over_budget(assess.metric, r['accuracy_drop'], opts.max_accuracy_drop)} — "
                           "prune less (ratio), or fine-tune (finetune: module:function)", summary)
+    if opts.goal == "size" and (after_b >= before_b or after_w >= before_w):
+        out.unlink()
+        summary["verdict"] = "fail"
+        what = "no channel was removed" if not removed else "the weights did not shrink"
+        raise CheckFailed(f"prune: goal size not met: {what} (file {before_b:,} → {after_b:,} B, weights "
+                          f"{before_w:,} → {after_w:,} B) — raise ratio, or set ratios for the layer types the "
+                          "model has (Conv, Linear; the last layer is kept whole)", summary)
     sessions = {k: runtime.session(p, threads=opts.threads) for k, p in (("before", Path(ctx.model)),
                                                                           ("after", out))}
     summary["provider"] = runtime.ran_on(sessions["after"])
@@ -132,30 +160,29 @@ def _pruned(ctx, opts, native, feeds, prov, labels):
 
     from onnxforge import data
     from onnxforge.errors import UserError
+    from onnxforge.frontends._export import first_line
     from onnxforge.frontends.torch import _example, _specs
+    from onnxforge.stages.prune.channels import prune
 
     cfg = ctx.cfg
-    if opts.method == "structured":
-        from onnxforge.stages.prune.channels import prune
-
-        model, removed = prune(native.module, tuple(_example(_specs(cfg))), ratio=opts.ratio, ratios=opts.ratios,
-                               importance=opts.importance)
-    else:
-        from onnxforge.stages.prune.channels import mask_only
-
-        model, removed = mask_only(native.module, opts.ratio or max(opts.ratios.values())), {}
+    if opts.finetune and not cfg.source.trust_code:
+        raise UserError(f"prune.finetune names code ({opts.finetune}): running it needs source.trust_code: true")
+    fn = _hook(opts.finetune, cfg) if opts.finetune else None  # a wrong reference fails before the pruning
+    model, removed = prune(native.module, tuple(_example(_specs(cfg))), ratio=opts.ratio, ratios=opts.ratios,
+                           importance=opts.importance)
     tuned = None
-    if opts.finetune:
-        from onnxforge.frontends.torch import _import_factory
-
-        if not cfg.source.trust_code:
-            raise UserError(f"prune.finetune names code ({opts.finetune}): running it needs source.trust_code: true")
-
-        fn = _import_factory(opts.finetune, cfg)
+    if fn is not None:
         train, tprov = (ctx.feeds("calibration") if cfg.data.calibration else (feeds, prov))
         tl = _labels_of(cfg, cfg.data.calibration, ctx) if cfg.data.calibration else labels
         torch.manual_seed(cfg.data.seed)  # the same config gives the same fine-tuned weights
-        got = fn(model, {"x": train, "labels": tl})
+        try:
+            got = fn(model, {"x": train, "labels": tl})
+        except Exception as e:
+            raise UserError(f"prune.finetune {_short(opts.finetune)} raised {first_line(e)} — fix the hook "
+                            "(it gets the pruned model and {'x': {input: array}, 'labels': array})") from None
+        if got is not None and not isinstance(got, torch.nn.Module):
+            raise UserError(f"prune.finetune {_short(opts.finetune)} returned {type(got).__name__}, not a "
+                            "torch.nn.Module — return the model, or None after training it in place")
         model = (got if got is not None else model).eval()
         tuned = {"hook": opts.finetune, "data": tprov, "rows": data.n_rows(train)}
     return model, removed, tuned
@@ -167,3 +194,79 @@ def _labels_of(cfg, path, ctx):
     if cfg.data.labels is None:
         return None
     return data.read_labels(path, cfg.data.labels, None, specs=ctx.input_specs())
+
+
+def _short(ref: str) -> str:
+    target, _, fn = ref.rpartition(":")
+    return f"{Path(target).name}:{fn}" if is_file_ref(target) else ref
+
+
+def _hook(ref: str, cfg):
+    """The fine-tune function `ref` names: a file (relative to the YAML, like source.factory) or a module
+    importable from the config's folder. Every failure names prune.finetune, the key to fix."""
+    import importlib
+    import importlib.util
+    import inspect
+    import sys
+
+    from onnxforge.errors import UserError
+    from onnxforge.frontends._export import first_line
+    from onnxforge.frontends.torch import _import_path
+
+    target, _, fn = ref.rpartition(":")
+    try:
+        if is_file_ref(target):
+            path = Path(target)
+            if not path.is_absolute() and cfg.config_path is not None:
+                path = cfg.config_path.parent / path
+            if not path.is_file():
+                raise UserError(f"prune.finetune: {target} not found (looked for {path}) — fix the path (relative "
+                                "to the YAML file)")
+            name = f"onnxforge_finetune_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            with _import_path(cfg):
+                module = importlib.import_module(target)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"prune.finetune: cannot import '{target}' ({first_line(e)}) — check the module or file "
+                        "path and that its imports are installed") from None
+    hook = getattr(module, fn, None)
+    if not callable(hook):
+        there = sorted(n for n, v in vars(module).items()
+                       if inspect.isfunction(v) and v.__module__ == module.__name__ and not n.startswith("_"))
+        has = f" (it defines {', '.join(there[:8])})" if there else ""
+        raise UserError(f"prune.finetune: '{target}' has no function '{fn}'{has} — fix the name after the colon")
+    return hook
+
+
+def _weight_bytes(path: Path) -> int:
+    """Bytes of the model's stored tensors (initializers and Constant values), from their shapes and types."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    m = onnx.load(str(path), load_external_data=False)
+    total = 0
+    for g in [m.graph, *(a.g for n in m.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)]:
+        tensors = list(g.initializer) + [a.t for n in g.node if n.op_type == "Constant" for a in n.attribute
+                                         if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
+        for t in tensors:
+            try:
+                width = tensor_dtype_to_np_dtype(t.data_type).itemsize
+            except (KeyError, ValueError):
+                width = 1
+            total += width * math.prod(t.dims)
+    return total
+
+
+def _over_budget(metric: str, drop: float, limit: float) -> str:
+    """'accuracy drop 0.7705 (77.05 pt) exceeds max_accuracy_drop 0.01 (1.00 pt)': the drop and the budget in the
+    same units, with as many digits as it takes to tell them apart."""
+    unit, what = ("%", metric) if metric == "relative L2 error" else (" pt", f"{metric} drop")
+    nd = next((k for k in range(2, 9) if f"{drop * 100:.{k}f}" != f"{limit * 100:.{k}f}"), 8)
+    return (f"{what} {drop:.{nd + 2}f} ({drop * 100:.{nd}f}{unit}) exceeds max_accuracy_drop {limit:g} "
+            f"({limit * 100:.{nd}f}{unit})")
