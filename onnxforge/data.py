@@ -6,6 +6,7 @@ Synthetic inputs are made from the input spec only when the caller says the user
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -257,7 +258,7 @@ def _check_text(col: np.ndarray, key: str, spec, source, offset: int = 0) -> Non
     if kind in "biufc":  # a numeric column: its first cell that is not NaN (NaN: a null, judged later)
         present = np.flatnonzero(~np.isnan(cells)) if kind in "fc" else np.arange(min(len(cells), 1))
         hit = (int(present[0]), cells[present[0]].item()) if len(present) else None
-    elif kind != "O" or set(map(type, cells)) <= {str, type(None)}:  # set(map(type)): at C speed
+    elif kind != "O" or _all_text(cells):
         return
     else:  # mixed cells (JSON records, a DataFrame the caller built): the first typed number
         hit = next(((i, v.item() if hasattr(v, "item") else v) for i, v in enumerate(cells)
@@ -270,6 +271,16 @@ def _check_text(col: np.ndarray, key: str, spec, source, offset: int = 0) -> Non
     raise UserError(f"{_where(source)}input '{spec.name}' takes text but the data holds {what} ({hit[1]!r} in"
                     f"{col_name} row {offset + hit[0]}) — give the category as text (e.g. \"{hit[1]}\"), or "
                     "declare the input int64/float32 if the model encodes numbers")
+
+
+def _all_text(cells: np.ndarray) -> bool:
+    """Every cell of an object column str or missing, at C speed: pandas' infer_dtype where a reader (CSV,
+    parquet, a DataFrame) has loaded pandas (~10 ms per million cells), else set(map(type)) (~30 ms); the loop
+    over cells it replaces took ~0.5 s per million."""
+    pd = sys.modules.get("pandas")  # not imported for this: serve's JSON path never loads it
+    if pd is not None:
+        return pd.api.types.infer_dtype(cells, skipna=True) in ("string", "empty")  # skipna: None and NaN
+    return set(map(type, cells)) <= {str, type(None)}
 
 
 def _is_number(text: str) -> bool:

@@ -101,17 +101,37 @@ class PymcFrontend(Frontend):
 
     def preflight(self, cfg) -> None:
         super().preflight(cfg)
-        # validate's stochastic check samples draws with pm.sample_posterior_predictive, which needs the model:
-        # refused here, before a ~30 s convert, with the message validate would give (bayes.predictive.sample_pymc)
         opts = getattr(cfg.stages, "validate", None) if "validate" in cfg.stages.order else None
         s = cfg.source
-        if opts is None or not s.outputs.draws or s.model or getattr(opts, "against", "source") != "source" \
-                or getattr(opts, "stochastic", None) == []:
+        if opts is None or not s.outputs.draws:
             return
+        draws = _draws_name(cfg)
+        stochastic = getattr(opts, "stochastic", None)
+        if stochastic is not None and draws not in stochastic:
+            return  # validate compares no draws (stochastic: [] skips the distributional check)
+        from onnxforge.compare import MIN_DRAWS
         from onnxforge.errors import UserError
 
-        raise UserError("the stochastic check needs source.model ('file.py:builder' returning the pm.Model) "
-                        "to run pm.sample_posterior_predictive — set it, or drop outputs.draws")
+        o = s.outputs  # skipping the check is a fix only where other outputs are still compared
+        skip = ", or set validate's stochastic: [] to skip the distributional check" if (
+            o.mean or o.std or o.quantiles) else ""
+        against_source = getattr(opts, "against", "source") == "source"
+        # validate's stochastic check samples draws with pm.sample_posterior_predictive, which needs the model:
+        # refused here, before a ~30 s convert, with the message validate would give (bayes.predictive.sample_pymc)
+        if against_source and not s.model:
+            raise UserError("the stochastic check needs source.model ('file.py:builder' returning the pm.Model) "
+                            "to run pm.sample_posterior_predictive — set it, or drop outputs.draws")
+        # fewer draws per row than the check needs fails validate (exit 1) after the convert: a config error
+        if s.outputs.draws < MIN_DRAWS:
+            raise UserError(f"source.outputs.draws is {s.outputs.draws}: validate's distributional check of "
+                            f"'{draws}' needs at least {MIN_DRAWS} draws per row — set outputs.draws to "
+                            f"{MIN_DRAWS} or more{skip}")
+        kept, why = _kept_samples(s)
+        if against_source and kept is not None and kept < MIN_DRAWS:
+            # the reference, pm.sample_posterior_predictive, draws once per kept posterior sample
+            raise UserError(f"the posterior keeps {kept} samples ({why}): validate's distributional check of "
+                            f"'{draws}' against PyMC's draws (one per sample) needs at least {MIN_DRAWS} — keep "
+                            f"{MIN_DRAWS} or more (raise source.samples, or sample more draws){skip}")
 
     def export(self, native, cfg, opset, workdir):
         from onnxforge.bayes.module import export_onnx
@@ -153,3 +173,31 @@ class PymcFrontend(Frontend):
         s = cfg.source
         refs = [Path(r.rpartition(":")[0]) for r in (s.transform, s.model) if r]
         return [p for p in [s.path, *refs] if p]
+
+
+def _draws_name(cfg) -> str:
+    """The draws output's name, as bayes.loader names the outputs (cfg.outputs in the order of OUTPUT_KINDS)."""
+    o = cfg.source.outputs
+    kinds = [k for k, on in zip(OUTPUT_KINDS, (o.mean, o.std, bool(o.quantiles), o.draws > 0), strict=True) if on]
+    names = list(cfg.outputs or kinds)
+    return names[kinds.index("draws")] if "draws" in kinds and len(names) == len(kinds) else "draws"
+
+
+def _kept_samples(s) -> tuple[int | None, str]:
+    """How many posterior samples convert keeps (bayes.posterior.thin_index keeps min(chains × draws, samples)),
+    from the netcdf header alone (h5py, no xarray); None when the file cannot say (load then says why)."""
+    total = None
+    try:
+        import h5py
+
+        with h5py.File(s.path, "r") as f:
+            g = f["posterior"]
+            chains, draws = int(g["chain"].shape[0]), int(g["draw"].shape[0])
+            total = chains * draws
+    except Exception:  # missing, not HDF5, no posterior group or dims: convert's loader names the problem
+        pass
+    if total is not None and (s.samples is None or total <= s.samples):
+        return total, f"{chains} chain(s) × {draws} draws in {Path(s.path).name}"
+    if s.samples is not None:  # thinned to it, or (the file unread) at most it
+        return s.samples, f"source.samples: {s.samples}"
+    return None, ""

@@ -143,7 +143,7 @@ def _last_byte(f) -> bytes:
     return f.read(1)
 
 
-def read_part(part: Part, columns: list[str], chunk_rows: int) -> Iterator:
+def read_part(part: Part, columns: list[str], chunk_rows: int, text=()) -> Iterator:
     """The part's rows as pandas DataFrames of at most `chunk_rows` rows, holding only `columns`."""
     from onnxforge.tables import read_error
 
@@ -157,14 +157,14 @@ def read_part(part: Part, columns: list[str], chunk_rows: int) -> Iterator:
             for batch in pf.iter_batches(batch_size=chunk_rows, row_groups=list(part.row_groups), columns=columns):
                 yield batch.to_pandas()
             return
-        yield from _csv_chunks(part, path, columns, chunk_rows)
+        yield from _csv_chunks(part, path, columns, chunk_rows, text)
     except UserError:
         raise
     except Exception as e:
         raise read_error(path, e) from None
 
 
-def _csv_chunks(part: Part, path: Path, columns: list[str], chunk_rows: int) -> Iterator:
+def _csv_chunks(part: Part, path: Path, columns: list[str], chunk_rows: int, text=()) -> Iterator:
     import io
 
     import pandas as pd
@@ -174,7 +174,9 @@ def _csv_chunks(part: Part, path: Path, columns: list[str], chunk_rows: int) -> 
         f.seek(part.byte_range[0])
         body = f.read(part.byte_range[1] - part.byte_range[0])
     rows = 0
-    for df in pd.read_csv(io.BytesIO(header + body), usecols=columns, chunksize=chunk_rows):
+    # the columns that feed text inputs as written ("02139", not 2139), as tables.iter_chunks reads them
+    dtype = {c: str for c in text} or None
+    for df in pd.read_csv(io.BytesIO(header + body), usecols=columns, chunksize=chunk_rows, dtype=dtype):
         rows += len(df)
         yield df
     if rows != part.rows:

@@ -39,6 +39,7 @@ class Job:
     allow_nan: bool = False
     key: str = field(default="")
     providers: list[str] | None = None  # a runtime.Providers pickles with its fallback policy
+    text_columns: list[str] = field(default_factory=list)  # read as written from a CSV (data.Keys.text)
 
     def scorer(self):
         from onnxforge.score.scorer import Scorer
@@ -60,7 +61,8 @@ def score_part(scorer, job: Job, part, frames=None) -> int:
     writer = PartWriter(Path(job.out_dir), part.index)
     done = 0
     try:
-        for df in frames if frames is not None else read_part(part, job.read_columns, job.chunk_rows):
+        for df in frames if frames is not None else read_part(part, job.read_columns, job.chunk_rows,
+                                                                             text=job.text_columns):
             if not len(df):
                 continue
             cols = runner(df, offset=part.first_row + done, source=part.path)
@@ -148,6 +150,7 @@ def predict_dataset(model: str | Path, input: str | Path, output: str | Path, *,
     refuse_no_inputs(scorer, Path(model))
     chunk = min(chunk_rows, scorer.rows_per_chunk or chunk_rows)
     read_columns: list[str] = []
+    text_columns: list[str] = []
     for p in paths:  # every file's header before any work: a missing column is refused up front
         names = dataset.columns_of(p)
         cols = scorer.input_columns(names, p)
@@ -156,6 +159,7 @@ def predict_dataset(model: str | Path, input: str | Path, output: str | Path, *,
             raise UserError(f"{p}: --keep column '{missing[0]}' is not in the data — available: "
                             f"{', '.join(sorted(names))[:200]}")
         read_columns = read_columns or list(dict.fromkeys(cols + keep))
+        text_columns = text_columns or [c for c in cols.text if c not in keep]
     parts = dataset.plan(paths, chunk_rows)  # parts by the user's chunk size; onnxruntime runs by `chunk`
     total = sum(p.rows for p in parts)
     if total == 0:
@@ -170,7 +174,8 @@ def predict_dataset(model: str | Path, input: str | Path, output: str | Path, *,
     per_worker = threads or (1 if scheduler else max(1, cpus // n_workers))
     job = Job(model_bytes=scorer.model_bytes, name=str(model), out_dir=str(out_dir), read_columns=read_columns,
               keep=keep, chunk_rows=chunk, seed=base_seed, threads=per_worker, columns=columns,
-              allow_nan=allow_nan, key=dataset.digest(key), providers=providers)
+              allow_nan=allow_nan, key=dataset.digest(key), providers=providers,
+              text_columns=text_columns)
     done, created = partitions.prepare(out_dir, key, overwrite=overwrite)
     todo = [p for p in parts if p.index not in done]
     written: set[int] = set()

@@ -269,6 +269,9 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
             comparisons.append({"output": name, "kind": "distribution", "pass": False,
                                 "reason": "the reference cannot sample this output"})
             continue
+        # skipping the check is a fix only where other outputs are still compared
+        too_few_draws(ctx, opts, name, ref_draws, got_full[name], can_skip=any(
+            c.get("kind") != "distribution" for c in comparisons))
         c = distribution(name, ref_draws, got_full[name], axis=opts.draw_axis, sigmas=opts.sigmas)
         c["batch"] = rows
         comparisons.append(c)
@@ -291,6 +294,37 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     return {"verdict": "fail" if failing else "pass", "failing": failing, "reference": ref_desc,
             "against": opts.against, "data": provenance, "rows": rows, "structural": st,
             "comparisons": comparisons, "unchecked": unchecked, "metrics": task}
+
+
+def too_few_draws(ctx, opts: ValidateOptions, name: str, ref_draws, got_draws, can_skip: bool = True) -> None:
+    """Fewer draws per row on a side than the distributional check needs (a posterior thinned below it, a model
+    making a few draws) is a configuration the check cannot run on: refused (exit 2), not a failed check (exit 1).
+    A PyMC config is refused earlier, by the frontend's preflight, where the counts are known without a convert."""
+    from onnxforge.compare import MIN_DRAWS
+    from onnxforge.errors import UserError
+
+    sizes = []
+    for a in (ref_draws, got_draws):
+        shape = np.shape(a)
+        ok = shape and -len(shape) <= opts.draw_axis < len(shape)  # else: distribution() says what is wrong
+        sizes.append(shape[opts.draw_axis] if ok else None)
+    short = [(n, side) for n, side in zip(sizes, ("reference", "candidate"), strict=True)
+             if n is not None and n < MIN_DRAWS]
+    if not short:
+        return
+    n, side = min(short)
+    pymc = getattr(getattr(ctx.cfg, "source", None), "framework", None) == "pymc"
+    if side == "reference" and pymc and opts.against == "source":
+        what, fix = (f"PyMC's draws (one per posterior sample): the posterior keeps {n} samples",
+                     f"keep {MIN_DRAWS} or more (raise source.samples, or sample more draws)")
+    elif pymc:
+        what, fix = f"the {side}'s {n} draws per row", f"set source.outputs.draws to {MIN_DRAWS} or more"
+    else:
+        what, fix = (f"the {side}'s {n} draws per row (axis {opts.draw_axis})",
+                     f"give it {MIN_DRAWS} or more draws per row (or fix validate.draw_axis)")
+    skip = ", or set validate's stochastic: [] to skip the distributional check" if can_skip else ""
+    raise UserError(f"validate: output '{name}' is checked as a distribution against {what}, and that check needs "
+                    f"at least {MIN_DRAWS} — {fix}{skip}")
 
 
 def as_loaded(ctx, opts: ValidateOptions, model, feeds, got: dict, stochastic: list[str], defaults) -> list[dict]:
