@@ -28,11 +28,24 @@ class CompileOptions(StrictModel):
         return self.openvino if self.target == "openvino" else self.ort_mobile
 
 
-def compile_model(ctx, opts: CompileOptions, dest, feeds, provenance: str) -> dict:
+def _inputs(ctx) -> list:
+    """Every file this compile reads (the model, the config's source files, data, the config itself): the
+    destination may not hold any of them (compile replaces an earlier compile's files there)."""
+    from onnxforge.standalone import cfg_source_files
+
+    cfg = ctx.cfg
+    return [ctx.model, ctx.source_model, *cfg_source_files(cfg), cfg.data.path, cfg.data.calibration,
+            cfg.config_path]
+
+
+def compile_model(ctx, opts: CompileOptions, dest, feeds, provenance: str, *, where: str | None = "-o") -> dict:
+    """Compile ctx.model into the folder `dest` (see targets.check.compile_to; `where`: the flag that named
+    `dest`, for refusals)."""
     from onnxforge.targets.check import compile_to
 
     s = compile_to(ctx.model, dest, opts.target, opts.target_options(), feeds, rtol=opts.rtol, atol=opts.atol,
-                   threads=opts.threads, batches=opts.batch_sizes, rounds=opts.rounds, console=ctx.console)
+                   threads=opts.threads, batches=opts.batch_sizes, rounds=opts.rounds, console=ctx.console,
+                   inputs=_inputs(ctx), where=where)
     s["inputs"] = provenance
     return s
 
@@ -44,6 +57,6 @@ def run_compile(ctx, opts: CompileOptions):
 
     feeds, provenance = ctx.feeds("eval")
     dest = ctx.stage_dir / opts.target
-    s = compile_model(ctx, opts, dest, feeds, provenance)
+    s = compile_model(ctx, opts, dest, feeds, provenance, where=None)
     return StageResult(summary=s, files=[dest / f for f in s["files"]],
                        message=f"{opts.target}: {', '.join(s['files'])}")

@@ -23,11 +23,14 @@ class TargetSpec:
     load: Callable[..., Any]  # (out dir, options, threads) → a callable feeds → {output: array}
     package: str  # what `pip install` brings it (named in the error when it is missing)
     help: str
+    files: tuple[str, ...] = ()  # every file build writes: a folder holding exactly these is an earlier compile's
 
 
-def register_target(name: str, options: type[BaseModel], *, load: Callable[..., Any], package: str, help: str = ""):
+def register_target(name: str, options: type[BaseModel], *, load: Callable[..., Any], package: str, help: str = "",
+                    files: tuple[str, ...] = ()):
     def deco(fn: Callable[..., dict]) -> Callable[..., dict]:
-        TARGETS[name] = TargetSpec(name, options, fn, load, package, help or (fn.__doc__ or "").strip())
+        TARGETS[name] = TargetSpec(name, options, fn, load, package, help or (fn.__doc__ or "").strip(),
+                                   tuple(sorted(files)))
         return fn
 
     return deco

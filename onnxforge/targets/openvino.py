@@ -56,11 +56,44 @@ def load(out: Path, opts: OpenVINOOptions, threads: int | None = None):
     return run
 
 
+def _unconverted(err: Exception, onnx_path: Path) -> list[str]:
+    """The ops an OpConversionFailure names ('-- No conversion rule found for operations: a, b' and '-- Conversion
+    is failed for: ...' lines); failing that, the model's ops outside the default domain (the usual cause)."""
+    import re
+
+    ops: list[str] = []
+    for line in str(err).splitlines():
+        m = re.match(r"\s*-- (?:No conversion rule found for operations|Conversion is failed for)\s*:?\s*(.*)", line)
+        if m:
+            ops += [o for o in re.split(r"[,\s]+", m.group(1)) if o and o not in ops]
+    if not ops:
+        import onnx
+
+        g = onnx.load(str(onnx_path), load_external_data=False).graph
+        ops = sorted({f"{n.domain}.{n.op_type}" for n in g.node if n.domain not in ("", "ai.onnx")})
+    return ops
+
+
 @register_target("openvino", OpenVINOOptions, load=load, package="onnxforge[openvino]",
-                 help="OpenVINO IR (xml + bin), FP32/FP16/INT8 weights")
+                 help="OpenVINO IR (xml + bin), FP32/FP16/INT8 weights", files=("model.xml", "model.bin"))
 def build(onnx_path: Path, out: Path, opts: OpenVINOOptions) -> dict:
     ov = _need()
-    model = ov.convert_model(str(onnx_path))
+    try:
+        model = ov.convert_model(str(onnx_path))
+    except Exception as e:
+        # an op OpenVINO has no conversion for (every ai.onnx.ml op: all scikit-learn artifacts) is a property of
+        # the user's model, not a bug: name the ops and a target that runs them
+        if type(e).__name__ != "OpConversionFailure":
+            raise
+        from onnxforge.errors import UserError
+
+        ops = _unconverted(e, onnx_path)
+        ml = ", or convert the model without ai.onnx.ml ops" if any(o.startswith("ai.onnx.ml.") for o in ops) else ""
+        them = "it" if len(ops) == 1 else "them"
+        what = ", ".join(ops[:5]) + (f" (+{len(ops) - 5} more)" if len(ops) > 5 else "") if ops else "some ops"
+        raise UserError(f"openvino {ov.__version__.split('-')[0]} cannot convert {what} in {Path(onnx_path).name} "
+                        f"— use target ort-mobile (onnxruntime runs {them}), keep the .onnx for onnxruntime"
+                        f"{ml}") from None
     info = {"openvino": ov.__version__, "weights": opts.weights}
     if opts.weights == "int8":
         try:

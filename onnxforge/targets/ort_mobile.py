@@ -47,7 +47,8 @@ def load(out: Path, opts: OrtMobileOptions, threads: int | None = None):
 
 
 @register_target("ort-mobile", OrtMobileOptions, load=load, package="onnxruntime",
-                 help=".ort model + required-operators config for a reduced onnxruntime build")
+                 help=".ort model + required-operators config for a reduced onnxruntime build",
+                 files=("model.ort", "required_operators.config"))
 def build(onnx_path: Path, out: Path, opts: OrtMobileOptions) -> dict:
     import onnxruntime as ort
     from onnxruntime.tools import convert_onnx_models_to_ort as conv
@@ -79,9 +80,11 @@ def build(onnx_path: Path, out: Path, opts: OrtMobileOptions) -> dict:
         ort_file = next(Path(tmp).rglob("*.ort"))
         config = next(Path(tmp).rglob("*.config"))
         shutil.move(ort_file, out / "model.ort")
-        # the tool names the model it read by its absolute path (our scratch folder): a machine path in a shipped
-        # file, and a different one every run — keep the file name only
-        text = config.read_text().replace(str(ort_file), ort_file.name).replace(str(Path(tmp)), ".")
+        # the tool's header names the model it wrote by a path of its own making (resolved from the working
+        # directory, our scratch folder): a machine path in a shipped file, different in every folder — the
+        # header lines name the file we ship instead, so the bytes depend on the model only
+        lines = config.read_text().splitlines(keepends=True)
+        text = "".join("# - model.ort\n" if ln.startswith("# - ") else ln for ln in lines)
         (out / "required_operators.config").write_text(text)
     ops = [ln for ln in (out / "required_operators.config").read_text().splitlines() if ln and not ln.startswith("#")]
     return {"onnxruntime": ort.__version__, "files": [out / "model.ort", out / "required_operators.config"],
