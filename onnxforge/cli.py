@@ -98,6 +98,7 @@ def _guarded(fn, args, kwargs, debug: bool) -> tuple[int, Any, str | None]:
 
     err = _stderr()
     try:
+        _model_not_a_folder(kwargs.get("model"), fn.__name__)
         return 0, fn(*args, **kwargs), None
     except typer.Exit as e:
         return e.exit_code, None, (None if e.exit_code == 0 else f"exit {e.exit_code}")
@@ -120,6 +121,16 @@ def _guarded(fn, args, kwargs, debug: bool) -> tuple[int, Any, str | None]:
         err.print(f"[bold red]internal error:[/bold red] {escape(msg)} — rerun with --debug for the traceback",
                   soft_wrap=True)
         return 3, None, msg
+
+
+def _model_not_a_folder(model: Any, command_name: str) -> None:
+    """Every MODEL argument (and convert's --model) is a file: a folder there was reported as 'model not found',
+    which it is not."""
+    if isinstance(model, Path) and model.is_dir():
+        from onnxforge.errors import UserError
+
+        where = "" if command_name == "convert" else " (a run's models are RUN/NN-<stage>/model.onnx)"
+        raise UserError(f"{model} is a folder, not a model file — give the model file itself{where}")
 
 
 def _flush_all() -> None:

@@ -315,14 +315,27 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
                 with runtime.use(runtime.requested(cfg.runtime.providers), cfg.runtime.allow_fallback):
                     res: StageResult = spec.run(ctx, opts)
             except CheckFailed as e:
-                res = StageResult(verdict="fail", message=str(e),
+                res = StageResult(verdict="fail", message=unsaved(str(e), stage_dir, name),
                                   summary=e.result if isinstance(e.result, dict) else {})
-            except UserError as e:
+            except Exception as e:
+                if failed is not None:
+                    # the report after a failed stage: that failure decides the exit code and message, and its
+                    # evidence (the run folder, the manifest) stays; the report's own problem is recorded beside it
+                    why = str(e) if isinstance(e, UserError) else f"internal error: {type(e).__name__}: {e}"
+                    entry.update(status="error", verdict="error", wall_s=round(time.perf_counter() - t0, 4),
+                                 message=scrub(unsaved(why, stage_dir, name), *bases))
+                    manifest["stages"].append(entry)
+                    atomic_write_json(mpath, manifest)
+                    continue
+                if not isinstance(e, UserError):
+                    raise
+                msg = unsaved(str(e), stage_dir, name)
+                e.args = (msg,) if msg != str(e) else e.args  # a UserError carries only its message
                 if created is not None:  # refused on a first run: leave nothing behind
                     remove_created(run_path, created, own=True)
                     raise
                 shutil.rmtree(stage_dir, ignore_errors=True)  # an artifact of an earlier run no longer matches
-                entry.update(status="error", verdict="error", message=scrub(str(e), *bases),
+                entry.update(status="error", verdict="error", message=scrub(msg, *bases),
                              wall_s=time.perf_counter() - t0)
                 manifest["stages"].append(entry)
                 manifest["verdict"] = "error"
@@ -354,5 +367,24 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
     locks.save(full_order)
     if failed:
         msg = next(s.get("message") for s in manifest["stages"] if s["name"] == failed)
-        raise CheckFailed(f"stage {failed} failed: {msg}", manifest)
+        also = next((s.get("message") for s in manifest["stages"] if s["name"] == "report"
+                     and s.get("status") == "error"), None)
+        raise CheckFailed(f"stage {failed} failed: {msg}"
+                          + (f" (the report stage failed too: {also})" if also else ""), manifest)
     return manifest
+
+
+def unsaved(msg: str, stage_dir: Path, name: str) -> str:
+    """A stage checks its new files in a scratch folder inside its stage folder and removes it when the check fails
+    (convert's .convert-*/model.onnx): by the time the message is read that path is gone. Name what it was — the
+    stage's new model, not written — instead of a path the user would look for in vain."""
+    import re
+
+    roots = {str(stage_dir), str(stage_dir.resolve())}
+    pattern = "|".join(re.escape(r) for r in sorted(roots, key=len, reverse=True))
+
+    def name_it(m: re.Match) -> str:
+        p = Path(m.group(0))
+        return m.group(0) if p.exists() else f"{name}'s new {p.name} (not written)"
+
+    return re.sub(rf"(?:{pattern})/[^\s:;,()'\"]+", name_it, msg)

@@ -14,6 +14,8 @@ skl2onnx used directly, in the same process, behaves as shipped.
   below the double (float32 inputs then split exactly as scikit-learn's `x <= t` in double).
 - TunedThresholdClassifierCV: skl2onnx drops the tuned threshold (labels from argmax); `convert_tuned_threshold`
   thresholds the positive class's probability as scikit-learn does.
+- SimpleImputer on a float64 input: skl2onnx's Imputer in double has no onnxruntime kernel (the artifact does not
+  load); `convert_simple_imputer` writes IsNaN/Equal + Where with the statistics in double.
 - Options a converter does not take (`zipmap` for LinearSVC) are dropped instead of failing the conversion.
 - Models whose converter writes ai.onnx.ml 4 nodes it cannot version (IsolationForest) are retried at ai.onnx.ml 3.
 - Declared shapes skl2onnx gets wrong (PLSRegression's output; OneVsOne's label [N, 1], QDA's [1, N]) fail
@@ -414,13 +416,58 @@ def convert_tuned_threshold(scope, operator, container):
     c.add_node("Identity", flat, operator.outputs[0].full_name, name=scope.get_unique_operator_name("TtOut"))
 
 
+# ------------------------------------------------------------------ SimpleImputer on float64
+
+
+def convert_simple_imputer(scope, operator, container):
+    """skl2onnx writes a SimpleImputer on a float64 input as ai.onnx.ml Imputer in double, which onnxruntime has no
+    kernel for (NOT_IMPLEMENTED: the artifact does not load), and would round the statistics to float32 anyway.
+    A float64 input gets the same computation in standard ops instead: Where(IsNaN(x) (or x == missing_values),
+    statistics_ in double, x), then the columns scikit-learn keeps (an all-missing column's statistic is NaN and
+    it is dropped unless keep_empty_features). Any other input type goes to skl2onnx's own converter."""
+    from onnx import TensorProto
+    from skl2onnx.common._registration import get_converter
+    from skl2onnx.common.data_types import DoubleTensorType
+    from skl2onnx.operator_converters.common import concatenate_variables
+
+    op = operator.raw_operator
+    if not (all(isinstance(v.type, DoubleTensorType) for v in operator.inputs) and hasattr(op, "statistics_")):
+        return get_converter(operator.type)(scope, operator, container)
+    if getattr(op, "add_indicator", False):
+        raise NotImplementedError("SimpleImputer(add_indicator=True) with a float64 input: declare the input float32")
+    missing = op.missing_values
+    if not isinstance(missing, int | float) or isinstance(missing, bool):
+        raise NotImplementedError(f"SimpleImputer(missing_values={missing!r}) with a float64 input")
+    stats = np.asarray(op.statistics_, dtype=np.float64)
+    name, c = scope.get_unique_variable_name, container
+    x = concatenate_variables(scope, operator.inputs, container)
+    fill, mask = name("imp_fill"), name("imp_missing")
+    c.add_initializer(fill, TensorProto.DOUBLE, [len(stats)], [float(v) for v in stats])
+    if np.isnan(float(missing)):
+        c.add_node("IsNaN", x, mask, name=scope.get_unique_operator_name("ImpIsNaN"))
+    else:
+        value = name("imp_value")
+        c.add_initializer(value, TensorProto.DOUBLE, [], [float(missing)])
+        c.add_node("Equal", [x, value], mask, name=scope.get_unique_operator_name("ImpEqual"))
+    keep = np.flatnonzero(~np.isnan(stats)) if not getattr(op, "keep_empty_features", False) else None
+    out = operator.outputs[0].full_name
+    if keep is None or len(keep) == len(stats):
+        c.add_node("Where", [mask, fill, x], out, name=scope.get_unique_operator_name("ImpWhere"))
+        return
+    filled, cols = name("imp_filled"), name("imp_kept")
+    c.add_node("Where", [mask, fill, x], filled, name=scope.get_unique_operator_name("ImpWhere"))
+    c.add_initializer(cols, TensorProto.INT64, [len(keep)], [int(i) for i in keep])
+    c.add_node("Gather", [filled, cols], out, axis=1, name=scope.get_unique_operator_name("ImpKept"))
+
+
 def custom_converters() -> dict[type, Any]:
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.impute import SimpleImputer
     from sklearn.model_selection import TunedThresholdClassifierCV
 
     return {HistGradientBoostingClassifier: convert_hist_gradient_boosting,
             HistGradientBoostingRegressor: convert_hist_gradient_boosting,
-            TunedThresholdClassifierCV: convert_tuned_threshold}
+            TunedThresholdClassifierCV: convert_tuned_threshold, SimpleImputer: convert_simple_imputer}
 
 
 # ------------------------------------------------------------------ declared shapes

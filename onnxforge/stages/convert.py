@@ -116,7 +116,9 @@ def verify(ctx, opts: ConvertOptions, model, path: Path) -> dict[str, Any]:
         if nan_policy(model) == "nan":  # stamped as scoring missing values natively: check that routing too
             feeds = _with_missing(feeds, cfg.data.seed)
     rows = data.n_rows(feeds)
-    sess = admission.open_session(path, ours=True, provider_list=cfg.runtime.providers, threads=cfg.runtime.threads)
+    # `path` is a scratch file removed when this fails: the message names what it is, not where it was
+    sess = admission.open_session(path, name="convert's new model.onnx (not written)", ours=True,
+                                  provider_list=cfg.runtime.providers, threads=cfg.runtime.threads)
     try:
         got = runtime.run(sess, feeds)
     except UserError as e:

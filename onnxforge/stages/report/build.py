@@ -26,9 +26,13 @@ def build_report(targets: list[Path], *, out: Path | None = None, formats: list[
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise UserError(f"--formats: unknown {', '.join(unknown)} — choose from {', '.join(FORMATS)}")
+    if not formats:  # nothing to write: a report that silently writes no file would look like success in CI
+        raise UserError(f"--formats: empty — give one or more of {', '.join(FORMATS)} (e.g. --formats json,md)")
     targets = [Path(t) for t in targets]
     if not targets:
         raise UserError("report: give a run folder or one or more .onnx files")
+    if out is not None:
+        _check_out(Path(out))
     if data is not None and not Path(data).is_file():
         raise UserError(f"--data {data}: file not found — check the path")
     if native and config is None and ctx is None:
@@ -45,7 +49,8 @@ def build_report(targets: list[Path], *, out: Path | None = None, formats: list[
             if out.is_symlink() or (out.exists() and not out.is_dir()):
                 raise UserError(f"{out}: a symlink or a file, not the run's report folder — give one with --out FOLDER")
     elif any(t.is_dir() for t in targets):
-        raise UserError("report: give one run folder, or .onnx files — not both")
+        folder = next(t for t in targets if t.is_dir())
+        raise UserError(f"report: {folder} is a folder — give one run folder alone, or .onnx files (not both)")
     else:
         src = collect.from_models(targets)
         out = Path(out) if out is not None else Path.cwd()
@@ -73,6 +78,20 @@ def build_report(targets: list[Path], *, out: Path | None = None, formats: list[
         for f in report["files"].values():
             console.print(f"[green]wrote[/green] {out / f}")
     return report
+
+
+def _check_out(out: Path) -> None:
+    """--out is a folder, created if missing: a file there, or a file where one of its parents should be, is the
+    user's mistake (exit 2, before anything is measured or created), not an OSError at the end."""
+    from onnxforge.errors import UserError
+
+    for p in (out, *out.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                what = f"is {'a file' if p.is_file() else 'not a folder'}" if p == out else \
+                    f"is inside {p}, which is not a folder"
+                raise UserError(f"--out {out} {what} — give a folder (it is created if missing)")
+            return
 
 
 def load_schema() -> dict:

@@ -92,15 +92,45 @@ def from_run(run_dir: Path, ctx=None) -> Sources:
         if not path.is_file():
             notes.append(f"{rel} (stage {s.get('name')}) is missing from the run folder")
             continue
+        _check_recorded(run_dir, s, rel, notes)
         parent = next((by_path[p] for p in _dict(s.get("inputs")) if p in by_path), None)
         by_path[rel] = rel
         arts.append(Artifact(rel, path, s.get("name"), parent))
     if not arts:
-        raise UserError(f"{run_dir}: the run has no model artifact yet — run its convert stage first")
+        failed = next((s for s in stages if s.get("verdict") in ("fail", "error")), None)
+        if failed is None:
+            raise UserError(f"{run_dir}: the run has no model artifact yet — run its convert stage first")
+        # a stage failed before any model was written: the report still says what ran and why it failed (CI reads it)
+        notes.append(f"no artifact to measure: stage {_text(failed.get('name'))} {_text(failed.get('verdict'))}ed "
+                     "before any model was written (its reason is in the stages table)")
     src = Sources("run", arts, manifest, None, run_dir, None, notes)
     if ctx is not None:
         src.cfg, src.native = ctx.cfg, (lambda: (ctx.frontend, ctx.native()))
     return src
+
+
+def _check_recorded(run_dir: Path, stage: dict, rel: str, notes: list[str]) -> None:
+    """The stage's recorded figures (validation, before/after, verdicts) describe the bytes the manifest hashed: a
+    model file (or its external data) that no longer matches was replaced after the run, and reporting it under the
+    stage's name would show a pass for a file nothing checked: refused (exit 2), naming the file and the fix.
+    A manifest that records no hash for the model (hand-made, or edited) gets a note instead."""
+    from onnxforge.artifact import sha256_file
+
+    outs = _dict(stage.get("outputs"))
+    if rel not in outs:  # not a manifest onnxforge wrote as it is: said beside the figures
+        notes.append(f"{rel}: manifest.json records no sha256 for it, so the stage's recorded figures could not be "
+                     "matched to this file")
+        return
+    for out, want in outs.items():
+        if out != rel and not (isinstance(out, str) and out.startswith(rel + ".")):  # model.onnx(.data)
+            continue
+        f = inside(run_dir, out, f"stage {quoted(stage.get('name'), 40)} names output")
+        if not f.is_file() or sha256_file(f) != want:
+            why = "is missing" if not f.is_file() else "no longer matches the sha256 manifest.json recorded"
+            raise UserError(f"{run_dir / out}: {why} for stage {_text(stage.get('name'))} (changed after the run: "
+                            "the stage's recorded verdict and figures are not about this file) — rerun the stages "
+                            "(onnxforge run CONFIG.yaml reruns a stage whose output changed), or report the files "
+                            "themselves: onnxforge report A.onnx B.onnx")
 
 
 def with_config(src: Sources, cfg, native: bool) -> Sources:
@@ -254,6 +284,8 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
     from onnxforge.benchmark import progress_bar
 
     protos = [admit(a.path, session=False).model for a in src.artifacts]  # the gate every command's model passes
+    if not protos:  # a run that failed before writing a model (from_run): the stages and the reason, no figures
+        return _without_artifacts(src)
     feeds, labels, provenance, label_key, specs, source = _eval_data(src, data, protos[0], opts.max_rows)
     native_fe, native, native_out, native_info = None, None, None, None
     outputs: dict[str, dict | None] = {}
@@ -301,6 +333,25 @@ def collect(src: Sources, opts, *, bench: bool, data: Path | None, console=None)
         "environment": _environment(), "notes": src.notes, "files": {},
     }
     return scrub(clean(report), *_bases(src))  # no absolute path of this machine leaves in a report
+
+
+def _without_artifacts(src: Sources) -> dict:
+    """The report of a run whose failed stage left no model: its stages (the failure first in every rendering),
+    validations and notes; nothing measured."""
+    from onnxforge import __version__
+
+    man = src.manifest or {}
+    report = {
+        "schema": "onnxforge.report", "schema_version": SCHEMA_VERSION, "onnxforge": __version__,
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"), "kind": src.kind,
+        "title": _text(man.get("name")) or "run", "verdict": _text(man.get("verdict")) or "fail",
+        "run": _run_info(src), "data": {"eval": "none (no artifact)", "rows": 0, "labels": None},
+        "native": None, "artifacts": [], "latency": None, "errors": [],
+        "validations": _validations(man, set()), "stage_changes": _stage_changes(man, src.run_dir),
+        "stage_tables": _stage_tables(man), "stages": _stages(man), "environment": _environment(),
+        "notes": src.notes, "files": {},
+    }
+    return scrub(clean(report), *_bases(src))
 
 
 def _measure(a: Artifact, proto, feeds, labels, src: Sources, outputs: dict, ref_metrics: dict, native_info,

@@ -104,9 +104,10 @@ def render_html(rep: dict, notes_out=None) -> str:
         rows.insert(0, [_code(n["label"]), "source", "", "", "", "", "", fmt.metrics(n["metrics"]), "", ""])
     parts.append(_section("artifacts", "Artifacts", _t(
         ["artifact", "stage", "size", "size vs first", "nodes", "params", "opset", "metrics", "Δ vs reference",
-         "reference"], rows, left=2)))
+         "reference"], rows, left=2) if rows else
+        '<p class="muted">No model artifact: a stage failed before writing one.</p>'))
     size_png = plots.size_bars([a["label"] for a in arts], [a["file_bytes"] for a in arts],
-                               [a["params"] for a in arts]) if can_plot else None
+                               [a["params"] for a in arts]) if can_plot and arts else None
     parts.append(_section("size", "Size", _img("plot-size", size_png, "file size per artifact")))
 
     lat = rep.get("latency")

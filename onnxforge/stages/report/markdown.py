@@ -96,8 +96,11 @@ def render_markdown(rep: dict) -> str:
         rows.insert(0, [code(nat["label"]), "", "", "", "", "", fmt.metrics(nat.get("metrics")), "",
                         *lat_cells.get(nat["label"], [""] * len(lat_cols))])
     out += ["### Artifacts", ""]
-    out += _table(["artifact", "size", "size vs first", "nodes", "params", "opset", "metrics", "Δ vs reference",
-                   *lat_cols], rows)
+    if rows:
+        out += _table(["artifact", "size", "size vs first", "nodes", "params", "opset", "metrics", "Δ vs reference",
+                       *lat_cols], rows)
+    else:  # a run that failed before writing a model: nothing was measured
+        out += ["_No model artifact: a stage failed before writing one._", ""]
     for x in lat.get("inputs") or []:  # what every latency figure above was computed on
         out.append(f"- latency at batch {x['batch']}: {text(x['label'])}")
     if lat.get("inputs"):

@@ -13,7 +13,7 @@ Positive = Annotated[int, Field(gt=0)]
 
 class ReportOptions(StrictModel):
     formats: list[Literal["json", "md", "html"]] = Field(default_factory=lambda: ["json", "md", "html"],
-                                                         description="files to write")
+                                                         min_length=1, description="files to write")
     bench: bool = Field(True, description="measure latency of every artifact (and of the native source)")
     batches: list[Positive] = Field(default_factory=lambda: [1, 64], min_length=1, description="batch sizes for latency")
     threads: list[Positive] = Field(default_factory=lambda: [1], min_length=1, description="intra-op thread counts for latency")

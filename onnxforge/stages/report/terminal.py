@@ -28,7 +28,12 @@ def render_terminal(rep: dict, console, brief: bool = False) -> None:
                   else "first", str(a["nodes"]),
                   f"{a['params']:,}", _m(fmt.opset(a["opset"], a["ops"])), fmt.metrics(a.get("metrics")),
                   fmt.deltas(a.get("metric_deltas")), _m(a.get("reference")))
-    console.print(t)
+    if rep["artifacts"]:
+        console.print(t)
+    for s in rep["stages"]:  # why the run failed, where it is seen first
+        if s.get("verdict") in ("fail", "error"):
+            console.print(f"[red]{_m(s['name'])} {_m(s['verdict'])}:[/red] {_m((s.get('message') or '')[:500])}",
+                          soft_wrap=True)
     lat = rep.get("latency")
     if lat and lat["rows"]:
         lt = Table(title=f"latency ({lat['runs']} runs max per setting; "
