@@ -52,11 +52,14 @@ def _where(source) -> str:
     return f"{source}: " if source else ""
 
 
-def cast(arr: np.ndarray, dtype: str, name: str, source=None) -> np.ndarray:
+def cast(arr: np.ndarray, dtype: str, name: str, source=None, keys=None, offset: int = 0) -> np.ndarray:
     target = NP_DTYPES[dtype]
     if dtype == "string":
-        return as_str_objects(arr)  # not .astype(str): that pads every cell to the longest one
-    if arr.dtype.kind in "UST" or (arr.dtype == object and any(isinstance(v, str) for v in arr.flat)):
+        try:
+            return as_str_objects(arr)  # not .astype(str): that pads every cell to the longest one
+        except UnicodeDecodeError:
+            _not_utf8(arr, name, keys, source, offset)
+    if arr.dtype.kind in "UST" or (arr.dtype == object and any(isinstance(v, str | bytes) for v in arr.flat)):
         raise UserError(f"{_where(source)}input '{name}' expects {dtype} but the data holds strings — fix the input "
                         "dtype or column")
     try:
@@ -68,7 +71,26 @@ def cast(arr: np.ndarray, dtype: str, name: str, source=None) -> np.ndarray:
                         "input dtype or column") from None
 
 
-def _fit_rank(arr: np.ndarray, shape: list, name: str, source=None, columns=None, hint=None) -> np.ndarray:
+def _not_utf8(arr: np.ndarray, name: str, keys, source, offset: int) -> None:
+    """Bytes cells (a parquet binary column, a numpy `S` array) are decoded as UTF-8 text; refuse those that are
+    not, naming the column and the row (scored as some other text they would be no level the model knows)."""
+    def bad_cell(v):
+        try:
+            v.decode("utf-8") if isinstance(v, bytes) else None
+        except UnicodeDecodeError:
+            return True
+        return False
+
+    cells = np.asarray(arr, dtype=object)
+    bad = np.frompyfunc(bad_cell, 1, 1)(cells).astype(bool)
+    at, where, rows = _first_bad(bad, keys if keys is not None else name, name, offset)
+    value = cells.reshape(len(bad), -1)[at] if bad.ndim else cells.item()
+    raise UserError(f"{_where(source)}{where} holds bytes that are not UTF-8 text ({value[:20]!r}) at {rows} — "
+                    "store the text as UTF-8 (a parquet string column, a numpy str array)")
+
+
+def _fit_rank(arr: np.ndarray, shape: list, name: str, source=None, columns=None, hint=None,
+              npy: bool = False) -> np.ndarray:
     if shape and arr.ndim != len(shape):
         if arr.ndim + 1 == len(shape) and shape[-1] == 1:
             arr = arr.reshape(*arr.shape, 1)
@@ -79,8 +101,9 @@ def _fit_rank(arr: np.ndarray, shape: list, name: str, source=None, columns=None
         not isinstance(d, int) or d < 0 or i == 0 or arr.shape[i] == d for i, d in enumerate(shape))
     if shape and not fixed_ok:  # a batch dim (i == 0) may differ: callers tile or slice rows
         got = f"{len(columns)} columns, shape {list(arr.shape)}" if columns else f"shape {list(arr.shape)}"
-        raise UserError(f"{_where(source)}input '{name}' takes shape {shape} but the data gives {got} — "
-                        f"{'fix the data, or ' + hint if hint else 'fix the data or the inputs[] shape/columns'}")
+        fix = ("save the array in that shape (numpy.save)" if npy else "fix the data, or " + hint if hint else
+               "fix the data or the inputs[] shape/columns")
+        raise UserError(f"{_where(source)}input '{name}' takes shape {shape} but the data gives {got} — {fix}")
     return arr
 
 
@@ -99,8 +122,10 @@ def check_values(arr: np.ndarray, raw: np.ndarray, name: str, keys, source=None,
             arr[missing] = "nan"
             return
         _, where, rows = _first_bad(missing, keys, name, offset)
-        raise UserError(f"{_where(source)}{where} has a missing value (an empty or null text cell) at {rows} — "
-                        f"{fix or 'drop or fill those rows before using the data'}")
+        # the caller's NaN advice is about numbers (NaN, ±inf); only its --allow-nan applies to text
+        allow = ", or pass --allow-nan to score it as the text 'nan'" if fix and "--allow-nan" in fix else ""
+        raise UserError(f"{_where(source)}{where} has a missing value (empty cell or null) at {rows} — a text "
+                        f"input has no missing level: fill those cells with a category or drop those rows{allow}")
     if arr.dtype.kind == "f":
         if nonfinite == "pass":
             return
@@ -151,6 +176,12 @@ def _first_bad(bad: np.ndarray, keys, name: str, offset: int) -> tuple[tuple[int
 def _keys_for(spec, specs, table, source=None, hint=None) -> list[str] | str:
     """The table keys an input reads: its `columns` (stacked), else `column`/name (a list or a single key)."""
     fix = hint or "set inputs[].column (one key) or inputs[].columns (several) in the config"
+    if list(table) == [""]:  # an .npy: one unnamed array, so no column or name can pick it (see tables._npy)
+        if len(specs) == 1:  # it feeds the one input, whatever columns convert stamped (its shape is checked)
+            return ""
+        raise UserError(f"{_where(source)}a .npy holds one unnamed array but the model has {len(specs)} inputs "
+                        f"({', '.join(s.name for s in specs)[:200]}) — save one array per input in an .npz, each "
+                        "named as its input (numpy.savez(path, **arrays)), or give a table with their columns")
     if spec.columns:
         missing = [c for c in spec.columns if c not in table]
         if len(missing) == len(spec.columns) and spec.name in table:
@@ -309,7 +340,7 @@ def feeds_from_table(table: Mapping[str, np.ndarray], specs, rows: int | None = 
         cols = [np.asarray(table[c]) for c in (key if isinstance(key, list) else [key])]
         if is_whole(spec):  # a state tensor or scalar: the file holds it whole, whatever the rows of other inputs
             raw = cols[0] if len(cols) == 1 else np.stack(cols)
-            arr = cast(raw, spec.dtype, spec.name, source)
+            arr = cast(raw, spec.dtype, spec.name, source, key)
             _check_whole(arr, spec, source)
             check_values(arr, raw, spec.name, key, source, nonfinite=nonfinite, fix=fix, offset=offset)
             feeds[spec.name] = arr
@@ -338,8 +369,10 @@ def feeds_from_table(table: Mapping[str, np.ndarray], specs, rows: int | None = 
             raw = np.stack(cols, axis=1)
         else:
             raw = cols[0]
-        raw = _fit_rank(raw, spec.shape, spec.name, source, key if isinstance(key, list) else None, hint)
-        arr = cast(raw, spec.dtype, spec.name, source)
+        # an .npy's one array has no columns to map: its shape is the fix (--columns cannot name it)
+        raw = _fit_rank(raw, spec.shape, spec.name, source, key if isinstance(key, list) else None,
+                        hint if key != "" else None, npy=key == "")
+        arr = cast(raw, spec.dtype, spec.name, source, key, offset)
         check_values(arr, raw, spec.name, key, source, nonfinite=nonfinite, fix=fix, offset=offset)
         feeds[spec.name] = arr
     out = Feeds(feeds)

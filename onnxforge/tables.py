@@ -234,20 +234,27 @@ def column(series) -> np.ndarray:
     """A pandas column as numpy; strings stay an object array of str (a fixed-width `<U` array pads every cell to
     the longest one: 20,000 rows × one 20,000-character cell = 1.6 GB)."""
     arr = series.to_numpy()
-    if arr.dtype == object or arr.dtype.kind in "UT":
-        return as_str_objects(arr)
+    if arr.dtype == object or arr.dtype.kind in "UST":
+        try:
+            return as_str_objects(arr)
+        except UnicodeDecodeError:  # bytes that are not UTF-8 stay bytes: a text input refuses them by name
+            return arr  # (data.cast knows the input, the column and the row; a reader here knows none of them)
     return arr
 
 
 def _text(v):
     """A cell as text; a missing one (None, or the NaN pandas reads for an empty cell) stays None, so that the
-    input checks refuse it instead of scoring the text 'None' or 'nan' as a level."""
+    input checks refuse it instead of scoring the text 'None' or 'nan' as a level. Bytes (a parquet binary
+    column, a numpy `S` array) are UTF-8 text: str(b'small') is "b'small'", no level the model knows."""
     if v is None or (isinstance(v, float | np.floating) and math.isnan(v)):  # math.isnan: no numpy warning
         return None
+    if isinstance(v, bytes):  # np.bytes_ too; strict: UnicodeDecodeError for bytes that are not UTF-8
+        return v.decode("utf-8")
     return str(v)  # str() of a str is the same object: no cell is copied
 
 
 def as_str_objects(arr) -> np.ndarray:
+    """Cells as an object array of str (None where missing); raises UnicodeDecodeError for non-UTF-8 bytes."""
     arr = np.asarray(arr)
     if arr.dtype != object:
         arr = arr.astype(object)

@@ -94,6 +94,24 @@ class _Writer:
         discard(self._pq, self.tmp)
 
 
+def check_output_path(out: Path) -> None:
+    """The nearest existing folder above --output must be a folder: a file there (--output afile/x.csv) made the
+    mkdir fail with FileExistsError / NotADirectoryError, exit 3, for a user's typo."""
+    for up in Path(out).parents:
+        if up.exists() or up.is_symlink():
+            if not up.is_dir():
+                raise UserError(f"--output {out}: {up} is a file, not a folder — choose an --output path under a "
+                                f"folder (or move {up} away)")
+            return
+
+
+def check_threads(threads: int | None) -> None:
+    """--threads 0 (or none) is onnxruntime's default; a negative count is a typo, not a thread pool."""
+    if threads is not None and threads < 0:
+        raise UserError(f"--threads {threads}: give a positive number of threads (or 0 / leave it out for the "
+                        "default)")
+
+
 def refuse_no_inputs(scorer, model_path: Path) -> None:
     """A model whose every value comes from initializers: no column can feed it, so there is no row to score."""
     if not scorer.specs:
@@ -114,6 +132,8 @@ def predict_file(model: str | Path, input: str | Path, output: str | Path, *, ch
     model_path, in_path, out_path = Path(model), Path(input), Path(output)
     if chunk_rows < 1:
         raise UserError(f"--chunk-rows {chunk_rows}: give a positive number of rows")
+    check_threads(threads)
+    check_output_path(out_path)
     if out_path.resolve() == in_path.resolve():
         raise UserError("--output is the input file — choose another path (inputs are never overwritten)")
     t_start = time.perf_counter()

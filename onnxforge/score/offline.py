@@ -123,7 +123,7 @@ def predict_dataset(model: str | Path, input: str | Path, output: str | Path, *,
     docstring; returns rows, parts (scored and skipped), seconds, rows/s and the engine's settings."""
     from onnxforge.artifact import sha256_file
     from onnxforge.score import dataset, partitions
-    from onnxforge.score.files import refuse_no_inputs
+    from onnxforge.score.files import check_output_path, check_threads, refuse_no_inputs
     from onnxforge.score.progress import bar
     from onnxforge.score.scorer import Scorer
 
@@ -134,6 +134,8 @@ def predict_dataset(model: str | Path, input: str | Path, output: str | Path, *,
         raise UserError(f"--chunk-rows {chunk_rows}: give a positive number of rows")
     if workers is not None and workers < 1:
         raise UserError(f"--workers {workers}: give a positive number of workers")
+    check_threads(threads)
+    check_output_path(Path(output))
     if scheduler and engine == "local":
         raise UserError("--scheduler is for --engine dask or ray — add --engine dask (tcp://...) or --engine ray "
                         "(ray://... or auto), or drop --scheduler")

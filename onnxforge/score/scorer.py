@@ -105,8 +105,9 @@ def levels(meta: dict, where=None) -> tuple[dict[str, list], dict[str, str]]:
     return cats, meta_json(meta, "unseen_policy", dict, {}, items=str, where=where)
 
 
-def check_levels(feeds, levels_policy: tuple[dict[str, list], dict[str, str]], offset: int) -> None:
-    """Unseen categories under the `error` policy: refuse with the levels and rows (the graph would fail too)."""
+def check_levels(feeds, levels_policy: tuple[dict[str, list], dict[str, str]], offset: int, source=None) -> None:
+    """Unseen categories under the `error` policy: refuse with the levels and rows (the graph would fail too);
+    `source` names the file, as every other data error does."""
     cats, policy = levels_policy
     for name, known_levels in cats.items():
         if policy.get(name, "error") != "error" or name not in feeds:
@@ -120,8 +121,9 @@ def check_levels(feeds, levels_policy: tuple[dict[str, list], dict[str, str]], o
         if bad.any():
             rows = (np.flatnonzero(bad) + offset)[:3].tolist()
             lv = sorted({str(v) for v in raw[bad]})[:5]
-            raise UserError(f"input '{name}': unseen level(s) {lv} at row(s) {rows} and the model's unseen policy "
-                            f"is 'error' — known levels: {', '.join(map(str, known_levels[:10]))}")
+            where = f"{source}: " if source else ""
+            raise UserError(f"{where}input '{name}': unseen level(s) {lv} at row(s) {rows} and the model's unseen "
+                            f"policy is 'error' — known levels: {', '.join(map(str, known_levels[:10]))}")
 
 
 def named_columns(name: str, arr, names: list[str] | None) -> dict[str, np.ndarray]:
@@ -185,8 +187,11 @@ def _array(values, key: str) -> np.ndarray:
         arr = np.asarray(values)
     except (ValueError, TypeError):
         raise UserError(f"column '{key}' is ragged — give every row the same number of values") from None
-    if arr.dtype.kind in "US" or (arr.dtype == object and any(isinstance(v, str) for v in arr.flat)):
-        return as_str_objects(arr)  # not fixed-width: that pads every cell to the longest
+    if arr.dtype.kind in "US" or (arr.dtype == object and any(isinstance(v, str | bytes) for v in arr.flat)):
+        try:
+            return as_str_objects(arr)  # not fixed-width: that pads every cell to the longest
+        except UnicodeDecodeError:  # bytes that are not UTF-8: a text input refuses them by name (data.cast)
+            return arr
     return arr
 
 
@@ -282,7 +287,7 @@ class Scorer:
                                                             check)
         feeds = feeds_from_table(table, self.specs, source=source, nonfinite=self.nonfinite, fix=self.nan_fix,
                                  hint=COLUMNS_HINT, offset=offset)
-        check_levels(feeds, self.levels, offset)
+        check_levels(feeds, self.levels, offset, source)
         if self.bayes:
             from onnxforge.bayes.families import check_param_inputs
 
@@ -381,10 +386,10 @@ def _check_record_types(key: str, values: list, spec) -> None:
     wide input's rows are lists."""
     types = set(map(type, values))
     if spec.dtype == "string":
-        if not types - {str, np.str_, type(None)}:
+        if not types - {str, np.str_, bytes, np.bytes_, type(None)}:  # bytes: UTF-8 text (tables._text)
             return
         # NaN (pandas' missing text) is a missing value, refused as such further on
-        j = next((j for j, v in enumerate(values) if not isinstance(v, str | np.str_ | type(None))
+        j = next((j for j, v in enumerate(values) if not isinstance(v, str | bytes | type(None))
                   and not (isinstance(v, float | np.floating) and v != v)), None)
         if j is None:
             return
