@@ -72,13 +72,24 @@ class TorchModel:
 
 
 def _import_factory(spec: str, cfg):
-    target, _, fn = spec.rpartition(":")
+    return import_callable(spec, cfg, "source.factory", "onnxforge_factory")
+
+
+def import_callable(ref: str, cfg, key: str, prefix: str, base: Path | None = None):
+    """The function `ref` ('file.py:function' or 'package.module:function') names, imported; every failure is one
+    line naming `key`, the config key to fix. A relative file is looked up under `base` when given."""
+    import inspect
+
+    target, _, fn = ref.rpartition(":")
     try:
         if is_file_ref(target):
             path = Path(target)
+            if base is not None and not path.is_absolute():
+                path = base / path
             if not path.is_file():
-                raise UserError(f"source.factory: {path} not found — fix the path (relative to the YAML file)")
-            name = f"onnxforge_factory_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
+                where = f" (looked for {path})" if str(path) != target else ""
+                raise UserError(f"{key}: {target} not found{where} — fix the path (relative to the YAML file)")
+            name = f"{prefix}_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
             mod_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(mod_spec)
             sys.modules[name] = module
@@ -89,12 +100,15 @@ def _import_factory(spec: str, cfg):
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"source.factory: cannot import '{target}' ({first_line(e)}) — check the module or file "
+        raise UserError(f"{key}: cannot import '{target}' ({first_line(e)}) — check the module or file "
                         "path and that its imports are installed") from None
-    factory = getattr(module, fn, None)
-    if not callable(factory):
-        raise UserError(f"source.factory: '{target}' has no function '{fn}' — fix the name after the colon")
-    return factory
+    found = getattr(module, fn, None)
+    if not callable(found):
+        there = sorted(n for n, v in vars(module).items()
+                       if inspect.isfunction(v) and v.__module__ == module.__name__ and not n.startswith("_"))
+        has = f" (it defines {', '.join(there[:8])})" if there else ""
+        raise UserError(f"{key}: '{target}' has no function '{fn}'{has} — fix the name after the colon")
+    return found
 
 
 def _build(cfg):

@@ -5,7 +5,6 @@ latency and size before and after are measured in the same run. Place it after c
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Literal
 
@@ -204,44 +203,10 @@ def _short(ref: str) -> str:
 def _hook(ref: str, cfg):
     """The fine-tune function `ref` names: a file (relative to the YAML, like source.factory) or a module
     importable from the config's folder. Every failure names prune.finetune, the key to fix."""
-    import importlib
-    import importlib.util
-    import inspect
-    import sys
+    from onnxforge.frontends.torch import import_callable
 
-    from onnxforge.errors import UserError
-    from onnxforge.frontends._export import first_line
-    from onnxforge.frontends.torch import _import_path
-
-    target, _, fn = ref.rpartition(":")
-    try:
-        if is_file_ref(target):
-            path = Path(target)
-            if not path.is_absolute() and cfg.config_path is not None:
-                path = cfg.config_path.parent / path
-            if not path.is_file():
-                raise UserError(f"prune.finetune: {target} not found (looked for {path}) — fix the path (relative "
-                                "to the YAML file)")
-            name = f"onnxforge_finetune_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        else:
-            with _import_path(cfg):
-                module = importlib.import_module(target)
-    except UserError:
-        raise
-    except Exception as e:
-        raise UserError(f"prune.finetune: cannot import '{target}' ({first_line(e)}) — check the module or file "
-                        "path and that its imports are installed") from None
-    hook = getattr(module, fn, None)
-    if not callable(hook):
-        there = sorted(n for n, v in vars(module).items()
-                       if inspect.isfunction(v) and v.__module__ == module.__name__ and not n.startswith("_"))
-        has = f" (it defines {', '.join(there[:8])})" if there else ""
-        raise UserError(f"prune.finetune: '{target}' has no function '{fn}'{has} — fix the name after the colon")
-    return hook
+    base = cfg.config_path.parent if cfg.config_path is not None else None
+    return import_callable(ref, cfg, "prune.finetune", "onnxforge_finetune", base)
 
 
 def _weight_bytes(path: Path) -> int:
