@@ -446,7 +446,8 @@ def optimize(model: Annotated[Path | None, typer.Argument(help="the .onnx to opt
 
 @_cmd(app, "compile")
 def compile_cmd(model: Annotated[Path, typer.Argument(help="the .onnx to compile")],
-                target: Annotated[str, typer.Option("--target", "-t", help="openvino | ort-mobile")],
+                target: Annotated[str | None, typer.Option(
+                    "--target", "-t", help="openvino | ort-mobile (default: the config's compile.target)")] = None,
                 output: Annotated[Path | None, typer.Option(
                     "--output", "-o", help="the folder to write the target's files into")] = None,
                 config: ConfigOpt = None, data: DataOpt = None,
@@ -473,16 +474,25 @@ def compile_cmd(model: Annotated[Path, typer.Argument(help="the .onnx to compile
     if output.resolve() == model.resolve() or output.resolve() in model.resolve().parents:
         raise UserError(f"the output folder {output} holds the input model — choose another -o")
     opts: dict[str, Any] = {"target": target, "rtol": rtol, "atol": atol}
+    if target is None and config is None:
+        raise UserError("compile: give --target openvino | ort-mobile (or --config with a compile stage's target)")
     if weights is not None:
+        if target not in ("openvino", None):  # it was ignored: ort-mobile stores the weights as the model holds them
+            raise UserError(f"--weights is an openvino option (fp32 | fp16 | int8); target {target} keeps the "
+                            "model's weights as they are — drop --weights, or use --target openvino")
         opts["openvino"] = {"weights": weights}
     opts = {k: v for k, v in opts.items() if v is not None} | parse_sets(sets)
     with from_flags(providers, allow_fallback) as rt:
         cfg = build_config("compile", model, config, opts,
                            data={k: v for k, v in _data_flags(data, None, synthetic).items() if v is not None},
                            top=_input_flags(shape, value) | rt)
+        if cfg.data.path is None and not cfg.data.synthetic:  # the config-key wording of ctx.feeds fits no flag
+            raise UserError("compile: no data to check the target against — give --data FILE, or --synthetic to "
+                            "check on inputs synthesized from the input spec")
         ctx = StageContext(cfg, "compile", output.resolve().parent, model.resolve(), model.resolve(), {}, _out(as_json))
         feeds, provenance = ctx.feeds("eval")
         res = compile_model(ctx, cfg.stages.compile, output, feeds, provenance)
+    target = cfg.stages.compile.target
     con = _out(as_json)
     for b, v in res["latency"].items():
         sp = v["speedup"]

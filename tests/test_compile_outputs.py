@@ -167,3 +167,26 @@ def test_a_failed_compile_leaves_nothing_and_keeps_the_earlier_compile(tmp_path)
         res = compile_(tmp_path, "m.onnx", *fp16_exact, "-o", out)
         assert "differs from onnxruntime" in assert_one_line_error(res, 1)
         assert tree(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "ov", "x.npy"]
+
+
+def test_compile_flags_say_what_they_do(tmp_path):
+    """--weights belongs to openvino: with ort-mobile it was ignored with exit 0; no data names the flags (it named
+    config keys); --target may come from the config's compile stage (it was demanded anyway); a config setting the
+    other target's options is refused, not ignored."""
+    relu(tmp_path / "m.onnx")
+    line = assert_one_line_error(compile_(tmp_path, "m.onnx", "--target", "ort-mobile", "--weights", "fp16", "-o",
+                                          "a", "--synthetic"))
+    assert "--weights is an openvino option" in line, line
+    line = assert_one_line_error(compile_(tmp_path, "m.onnx", "--target", "ort-mobile", "-o", "a"))
+    assert "--data FILE" in line and "--synthetic" in line, line
+    assert not (tmp_path / "a").exists()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: c\nsource: {framework: onnx, path: m.onnx}\ndata: {synthetic: true}\n"
+                   "stages: {compile: {target: ort-mobile}}\n")
+    res = compile_(tmp_path, "m.onnx", "--config", "c.yaml", "-o", "b")
+    assert res.code == 0, res.stderr[-600:]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["model.ort", "required_operators.config"]
+    cfg.write_text("name: c\nsource: {framework: onnx, path: m.onnx}\ndata: {synthetic: true}\n"
+                   "stages: {compile: {target: ort-mobile, openvino: {weights: fp16}}}\n")
+    line = assert_one_line_error(compile_(tmp_path, "m.onnx", "--config", "c.yaml", "-o", "d"))
+    assert "compile.openvino sets options of target openvino but target is ort-mobile" in line, line

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from onnxforge.config import StrictModel
 from onnxforge.registry import register_stage
@@ -23,6 +23,15 @@ class CompileOptions(StrictModel):
     threads: int = Field(1, gt=0, description="threads for both runtimes in the check and the timing")
     batch_sizes: list[int] = Field(default_factory=lambda: [1], description="latency batch sizes (rows tiled)")
     rounds: int = Field(3, gt=0, description="paired timing rounds (onnxruntime and the target back to back)")
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        # options of the target not chosen would be ignored without a word (a config meant for the other one)
+        other = "ort_mobile" if self.target == "openvino" else "openvino"
+        if other in self.model_fields_set:
+            raise ValueError(f"compile.{other} sets options of target {other.replace('_', '-')} but target is "
+                             f"{self.target} — drop compile.{other}, or set target: {other.replace('_', '-')}")
+        return self
 
     def target_options(self):
         return self.openvino if self.target == "openvino" else self.ort_mobile
