@@ -288,6 +288,8 @@ def test_markdown_key_rows(run, loose):
     for c in run["report"]["validations"][0]["comparisons"]:
         assert re.search(rf"^\| validate \| `01-convert/model.onnx` \| logits \| {c['batch']} \| ✅ \|", md, re.M)
     assert "| stage | status | verdict | wall s | message |" in md
+    # convert's message is words, not the JSON it was ({"opset": 18})
+    assert re.search(rf"^\| convert \| .* \| opset {art['opset']['ai.onnx']}, {art['nodes']} nodes \|$", md, re.M), md[-1500:]
     assert len(md) < 60_000
     lmd = (loose["dir"] / "report.md").read_text()
     assert re.search(r"^\| `cnn_int8\.onnx` \| logits \| `cnn\.onnx` \| ", lmd, re.M)

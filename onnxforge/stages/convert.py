@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -74,7 +73,7 @@ def run_convert(ctx, opts: ConvertOptions):
     if not verified.get("values"):  # said where it is seen (--json warnings, the manifest), not only recorded
         summary["warnings"] = [f"convert: the artifact's values were not checked against {fe.name}'s own predict "
                                f"({verified.get('reason', 'no output could be compared')}) — run validate"]
-    return StageResult(model=final, summary=summary, message=json.dumps({"opset": opset}))
+    return StageResult(model=final, summary=summary, message=f"opset {opset}, {s['nodes']} nodes")
 
 
 def verify(ctx, opts: ConvertOptions, model, path: Path) -> dict[str, Any]:
