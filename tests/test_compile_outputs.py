@@ -190,3 +190,25 @@ def test_compile_flags_say_what_they_do(tmp_path):
                    "stages: {compile: {target: ort-mobile, openvino: {weights: fp16}}}\n")
     line = assert_one_line_error(compile_(tmp_path, "m.onnx", "--config", "c.yaml", "-o", "d"))
     assert "compile.openvino sets options of target openvino but target is ort-mobile" in line, line
+
+
+def test_a_runs_report_shows_the_compile_stages_check_and_timing(tmp_path):
+    """The report of a run with a compile stage showed only its stage row: its check per output and its timing
+    against onnxruntime are tables now (the figures the manifest recorded, in report.json and report.md)."""
+    relu(tmp_path / "m.onnx")
+    (tmp_path / "c.yaml").write_text(
+        "name: c\nsource: {framework: onnx, path: m.onnx}\ndata: {synthetic: true}\nstages:\n  convert: {}\n"
+        "  compile: {target: ort-mobile, rounds: 1}\n  report: {formats: [json, md], bench: false}\n")
+    res = run_cli("run", "c.yaml", cwd=tmp_path)
+    assert res.code == 0, res.stderr[-600:]
+    rep = json.loads((tmp_path / "runs/c/report.json").read_text())
+    man = json.loads((tmp_path / "runs/c/manifest.json").read_text())
+    comp = next(s for s in man["stages"] if s["name"] == "compile")["summary"]
+    tables = {t["key"]: t for t in rep["stage_tables"] if t["stage"] == "compile"}
+    timing = tables["ort-mobile timing"]
+    row = dict(zip(timing["columns"], timing["rows"][0], strict=True))
+    assert row["speedup"] == comp["latency"]["batch1"]["speedup"]["ratio"] and row["batch"] == "batch1"
+    check = dict(zip(tables["ort-mobile check"]["columns"], tables["ort-mobile check"]["rows"][0], strict=True))
+    assert check["output"] == "y" and check["max_abs"] == comp["outputs"]["y"]["max_abs"]
+    md = (tmp_path / "runs/c/report.md").read_text()
+    assert "| batch | onnxruntime p50 ms | ort-mobile p50 ms | speedup | interval | verdict |" in md

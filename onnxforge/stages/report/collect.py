@@ -628,7 +628,7 @@ def _stage_tables(man: dict, max_rows: int = 40, max_cols: int = 16) -> list[dic
     for s in man.get("stages", []):
         if s.get("name") == "report":  # our own summary: its figures are the report itself
             continue
-        for key, val in _dict(s.get("summary")).items():
+        for key, val in (_dict(s.get("summary")) | _target_rows(s)).items():
             if key in ("comparisons", "inputs", "outputs") or not isinstance(val, list) or not val or not all(isinstance(v, dict)
                                                                                          for v in val):
                 continue
@@ -638,3 +638,22 @@ def _stage_tables(man: dict, max_rows: int = 40, max_cols: int = 16) -> list[dic
                         "rows": [[f.get(c) for c in cols[:max_cols]] for f in flat],
                         "truncated": len(val) > max_rows or len(cols) > max_cols})
     return out
+
+
+def _target_rows(stage: dict) -> dict:
+    """A compile stage's figures as lists of records for _stage_tables: its check per output and its timing per
+    batch size against onnxruntime (keyed by output / batch in the summary, so no table showed them)."""
+    summ = _dict(stage.get("summary"))
+    target = summ.get("target")
+    if not isinstance(target, str) or not isinstance(summ.get("latency"), dict):
+        return {}
+    check = [{"output": k} | _dict(v) for k, v in _dict(summ.get("outputs")).items()]
+    timing = []
+    for b, v in _dict(summ.get("latency")).items():
+        v, sp = _dict(v), _dict(_dict(v).get("speedup"))
+        timing.append({"batch": b, "onnxruntime p50 ms": v.get("onnxruntime_p50_ms"),
+                       f"{target} p50 ms": v.get(f"{target}_p50_ms"), "speedup": sp.get("ratio"),
+                       "interval": "–".join(f"{x:.3g}" for x in sp.get("interval") or ()) or None,
+                       "verdict": sp.get("verdict")})
+    files = [{"file": k, "bytes": v} for k, v in _dict(summ.get("bytes")).items()]
+    return {f"{target} check": check, f"{target} timing": timing, f"{target} files": files}
