@@ -350,9 +350,12 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], path: 
         return f"{where}: unknown framework '{tag}' — {fix}"
     if kind == "missing":
         return f"{where}: missing required key '{dotted}' — add it"
+    msg = str(e["msg"])
+    if kind == "value_error" and " — " in msg:  # our own validator's line already names the problem and the fix
+        return f"{where}: {dotted}: {msg.removeprefix('Value error, ')}"
     got = repr(e.get("input"))
     got = got if len(got) <= 80 else got[:77] + "..."  # the value may be a 5,000-character path
-    return f"{where}: {dotted}: {e['msg']} (got {got}) — fix this value"
+    return f"{where}: {dotted}: {msg} (got {got}) — fix this value"
 
 
 def _confine_run_dir(cfg: PipelineBase, data: dict) -> None:
