@@ -233,6 +233,15 @@ def usable_batches(model, batches: list[int]) -> tuple[list[int], list[int]]:
     return (ok or [fixed]), [b for b in batches if b != fixed]
 
 
+def unbatched(feeds) -> bool:
+    """Whether no input has a batch axis (scalars, inputs fed whole): a call then runs one row whatever the batch
+    asked, so the model pins batch 1 — never tiled or counted as more rows."""
+    from onnxforge.data import whole
+
+    skip = whole(feeds)
+    return bool(feeds) and all(k in skip or not np.ndim(v) for k, v in feeds.items())
+
+
 # ------------------------------------------------------------------ the `bench` command
 
 
@@ -263,6 +272,12 @@ def bench_cli(model: Path, *, batches: list[int], threads: list[int], runs: int,
     feeds, provenance, synthesized, specs = feeds_for(proto, cfg=cfg, rows=min(max(ok), 64), path=model,
                                                       shapes=shapes)
     check_feeds(feeds, proto, what=f"the inputs ({provenance})", model_name=model.name)
+    if unbatched(feeds) and ok != [1]:  # every input fed whole (scalars, state): one call is one row at any "batch"
+        skipped = [b for b in batches if b != 1]
+        ok = [1]
+        if console is not None:
+            console.print(f"[yellow]{model.name} has no input with a batch axis (each is fed whole): timed at batch "
+                          f"1, skipping batch {skipped}[/yellow]")
     source = None
     if provenance != "synthetic":
         from onnxforge.paths import shown

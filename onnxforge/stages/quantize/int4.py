@@ -307,3 +307,37 @@ def has_nbits(path: Path) -> bool:
     m = onnx.load(str(path), load_external_data=False)
     return any((n.op_type == "MatMulNBits" and _attrs(n).get("bits", 4) == 4) or n.op_type == "GatherBlockQuantized"
                for n in m.graph.node)
+
+
+def refusal(model, name: str, embeddings: bool = True, attention: bool = True) -> str | None:
+    """Why INT4 has nothing to take in `model` (None when it has a target): the exit-2 line, naming what the model
+    does store — float16 MatMul weights, MatMul weights inside If/Loop/Scan bodies, Gemm — and a mode that works."""
+    import onnx
+
+    from onnxforge.stages.quantize import weight_only
+
+    g = model.graph
+    weights = _float_2d(model)
+    for n in g.node:
+        if (n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in weights) \
+                or (embeddings and embedding_node(n, weights)) or (attention and attention_node(n, weights)):
+            return None
+    top = {t.name: t for t in g.initializer}
+    half = [n.input[1] for n in g.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in top
+            and len(top[n.input[1]].dims) == 2 and top[n.input[1]].data_type == onnx.TensorProto.FLOAT16]
+    every = {t.name: t for t in weight_only.all_initializers(g)}
+    inner = [m for n in g.node for s in weight_only._subgraphs(n) for m in weight_only._all_nodes(s)]
+    nested = [m.input[1] for m in inner if m.op_type == "MatMul" and len(m.input) > 1 and m.input[1] in every
+              and len(every[m.input[1]].dims) == 2]
+    gemm = [n for n in weight_only._all_nodes(g) if n.op_type == "Gemm" and len(n.input) > 1 and n.input[1] in every]
+    if half:
+        return (f"quantize: INT4 (MatMulNBits) takes float32 MatMul weights, and {name} stores its {len(half)} "
+                "MatMul weight(s) in float16 — quantize the float32 model with --mode int4, or use --mode dynamic "
+                "(weight-only INT8 for float16 MatMul weights)")
+    if nested:
+        return (f"quantize: INT4 (MatMulNBits) does not reach If/Loop/Scan bodies, and all {len(nested)} MatMul "
+                f"weight(s) of {name} sit inside them — use --mode dynamic, which quantizes MatMul/Gemm in those "
+                "bodies too")
+    why = f" (its {len(gemm)} Gemm: torch exports a Linear as Gemm)" if gemm else ""
+    return (f"quantize: INT4 (MatMulNBits) covers MatMul weights only, and {name} stores none{why} — use --mode "
+            "dynamic or static for INT8, which covers Gemm and Conv too")

@@ -338,3 +338,19 @@ def has_int8_weights(path: Path) -> bool:
     m = onnx.load(str(path), load_external_data=False)
     return any(t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) > 0
                for t in weight_only.all_initializers(m.graph))  # If/Loop/Scan bodies hold weights too
+
+
+def static_fp16_refusal(model, name: str) -> str | None:
+    """Static INT8 on a float16 model (float16 weights or inputs): onnxruntime's static quantizer writes float32
+    scales around float16 tensors (an invalid model). The exit-2 line naming the mode that works, or None."""
+    import onnx
+
+    half = onnx.TensorProto.FLOAT16
+    weights = [t.name for t in weight_only.all_initializers(model.graph) if t.data_type == half and len(t.dims) > 1]
+    inputs = [i.name for i in model.graph.input if i.type.tensor_type.elem_type == half]
+    if not weights and not inputs:
+        return None
+    what = (f"{len(weights)} float16 weight(s) ({', '.join(weights[:3])}{', …' if len(weights) > 3 else ''})"
+            if weights else f"float16 input(s) {', '.join(inputs[:3])}")
+    return (f"quantize: static INT8 does not take float16 models, and {name} has {what} — use --mode dynamic "
+            "(weight-only INT8 for float16 MatMul/Gemm weights), or quantize the float32 model with --mode static")

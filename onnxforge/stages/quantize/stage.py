@@ -216,6 +216,12 @@ def _run(ctx, opts: QuantizeOptions, work: Path, locked: dict | None, dec):
     if opts.mode != "fp16" and (bad := _nonfinite_weights(adm.model, opts.mode)):
         raise UserError(f"{adm.path.name}: weights {', '.join(bad[:4])} hold NaN or ±inf, so INT8 scales cannot be "
                         "computed — fix the model's weights, or use --mode fp16")
+    # inputs a mode cannot take: refused before any data is read or model built, naming the mode that works
+    refused = (int4.refusal(adm.model, adm.path.name, opts.int4.embeddings, opts.int4.attention)
+               if opts.mode == "int4" else
+               int8.static_fp16_refusal(adm.model, adm.path.name) if opts.mode == "static" else None)
+    if refused:
+        raise UserError(refused)
     warnings: list[str] = []
     before = perf.model_stats(src)
     upgraded = opset.upgrade(adm.model, adm.path.name) if opts.mode != "fp16" else None
@@ -561,9 +567,11 @@ def _measure(env: _Env, nodes) -> tuple[dict, dict | None]:
                               f"({broken[0]['label']}: {broken[0]['reason']}) — try --mode fp16, or keep the "
                               "failing nodes in float with nodes_to_exclude")
         if opts.mode == "int4":
-            raise UserError("quantize: INT4 (MatMulNBits) covers MatMul weights only, and this model stores none "
-                            "(torch exports a Linear as Gemm) — use --mode dynamic or static for INT8, which "
-                            "covers Gemm and Conv too")
+            tg = env.plans[0][3]  # int4.refusal already refused a model without any target
+            kept = sum(t.name in set(opts.nodes_to_exclude) for t in tg)
+            raise UserError(f"quantize: INT4 (MatMulNBits) left none of this model's {len(tg)} target(s) in 4 bits "
+                            f"({kept} of them listed in nodes_to_exclude) — list fewer nodes_to_exclude, or use "
+                            "--mode dynamic or static for INT8")
         raise UserError("quantize: no configuration quantizes anything in this model — it stores no weights of "
                         "the ops INT8 covers (Conv, ConvTranspose, MatMul, Gemm, LSTM, GRU, RNN, Attention; weights "
                         "that are graph inputs are not stored); if an earlier ORT optimization wrote contrib ops "
