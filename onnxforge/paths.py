@@ -74,6 +74,15 @@ def quoted(value: Any, limit: int = 80) -> str:
     return r if len(r) <= limit else r[: limit - 1] + "…"
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path` or its nearest parent that exists (a dangling link counts): where an output path meets the disk, so
+    a file there (`--output afile/x.csv`) is refused by name before a mkdir fails on it."""
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            return p
+    return path
+
+
 def inside(folder: Path, rel: Any, what: str) -> Path:
     """folder/rel for a path read from the run folder's manifest; anything that is not a relative path staying
     inside the folder (absolute, '..', a symlink out) is refused before it is opened."""

@@ -97,12 +97,12 @@ class _Writer:
 def check_output_path(out: Path) -> None:
     """The nearest existing folder above --output must be a folder: a file there (--output afile/x.csv) made the
     mkdir fail with FileExistsError / NotADirectoryError, exit 3, for a user's typo."""
-    for up in Path(out).parents:
-        if up.exists() or up.is_symlink():
-            if not up.is_dir():
-                raise UserError(f"--output {out}: {up} is a file, not a folder — choose an --output path under a "
-                                f"folder (or move {up} away)")
-            return
+    from onnxforge.paths import nearest_existing
+
+    up = nearest_existing(Path(out).parent)
+    if not up.is_dir():
+        raise UserError(f"--output {out}: {up} is a file, not a folder — choose an --output path under a "
+                        f"folder (or move {up} away)")
 
 
 def check_threads(threads: int | None) -> None:

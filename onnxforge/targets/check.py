@@ -25,6 +25,7 @@ def tolerance(opts) -> tuple[float, float]:
 
 
 def _inside(p: Path, folder: Path) -> bool:
+    # realpath, not code_trust.inside's resolve(): a symlink loop given as -o must reach the refusal below
     p, folder = Path(os.path.realpath(p)), Path(os.path.realpath(folder))
     return p == folder or folder in p.parents
 
@@ -35,7 +36,7 @@ def check_output(dest: Path, name: str, inputs=(), where: str | None = "-o") -> 
     files of an earlier compile of target `name`, or a path under a file. `where` names the flag in the message
     (None: a run folder's stage folder, whose fix is to move the files out)."""
     from onnxforge.errors import UserError
-    from onnxforge.paths import shown
+    from onnxforge.paths import nearest_existing, shown
     from onnxforge.targets import target
 
     spec = target(name)
@@ -51,9 +52,7 @@ def check_output(dest: Path, name: str, inputs=(), where: str | None = "-o") -> 
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{label} is a file — {fix}: a new or empty folder for the {name} files (compile never "
                         "replaces what it did not write)")
-    up = dest.parent
-    while not up.exists() and not up.is_symlink() and up.parent != up:
-        up = up.parent
+    up = nearest_existing(dest.parent)
     if not up.is_dir():
         raise UserError(f"{label}: {up} is a file, not a folder — {fix}")
     if dest.is_dir():

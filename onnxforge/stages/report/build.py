@@ -84,14 +84,13 @@ def _check_out(out: Path) -> None:
     """--out is a folder, created if missing: a file there, or a file where one of its parents should be, is the
     user's mistake (exit 2, before anything is measured or created), not an OSError at the end."""
     from onnxforge.errors import UserError
+    from onnxforge.paths import nearest_existing
 
-    for p in (out, *out.parents):
-        if p.exists() or p.is_symlink():
-            if not p.is_dir():
-                what = f"is {'a file' if p.is_file() else 'not a folder'}" if p == out else \
-                    f"is inside {p}, which is not a folder"
-                raise UserError(f"--out {out} {what} — give a folder (it is created if missing)")
-            return
+    p = nearest_existing(out)
+    if not p.is_dir():
+        what = f"is {'a file' if p.is_file() else 'not a folder'}" if p == out else \
+            f"is inside {p}, which is not a folder"
+        raise UserError(f"--out {out} {what} — give a folder (it is created if missing)")
 
 
 def load_schema() -> dict:
