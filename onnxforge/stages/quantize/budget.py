@@ -140,10 +140,14 @@ def tensor_ranking(float_path: Path, quant_path: Path, feeds: dict[str, np.ndarr
                    nodes: list[NodeInfo]) -> dict[str, float] | None:
     """Local sensitivity of each node from one run of both models with intermediate tensors exposed: the
     relative L2 error of the node's output minus the largest error among its inputs (error it adds, not error it
-    inherits). None when the quantized graph no longer names the float tensors (QOperator)."""
+    inherits). None when the quantized graph no longer names the float tensors (QOperator), or when a node sits in
+    an If/Loop/Scan body, whose tensors a session cannot return: such a node is never scored 0 unmeasured."""
     import onnx
 
     from onnxforge import runtime
+
+    if any(n.scope for n in nodes):
+        return None
 
     fm = onnx.load(str(float_path))
     qm = onnx.load(str(quant_path))
@@ -226,7 +230,10 @@ def fit_budget(build: Callable[[list[str]], Path], assess: Assessor, targets: li
     """Build with `start` excluded; while over budget, keep the most sensitive remaining node(s) in float and
     rebuild. `probe` re-ranks every step by building each one-more-node-float variant (greedy, exact, O(n²)
     builds); `tensor` ranks by per-node output error from one run and keeps 1, 2, 4... more nodes float per step.
-    A model in which `alive` finds nothing reduced any more is no result: the search stops before that."""
+    Nodes inside If/Loop/Scan bodies are out of `tensor`'s sight (a session cannot return their tensors): they are
+    probed each step, and a body node is kept float instead of the tensor-ranked group when its measured build
+    scores better. A model in which `alive` finds nothing reduced any more is no result: the search stops before
+    that."""
     excluded = list(start)
     path = build(excluded)
     res = assess(path)
@@ -237,39 +244,68 @@ def fit_budget(build: Callable[[list[str]], Path], assess: Assessor, targets: li
     chosen = method if method != "auto" else ("probe" if len(pool) <= max_probes else "tensor")
     kept: list[dict] = []
     step = 1
+
+    def probe(cands: list[NodeInfo]) -> tuple[NodeInfo, Path, dict] | None:
+        """The candidate whose one-more-float build scores best (None: each leaves nothing reduced)."""
+        if bar is not None:
+            bar.grow(len(cands))
+        best = None
+        for t in cands:
+            p = build([*excluded, t.name])
+            r = assess(p) if alive(p) else None
+            if bar is not None:
+                bar()
+            if r is not None and (best is None or (r["score"], r["tiebreak"]) < (best[2]["score"],
+                                                                                 best[2]["tiebreak"])):
+                if best is not None:
+                    best[1].unlink(missing_ok=True)
+                best = (t, p, r)
+            else:
+                p.unlink(missing_ok=True)
+        return best
+
+    def probed(t: NodeInfo, r: dict) -> str:
+        where = f" (inside {t.scope})" if t.scope else ""
+        return f"keeping it in float{where}: {assess.describe(res)} → {assess.describe(r)}"
+
     while pool:
         picks: list[tuple[NodeInfo, str]] = []
         nxt: tuple[Path, dict] | None = None
         ranked = None
         if chosen == "tensor":
-            scores = tensor_ranking(float_path, path, assess.feeds, pool) if float_path else None
+            main = [t for t in pool if not t.scope]
+            inner = [t for t in pool if t.scope]
+            scores = tensor_ranking(float_path, path, assess.feeds, main) if float_path and main else None
             if scores is None:
                 chosen = "probe"
             else:
-                ranked = sorted(pool, key=lambda t: -scores.get(t.name, 0.0))[:step]
+                ranked = sorted(main, key=lambda t: -scores.get(t.name, 0.0))[:step]
                 picks = [(t, f"largest added output error in the reduced model (relative L2 "
                              f"{scores.get(t.name, 0.0):.3g})") for t in ranked]
-                step *= 2  # large models: a bounded number of rebuilds
-        if chosen == "probe":
-            if bar is not None:
-                bar.grow(len(pool))
-            best = None
-            for t in pool:
-                p = build([*excluded, t.name])
-                r = assess(p) if alive(p) else None
-                if bar is not None:
-                    bar()
-                if r is not None and (best is None or (r["score"], r["tiebreak"]) < (best[2]["score"],
-                                                                                     best[2]["tiebreak"])):
-                    if best is not None:
+                grow = 2  # large models: a bounded number of rebuilds
+                if inner:  # measured against the tensor-ranked group's own build: the better one is kept
+                    p = build([*excluded, *(t.name for t in ranked)])
+                    nxt = (p, assess(p)) if alive(p) else None
+                    if nxt is None:
+                        p.unlink(missing_ok=True)
+                    best = probe(inner)
+                    if best is not None and (nxt is None or (best[2]["score"], best[2]["tiebreak"]) < (
+                            nxt[1]["score"], nxt[1]["tiebreak"])):
+                        if nxt is not None:
+                            nxt[0].unlink(missing_ok=True)
+                        picks, nxt = [(best[0], probed(best[0], best[2]))], (best[1], best[2])
+                        grow = 1  # the ranked group was not taken: offer the same number next step
+                    elif best is not None:
                         best[1].unlink(missing_ok=True)
-                    best = (t, p, r)
-                else:
-                    p.unlink(missing_ok=True)
+                    elif nxt is None:
+                        break  # every choice left nothing reduced
+                step *= grow
+        if chosen == "probe":
+            best = probe(pool)
             if best is None:
                 break  # every remaining node is the last one reduced
             t, p, r = best
-            picks = [(t, f"keeping it in float: {assess.describe(res)} → {assess.describe(r)}")]
+            picks = [(t, probed(t, r))]
             nxt = (p, r)
         excluded += [t.name for t, _ in picks]
         pool = [t for t in pool if t.name not in excluded]
@@ -285,6 +321,8 @@ def fit_budget(build: Callable[[list[str]], Path], assess: Assessor, targets: li
         steps.append({"float_nodes": list(excluded), **brief(res)})
         if res["within"]:
             return Outcome(True, path, res, kept, steps, chosen)
+    last = ("keeping one more would leave nothing reduced" if pool else
+            "no other node of this configuration is left to keep in float")
     return Outcome(False, path, res, kept, steps, chosen,
                    f"still over budget ({assess.describe(res)}) with {len(kept) + len(start)} nodes kept in float; "
-                   "keeping one more would leave nothing reduced")
+                   + last)

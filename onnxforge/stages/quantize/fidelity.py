@@ -484,7 +484,8 @@ def quantize_within(src: Path, work: Path, feeds: dict[str, np.ndarray], budget:
     budget = budget or FidelityBudget()
     strict = FidelityBudget(1.0 - (1.0 - budget.min_cosine) * margin, budget.max_rel_error * margin)
     check = FidelityCheck(pre, feeds, strict)
-    targets = [t for t in int8.targets(int8.graph_nodes(pre), cfg) if t.op_type == "MatMul"]
+    targets = [t for t in int8.targets(int8.graph_nodes(pre, nested=True), cfg, int8.quantizes_bodies(pre))
+               if t.op_type == "MatMul"]
     used = {"config": cfg.as_dict(), "cpu": cpu, "preprocess": status, "targets": len(targets),
             "budget": budget.as_dict(), "search_budget": strict.as_dict(),
             "rows": int(next(iter(feeds.values())).shape[0]), "smooth": {"mode": smooth}}

@@ -60,6 +60,7 @@ class NodeInfo:
     op_type: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    scope: str = ""  # "" in the main graph; else the body holding it, e.g. "If_2.then_branch"
 
 
 def preprocess(src: Path, dst: Path) -> str:
@@ -109,6 +110,10 @@ def _unshaped(path: Path) -> bool:
 
 
 def name_nodes(path: Path) -> None:
+    """Name every node, If/Loop/Scan bodies included, so that nodes_to_exclude can address each one: onnxruntime's
+    quantizer matches it by name in bodies too, so a body node that is unnamed or repeats a name taken elsewhere
+    is renamed after its body (deterministic: main graph first, then bodies depth-first). Main-graph names are kept
+    as they are (a lock or the user's nodes_to_exclude may name them)."""
     import onnx
 
     from onnxforge.artifact import save_model
@@ -124,15 +129,57 @@ def name_nodes(path: Path) -> None:
             n.name = name
             used.add(name)
             changed = True
+
+    def bodies(graph) -> None:
+        nonlocal changed
+        for n in graph.node:
+            for scope, g in _bodies(n):
+                for i, b in enumerate(g.node):
+                    if not b.name or b.name in used:
+                        name = f"{scope}/{b.op_type}_{i}"
+                        while name in used:
+                            name += "_"
+                        b.name = name
+                        changed = True
+                    used.add(b.name)
+                bodies(g)
+
+    bodies(m.graph)
     if changed:
         save_model(m, path, run_check=False)
 
 
-def graph_nodes(path: Path) -> list[NodeInfo]:
+def _bodies(node):
+    """(scope, graph) for each If/Loop/Scan body of `node`: scope is "<node>.<attribute>" ([k] for lists)."""
+    for a in node.attribute:
+        if a.HasField("g"):
+            yield f"{node.name}.{a.name}", a.g
+        for k, g in enumerate(a.graphs):
+            yield f"{node.name}.{a.name}[{k}]", g
+
+
+def graph_nodes(path: Path, nested: bool = False) -> list[NodeInfo]:
+    """The model's nodes in order; `nested`: each followed by the nodes of its If/Loop/Scan bodies (with `scope`)."""
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
-    return [NodeInfo(n.name, n.op_type, tuple(n.input), tuple(n.output)) for n in m.graph.node]
+    out: list[NodeInfo] = []
+
+    def walk(graph, scope: str) -> None:
+        for n in graph.node:
+            out.append(NodeInfo(n.name, n.op_type, tuple(n.input), tuple(n.output), scope))
+            if nested:
+                for inner, g in _bodies(n):
+                    walk(g, inner)
+
+    walk(m.graph, "")
+    return out
+
+
+def quantizes_bodies(path: Path) -> bool:
+    """Whether the dynamic quantizer runs with EnableSubgraph on this model (not with float16 weights: it puts
+    DynamicQuantizeLinear, float32 only, on float16 tensors in bodies)."""
+    return not _has_fp16_weights(path)
 
 
 def effective_op_types(cfg: Int8Config) -> tuple[str, ...] | None:
@@ -149,9 +196,11 @@ def weight_only_ops(cfg: Int8Config) -> tuple[str, ...]:
                  or (o == "Gemm" and "MatMul" in ops))
 
 
-def targets(nodes: list[NodeInfo], cfg: Int8Config) -> list[NodeInfo]:
+def targets(nodes: list[NodeInfo], cfg: Int8Config, bodies: bool = True) -> list[NodeInfo]:
     """The nodes this configuration can quantize: the candidates for staying float. Pass-through ops count too —
-    in QDQ form their activations are quantized, and that can be where the error comes from."""
+    in QDQ form their activations are quantized, and that can be where the error comes from. Nodes inside
+    If/Loop/Scan bodies (`scope`) count only where something quantizes them: the dynamic quantizer when `bodies`
+    (quantizes_bodies), weight-only INT8 always; static QDQ/QOperator leave bodies float."""
     from onnxruntime.quantization import registry
 
     ops = effective_op_types(cfg)
@@ -162,8 +211,12 @@ def targets(nodes: list[NodeInfo], cfg: Int8Config) -> list[NodeInfo]:
         ops = tuple(o for o in ops if o in registry.IntegerOpsRegistry and o not in DYNAMIC_REFUSED)
         if "MatMul" in ops:
             ops += ("Gemm",)  # the dynamic quantizer rewrites Gemm as MatMul (+ Add) first
-    ops = tuple(ops) + tuple(o for o in weight_only_ops(cfg) if o not in ops)
-    return [n for n in nodes if n.op_type in ops]
+    wo = weight_only_ops(cfg)
+    ops = tuple(ops) + tuple(o for o in wo if o not in ops)
+    # static builds never hold float16 weights (refused up front): weight-only MatMul/Gemm never happens there
+    inner = ops if cfg.mode == "dynamic" and bodies else tuple(
+        o for o in wo if cfg.mode == "dynamic" or o in weight_only.DEFAULT_OPS)
+    return [n for n in nodes if n.op_type in (inner if n.scope else ops)]
 
 
 class CalibrationFeeds:
@@ -243,7 +296,7 @@ class Int8Builder:
                                  # EnableSubgraph: Gemm/MatMul inside If/Loop/Scan bodies too — not with float16
                                  # weights: it puts DynamicQuantizeLinear (float32 only) on fp16 tensors there
                                  extra_options={"MatMulConstBOnly": True,
-                                                "EnableSubgraph": not _has_fp16_weights(src)})
+                                                "EnableSubgraph": quantizes_bodies(src)})
             else:
                 # calibration ranges depend on the method and op types only: compute once, reuse for every rebuild
                 key = f"{self.pre.stem}-{self.calibration.digest}-{self.calibrate_method}-{'_'.join(ops or ['all'])}"

@@ -412,7 +412,8 @@ def keep_float_search_smoothed(src: Path, work: Path, cfg, check, feeds: dict[st
         return None, info
     int8.name_nodes(path)
     builder = int8.Int8Builder(path, Path(work), cfg, calibration, tag=tag)
-    mm = [t for t in int8.targets(int8.graph_nodes(path), cfg) if t.op_type == "MatMul"]
+    mm = [t for t in int8.targets(int8.graph_nodes(path, nested=True), cfg, int8.quantizes_bodies(path))
+          if t.op_type == "MatMul"]
     sr = fidelity.keep_float_search(builder.build, check, mm, list(start or []), method="emulate", float_path=path,
                                     alive=alive)
     sr.method = f"smoothquant α={alpha} + {sr.method}"

@@ -281,13 +281,14 @@ def _run(ctx, opts: QuantizeOptions, work: Path, locked: dict | None, dec):
             shutil.copyfile(src, pre)
             int8.name_nodes(pre)
             summary["preprocess"] = "off"
-        nodes = int8.graph_nodes(pre)
+        nodes = int8.graph_nodes(pre, nested=True)  # If/Loop/Scan body nodes can be kept float too
         if opts.mode == "auto":
             raw = ([c.model_dump() for c in opts.candidates] if opts.candidates else None)
             needs_static = raw is None or any(c["mode"] == "static" for c in raw)
             calib_feeds, calib_prov = qfeeds.calibration(ctx, src, opts, warnings, required=raw is not None and needs_static)
             if raw is None:
-                raw = _default_candidates(calib_feeds is not None, any(n.op_type == "Conv" for n in nodes))
+                has_conv = any(n.op_type == "Conv" and not n.scope for n in nodes)  # as before: main graph only
+                raw = _default_candidates(calib_feeds is not None, has_conv)
                 if calib_feeds is None:
                     warnings.append("no calibration data: static candidates skipped")
             cfgs = [_int8_config(CandidateOptions(**c), c["mode"]) for c in raw]
@@ -309,8 +310,9 @@ def _run(ctx, opts: QuantizeOptions, work: Path, locked: dict | None, dec):
         if calib_feeds is not None:
             qfeeds.probe(adm.session, adm.model, calib_feeds)
         calib = int8.CalibrationFeeds(calib_feeds, batch=pinned or 16) if calib_feeds is not None else None
+        bodies = int8.quantizes_bodies(pre)
         plans = [(c.label, c, int8.Int8Builder(pre, work, c, calib, opts.calibrate_method, opts.percentile,
-                                               tag=f"c{i}"), int8.targets(nodes, c), pre)
+                                               tag=f"c{i}"), int8.targets(nodes, c, bodies), pre)
                  for i, c in enumerate(dict.fromkeys(cfgs))]
         if calib_feeds is not None:
             summary["calibration"] = {"data": calib_prov, "rows": data.n_rows(calib_feeds),
