@@ -145,5 +145,58 @@ def test_count_means_past_the_support_take_the_rounded_normal_branch(family, alp
     assert x[1].max() > 64  # not truncated to the support
     top = [n.op_type for n in model.graph.node]
     normals = [n for n in all_nodes(model.graph) if n.op_type == "RandomNormalLike"]
-    # poisson: the rounded normal's; negative binomial: the gamma-Poisson mixture's proposals and its Poisson's
-    assert "If" in top and "RandomNormalLike" not in top and len(normals) == (1 if alpha is None else 3)
+    # poisson: the rounded normal's; negative binomial: the gamma-Poisson mixture's proposals (first and retries,
+    # in each branch of the gamma's boost If: unfolded in this unoptimized export) and its Poisson's
+    assert "If" in top and "RandomNormalLike" not in top and len(normals) == (1 if alpha is None else 5)
+
+
+def test_gamma_draws_with_a_shape_per_element_retry_at_their_own_shape():
+    """standard_gamma with a of like's full shape (a beta's a, b vary per row and sample): the shapes vary along both
+    axes, so a retry read at the wrong element's shape (a flat index taken modulo the wrong size) shows as a misfit.
+    Each shape's draws fit its Gamma by KS."""
+    from onnxforge.bayes.families import standard_gamma
+
+    class G(torch.nn.Module):
+        def forward(self, a):
+            return standard_gamma(a)
+
+    shapes = np.asarray([1.0, 7.0, 40.0], np.float32)  # no boost: the Marsaglia-Tsang branch alone
+    rows, cols = N // 4, 12
+    pick = (np.arange(rows)[:, None] + np.arange(cols)[None, :]) % 3
+    sess = _session(G().eval(), torch.ones(5, cols))
+    x = sess.run(None, {sess.get_inputs()[0].name: shapes[pick]})[0]
+    for j, a in enumerate(shapes):
+        assert stats.kstest(x[pick == j], stats.gamma(float(a)).cdf).pvalue > 1e-3, a
+
+
+def test_peephole_drops_nodes_and_keeps_every_draw():
+    """bayes.peephole.simplify on an exported gamma/beta sampler: fewer nodes (the generator takes the constant
+    factor as its scale; no Transpose before a flatten; no Reshape of a flat tensor) and, seeded alike, the same
+    draws bit for bit."""
+    import onnxruntime as ort
+
+    from onnxforge.bayes import families
+    from onnxforge.bayes.peephole import simplify
+    from onnxforge.score.scorer import reseed
+
+    class Beta(torch.nn.Module):
+        def forward(self, mu, kappa):
+            return families.draw("beta", mu, {"kappa": kappa}, {})
+
+    model = _export(Beta().eval(), torch.full((3, 8), 0.5), torch.full((3, 8), 4.0))
+    reseed(model, 7)
+    before = model.SerializeToString()
+    removed = simplify(model)
+    reseed(model, 7)
+    assert removed >= 3
+    import onnx
+
+    onnx.checker.check_model(model, full_check=True)
+    feed = {"mu": np.linspace(0.05, 0.95, 500 * 8, dtype=np.float32).reshape(500, 8),
+            "kappa": np.full((500, 8), 3.0, np.float32)}
+    names = [i.name for i in model.graph.input]
+    feed = dict(zip(names, feed.values(), strict=True))
+    a = ort.InferenceSession(before, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    b = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_array_equal(a, b)
+    assert 0 <= a.min() and a.max() <= 1 and 0.4 < a.mean() < 0.6  # means 0.05 to 0.95

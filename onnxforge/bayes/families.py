@@ -77,6 +77,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 DEFAULT_PARAMS = {"sigma": "sigma", "nu": "nu", "alpha": "alpha", "n": None, "kappa": None, "psi": "psi"}
 ZERO_INFLATED = {"zero-inflated-poisson": "poisson", "zero-inflated-negative-binomial": "negative-binomial"}
 COUNT_TAIL = 2.0**-25  # the run-time count support leaves at most this mass above it (see the module doc)
+SQRT_HALF = math.sqrt(0.5)
 GAMMA_TRIES = 6  # Marsaglia-Tsang proposals per draw: all rejected with probability < 0.05**6 ≈ 2e-8
 
 
@@ -174,9 +175,11 @@ def draw(family: str, mu, p: dict, tables: dict):
         a = _tensor(p["alpha"])
         return mu / a * standard_gamma(a, mu)
     if family == "beta":  # both gammas in one sampler call: half the nodes of two
-        kappa = p["kappa"]
-        g = standard_gamma(torch.stack([mu * kappa, (1 - mu) * kappa]))
-        return g[0] / (g[0] + g[1])
+        # (a, b) = kappa · (mu, 1 - mu) as one broadcast along a new leading axis: 3 nodes, where stacking the
+        # two products takes 6
+        sign = torch.tensor([1.0, -1.0]).reshape(2, *[1] * mu.dim())
+        g = standard_gamma(p["kappa"] * (mu * sign + (1.0 - sign) / 2))
+        return g[0] / g.sum(0)
     k = tables["k"]  # float32 [K]
     if family == "binomial":
         n = p["n"] + 0 * mu
@@ -229,7 +232,7 @@ def _poisson_inverse_cdf(m, need, k, log_factorial):
     w = torch.stack([k, -torch.ones_like(k), -log_factorial])[:, :size]
     m1 = m.unsqueeze(-1)
     logpmf = torch.cat([torch.log(m1), m1, m1 / m1], -1) @ w  # m1 / m1: ones (m >= TINY) in one node
-    return _inverse_cdf(logpmf, torch.rand_like(m))
+    return _inverse_cdf(logpmf, torch.rand_like(m), k.shape[0])
 
 
 def _nb_inverse_cdf(m, a, need, k, log_nb_coef, log_factorial):
@@ -242,7 +245,7 @@ def _nb_inverse_cdf(m, a, need, k, log_nb_coef, log_factorial):
     k1 = torch.stack([k, torch.ones_like(k)])[:, :size]
     logpmf = (torch.stack([torch.log(m) - log_den, a * torch.log(a) - a * log_den + 0 * m], -1) @ k1
               + log_nb_coef[..., :size])
-    return _inverse_cdf(logpmf, torch.rand_like(m))
+    return _inverse_cdf(logpmf, torch.rand_like(m), k.shape[0])
 
 
 def _nb_need(m, a):
@@ -294,7 +297,7 @@ def _tensor(x):
     return x if isinstance(x, torch.Tensor) else torch.tensor(float(x))
 
 
-def _inverse_cdf(logpmf, u):
+def _inverse_cdf(logpmf, u, top: int | None = None):
     """The count k with cdf(k-1) <= u < cdf(k), i.e. the number of cdf values <= u. The cdf is a MatMul with an
     upper-triangular ones matrix: onnxruntime runs that ~2x faster than CumSum on a few hundred rows x tens of
     counts (a blocked two-MatMul cdf measured slower at these sizes: more nodes and a last-axis Gather)."""
@@ -302,63 +305,83 @@ def _inverse_cdf(logpmf, u):
 
     pmf = torch.exp(logpmf)
     n = pmf.shape[-1]
-    cdf = pmf @ torch.triu(torch.ones(n, n, dtype=pmf.dtype))
+    # a run-time n: the corner of a constant max_count square (one Slice; built at run time it is Concat, Expand
+    # and Trilu)
+    cdf = pmf @ torch.triu(torch.ones(top or n, top or n, dtype=pmf.dtype))[:n, :n]
     return (cdf <= u.unsqueeze(-1)).to(u.dtype).sum(-1)
 
 
 def standard_gamma(a, like=None):
     """Gamma(a, 1) draws of `like`'s shape (default a's; a broadcasts to it) from normals and uniforms only (ONNX
-    has no gamma sampler): Marsaglia & Tsang (2000), a < 1 by the boost Gamma(a+1) · U^(1/a). Every draw gets one
+    has no gamma sampler): Marsaglia & Tsang (2000); a batch with a shape below 1 takes the boost Gamma(a+1) ·
+    U^(1/a) for all its draws. Every draw gets one
     proposal; the few rejected (< 5 %) get GAMMA_TRIES - 1 more at once along a new leading axis, the first
     accepted one kept. So the random numbers made are about one normal and one uniform per draw, not GAMMA_TRIES,
     and the node count does not grow with GAMMA_TRIES. (Two proposals per draw up front, with the retries behind an
-    If, measured no faster at one row: the doubled generators and logs cost what the skipped retries save.) d and c
-    are computed on a before broadcasting: a posterior shape folds into initializers. Exact up to the chance that
-    every proposal is rejected (each is accepted with probability > 0.95 since a + boost >= 1, so < 0.05**6 < 2e-8);
+    If, measured no faster at one row: the doubled generators and logs cost what the skipped retries save.) d and
+    s = sqrt(4.5 d) are computed on a before broadcasting: a posterior shape folds into initializers (and its boost
+    If into one branch). Exact up to the chance that every proposal is rejected (each is accepted with probability
+    > 0.95 since the shape sampled is >= 1, so < 0.05**6 < 2e-8);
     such a draw is the first retry, or the mode d where that proposal is invalid (v <= 0)."""
     import torch
 
     like = a if like is None else like
-    boost = a < 1
-    a1 = torch.where(boost, a + 1.0, a)
-    d = a1 - 1.0 / 3.0
-    c = torch.rsqrt(9.0 * d)
-    ok, x = _mt_proposals(d, c, like)
-    out = _mt_retries(x, ~ok, d, c)
-    # the boost runs only when some shape is below 1 (an If: its uniforms and logs cost more than the test);
-    # U^(1/a) as exp(log(U)/a): onnxruntime's Pow is ~5x slower than Log + Div + Exp
-    return torch.cond(boost.any(), _boost, _first, (out, a))
+    # the boost runs only when some shape is below 1, the whole sampler in each branch of an If: the usual batch
+    # then computes no a + 1 and U^(1/a) (nor the test for each draw); the test as min(a) < 1 is two nodes
+    return torch.cond(a.min() < 1, _boosted, _marsaglia_tsang, (a, like))
 
 
-def _mt_retries(first, miss, d, c):
+def _boosted(a, like):
+    """Gamma(a) = Gamma(a + 1) · U^(1/a) for every a > 0; U^(1/a) as exp(log(U)/a): onnxruntime's Pow is ~5x
+    slower than Log + Div + Exp."""
+    import torch
+
+    out = _marsaglia_tsang(a + 1.0, like)
+    return out * torch.exp(torch.log(1.0 - torch.rand_like(out)) / a)  # 1 - U in (0, 1]
+
+
+def _marsaglia_tsang(a, like):
+    import torch
+
+    d = a - 1.0 / 3.0
+    s = torch.sqrt(4.5 * d)  # Marsaglia-Tsang's c = 1 / sqrt(9 d) over the sqrt(2) of z ~ N(0, 1/2)
+    ok, x = _mt_proposals(d, s, like)
+    return _mt_retries(x, ~ok, d, s)
+
+
+def _mt_retries(first, miss, d, s):
     """The draws whose proposal was rejected (flat indices, a run-time count): GAMMA_TRIES - 1 more proposals
     each, gathered (Gather, not GatherND), the first accepted kept (ArgMax returns the first maximum)."""
     import torch
 
-    rej = torch.nonzero(miss.reshape(-1)).squeeze(-1)
-    d2, c2 = (v.expand_as(first).reshape(-1).index_select(0, rej) for v in (d, c))
-    ok2, x2 = _mt_proposals(d2, c2, d2.expand(GAMMA_TRIES - 1, *d2.shape))
+    rej = torch.nonzero(miss.reshape(-1)).reshape(-1)
+    d2, s2 = (_take(v, first, rej) for v in (d, s))
+    # the retries' shape by a broadcasting Mul: one node, where expand() is Shape, Gather, Concat and Expand
+    ok2, x2 = _mt_proposals(d2, s2, d2 * torch.ones(GAMMA_TRIES - 1, 1))
     pick = torch.argmax(ok2.to(torch.int32), dim=0, keepdim=True)
     x2 = torch.gather(x2, 0, pick).squeeze(0)
     x2 = torch.where(x2 > 0, x2, d2)  # all rejected and the first retry invalid (NaN or <= 0): the mode
     return first.reshape(-1).scatter(0, rej, x2).reshape(first.shape)
 
 
-def _boost(out, a):
-    import torch
+def _take(v, like, flat):
+    """v (broadcastable to like) at like's flat indices. A v with at most one axis, the last (a posterior shape:
+    one per sample), is read at index mod its length: expanding it to like first costs four nodes more. (Only
+    then: a size computed from a symbolic batch dimension inside a torch.cond branch is traced wrong.)"""
+    n = like.shape[-1] if like.dim() else 1
+    if v.dim() <= 1 and isinstance(n, int) and v.numel() in (1, n):
+        return v.reshape(-1).index_select(0, flat % v.numel())
+    return v.expand_as(like).reshape(-1).index_select(0, flat)
 
-    u = 1.0 - torch.rand_like(out)  # (0, 1]
-    return torch.where(a < 1, out * torch.exp(torch.log(u) / a), out)
 
-
-def _mt_proposals(d, c, like):
+def _mt_proposals(d, s, like):
     """Marsaglia-Tsang proposals of like's shape: (accepted, d·v). A proposal with v <= 0 is rejected by the
     comparison itself (log v is NaN or -inf there, and no comparison with NaN holds), so it needs no mask; its d·v
     is never kept. u is in [0, 1): at u = 0, log u = -inf accepts, as the test u < exp(...) does."""
     import torch
 
-    z = torch.randn_like(like)
-    t = 1.0 + c * z
+    z = torch.randn_like(like) * SQRT_HALF  # N(0, 1/2): 0.5 z² is z·z (the export folds the Mul into the generator)
+    t = 1.0 + z / s
     v = t * t * t  # not ** 3: Pow runs several times slower than Mul in onnxruntime
-    ok = torch.log(torch.rand_like(like)) < 0.5 * z * z + d * (1.0 - v + torch.log(v))
+    ok = torch.log(torch.rand_like(like)) < z * z + d * (1.0 - v + torch.log(v))
     return ok, d * v

@@ -235,6 +235,9 @@ def export_onnx(pred, opset: int, seed: int | None):
     from onnxforge.frontends._export import strip_provenance
 
     model = onnxscript.optimizer.optimize(prog.model_proto)
+    from onnxforge.bayes.peephole import simplify
+
+    simplify(model)
     strip_provenance(model)  # stack traces name this machine's paths
     add_encoders(model, pred)
     if seed is not None:
