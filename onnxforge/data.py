@@ -74,6 +74,16 @@ def cast(arr: np.ndarray, dtype: str, name: str, source=None, keys=None, offset:
 def _not_utf8(arr: np.ndarray, name: str, keys, source, offset: int) -> None:
     """Bytes cells (a parquet binary column, a numpy `S` array) are decoded as UTF-8 text; refuse those that are
     not, naming the column and the row (scored as some other text they would be no level the model knows)."""
+    cells = np.asarray(arr, dtype=object)
+    bad = _undecodable(cells)
+    at, where, rows = _first_bad(bad, keys if keys is not None else name, name, offset)
+    value = cells.reshape(len(bad), -1)[at] if bad.ndim else cells.item()
+    raise UserError(f"{_where(source)}{where} holds bytes that are not UTF-8 text ({value[:20]!r}) at {rows} — "
+                    "store the text as UTF-8 (a parquet string column, a numpy str array)")
+
+
+def _undecodable(cells: np.ndarray) -> np.ndarray:
+    """Which cells are bytes that are not UTF-8 text (True) — str, None and numbers are not."""
     def bad_cell(v):
         try:
             v.decode("utf-8") if isinstance(v, bytes) else None
@@ -81,12 +91,7 @@ def _not_utf8(arr: np.ndarray, name: str, keys, source, offset: int) -> None:
             return True
         return False
 
-    cells = np.asarray(arr, dtype=object)
-    bad = np.frompyfunc(bad_cell, 1, 1)(cells).astype(bool)
-    at, where, rows = _first_bad(bad, keys if keys is not None else name, name, offset)
-    value = cells.reshape(len(bad), -1)[at] if bad.ndim else cells.item()
-    raise UserError(f"{_where(source)}{where} holds bytes that are not UTF-8 text ({value[:20]!r}) at {rows} — "
-                    "store the text as UTF-8 (a parquet string column, a numpy str array)")
+    return np.asarray(np.frompyfunc(bad_cell, 1, 1)(np.asarray(cells, dtype=object)), dtype=bool)
 
 
 def _fit_rank(arr: np.ndarray, shape: list, name: str, source=None, columns=None, hint=None,
@@ -561,16 +566,17 @@ LABELS_FIX = "give one label per data row (a number or a string) in the data.lab
 def check_labels(labels, rows: int | None = None, *, key: str | None = None, source=None) -> np.ndarray:
     """The one check of ground-truth labels/targets, for every caller (the pipeline's labels, report, quantize
     budgets, task metrics): `rows` labels (the data's row count) when given, one value per row, finite numbers or
-    strings. Returns them as a 1-D array. Why: labels shorter than the data broadcast into numpy errors, an empty
-    or zero-width column reshapes into nothing, and a NaN target turns MAE/RMSE/R² into NaN silently."""
+    strings. Returns them as a 1-D array; bytes (a numpy `S` array, a parquet binary column) decoded as UTF-8 text,
+    as inputs are. Why: labels shorter than the data broadcast into numpy errors, an empty or zero-width column
+    reshapes into nothing, a NaN target turns MAE/RMSE/R² into NaN silently, and b'café' is no class 'café'."""
     what = f"{_where(source)}labels '{key}'" if key else f"{_where(source)}the labels"
     y = np.asarray(labels)
     if y.ndim == 0:
         raise UserError(f"{what} hold one value (shape []), not one per row — {LABELS_FIX}")
     if y.dtype.kind not in "biufUSO":
         raise UserError(f"{what} hold {y.dtype} values — {LABELS_FIX}")
-    if y.dtype == object and not all(isinstance(v, str) for v in y.flat):
-        kinds = sorted({type(v).__name__ for v in y.flat if not isinstance(v, str)})
+    if y.dtype == object and not all(isinstance(v, str | bytes) or v is None for v in y.flat):
+        kinds = sorted({type(v).__name__ for v in y.flat if not isinstance(v, str | bytes) and v is not None})
         raise UserError(f"{what} hold {', '.join(kinds)} values — {LABELS_FIX}")
     if len(y) == 0:
         raise UserError(f"{what} hold no rows{f' (the data has {rows})' if rows else ''} — {LABELS_FIX}")
@@ -579,6 +585,8 @@ def check_labels(labels, rows: int | None = None, *, key: str | None = None, sou
     y = y.reshape(len(y))
     if rows is not None and len(y) != rows:
         raise UserError(f"{what} hold {len(y)} rows but the data has {rows} — {LABELS_FIX}")
+    if y.dtype.kind == "S" or y.dtype == object:
+        y = _text_labels(y, what)
     if y.dtype.kind == "f":
         bad = ~np.isfinite(y)
         if bad.any():
@@ -589,15 +597,70 @@ def check_labels(labels, rows: int | None = None, *, key: str | None = None, sou
     return y
 
 
+def _text_labels(y: np.ndarray, what: str) -> np.ndarray:
+    """Text labels as an object array of str: bytes decoded as UTF-8 (the inputs' as_str_objects); bytes that are
+    not UTF-8 and missing cells (None: an empty CSV cell, a parquet null) refused, naming the first row."""
+    try:
+        out = as_str_objects(y)
+    except UnicodeDecodeError:
+        at = np.flatnonzero(_undecodable(y))
+        more = f" and {len(at) - 1} more" if len(at) > 1 else ""
+        raise UserError(f"{what} hold bytes that are not UTF-8 text ({y[at[0]][:20]!r}) at row {at[0]}{more} — "
+                        "store the labels as UTF-8 text (a numpy str array, a parquet string column)") from None
+    at = np.flatnonzero(np.frompyfunc(lambda v: v is None, 1, 1)(out).astype(bool))
+    if len(at):
+        more = f" and {len(at) - 1} more" if len(at) > 1 else ""
+        raise UserError(f"{what} hold a missing value (empty cell or null) at row {at[0]}{more} — drop those rows "
+                        "or fill the labels column (data.labels / --labels)")
+    return out
+
+
+def label_column(table, key: str) -> np.ndarray:
+    """Column `key` of a data table as labels. A CSV types no cell: the column is read as written (Table.load's
+    text reading, as a text input's), so a class "007" or "02139" is not the number 7 or 2139, whose text is no
+    class the model knows. Where every cell spells its number exactly ("3", "0.5"), the numbers are given, as the
+    file always gave them (a finetune hook, a regression target); task metrics compare a text label with a number
+    class as a number."""
+    if getattr(table, "typed", True):
+        return np.asarray(table[key])
+    table.load([key], text=[key])
+    y = np.asarray(table[key])
+    return _spelled_numbers(y) if y.dtype == object and y.ndim == 1 else y
+
+
+def _spelled_numbers(y: np.ndarray) -> np.ndarray:
+    """`y` (text cells) as int64 or float64 when each cell is its number's own spelling ("7", "0.5", "nan" — not
+    "007", "1e3", " 7"); else `y` as written."""
+    cells = y.tolist()
+    if not all(isinstance(v, str) for v in cells):
+        return y  # a missing cell: check_labels names it
+    try:
+        ints = [int(v) for v in cells]
+        if [str(n) for n in ints] == cells:
+            return np.asarray(ints, dtype=np.int64)
+    except (ValueError, OverflowError):
+        pass
+    nums = []
+    for v in cells:
+        try:
+            n = float(v)
+        except ValueError:
+            return y
+        if repr(n) != v and not (v.lstrip("-").isdigit() and str(int(v)) == v and abs(n) < 2**53):
+            return y  # (an int beside fractions is a float, as pandas reads it, where float64 holds it exactly)
+        nums.append(n)
+    return np.asarray(nums, dtype=np.float64)
+
+
 def read_labels(path, key: str, rows: int | None = None, *, specs=None) -> np.ndarray:
-    """Labels column `key` of data file `path` (its first `rows` rows), checked by check_labels; against the row
-    count of the inputs `specs` read from the same file when given (else task metrics check the count against the
-    predictions, without naming the file)."""
+    """Labels column `key` of data file `path` (its first `rows` rows, see label_column), checked by check_labels;
+    against the row count of the inputs `specs` read from the same file when given (else task metrics check the
+    count against the predictions, without naming the file)."""
     table = load_table(path)
     if key not in table:
         raise UserError(f"data.labels: no '{key}' in {path} — available: {', '.join(sorted(table))[:200]}; set "
                         "data.labels / --labels to one of them")
-    y = np.asarray(table[key])
+    y = label_column(table, key)
     n = None
     if specs:
         first = np.asarray(table[input_keys(specs, list(table), path)[0]])

@@ -71,6 +71,20 @@ def _numeric_labels(y: np.ndarray, name: str) -> np.ndarray:
                         "number (regression) — give numeric targets in the data.labels / --labels column") from None
 
 
+def _same_class(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per row, whether the predicted class is the label. A number class (an int64 label output, an argmax) is
+    compared as a number, so a label 1, 1.0, "1" or "001" is class 1; a text class as text, as written: "007" is
+    not "7" (data.label_column keeps a CSV's spelling)."""
+    if pred.dtype.kind in "iu":
+        try:
+            y = labels if labels.dtype.kind in "biuf" else np.asarray(labels, dtype=np.float64)
+        except (TypeError, ValueError):  # text that is no number: no number class can be it
+            y = None
+        if y is not None:
+            return pred == y
+    return pred.astype(str) == labels.astype(str)
+
+
 def _is_number(v) -> bool:
     try:
         float(v)
@@ -88,7 +102,7 @@ def task_metrics(outputs: dict[str, np.ndarray], labels: np.ndarray | None = Non
     m: dict = {"prediction_output": name, "task": "classification" if kind_ == "class" else "regression"}
     if kind_ == "class":
         if labels is not None:
-            m["accuracy"] = float(np.mean(pred.astype(str) == labels.astype(str)))
+            m["accuracy"] = float(np.mean(_same_class(pred, labels)))
         if reference is not None:
             _, rp, _ = prediction(reference, name, kind)
             m["top1_agreement"] = float(np.mean(pred.astype(str) == rp.astype(str)))

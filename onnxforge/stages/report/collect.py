@@ -207,7 +207,7 @@ def _eval_data(src: Sources, data: Path | None, first_model, max_rows: int | Non
     rows = d.n_rows(feeds) if not max_rows else min(d.n_rows(feeds), max_rows)
     labels = None
     if key is not None:
-        y, limit = np.asarray(table[key]), cfg.data.rows if cfg is not None else None
+        y, limit = d.label_column(table, key), cfg.data.rows if cfg is not None else None
         try:  # the same check as every stage's labels: one finite value or string per data row
             labels = d.check_labels(y[:limit] if limit and y.ndim else y, d.n_rows(feeds), key=key,
                                     source=path)[:rows]
