@@ -200,3 +200,42 @@ def test_peephole_drops_nodes_and_keeps_every_draw():
     b = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
     np.testing.assert_array_equal(a, b)
     assert 0 <= a.min() and a.max() <= 1 and 0.4 < a.mean() < 0.6  # means 0.05 to 0.95
+
+
+def test_peephole_pads_a_constant_column_and_drops_a_view_chain():
+    """A reference-category column (Concat of Expand(0), the logits and Expand(1), as the lowering of
+    pt.concatenate emits it) becomes Pads, and a (rows, 1, S) view of a (rows, S) MatMul squeezed back becomes the
+    MatMul: same outputs bit for bit at several batch sizes, 8 nodes fewer, checker-clean."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    from onnxforge.bayes.peephole import simplify
+
+    w = np.random.default_rng(0).normal(size=(2, 6)).astype(np.float32)
+    inits = [nh.from_array(w, "w"), nh.from_array(np.asarray([-1, 1, 6], np.int64), "view"),
+             nh.from_array(np.asarray([1], np.int64), "one"), nh.from_array(np.asarray([6], np.int64), "six"),
+             nh.from_array(np.zeros((1, 1), np.float32), "zero"), nh.from_array(np.ones((1, 1), np.float32), "ones")]
+    nodes = [h.make_node("MatMul", ["X", "w"], ["mm"]), h.make_node("Reshape", ["mm", "view"], ["v"]),
+             h.make_node("Squeeze", ["v", "one"], ["eta"]),
+             h.make_node("Shape", ["X"], ["rows"], start=0, end=1),
+             h.make_node("Concat", ["rows", "one"], ["col"], axis=0),
+             h.make_node("Expand", ["zero", "col"], ["z"]), h.make_node("Expand", ["ones", "col"], ["o"]),
+             h.make_node("Concat", ["z", "eta", "o"], ["cat"], axis=1), h.make_node("Sigmoid", ["cat"], ["Y"])]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("X", T.FLOAT, ["batch", 2])],
+                     [h.make_tensor_value_info("Y", T.FLOAT, ["batch", 8])], inits,
+                     # the shapes torch's exporter records (onnx's own inference cannot name a -1 or an Expand)
+                     value_info=[h.make_tensor_value_info(n, T.FLOAT, s) for n, s in (
+                         ("v", ["batch", 1, 6]), ("eta", ["batch", 6]), ("z", ["batch", 1]), ("o", ["batch", 1]))])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 18)])
+    before = model.SerializeToString()
+    simplify(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Pad", "Pad", "Sigmoid"]
+    a = ort.InferenceSession(before, providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for rows in (1, 5):
+        x = np.random.default_rng(rows).normal(size=(rows, 2)).astype(np.float32)
+        np.testing.assert_array_equal(a.run(None, {"X": x})[0], b.run(None, {"X": x})[0])

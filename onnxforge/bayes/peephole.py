@@ -5,12 +5,18 @@ few hundred floats), so each node dropped is time saved. Every rule keeps the co
   (the generator already multiplies by `scale`);
 - a Transpose of a tensor with one non-unit dimension, read only by Reshape(·, [-1]), is dropped (the order of its
   elements does not change: NonZero of a flat mask is (1, n), torch's nonzero transposes it to (n, 1));
-- Reshape(x, [-1]) of an x that is already 1-D (by onnx shape inference) is x.
+- Reshape(x, [-1]) of an x that is already 1-D (by onnx shape inference) is x;
+- a chain of Reshape/Squeeze/Unsqueeze/Flatten/Identity that ends in its start's shape (by onnx shape inference,
+  symbolic dimensions by name) is its start: element order never changes along such a chain (the lowering's
+  (rows, 1, S) view of a (rows, S) MatMul squeezed back, two nodes in every GLM).
 """
+
 
 from __future__ import annotations
 
 import numpy as np
+
+SHAPE_ONLY = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
 
 
 def simplify(model) -> int:
@@ -33,7 +39,7 @@ def _ranks(graph) -> dict[str, list]:
     for vi in [*graph.value_info, *graph.input, *graph.output]:
         t = vi.type.tensor_type
         if t.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
     return out
 
 
@@ -66,10 +72,22 @@ def _pass(graph, dims: dict, consts: dict) -> int:
             users.setdefault(i, []).append(n)
     kept = {o.name for o in graph.output} | _subgraph_reads(graph)
 
+    def shape_only(node) -> bool:
+        """A node that only relabels its input's shape; a Gather of index 0 along a length-1 axis 0 is a Squeeze
+        (torch's .item() of a size: Reshape [-1], Gather 0, Reshape [1])."""
+        if node.op_type in SHAPE_ONLY:
+            return True
+        if node.op_type != "Gather" or any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            return False
+        index = consts.get(node.input[1])
+        return index is not None and index.ndim == 0 and int(index) in (0, -1) and (
+            dims.get(node.input[0]) or [None])[0] == 1
+
     def flat(node) -> bool:
         shape = consts.get(node.input[1]) if len(node.input) > 1 else None
         return node.op_type == "Reshape" and shape is not None and shape.tolist() == [-1]
 
+    made = {o: n for n in graph.node for o in n.output}
     for n in list(graph.node):
         out = n.output[0] if n.output else None
         if out is None or out in kept:
@@ -93,7 +111,82 @@ def _pass(graph, dims: dict, consts: dict) -> int:
         if flat(n) and len(dims.get(n.input[0]) or [0, 0]) == 1:
             _alias(graph, n.input[0], out, n)
             return 1
+        if n.op_type == "Concat" and _to_pad(graph, n, dims, consts, made):
+            _drop_dead(graph, kept)
+            return 1
+        want = dims.get(out)
+        if shape_only(n) and want is not None and None not in want:
+            start = n.input[0]
+            while True:
+                if dims.get(start) == want:
+                    _alias(graph, start, out, n)
+                    _drop_dead(graph, kept)
+                    return 1
+                p = made.get(start)
+                if p is None or not shape_only(p):
+                    break
+                start = p.input[0]
     return 0
+
+
+def _to_pad(graph, concat, dims: dict, consts: dict, made: dict) -> bool:
+    """Concat(fill, x[, fill]) → Pad(x) where each fill is a constant of one value broadcast by Expand/Unsqueeze/
+    Reshape (PyTensor's concatenate([zeros((n, 1)), eta]) of a reference category: Shape, Concat, Expand,
+    Unsqueeze, Concat, Expand at run time, then the Concat — one Pad)."""
+    from onnx import helper, numpy_helper
+
+    def fill(name):
+        while name not in consts:
+            p = made.get(name)
+            if p is None or p.op_type not in ("Expand", *SHAPE_ONLY):
+                return None
+            name = p.input[0]
+        v = consts[name]
+        return v.reshape(-1)[0] if v.size and np.all(v == v.reshape(-1)[0]) else None
+
+    rank = len(dims.get(concat.output[0]) or [])
+    axis = next((a.i for a in concat.attribute if a.name == "axis"), 0) % max(rank, 1)
+    parts = [(i, fill(i)) for i in concat.input]
+    loose = [k for k, (_, f) in enumerate(parts) if f is None]
+    if not rank or len(loose) != 1 or len(parts) < 2:
+        return False
+    k = loose[0]
+    side = [(dims.get(i) or [None] * rank)[axis] for i, _ in parts]
+    if not all(isinstance(z, int) for j, z in enumerate(side) if j != k):
+        return False
+    sides = [(parts[:k], 0), (parts[k + 1:], rank)]  # one Pad per side; one for both where the values agree
+    if any(len({float(f) for _, f in ps}) > 1 for ps, _ in sides):
+        return False
+    if all(ps for ps, _ in sides) and float(parts[0][1]) == float(parts[-1][1]):
+        sides = [(parts[:k] + parts[k + 1:], None)]
+    out, x = concat.output[0], parts[k][0]
+    at = list(graph.node).index(concat)
+    graph.node.remove(concat)
+    for j, (ps, offset) in enumerate(s for s in sides if s[0]):
+        pads = np.zeros(2 * rank, np.int64)
+        if offset is None:
+            pads[axis], pads[rank + axis] = sum(side[:k]), sum(side[k + 1:])
+        else:
+            pads[offset + axis] = sum(side[:k]) if offset == 0 else sum(side[k + 1:])
+        name = f"{out}__pad{j}"
+        graph.initializer.extend([numpy_helper.from_array(pads, f"{name}_pads"),
+                                  numpy_helper.from_array(np.asarray(ps[0][1]), f"{name}_fill")])
+        last = j == sum(1 for s in sides if s[0]) - 1
+        graph.node.insert(at + j, helper.make_node("Pad", [x, f"{name}_pads", f"{name}_fill"],
+                                                   [out if last else name], name=name, mode="constant"))
+        x = name
+    return True
+
+
+def _drop_dead(graph, kept: set[str]) -> None:
+    """Nodes nothing reads any more (the start of a chain that was aliased away, a Pad's former fill)."""
+    while True:
+        read = {i for n in graph.node for i in n.input} | kept
+        dead = [n for n in graph.node if not any(o in read for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            graph.node.remove(n)
 
 
 def _one_long(shape) -> bool:
