@@ -85,6 +85,25 @@ def _same_class(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return pred.astype(str) == labels.astype(str)
 
 
+def _check_label_kinds(pred: np.ndarray, labels: np.ndarray, name: str) -> None:
+    """Number labels against text classes that spell a label's number otherwise (the label 7, the class "007"; the
+    label 1.0, the class "1"): compared as text they never match, an accuracy that only says the labels lost their
+    spelling (an npz of ints, a CSV written from floats) — refused, not scored. Labels that are no class at all are
+    left alone (a class the model never predicts)."""
+    if pred.dtype.kind not in "USO" or labels.dtype.kind not in "biuf":
+        return
+    classes = set(pred.astype(str).tolist())
+    by_value = {float(c): c for c in classes if _is_number(c)}
+    for v in np.unique(labels).tolist():
+        if str(v) not in classes and float(v) in by_value:
+            from onnxforge.errors import UserError
+
+            raise UserError(f"the labels are numbers and the model's output '{name}' predicts text classes: the "
+                            f"label {v!r} is the class {by_value[float(v)]!r} only by value, and text compares as "
+                            "written — give the labels as the classes' text (a numpy str array, a CSV column as "
+                            "written)")
+
+
 def _is_number(v) -> bool:
     try:
         float(v)
@@ -102,6 +121,7 @@ def task_metrics(outputs: dict[str, np.ndarray], labels: np.ndarray | None = Non
     m: dict = {"prediction_output": name, "task": "classification" if kind_ == "class" else "regression"}
     if kind_ == "class":
         if labels is not None:
+            _check_label_kinds(pred, labels, name)
             m["accuracy"] = float(np.mean(_same_class(pred, labels)))
         if reference is not None:
             _, rp, _ = prediction(reference, name, kind)

@@ -151,3 +151,16 @@ def test_report_scores_csv_class_codes_as_written(work, monkeypatch):
                        config=_config(tmp, "codes", "d.csv", "code"))
     found = re.findall(r'"accuracy": ([0-9.]+)', (tmp / "rep" / "report.json").read_text())
     assert found and all(float(a) == pytest.approx(score["codes"]) for a in found), (found, rep.keys())
+
+
+def test_number_labels_for_text_classes_are_refused(work, monkeypatch):
+    """An npz whose labels lost their spelling (ints 7, 10, 100 for the classes "007", "010", "100") scored 0.33
+    silently (only 100 matched as text); now exit 2 naming a label, its class and the fix."""
+    tmp, _ = work
+    monkeypatch.chdir(tmp)
+    with np.load(tmp / "d.npz") as z:
+        x = z["X"]
+    y = pd.read_csv(tmp / "d.csv", dtype={"code": str})["code"].to_numpy()
+    np.savez(tmp / "ints.npz", X=x, code=y.astype(np.int64))
+    with pytest.raises(UserError, match=r"the label 7 is the class .007. only by value"):
+        _accuracy(tmp, "codes", "ints.npz", "code")
