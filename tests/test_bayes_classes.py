@@ -268,6 +268,9 @@ def test_gamma_sampler_is_exact_at_small_and_large_shapes():
         prog = torch.onnx.export(G(), (a,), dynamo=True, opset_version=18, input_names=["a"], optimize=False)
     model = prog.model_proto
     assert "If" in [n.op_type for n in model.graph.node]  # the boost runs only where a shape is below 1
+    from onnxforge.score.scorer import reseed
+
+    reseed(model, 0)  # fixed p-values: no 1-in-1000 failure of a correct sampler
     sess = ort.InferenceSession(model.SerializeToString())
     for shape in (0.3, 1.0, 7.0):
         x = sess.run(None, {"a": np.full(20000, shape, np.float32)})[0]
