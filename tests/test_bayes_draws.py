@@ -247,3 +247,27 @@ def test_peephole_pads_a_constant_column_and_drops_a_view_chain():
     for rows in (1, 5):
         x = np.random.default_rng(rows).normal(size=(rows, 2)).astype(np.float32)
         np.testing.assert_array_equal(a.run(None, {"X": x})[0], b.run(None, {"X": x})[0])
+
+
+def test_peephole_folds_only_a_positive_factor_into_a_normal():
+    """RandomNormalLike · 0.5 becomes scale 0.5; · -2 stays a Mul (a negative standard deviation is undefined in
+    the generator)."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    from onnxforge.bayes.peephole import simplify
+
+    def graph(k: float):
+        g = h.make_graph([h.make_node("RandomNormalLike", ["X"], ["z"], seed=1.0), h.make_node("Mul", ["z", "k"], ["Y"])],
+                         "g", [h.make_tensor_value_info("X", T.FLOAT, ["batch", 4])],
+                         [h.make_tensor_value_info("Y", T.FLOAT, ["batch", 4])],
+                         [nh.from_array(np.asarray(k, np.float32), "k")])
+        model = h.make_model(g, opset_imports=[h.make_opsetid("", 18)])
+        simplify(model)
+        return model
+
+    folded, kept = graph(0.5), graph(-2.0)
+    assert [n.op_type for n in folded.graph.node] == ["RandomNormalLike"]
+    assert [a.f for a in folded.graph.node[0].attribute if a.name == "scale"] == [0.5]
+    assert [n.op_type for n in kept.graph.node] == ["RandomNormalLike", "Mul"]

@@ -1,16 +1,19 @@
 """Node-level cleanups of an exported predictive graph that neither the torch exporter nor onnxscript's optimizer
 makes. At one row onnxruntime spends most of a call in per-node overhead (~0.4-0.8 µs each, more than the math on a
 few hundred floats), so each node dropped is time saved. Every rule keeps the computed values bit-identical:
-- a RandomNormalLike whose only consumer multiplies it by a constant number takes that number as its `scale`
-  (the generator already multiplies by `scale`);
+- a RandomNormalLike whose only consumer multiplies it by a constant positive number takes that number into its
+  `scale` and `mean` (the generator already computes mean + scale·z; a scale must stay positive);
 - a Transpose of a tensor with one non-unit dimension, read only by Reshape(·, [-1]), is dropped (the order of its
   elements does not change: NonZero of a flat mask is (1, n), torch's nonzero transposes it to (n, 1));
 - Reshape(x, [-1]) of an x that is already 1-D (by onnx shape inference) is x;
 - a chain of Reshape/Squeeze/Unsqueeze/Flatten/Identity that ends in its start's shape (by onnx shape inference,
   symbolic dimensions by name) is its start: element order never changes along such a chain (the lowering's
-  (rows, 1, S) view of a (rows, S) MatMul squeezed back, two nodes in every GLM).
+  (rows, 1, S) view of a (rows, S) MatMul squeezed back, two nodes in every GLM); a Gather of index 0 along a
+  length-1 axis 0 counts as such a view (torch's .item() of a run-time size);
+- Concat of one tensor with constant fills (a constant of one value broadcast by Expand/Unsqueeze/Reshape) is one
+  Pad per side, or one Pad where both sides fill with the same value.
+Nodes nothing reads any more are then dropped, and so are initializers nothing reads.
 """
-
 
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ def simplify(model) -> int:
 
 
 def _ranks(graph) -> dict[str, list]:
-    """name → dims (an int, or None where unknown) of every tensor shape inference typed."""
+    """name → dims (an int, a symbolic dimension's name, or None where unknown) of every typed tensor."""
     out = {}
     for vi in [*graph.value_info, *graph.input, *graph.output]:
         t = vi.type.tensor_type
@@ -96,7 +99,7 @@ def _pass(graph, dims: dict, consts: dict) -> int:
             mul = users[out][0]
             other = [i for i in mul.input if i != out]
             k = consts.get(other[0]) if mul.op_type == "Mul" and len(other) == 1 else None
-            if k is not None and k.size == 1 and k.ndim == 0:
+            if k is not None and k.size == 1 and k.ndim == 0 and float(k) > 0:
                 attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
                 for name, default in (("scale", 1.0), ("mean", 0.0)):
                     value = float(np.float32(attrs.get(name, default)) * np.float32(k))
