@@ -216,17 +216,10 @@ def _alias(graph, keep: str, drop: str, node) -> None:
 
 def _subgraph_reads(graph) -> set[str]:
     """Names read inside If/Loop/Scan bodies (outer-scope reads): left alone."""
-    from onnx import AttributeProto
+    from onnxforge.summary import all_nodes
 
-    names: set[str] = set()
-    for n in graph.node:
-        for a in n.attribute:
-            subs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)
-            for g in subs:
-                for m in g.node:
-                    names.update(m.input)
-                names |= _subgraph_reads(g)
-    return names
+    bodies = [g for n in graph.node for a in n.attribute for g in ([a.g] if a.HasField("g") else [*a.graphs])]
+    return {i for g in bodies for m in all_nodes(g) for i in m.input}
 
 
 def _drop_unread(graph) -> None:
