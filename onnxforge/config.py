@@ -257,6 +257,21 @@ class _NoAliasLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_mapping(self, node, deep=False):
+        # YAML keeps the last of two equal keys without a word: a second `validate:` (or `name:`) would silently
+        # drop the first one's options
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}, also on line {seen[key]}", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
 
 def safe_yaml(text: str) -> Any:
     """YAML → Python with no tags that construct objects and no aliases."""
@@ -281,7 +296,9 @@ def read_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         fix = ("write the values out instead of *aliases" if "aliases" in str(e) else
-               "flatten it: a pipeline config needs a few levels" if "nested deeper" in str(e) else "fix the syntax")
+               "flatten it: a pipeline config needs a few levels" if "nested deeper" in str(e) else
+               "keep one of them: YAML would silently use only the last" if "duplicate key" in str(e) else
+               "fix the syntax")
         raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', None) or one_line(e)}) — {fix}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: the config must be a YAML mapping — write it as key: value lines (name:, source:, "

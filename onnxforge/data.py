@@ -258,14 +258,18 @@ def with_columns(specs, mapping: Mapping[str, list[str]], flag: str = "--columns
 
 
 def parse_columns(items: list[str] | None, flag: str = "--columns") -> dict[str, list[str]]:
-    """'NAME=c1,c2,...' flags → {NAME: [c1, c2, ...]}."""
+    """'NAME=c1,c2,...' flags → {NAME: [c1, c2, ...]}. The list is read as a CSV line, so a column whose name
+    holds a comma is written in double quotes, as a CSV header writes it: NAME="a,b",c."""
+    import csv
+
     out: dict[str, list[str]] = {}
     for item in items or []:
         name, sep, cols = item.partition("=")
-        listed = [c.strip() for c in cols.split(",")]
-        if not sep or not name.strip() or not all(listed):
-            raise UserError(f"{flag} '{item}': write INPUT=COL1,COL2,... (an input name, '=', table columns "
-                            "separated by commas)")
+        listed = [c.strip() for c in next(csv.reader([cols.strip()], skipinitialspace=True), [""])]
+        listed = [] if cols.count('"') % 2 else listed  # an unclosed quote would swallow the rest silently
+        if not sep or not name.strip() or not listed or not all(listed):
+            raise UserError(f"{flag} '{item}' is not INPUT=COL1,COL2,... — write an input name, '=', then table "
+                            "columns separated by commas (a name holding a comma in double quotes: INPUT=\"a,b\",c)")
         if name.strip() in out:
             raise UserError(f"{flag} {name.strip()}=... is given twice — give each input once")
         out[name.strip()] = listed

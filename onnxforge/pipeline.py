@@ -147,10 +147,29 @@ def preflight(cfg) -> None:
     if order and order[0] != "convert" and cfg.source.framework != "onnx":
         raise UserError(f"stages: {order[0]} needs a model, and only convert makes one from a "
                         f"{cfg.source.framework} source — list convert: {{}} first")
+    if "convert" in order and order[0] != "convert":
+        # convert makes the model from the source: every model-producing stage listed before it would be thrown
+        # away (an ONNX source's quantize, then convert, shipped the float model and validated float against float)
+        raise UserError(f"stages: convert is listed after {order[0]}, but it starts the pipeline from the source "
+                        f"(what {order[0]} did would be discarded) — move convert: to the top of stages")
     frontend(cfg.source.framework).preflight(cfg)
     for label, p in (("data.path", cfg.data.path), ("data.calibration", cfg.data.calibration)):
         if p is not None and not Path(p).is_file():
             raise UserError(f"{label}: {p} not found — check the path (relative to the YAML file)")
+
+
+def check_run_folder(run_path: Path) -> None:
+    """Before anything is created: the run folder and the folders above it are folders, or do not exist yet — a
+    file there, or a symlink leading nowhere (dangling, a loop), ended in an internal error from mkdir."""
+    for p in (run_path, *run_path.parents):
+        if p.is_symlink() and not p.exists():
+            raise UserError(f"{p} is a symbolic link that leads nowhere (dangling, or a loop) — remove it, or choose "
+                            "another run_dir (or --run-dir)")
+        if p.exists():
+            if not p.is_dir():
+                what = "the run folder" if p == run_path else f"where the run folder {run_path} needs a folder"
+                raise UserError(f"{p} is a file, {what} — move the file, or choose another run_dir (or --run-dir)")
+            return
 
 
 def first_new_folder(path: Path) -> Path | None:
@@ -242,8 +261,14 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
                 if locks.enabled else {})
     if locks.enabled:  # --locked refuses here, before anything is created, if a decision would be measured
         locks.precheck([locks.key(cfg, n, getattr(cfg.stages, n), None, up) for n, up in upstream.items()])
+    check_run_folder(run_path)
     created = first_new_folder(run_path)  # a refused run leaves no folder behind
-    run_path.mkdir(parents=True, exist_ok=True)
+    try:
+        run_path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # read-only or full file system, no permission
+        remove_created(run_path, created, own=True)
+        raise UserError(f"cannot create the run folder {run_path} ({e.strerror or type(e).__name__}) — choose a "
+                        "writable run_dir (or --run-dir)") from None
     mpath = run_path / MANIFEST
     old = {}
     if mpath.is_file() and not force:
