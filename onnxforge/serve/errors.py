@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from onnxforge.errors import UserError, one_line
@@ -29,17 +29,23 @@ async def read_body(request: Request, cap: int) -> bytes:
         raise HTTPError(413, f"the body is {int(size)} bytes, over the server's cap of {cap} — split the request, "
                              "or start the server with a larger --max-body-bytes")
     chunks, got = [], 0
-    async for chunk in request.stream():
-        got += len(chunk)
-        if got > cap:
-            raise HTTPError(413, f"the body is over the server's cap of {cap} bytes — split the request, or start "
-                                 "the server with a larger --max-body-bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            got += len(chunk)
+            if got > cap:
+                raise HTTPError(413, f"the body is over the server's cap of {cap} bytes — split the request, or "
+                                     "start the server with a larger --max-body-bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # a truncated body: the client's doing, not a bug (no 500, no traceback in the log)
+        raise HTTPError(400, f"the client closed the connection after {got} bytes of the body — send the whole "
+                             "body (its Content-Length bytes)") from None
     return b"".join(chunks)
 
 
 def _answer(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": one_line(message)[:2000]}, status_code=status, headers=headers)
+    # a lone surrogate echoed from the client (JSON "\\ud800" in a name) cannot be encoded as UTF-8: escape it
+    text = one_line(message)[:2000].encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"error": text}, status_code=status, headers=headers)
 
 
 async def on_http_error(request: Request, exc: HTTPError) -> JSONResponse:

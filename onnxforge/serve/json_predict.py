@@ -21,6 +21,9 @@ async def predict(request: Request) -> Response:
     body = await read_body(request, srv.options.max_body_bytes)
     try:
         doc = json.loads(body)
+    except RecursionError:  # nesting deeper than Python's stack: a client's body, not a bug
+        raise HTTPError(400, "the request body nests arrays or objects too deeply to parse — send a list of "
+                             'records [{"column": value, ...}]') from None
     except (ValueError, UnicodeDecodeError) as e:
         raise HTTPError(400, f"the request body is not JSON ({type(e).__name__}) — send a list of records "
                              '[{"column": value, ...}] or {"records": [...], "seed": 7}') from None

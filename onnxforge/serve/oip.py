@@ -62,6 +62,7 @@ async def infer(request: Request) -> Response:
     req = _json(head)
     feeds, wanted, binary_out = decode(req, binary, m)
     arrays, rows = m.check_tensors(feeds)
+    m.check_values(arrays)  # NaN policy and text as /predict checks them
     outs = await srv.runner(m).infer(arrays, rows)
     return encode(req, m, outs, wanted, binary_out)
 
@@ -69,6 +70,9 @@ async def infer(request: Request) -> Response:
 def _json(raw: bytes) -> dict:
     try:
         req = json.loads(raw)
+    except RecursionError:  # nesting deeper than Python's stack: a client's body, not a bug
+        raise HTTPError(400, "the request body nests arrays or objects too deeply to parse — send "
+                             '{"inputs": [{"name", "shape", "datatype", "data"}]} with flat "data"') from None
     except (ValueError, UnicodeDecodeError) as e:
         raise HTTPError(400, f"the request body is not JSON ({type(e).__name__}: {str(e)[:80]}) — send "
                              '{"inputs": [{"name", "shape", "datatype", "data"}]}') from None
@@ -83,6 +87,9 @@ def decode(req: dict, binary: bytes, m) -> tuple[dict[str, np.ndarray], list[str
     if not isinstance(inputs, list) or not inputs:
         raise UserError(f'"inputs" must be a non-empty list of tensors — model \'{m.name}\' takes '
                         f"{', '.join(m.input_names)}")
+    if not isinstance(req.get("parameters", {}), dict):
+        raise UserError(f'"parameters" is {type(req["parameters"]).__name__}, not an object — send e.g. '
+                        '{"binary_data_output": true}, or leave it out')
     declared = {i["name"]: i for i in m.inputs}
     feeds: dict[str, np.ndarray] = {}
     offset = 0
@@ -104,7 +111,10 @@ def decode(req: dict, binary: bytes, m) -> tuple[dict[str, np.ndarray], list[str
                             "[1, 4]")
         n = math.prod(shape)
         params = t.get("parameters") or {}
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if not isinstance(params, dict):
+            raise UserError(f"input '{name}': \"parameters\" is {type(params).__name__}, not an object — send e.g. "
+                            '{"binary_data_size": 16}, or leave it out')
+        size = params.get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise UserError(f"input '{name}': binary_data_size {str(size)[:20]} runs past the body's "
@@ -155,14 +165,29 @@ def _from_data(name: str, dt: str, data: Any, n: int) -> np.ndarray:
                             "string")
         return raw
     kind = raw.dtype.kind
+    if dt != "BOOL" and kind in "iuf" and bool in _types(data):
+        # numpy upcasts [1.5, true] to [1.5, 1.0]: the boolean would be scored as a number
+        raise UserError(f"input '{name}' is {dt} but its data holds booleans among the numbers — send numbers "
+                        "(1 or 0 if that is what a boolean means)")
     if dt == "BOOL":
         if kind != "b" and raw.size:
             raise UserError(f"input '{name}' is BOOL but its data holds other values — send true/false")
         return raw.astype(np.bool_)
     if kind not in "iuf" and raw.size:  # strings, objects, bools: never converted to numbers
-        raise UserError(f"input '{name}' is {dt} but its data holds {'booleans' if kind == 'b' else 'text'} — "
-                        "send numbers")
+        odd = next((v for v in raw if type(v) not in (int, float)), ...)  # only on the way to a 400
+        what = ("integers beyond 64 bits" if odd is ... else "booleans" if kind == "b" or isinstance(odd, bool) else
+                "text" if isinstance(odd, str) else "null" if odd is None else "a JSON object")
+        raise UserError(f"input '{name}' is {dt} but its data holds {what} — send numbers")
     return raw  # numbers as parsed: the Predictor casts them to the input's dtype, refusing lossy casts
+
+
+def _types(data: list) -> set:
+    """The element types of JSON "data", flat or nested (one pass at C speed per level)."""
+    types = set(map(type, data))
+    while list in types:
+        data = [v for sub in data if isinstance(sub, list) for v in sub]
+        types = (types - {list}) | set(map(type, data))
+    return types
 
 
 def _from_bytes(name: str, dt: str, chunk: bytes, n: int) -> np.ndarray:
