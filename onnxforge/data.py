@@ -119,8 +119,15 @@ def check_values(arr: np.ndarray, raw: np.ndarray, name: str, keys, source=None,
     Why: a NaN calibration row breaks quantization scales, a NaN evaluation row makes comparisons meaningless, and
     a model that does not handle missing values scores them silently wrong."""
     if arr.dtype == object:  # text: a missing cell (None, an empty CSV cell) is no level of any category
-        missing = np.frompyfunc(lambda v: v is None, 1, 1)(arr).astype(bool) if arr.ndim else np.asarray(
-            arr.item() is None)
+        # and a NUL never reaches the model as sent (a numpy str array drops a trailing one, so 'red\0' scored
+        # as 'red', a level scikit-learn calls unknown; onnxruntime's string tensors fail on it): one pass for both
+        kind = np.frompyfunc(_text_kind, 1, 1)(arr).astype(np.int8) if arr.ndim else np.asarray(
+            _text_kind(arr.item()))
+        if (kind == 2).any():
+            _, where, rows = _first_bad(kind == 2, keys, name, offset)
+            raise UserError(f"{_where(source)}{where} holds a NUL character at {rows} — a text input cannot carry "
+                            "one: remove it from the category")
+        missing = kind == 1
         if not missing.any():
             return
         if nonfinite == "pass":  # --allow-nan: scored as the text 'nan', as before this check existed
@@ -160,6 +167,11 @@ def check_values(arr: np.ndarray, raw: np.ndarray, name: str, keys, source=None,
         why = f" (beyond {arr.dtype}'s range)"
     raise UserError(f"{_where(source)}{where} holds {what} at {rows}{why} — "
                     f"{fix or 'drop or impute those rows before using the data'}")
+
+
+def _text_kind(v) -> int:
+    """A text cell: 0 text, 1 missing, 2 text holding a NUL."""
+    return 1 if v is None else 2 if (b"\0" if isinstance(v, bytes) else "\0") in v else 0
 
 
 def _first_bad(bad: np.ndarray, keys, name: str, offset: int) -> tuple[tuple[int, int], str, str]:

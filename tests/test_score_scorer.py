@@ -219,3 +219,24 @@ def test_a_missing_text_cell_is_refused_not_scored_as_a_level(models, tmp_path):
     records[1]["size_band"] = None
     with pytest.raises(UserError, match="input 'size_band' has a missing value .* at row 1"):
         Scorer(model, threads=1)(records)
+
+
+def test_a_category_holding_nul_is_refused_not_scored_as_another(models, tmp_path):
+    """numpy's str arrays drop a trailing NUL, so a record's 'medium\\0' was scored as 'medium' (a level the
+    source model's OneHotEncoder calls unknown), and a parquet cell holding one reached onnxruntime; refused in one
+    line naming the input and row, from records, a dict of lists, a DataFrame and `predict` on a parquet file."""
+    model, df = models["sklearn_pipeline"], models["table"]
+    scorer = Scorer(model, threads=1)
+    rows = df.head(4).drop(columns=["target", "diagnosis"], errors="ignore")  # records name model inputs only
+    rows["size_band"] = rows["size_band"].astype(object)
+    rows.loc[rows.index[2], "size_band"] = rows["size_band"].iloc[2] + "\0"
+    needle = "input 'size_band' holds a NUL character at row 2"
+    for given in (rows.to_dict("records"), {k: rows[k].tolist() for k in rows}, rows):
+        with pytest.raises(UserError, match=needle):
+            scorer.records(given) if isinstance(given, list) else scorer(given)
+    rows.to_parquet(tmp_path / "nul.parquet")
+    res = run_cli("predict", model, "--input", tmp_path / "nul.parquet", "-o", tmp_path / "out.csv")
+    assert res.code == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "out.csv").exists()
+    clean = scorer.records(rows.assign(size_band=df["size_band"].head(4).to_numpy()).to_dict("records"))
+    assert len(clean) == 4

@@ -185,6 +185,8 @@ def _array(values, key: str) -> np.ndarray:
 
     try:
         arr = np.asarray(values)
+        if arr.dtype.kind in "US":  # fixed-width str drops a trailing NUL ('red\0' became 'red'): keep the cells
+            arr = np.asarray(values, dtype=object)
     except (ValueError, TypeError):
         raise UserError(f"column '{key}' is ragged — give every row the same number of values") from None
     if arr.dtype.kind in "US" or (arr.dtype == object and any(isinstance(v, str | bytes) for v in arr.flat)):

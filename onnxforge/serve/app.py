@@ -110,25 +110,34 @@ class Observe:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
-        seen = {"status": 500, "bytes": 0}
+        seen = {"status": 500, "bytes": 0, "counted": False}
+
+        def count():
+            seen["counted"] = True
+            srv = self.server_ref()
+            if srv is not None:
+                method = scope["method"] if scope["method"] in METHODS else "other"  # bounded label values
+                srv.metrics.requests.labels(_template(scope), method, str(seen["status"])).inc()
+                srv.metrics.latency.labels(_template(scope)).observe(time.perf_counter() - t0)
 
         async def sending(msg):
             if msg["type"] == "http.response.start":
                 seen["status"] = msg["status"]
             elif msg["type"] == "http.response.body":
                 seen["bytes"] += len(msg.get("body", b""))
+                if not msg.get("more_body", False):
+                    # counted before the last byte leaves: a client that reads /metrics right after its answer
+                    # (another worker may serve it) sees its request counted
+                    count()
             await send(msg)
 
         try:
             await self.app(scope, receive, sending)
         finally:
+            if not seen["counted"]:  # no complete answer was sent (an error, a client gone)
+                count()
             dt = time.perf_counter() - t0
             route = _template(scope)
-            srv = self.server_ref()
-            if srv is not None:
-                method = scope["method"] if scope["method"] in METHODS else "other"  # bounded label values
-                srv.metrics.requests.labels(route, method, str(seen["status"])).inc()
-                srv.metrics.latency.labels(route).observe(dt)
             if access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client") or ("", 0)
                 access_log.info(json.dumps({"ts": round(time.time(), 3), "method": scope["method"],

@@ -80,10 +80,8 @@ class ServedModel:
         from onnxforge.data import check_values
 
         for name, a in zip(self.input_names, arrays, strict=True):
-            if a.dtype.kind == "f":
+            if a.dtype.kind == "f" or a.dtype == object:
                 check_values(a, a, name, name, nonfinite=self.scorer.nonfinite, fix=self.scorer.nan_fix)
-            elif a.dtype == object:
-                _refuse_nul(name, a.reshape(-1), "element")
 
     def feeds_from_records(self, records: Any) -> dict[str, np.ndarray]:
         """`[{"column": value, ...}, ...]` → model inputs, as `onnxforge predict` maps a table's columns (the
@@ -101,8 +99,6 @@ class ServedModel:
                 raise UserError(f"record {i} has no {', '.join(repr(k) for k in missing[:5])} — every record needs "
                                 f"the model's columns: {', '.join(need)[:300]}")
         text = {k for s in self.specs if s.dtype == "string" for k in s.keys}
-        for k in text:
-            _refuse_nul(k, [r[k] for r in records])
         if any(v is None for r in records for k, v in r.items() if k not in text):
             records = [{k: (np.nan if v is None and k not in text else v) for k, v in r.items()} for r in records]
         return dict(self.scorer.feeds(records, strict=True))  # unknown keys, a boolean for a number: a 400
@@ -138,15 +134,6 @@ class ServedModel:
                 vals = [dict(zip(map(str, cols), v, strict=True)) for v in vals]
             per[name] = vals
         return [{k: per[k][i] for k in per} for i in range(rows)]
-
-
-def _refuse_nul(name: str, values, unit: str = "record") -> None:
-    """A NUL in a category never scores as sent: numpy's str arrays drop trailing NULs ('red\\0' was scored as
-    'red', which scikit-learn calls an unknown category) and an OIP BYTES tensor holding one failed in onnxruntime."""
-    j = next((j for j, v in enumerate(values) if isinstance(v, str) and "\0" in v), None)
-    if j is not None:
-        raise UserError(f"'{name}' {unit} {j}: {str(values[j])[:40]!r} holds a NUL character, which a model's "
-                        "text input cannot carry — send the category without it")
 
 
 def _py(v):
