@@ -74,6 +74,7 @@ def compare(name: str, ref: np.ndarray, got: np.ndarray, rtol: float, atol: floa
         rel = np.where(ar > 0, d / ar, np.where(d > 0, np.inf, 0.0))
         need_rtol = np.where(d > atol, np.where(ar > 0, (d - atol) / ar, np.inf), 0.0)
         fd = d[finite] if finite.any() else np.zeros(1)
+        nonfinite = nan_mismatch + inf_mismatch
         res = out | {
             "kind": "float",
             "pass": n_bad == 0,
@@ -85,9 +86,10 @@ def compare(name: str, ref: np.ndarray, got: np.ndarray, rtol: float, atol: floa
             "max_rel": float(rel[finite].max()) if finite.any() else 0.0,
             "mean_abs": float(fd.mean()),
             "p99_abs": float(np.percentile(fd, 99)),
-            # smallest atol that passes at this rtol, and smallest rtol that passes at this atol
-            "min_atol": float(max((d - rtol * ar).max(initial=0.0), 0.0)),
-            "min_rtol": float(need_rtol.max(initial=0.0)),
+            # smallest atol that passes at this rtol, and smallest rtol that passes at this atol; a NaN/inf
+            # mismatch passes at no tolerance (inf, written null in JSON), never the finite elements' figure
+            "min_atol": float(max((d - rtol * ar).max(initial=0.0), 0.0)) if not nonfinite else float("inf"),
+            "min_rtol": float(need_rtol.max(initial=0.0)) if not nonfinite else float("inf"),
         }
     if d.size:
         idx = np.unravel_index(int(np.argmax(np.where(finite, excess, np.inf))), d.shape)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 POINT_NAMES = ("mean", "prediction", "variable", "value")
+LABEL_NAMES = ("label",)  # the class output of the sklearn, XGBoost and LightGBM frontends
 
 
 def _prop(model, key: str) -> str | None:
@@ -40,7 +41,9 @@ def prediction(outputs: dict[str, np.ndarray], name: str | None = None,
         return name, np.asarray(outputs[name]).argmax(1), "class"
     items = list(outputs.items()) if name is None else [(name, outputs[name])]
     for n, a in items:
-        if np.asarray(a).dtype.kind in "iuUSOb":
+        # a classifier fitted on float classes (0.0, 1.0, 3.0) predicts its 'label' as floats: still the class,
+        # not a probability column to argmax (the argmax is an index, not the class)
+        if np.asarray(a).dtype.kind in "iuUSOb" or (n in LABEL_NAMES and np.asarray(a).dtype.kind == "f"):
             return n, np.asarray(a).reshape(len(a), -1)[:, 0] if np.asarray(a).ndim > 1 else np.asarray(a), "class"
     for n, a in items:
         if n in POINT_NAMES and np.asarray(a).dtype.kind == "f":
@@ -75,7 +78,7 @@ def _same_class(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per row, whether the predicted class is the label. A number class (an int64 label output, an argmax) is
     compared as a number, so a label 1, 1.0, "1" or "001" is class 1; a text class as text, as written: "007" is
     not "7" (data.label_column keeps a CSV's spelling)."""
-    if pred.dtype.kind in "iu":
+    if pred.dtype.kind in "iuf":  # float classes too: the label 3 is the class 3.0
         try:
             y = labels if labels.dtype.kind in "biuf" else np.asarray(labels, dtype=np.float64)
         except (TypeError, ValueError):  # text that is no number: no number class can be it
@@ -83,6 +86,14 @@ def _same_class(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
         if y is not None:
             return pred == y
     return pred.astype(str) == labels.astype(str)
+
+
+def _agree(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per row, whether two predicted classes are the same: numbers as numbers (an int64 ONNX label 1 is the
+    native float label 1.0 — as text they never match), text as text."""
+    if pred.dtype.kind in "biuf" and ref.dtype.kind in "biuf":
+        return pred == ref
+    return pred.astype(str) == ref.astype(str)
 
 
 def _check_label_kinds(pred: np.ndarray, labels: np.ndarray, name: str) -> None:
@@ -125,7 +136,7 @@ def task_metrics(outputs: dict[str, np.ndarray], labels: np.ndarray | None = Non
             m["accuracy"] = float(np.mean(_same_class(pred, labels)))
         if reference is not None:
             _, rp, _ = prediction(reference, name, kind)
-            m["top1_agreement"] = float(np.mean(pred.astype(str) == rp.astype(str)))
+            m["top1_agreement"] = float(np.mean(_agree(pred, rp)))
     else:
         if labels is not None:
             y = _numeric_labels(labels, name)

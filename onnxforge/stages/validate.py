@@ -404,6 +404,9 @@ def figure(c: dict) -> str:
     """A failing comparison in a few words: a shape or type mismatch as such, else its tolerance figure."""
     if "reason" in c:
         return c["reason"]
+    if c.get("kind") == "float" and (c.get("nan_mismatch") or c.get("inf_mismatch")):
+        return (f"{c.get('nan_mismatch') or 0} NaN and {c.get('inf_mismatch') or 0} inf element(s) differ from the "
+                f"reference (no tolerance passes them; max_abs={c['max_abs']:.3g} on the finite ones)")
     if c.get("kind") == "float":
         return f"max_abs={c['max_abs']:.3g} (needs atol≥{c['min_atol']:.3g})"
     if c.get("kind") == "distribution":

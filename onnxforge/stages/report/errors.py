@@ -52,17 +52,22 @@ def error_figures(output: str, ref: np.ndarray, got: np.ndarray) -> dict | None:
             return None
         ref = ref.reshape(got.shape)  # (N,) vs (N, 1): the same prediction
     if ref.dtype.kind in "iubUSO" or got.dtype.kind in "iubUSO":
-        r, g = ref.astype(str), got.astype(str)
-        flips = int((r != g).sum())
-        return {"output": output, "kind": "label", "elements": int(r.size), "flips": flips,
-                "flip_rate": flips / max(r.size, 1)}
+        if ref.dtype.kind in "biuf" and got.dtype.kind in "biuf":  # int64 1 vs float 1.0: the same class
+            flips = int((ref != got).sum())
+        else:
+            flips = int((ref.astype(str) != got.astype(str)).sum())
+        return {"output": output, "kind": "label", "elements": int(ref.size), "flips": flips,
+                "flip_rate": flips / max(ref.size, 1)}
     r, g = ref.astype(np.float64), got.astype(np.float64)
     finite = np.isfinite(r) & np.isfinite(g)
     nonfinite_mismatch = int((~finite & ~((r == g) | (np.isnan(r) & np.isnan(g)))).sum())
-    d = np.abs(g - r)[finite]
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.abs(g - r)[finite]
+    # exact: equal finite values, and NaN/inf where the reference has the same (not a padding zero, below)
+    zeros = int((d == 0).sum()) + int((~finite).sum()) - nonfinite_mismatch
     if d.size == 0:
         d = np.zeros(1)
-    return {"output": output, "kind": "float", "elements": int(r.size), "zeros": int((d == 0).sum()),
+    return {"output": output, "kind": "float", "elements": int(r.size), "zeros": zeros,
             "nonfinite_mismatch": nonfinite_mismatch, "max_abs": float(d.max()), "mean_abs": float(d.mean()),
             "p50_abs": float(np.percentile(d, 50)), "p99_abs": float(np.percentile(d, 99)),
             "hist": log_histogram(d)}

@@ -117,3 +117,10 @@ def comparison_other(c: dict) -> str:
         return (f"max z {c['max_z']:.2f}; mean off in {c.get('mean_fail_rows')}/{c.get('rows')} rows, "
                 f"quantiles off in {c.get('quantile_fail_rows')}/{c.get('rows')}")
     return str(c.get("reason") or "")
+
+
+def nonfinite(e: dict) -> str:
+    """'; 1 NaN/inf differ' for a float error row whose NaN/inf elements differ from the reference's: max/mean/p99
+    are over finite pairs only, so without it a NaN output would read as exact."""
+    nf = e.get("nonfinite_mismatch")
+    return f"; {nf:,} NaN/inf differ" if isinstance(nf, int) and nf else ""

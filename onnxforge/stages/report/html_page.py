@@ -152,7 +152,7 @@ def render_html(rep: dict, notes_out=None) -> str:
     if errs:
         erows = [[_code(x["label"]), x["output"], _code(x["reference"]),
                   *([fmt.sci(x["max_abs"]), fmt.sci(x["p99_abs"]), fmt.sci(x["mean_abs"]),
-                     f"{x['zeros']:,}/{x['elements']:,}"] if x["kind"] == "float"
+                     f"{x['zeros']:,}/{x['elements']:,}{fmt.nonfinite(x)}"] if x["kind"] == "float"
                     else ["", "", "", f"{x['flips']} flips / {x['elements']:,}"])] for x in errs]
         panels = [x for x in errs if x["kind"] == "float" and x["hist"]["counts"]]
         ebody = (f'<p class="muted">|candidate − reference| per element on {e(d["rows"])} rows of '

@@ -120,7 +120,8 @@ def render_markdown(rep: dict) -> str:
         erows = [[code(e["label"]), e["output"], code(e["reference"]),
                   *([fmt.sci(e["max_abs"]), fmt.sci(e["p99_abs"]), fmt.sci(e["mean_abs"])] if e["kind"] == "float"
                     else ["", "", ""]),
-                  f"{e['flips']} flips" if e["kind"] == "label" else f"{e['zeros']}/{e['elements']} exact"]
+                  f"{e['flips']} flips" if e["kind"] == "label"
+                  else f"{e['zeros']}/{e['elements']} exact{fmt.nonfinite(e)}"]
                  for e in rep["errors"]]
         out += ["### Errors (recomputed)", ""]
         out += _table(["artifact", "output", "vs", "max abs", "p99 abs", "mean abs", "exact / flips"], erows)

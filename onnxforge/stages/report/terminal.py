@@ -69,7 +69,7 @@ def render_terminal(rep: dict, console, brief: bool = False) -> None:
         for e in rep["errors"]:
             if e["kind"] == "float":
                 et.add_row(_m(e["label"]), _m(e["output"]), _m(e["reference"]), fmt.sci(e["max_abs"]), fmt.sci(e["p99_abs"]),
-                           fmt.sci(e["mean_abs"]), f"{e['zeros']}/{e['elements']}")
+                           fmt.sci(e["mean_abs"]), f"{e['zeros']}/{e['elements']}{fmt.nonfinite(e)}")
             else:
                 et.add_row(_m(e["label"]), _m(e["output"]), _m(e["reference"]), "", "", "", f"{e['flips']}/{e['elements']}")
         console.print(et)
