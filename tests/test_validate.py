@@ -195,3 +195,22 @@ def test_distribution_check_cannot_pass_on_nothing(ref_draws, why):
         got[3, 7] = np.inf
     res = distribution("draws", ref, got)
     assert not res["pass"] and why in res["reason"], res
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("outputs", {"yy": {"atol": 1.0}}, "validate.outputs names 'yy', but perturbed.onnx has no such output (did you "
+                                       "mean 'y'?)"),
+    ("stochastic", ["lable"], "validate.stochastic names 'lable', but perturbed.onnx has no such output (did you "
+                              "mean 'label'?)"),
+])
+def test_a_tolerance_for_an_output_the_model_lacks_is_refused(models, cli, key, value, needle):
+    """A typo'd name under outputs: (or stochastic:) was ignored without a word: with `yy: {atol: 1.0}` the
+    perturbed model failed at the default tolerance, the user believing atol 1 applied."""
+    cfg = models / "v.yaml"
+    cfg.write_text(json.dumps({
+        "name": "v", "run_dir": "runs", "source": {"framework": "onnx", "path": "base.onnx"},
+        "data": {"path": "data.npz", "labels": "label"},
+        "stages": {"validate": {"against": "base.onnx", key: value}},
+    }))
+    line = assert_one_line_error(cli("validate", models / "perturbed.onnx", "--config", cfg))
+    assert needle in line and "its outputs are y, label" in line, line

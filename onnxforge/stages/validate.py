@@ -215,6 +215,22 @@ def nan_policy(model) -> str:
     return "nan" if metadata(model).get("onnxforge.accepts_missing") == "true" else "refuse"
 
 
+def named_outputs(opts: ValidateOptions, out_names: list[str], model_name: str) -> None:
+    """A tolerance under `outputs:` or a `stochastic:` name for an output the model does not have was ignored
+    without a word: the user believed a typo'd `varaible: {atol: 100}` applied. Refused before any data is read."""
+    import difflib
+
+    from onnxforge.errors import UserError
+
+    for key, names in (("outputs", list(opts.outputs)), ("stochastic", opts.stochastic or [])):
+        for n in names:
+            if n not in out_names:
+                near = difflib.get_close_matches(n, out_names, n=1)
+                hint = f" (did you mean '{near[0]}'?)" if near else ""
+                raise UserError(f"validate.{key} names '{n}', but {model_name} has no such output{hint} — its "
+                                f"outputs are {', '.join(out_names)[:300]}")
+
+
 def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
     from onnxforge import admission, data, metrics, runtime
     from onnxforge.compare import distribution
@@ -222,6 +238,7 @@ def validate_model(ctx, opts: ValidateOptions) -> dict[str, Any]:
 
     st = structural(ctx.model, ctx)
     sess, model = st.pop("session"), st.pop("model")
+    named_outputs(opts, [o.name for o in sess.get_outputs()], Path(ctx.model).name)
     feeds, provenance = ctx.feeds("eval", ctx.model, nonfinite=nan_policy(model))
     admission.check_feeds(feeds, model, what=f"the data ({provenance})", model_name=Path(ctx.model).name)
     from onnxforge.bayes.families import check_model_inputs  # a PyMC artifact's trials, known sigma, ...
