@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from onnxforge.data import fixed_batch, tile_rows
+from onnxforge.timing import paired, speed_text, stats
 
 ORT = "onnxruntime"
 
@@ -104,6 +105,7 @@ class Case:
     extra: dict = field(default_factory=dict)
     wrap: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     times: list[float] = field(default_factory=list)
+    round_times: list[list[float]] = field(default_factory=list)  # the same calls by interleaved round
     limits: list = field(default_factory=list)
 
     def entered(self, got) -> None:
@@ -115,15 +117,6 @@ class Case:
             return self.extra
         bad = next((g for g in self.limits if not g.applied), None)
         return {**self.extra, "threads_applied": bad is None, "threads_note": (bad or self.limits[-1]).how}
-
-
-def stats(times_s: list[float], rows: int) -> dict[str, float]:
-    """The figures of onnxforge.timing.measure, from raw per-call seconds."""
-    ms = np.asarray(times_s) * 1e3
-    p50 = float(np.percentile(ms, 50))
-    return {"p50_ms": p50, "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "runs": int(ms.size),
-            "rows_per_s": rows / (p50 / 1e3) if p50 > 0 else float("inf")}
 
 
 def run_cases(cases: list[Case], *, runs: int, warmup: int, max_seconds: float, rounds: int = 3,
@@ -146,16 +139,19 @@ def run_cases(cases: list[Case], *, runs: int, warmup: int, max_seconds: float, 
                 if warmup:
                     c.fn()  # the other cases ran in between: re-warm caches, untimed
                 deadline = time.perf_counter() + max_seconds / rounds
+                c.round_times.append([])
                 for i in range(n):
                     t0 = time.perf_counter()
                     c.fn()
                     c.times.append(time.perf_counter() - t0)
+                    c.round_times[-1].append(c.times[-1])
                     if i >= max(1, -(-5 // rounds)) - 1 and time.perf_counter() > deadline:
                         break
             if progress is not None:
                 progress.advance(task, 1 / rounds)
     return [{"engine": c.engine, "label": c.label, "batch": c.batch, "threads": c.threads,
              **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats(c.times, c.batch).items()},
+             "round_p50_ms": [round(float(np.median(t)) * 1e3, 6) for t in c.round_times if t],
              **c.row_extra()} for c in cases]
 
 
@@ -218,9 +214,15 @@ def ratios(rows: list[dict], baseline: str) -> list[dict]:
         b = base.get((r["batch"], r["threads"]))
         if b is None or r["label"] == baseline or not applied(r):
             continue
-        out.append({"label": r["label"], "baseline": baseline, "batch": r["batch"], "threads": r["threads"],
-                    "p50_ms": r["p50_ms"], "baseline_p50_ms": b["p50_ms"],
-                    "speedup": b["p50_ms"] / r["p50_ms"] if r["p50_ms"] > 0 else float("inf")})
+        ratio = {"label": r["label"], "baseline": baseline, "batch": r["batch"], "threads": r["threads"],
+                 "p50_ms": r["p50_ms"], "baseline_p50_ms": b["p50_ms"],
+                 "speedup": b["p50_ms"] / r["p50_ms"] if r["p50_ms"] > 0 else float("inf")}
+        base_rounds, rounds = b.get("round_p50_ms") or [], r.get("round_p50_ms") or []
+        if base_rounds and len(base_rounds) == len(rounds):
+            # the rounds ran interleaved, so each gives a paired ratio: a speedup inside the noise says so
+            pr = paired(base_rounds, rounds)
+            ratio |= {"interval": pr.as_dict()["interval"], "rounds": pr.rounds, "verdict": pr.verdict()}
+        out.append(ratio)
     return out
 
 
@@ -342,10 +344,13 @@ def render(result: dict, console) -> None:
         t.add_column(c, justify="left" if c in ("engine", "model") else "right")
     for r in result["results"]:
         engine = r["engine"] + (f" ({r['provider'].removesuffix('ExecutionProvider')})" if r.get("provider") else "")
-        t.add_row(engine, r["label"], str(r["batch"]), threads_text(r), f"{r['p50_ms']:.3f}",
-                  f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}", f"{r['rows_per_s']:,.0f}",
-                  str(r["runs"]))
+        tail = [f"{r[k]:.3f}" if r[k] is not None else "—" for k in ("p90_ms", "p99_ms")]
+        t.add_row(engine, r["label"], str(r["batch"]), threads_text(r), f"{r['p50_ms']:.3f}", *tail,
+                  f"{r['mean_ms']:.3f}", f"{r['rows_per_s']:,.0f}", str(r["runs"]))
     console.print(t)
+    if any(r[k] is None for r in result["results"] for k in ("p90_ms", "p99_ms")):
+        console.print("— : p90 needs 10 timed runs and p99 100 (fewer make it the slowest run under another name); "
+                      "raise --runs")
     for b, text in (result.get("inputs_by_batch") or {}).items():
         console.print(f"batch {b}: {text}", markup=False, soft_wrap=True)
     for r in result["results"]:
@@ -359,5 +364,5 @@ def render(result: dict, console) -> None:
             rt.add_column(c, justify="left" if c == "model" else "right")
         for r in result["ratios"]:
             rt.add_row(r["label"], str(r["batch"]), str(r["threads"]), f"{r['p50_ms']:.3f}",
-                       f"{r['baseline_p50_ms']:.3f}", f"{r['speedup']:.2f}×")
+                       f"{r['baseline_p50_ms']:.3f}", speed_text(r))
         console.print(rt)

@@ -15,7 +15,7 @@ import numpy as np
 def measure(fn: Callable[[], object], *, runs: int = 100, warmup: int = 10, max_seconds: float = 10.0,
             rows: int = 1) -> dict[str, float]:
     """Call fn() `warmup` times, then up to `runs` timed times (stopping early after max_seconds, keeping at
-    least 5). Returns milliseconds p50/p90/p99/mean/min and rows/s at the median."""
+    least 5). Returns `stats`: milliseconds p50/p90/p99 (None from too few calls)/mean/min, rows/s at the median."""
     for _ in range(warmup):
         fn()
     times = []
@@ -26,10 +26,21 @@ def measure(fn: Callable[[], object], *, runs: int = 100, warmup: int = 10, max_
         times.append(time.perf_counter() - t0)
         if i >= 4 and time.perf_counter() > deadline:
             break
-    ms = np.asarray(times) * 1e3
+    return stats(times, rows)
+
+
+# the fewest timed calls a tail percentile is read from: below, p90 of 8 calls or p99 of 50 is the slowest call
+# under another name (an interpolation towards the max), so it is not given (None, null in JSON)
+TAIL_RUNS = {90: 10, 99: 100}
+
+
+def stats(times_s, rows: int = 1) -> dict[str, float | None]:
+    """Milliseconds p50/p90/p99/mean/min, the runs and rows/s at the median, from per-call seconds; p90/p99 None
+    with fewer than TAIL_RUNS calls."""
+    ms = np.asarray(times_s, dtype=np.float64) * 1e3
     p50 = float(np.percentile(ms, 50))
-    return {"p50_ms": p50, "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "runs": int(ms.size),
+    tail = {f"p{q}_ms": float(np.percentile(ms, q)) if ms.size >= n else None for q, n in TAIL_RUNS.items()}
+    return {"p50_ms": p50, **tail, "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "runs": int(ms.size),
             "rows_per_s": rows / (p50 / 1e3) if p50 > 0 else float("inf")}
 
 
@@ -133,3 +144,13 @@ def threads_label(row: dict) -> str:
     if row.get("threads_applied") is False:
         return "default (not applied)"
     return "default" if row.get("threads") is None else str(row["threads"])
+
+
+def speed_text(r: dict | None) -> str:
+    """A ratio as printed: '1.31×', or '1.03× (within noise: 0.91–1.16×)' when its paired 95 % interval over the
+    interleaved rounds reaches into 1 ± 5 % (BAND): not measurably faster or slower; '' for none."""
+    if not r or r.get("speedup") is None:
+        return ""
+    lo, hi = r.get("interval") or (None, None)
+    same = f" (within noise: {lo:.2f}–{hi:.2f}×)" if r.get("verdict") == "same" and lo is not None else ""
+    return f"{r['speedup']:.2f}×{same}"

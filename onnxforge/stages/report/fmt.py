@@ -124,3 +124,11 @@ def nonfinite(e: dict) -> str:
     are over finite pairs only, so without it a NaN output would read as exact."""
     nf = e.get("nonfinite_mismatch")
     return f"; {nf:,} NaN/inf differ" if isinstance(nf, int) and nf else ""
+
+
+def tail_note(rows: list[dict]) -> str:
+    """Why a p90/p99 cell is blank (the timing gives none from too few runs), or ''."""
+    if any(r.get("p90_ms") is None or r.get("p99_ms") is None for r in rows):
+        return ("p90 needs 10 timed runs and p99 100: blank where fewer ran (it would be the slowest run under "
+                "another name) — raise latency runs")
+    return ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from html import escape
 
 from onnxforge.stages.report import fmt, plots
+from onnxforge.timing import speed_text
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
@@ -112,17 +113,17 @@ def render_html(rep: dict, notes_out=None) -> str:
 
     lat = rep.get("latency")
     if lat and lat["rows"]:
-        speed = {(r["label"], r["batch"], r["threads"]): r["speedup"] for r in lat["ratios"]}
+        speed = {(r["label"], r["batch"], r["threads"]): r for r in lat["ratios"]}
         lrows = [[_code(r["label"]), r["batch"], fmt.threads(r), fmt.ms(r["p50_ms"]), fmt.ms(r["p90_ms"]),
                   fmt.ms(r["p99_ms"]), fmt.ms(r["mean_ms"]), fmt.num(r["rows_per_s"]), r["runs"],
                   "no ratio" if r.get("threads_applied") is False else
                   "baseline" if r["label"] == lat["baseline"] else
-                  (f"{speed[(r['label'], r['batch'], r['threads'])]:.2f}×"
-                   if (r["label"], r["batch"], r["threads"]) in speed else "")] for r in lat["rows"]]
+                  speed_text(speed.get((r["label"], r["batch"], r["threads"])))] for r in lat["rows"]]
         body = (f'<p class="muted">{e(lat["warmup"])} warm-up runs, then up to {e(lat["runs"])} timed runs per '
                 + (f'setting; speed is relative to {_code(lat["baseline"])} in the same run (&gt;1 = faster).</p>'
                    if lat["baseline"] else 'setting; no speed ratio (no baseline held its thread limit).</p>')
                 + "".join(f'<p class="muted">batch {e(x["batch"])}: {e(x["label"])}</p>' for x in lat.get("inputs") or [])
+                + (f'<p class="muted">{e(fmt.tail_note(lat["rows"]))}</p>' if fmt.tail_note(lat["rows"]) else "")
                 + _t(["engine / artifact", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "mean ms", "rows/s", "runs",
                       "speed"], lrows)
                 + _img("plot-latency", plots.latency_bars(lat["rows"]) if can_plot else None, "latency per artifact"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from onnxforge.stages.report import fmt
+from onnxforge.timing import speed_text
 
 LIMIT = 60_000
 VERDICT = {"pass": "✅ pass", "fail": "❌ fail", "error": "❌ error", "info": "ℹ️ info"}
@@ -56,7 +57,7 @@ def _latency_cells(rep: dict) -> tuple[list[str], dict[str, list[str]]]:
         return [], {}
     t0 = rows[0]["threads"]
     batches = sorted({r["batch"] for r in rows})
-    speed = {(r["label"], r["batch"], r["threads"]): r["speedup"] for r in lat.get("ratios", [])}
+    speed = {(r["label"], r["batch"], r["threads"]): r for r in lat.get("ratios", [])}
     cells: dict[str, list[str]] = {}
     for lab in dict.fromkeys(r["label"] for r in rows):
         cells[lab] = []
@@ -66,7 +67,7 @@ def _latency_cells(rep: dict) -> tuple[list[str], dict[str, list[str]]]:
             if r is not None and r.get("threads_applied") is False:
                 cells[lab].append(f"{fmt.ms(r['p50_ms'])} (threads: default, not applied — no ratio)")
                 continue
-            cells[lab].append("" if r is None else fmt.ms(r["p50_ms"]) + (f" ({s:.2f}×)" if s else ""))
+            cells[lab].append("" if r is None else fmt.ms(r["p50_ms"]) + (f" ({speed_text(s)})" if s else ""))
     return [f"p50 ms b={b}" for b in batches], cells
 
 

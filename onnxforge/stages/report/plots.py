@@ -71,7 +71,7 @@ def latency_bars(rows: list[dict]) -> str:
                     continue
                 ys.append(len(ys))
                 vals.append(r["p50_ms"])
-                errs.append(max(r["p90_ms"] - r["p50_ms"], 0.0))
+                errs.append(max(r["p90_ms"] - r["p50_ms"], 0.0) if r["p90_ms"] is not None else 0.0)  # < 10 runs
                 colors.append(PALETTE[i % len(PALETTE)])
                 names.append(_short(lab, 24) + (f" ×{t}t" if len(threads) > 1 else ""))
         ax.barh(ys, vals, xerr=[[0] * len(errs), errs], color=colors, capsize=3)

@@ -4,6 +4,7 @@ tampered manifest cannot print links, styles or terminal control sequences."""
 from __future__ import annotations
 
 from onnxforge.stages.report import fmt
+from onnxforge.timing import speed_text
 
 
 def _m(v) -> str:
@@ -40,14 +41,16 @@ def render_terminal(rep: dict, console, brief: bool = False) -> None:
                          + (f"speed vs {_m(lat['baseline'])}, >1 = faster)" if lat["baseline"] else "no speed ratio)"))
         for c in ("engine / artifact", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "rows/s", "speed"):
             lt.add_column(c, justify="left" if c == "engine / artifact" else "right")
-        speed = {(r["label"], r["batch"], r["threads"]): r["speedup"] for r in lat["ratios"]}
+        speed = {(r["label"], r["batch"], r["threads"]): r for r in lat["ratios"]}
         for r in lat["rows"]:
             s = speed.get((r["label"], r["batch"], r["threads"]))
             lt.add_row(_m(r["label"]), str(r["batch"]), fmt.threads(r), fmt.ms(r["p50_ms"]), fmt.ms(r["p90_ms"]),
                        fmt.ms(r["p99_ms"]), fmt.num(r["rows_per_s"]),
                        "no ratio" if r.get("threads_applied") is False else
-                       "baseline" if r["label"] == lat["baseline"] else (f"{s:.2f}×" if s else ""))
+                       "baseline" if r["label"] == lat["baseline"] else speed_text(s))
         console.print(lt)
+        if fmt.tail_note(lat["rows"]):
+            console.print(fmt.tail_note(lat["rows"]), soft_wrap=True)
         for x in lat.get("inputs") or []:
             console.print(f"batch {x['batch']}: {_m(x['label'])}", soft_wrap=True)
     if brief:
