@@ -249,6 +249,9 @@ def run_pipeline(cfg, *, force: bool = False, until: str | None = None, only_mod
 
     run_path = cfg.run_path
     full_order = order = cfg.stages.order
+    if not order:  # a run of nothing exited 0: a CI job would pass without a model made or checked
+        raise UserError("stages: lists no stage, so run has nothing to do — list the stages to run, e.g. "
+                        "stages: {convert: {}, validate: {}}")
     locks = Lock.for_config(cfg, lock)
     if until:
         if until not in order:

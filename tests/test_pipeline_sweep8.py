@@ -145,3 +145,13 @@ def test_a_run_folder_the_file_system_refuses_is_bad_input(tmp_path):
     line = assert_one_line_error(run_cli("run", "p.yaml", "--run-dir", "/proc/onnxforge-sweep8", cwd=tmp_path))
     assert "cannot create the run folder /proc/onnxforge-sweep8/iris (" in line, line
     assert " — choose a writable run_dir (or --run-dir)" in line, line
+
+
+@pytest.mark.parametrize("stages", ["stages: {}\n", ""])
+def test_a_run_of_no_stage_is_refused(tmp_path, stages):
+    """`stages: {}` (or none at all) ran nothing, made a run folder and exited 0: a CI job passed with no model
+    made or checked."""
+    iris_skops(tmp_path)
+    (tmp_path / "p.yaml").write_text(IRIS + stages)
+    line = refused_alike("p.yaml", tmp_path)
+    assert "stages: lists no stage, so run has nothing to do" in line, line
