@@ -868,6 +868,9 @@ class SklearnAPIFrontend(Frontend):
         return specs_for(cfg, est, self.n_features(est), self.what(est, cfg))
 
     def export(self, native, cfg, opset, workdir):
+        from onnxforge.frontends.skl_compat import refuse_inexact
+
+        refuse_inexact(native, self.what(native, cfg))
         specs = self.specs(native, cfg)
         booster = uses(native, "xgboost") or uses(native, "lightgbm")
         at, upgrade = plan_opset(opset, booster)
