@@ -81,6 +81,7 @@ class Frontend:
     rtol: ClassVar[float] = 1e-3
     atol: ClassVar[float] = 1e-5
     tolerances: ClassVar[dict[tuple[str, str], tuple[float, float]]] = {}
+    verify_rows: ClassVar[int] = 32  # convert's check before writing (convert.verify_rows overrides)
 
     def load(self, cfg) -> Any:
         raise NotImplementedError

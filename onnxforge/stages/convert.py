@@ -18,9 +18,10 @@ from onnxforge.registry import register_stage
 
 class ConvertOptions(StrictModel):
     opset: int | None = Field(None, ge=7, le=24, description="target opset (default: the frontend's choice)")
-    verify_rows: int = Field(32, ge=0, le=4096, description="rows the new artifact runs on in onnxruntime before it "
-                             "is written: declared output shapes/dtypes and values against the native predict "
-                             "(the data's first rows, else synthesized inputs; 0 = write it unchecked)")
+    verify_rows: int | None = Field(None, ge=0, le=4096, description="rows the new artifact runs on in onnxruntime "
+                                    "before it is written: declared output shapes/dtypes and values against the "
+                                    "native predict (the data's first rows, else synthesized inputs; 0 = write it "
+                                    "unchecked; default: 1024 for scikit-learn/XGBoost/LightGBM, 32 for others)")
 
 
 @register_stage("convert", ConvertOptions, produces_model=True, help="export the source model to ONNX")
@@ -84,6 +85,7 @@ def verify(ctx, opts: ConvertOptions, model, path: Path) -> dict[str, Any]:
     Returns what was verified; raises CheckFailed (exit 1) on a mismatch."""
     from onnxforge import admission, data, runtime
     from onnxforge.errors import CheckFailed, UserError
+    from onnxforge.registry import frontend
     from onnxforge.stages.validate import (
         ValidateOptions,
         _reference,
@@ -95,21 +97,22 @@ def verify(ctx, opts: ConvertOptions, model, path: Path) -> dict[str, Any]:
         nan_policy,
     )
 
-    if not opts.verify_rows:
-        return {"checked": False, "reason": "convert.verify_rows is 0"}
     cfg = ctx.cfg
+    n_rows = frontend(cfg.source.framework).verify_rows if opts.verify_rows is None else opts.verify_rows
+    if not n_rows:
+        return {"checked": False, "reason": "convert.verify_rows is 0"}
     given = cfg.stages.validate
     # validate's per-output tolerances, skips and flip rates apply when it compares against this same source
     vopts = given.model_copy() if given is not None and given.against == "source" else ValidateOptions()
     if cfg.data.path is not None:
         feeds, provenance = ctx.feeds("eval", path, nonfinite=nan_policy(model))
-        feeds = data.take(feeds, opts.verify_rows)
+        feeds = data.take(feeds, n_rows)
         from onnxforge.bayes.families import check_model_inputs  # a PyMC artifact's trials, known sigma, ...
 
         check_model_inputs(feeds, model, path.name)
     else:
         try:
-            feeds, provenance = data.synthesize(ctx.input_specs(path), opts.verify_rows, cfg.data.seed), "synthetic"
+            feeds, provenance = data.synthesize(ctx.input_specs(path), n_rows, cfg.data.seed), "synthetic"
         except UserError as e:  # e.g. a text input without its categories: nothing to run it on
             return {"checked": False, "reason": f"no inputs could be synthesized: {e}"}
         if nan_policy(model) == "nan":  # stamped as scoring missing values natively: check that routing too
