@@ -187,3 +187,36 @@ def test_truncated_body_is_not_a_500(iris):
     assert not any("Traceback" in ln or "internal error" in ln for ln in new), new
     assert any('"status": 400' in ln for ln in new if '"route": "/v2/models/{name}/infer"' in ln), new
     assert not [k for k in iris.metrics() if k.startswith("onnxforge_http_requests_total") and 'status="500"' in k]
+
+
+def test_oip_json_writes_a_models_own_nan_outputs_as_null(tmp_path):
+    """A model's own non-finite outputs (log of a negative input: NaN, of 0: -inf) went out as bare NaN/-Infinity,
+    which strict JSON parsers refuse; they are null now (as /predict and KServe's orjson write them), and the
+    binary extension still carries the IEEE values."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    g = h.make_graph([h.make_node("Log", ["x"], ["y"])], "log", [h.make_tensor_value_info("x", T.FLOAT, ["N", 3])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["N", 3])])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, tmp_path / "log.onnx")
+    x = [-1.0, 0.0, math.e]
+    body = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": x}]}
+    with Served(tmp_path / "log.onnx") as s:
+        status, _, raw = s.call("POST", "/v2/models/log/infer", body)
+        assert status == 200, raw
+        # strict JSON: the parse_constant hook is called for NaN/Infinity/-Infinity, and must never be
+        doc = json.loads(raw, parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON answer"))
+        (out,) = doc["outputs"]
+        expected = np.log(np.asarray(x, dtype=np.float32))  # numpy's own log: nan, -inf, 1
+        assert out["data"][:2] == [None, None] and out["data"][2] == pytest.approx(float(expected[2]), rel=1e-6)
+        body["parameters"] = {"binary_data_output": True}
+        status, headers, raw = s.call("POST", "/v2/models/log/infer", body)
+        assert status == 200, raw
+        n = int(headers["inference-header-content-length"])
+        got = np.frombuffer(raw[n:], dtype="<f4")
+        assert np.isnan(got[0]) and got[1] == -np.inf  # NaN and -inf as IEEE values
+        assert got[2] == pytest.approx(float(expected[2]), rel=1e-6)

@@ -105,6 +105,34 @@ def export_checked(model, signature, opset: int, plain_failure: str | None, plai
     return proto
 
 
+def _struct(model, attr: str):
+    return getattr(model, attr, None)
+
+
+def model_inputs(model, xs):
+    """Positional tensors (in model.inputs order) in the structure the model was built with: a dict for a
+    Functional model built on a dict of inputs (model.inputs is that dict flattened, i.e. in key order)."""
+    struct = _struct(model, "_inputs_struct")
+    if isinstance(struct, dict) and len(struct) == len(xs):
+        return dict(zip(dict_keys(struct), xs, strict=True))
+    return list(xs)
+
+
+def model_outputs(out):
+    """A model's outputs as a list in model.outputs order: a dict of outputs flattened the way Keras flattens it
+    (by key), which is not the order of model.output_names."""
+    import keras
+
+    return keras.tree.flatten(out) if isinstance(out, dict) else out
+
+
+def dict_keys(struct: dict) -> list[str]:
+    """A dict's keys in the order keras.tree.flatten puts its values."""
+    import keras
+
+    return [str(k) for k in keras.tree.flatten({k: str(k) for k in struct})]
+
+
 def export_frozen(model, signature, opset: int):
     """ONNX ModelProto of `model(inputs, training=False)` traced for `signature` (a list of tf.TensorSpec), with
     every variable and captured constant frozen and lookup tables read from the model. Its graph inputs are the
@@ -120,8 +148,8 @@ def export_frozen(model, signature, opset: int):
     single = len(signature) == 1
 
     def call(*xs):
-        out = model(xs[0] if single else list(xs), training=False)
-        return [out[k] for k in (model.output_names or list(out))] if isinstance(out, dict) else out
+        out = model(xs[0] if single else model_inputs(model, xs), training=False)
+        return model_outputs(out)
 
     fn = tf.function(call, autograph=False)
     concrete = fn.get_concrete_function(*signature)

@@ -25,6 +25,9 @@ from onnxforge.frontends._keras_freeze import (
     canonical_name,
     canonical_order,
     canonical_subgraphs,
+    dict_keys,
+    model_inputs,
+    model_outputs,
     stable_merge,
 )
 from onnxforge.frontends._keras_freeze import export_checked as _export_frozen
@@ -149,6 +152,9 @@ def _out_names(model, cfg) -> list[str]:
             raise UserError(f"outputs: the config names {len(cfg.outputs)} outputs {cfg.outputs} but the model has "
                             f"{n} — list {n} names")
         return list(cfg.outputs)
+    struct = getattr(model, "_outputs_struct", None)
+    if isinstance(struct, dict) and len(struct) == n:  # a dict of outputs: its keys, in model.outputs order
+        return dict_keys(struct)
     names = list(getattr(model, "output_names", None) or [])
     if len(names) != n:  # a Sequential model: name its output after its last layer
         names = [model.layers[-1].name] if n == 1 and model.layers else [f"output_{i}" for i in range(n)]
@@ -277,7 +283,7 @@ class KerasFrontend(Frontend):
         try:
             with quiet(), stable_merge():
                 native.export(str(tmp / "model.onnx"), format="onnx", verbose=False, opset_version=opset,
-                              input_signature=sig if len(sig) == 1 else [sig])
+                              input_signature=sig if len(sig) == 1 else [model_inputs(native, sig)])
             model = onnx.load(str(tmp / "model.onnx"))
         except Exception as e:
             failed = first_line(e)
@@ -305,9 +311,7 @@ class KerasFrontend(Frontend):
         specs = _specs(native, cfg)
         args = [np.ascontiguousarray(feeds[s.name]) for s in specs]
         with quiet():
-            out = native(args[0] if len(args) == 1 else args, training=False)
-        if isinstance(out, dict):
-            out = [out[k] for k in (native.output_names or list(out))]
+            out = model_outputs(native(args[0] if len(args) == 1 else model_inputs(native, args), training=False))
         outs = list(out) if isinstance(out, list | tuple) else [out]
         return {n: np.asarray(keras.ops.convert_to_numpy(t)) for n, t in
                 zip(_out_names(native, cfg), outs, strict=True)}

@@ -240,6 +240,10 @@ def load_torch(cfg) -> TorchModel:
         except Exception as e:
             raise UserError(f"{path.name}: cannot load the torch.export program ({first_line(e)}) — re-export it "
                             "with this torch version") from None
+        if training := _training_ops(ep):
+            raise UserError(f"{path.name} was exported in training mode ({', '.join(training)} with train=True: "
+                            "dropout drops at random and batch norm normalizes by each batch's statistics) — call "
+                            "model.eval() before torch.export.export and save the program again")
         return TorchModel(ep, "exported", path.name)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -264,6 +268,24 @@ def load_torch(cfg) -> TorchModel:
     model = _build(cfg)
     _fit(model, sd, path, src.factory)
     return TorchModel(model.eval(), "module", f"{_short(src.factory)} + {path.name}")
+
+
+def _training_ops(ep) -> list[str]:
+    """The ops of an ExportedProgram that run in training mode (a `train`/`training` argument that is True): a model
+    exported without .eval() keeps dropout and batch-statistics batch norm in its graph, and an ExportedProgram
+    cannot be switched to eval afterwards."""
+    found: list[str] = []
+    for node in ep.graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op != "call_function" or schema is None:
+            continue
+        values = {a.name: node.kwargs.get(a.name, node.args[i] if i < len(node.args) else None)
+                  for i, a in enumerate(schema.arguments)}
+        if "running_mean" in values and values["running_mean"] is None:  # track_running_stats=False: batch stats
+            continue  # in eval too
+        if True in (values.get("train"), values.get("training")) and schema.name not in found:
+            found.append(schema.name)
+    return found
 
 
 # ------------------------------------------------------------------ export
@@ -409,10 +431,24 @@ def _torchscript(native: TorchModel, example, specs, names, opset):
     if dims and 0 in dims[0]:  # outputs are batch-major like the first input
         axes.update({n: {0: dims[0][0]} for n in names})
     buf = io.BytesIO()
-    with quiet():
+    with quiet(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
         torch.onnx.export(native.module, example, buf, dynamo=False, input_names=[s.name for s in specs],
                           output_names=names, opset_version=opset, dynamic_axes=axes or None)
+    own = Path(torch.__file__).resolve().parent  # torch's own modules (an RNN's input checks) trace correctly
+    branch = next((w for w in caught if issubclass(w.category, torch.jit.TracerWarning)
+                   and "Python boolean" in str(w.message) and not Path(w.filename).resolve().is_relative_to(own)),
+                  None)
+    if branch is not None:  # `if x.mean() > 0:` in forward(): the trace keeps the branch the example inputs took
+        where = f" ({Path(branch.filename).name}:{branch.lineno})" if branch.filename else ""
+        raise _Traced(f"the TorchScript exporter traced a Python branch on a tensor's value{where}, so the ONNX "
+                      "graph would follow the branch the example inputs took, whatever the input — replace the "
+                      "`if` on tensor values in forward() with torch.where, or make dynamo export it (torch.cond)")
     return onnx.load_from_string(buf.getvalue())
+
+
+class _Traced(Exception):
+    """A TorchScript trace that would be wrong for other inputs: exit 2 with this message as it stands."""
 
 
 def _dynamo_opset(model, opset: int | None, native: TorchModel):
@@ -428,7 +464,7 @@ def _dynamo_opset(model, opset: int | None, native: TorchModel):
             f"the dynamo exporter cannot write opset {opset} for this model (it wrote {got})", fix)
 
 
-def _dynamo_dims(model, second, native: TorchModel):
+def _dynamo_dims(model, second, native: TorchModel, specs=None):
     """A problem when the dynamo graph cannot run once the dynamic dims change size: torch.export may bake a traced
     size into the graph (an LSTM's sequence length) without a constraint error, and the data would get the blame."""
     if second is None:
@@ -453,7 +489,32 @@ def _dynamo_dims(model, second, native: TorchModel):
         return (reason, f"the dynamo exporter's graph fails when the dynamic dims change size ({first_line(e)})",
                 ("set source.exporter: torchscript (or auto), or " if native.kind == "module" else "")
                 + "give the dims that must not change a number in `inputs:`")
+    if specs is not None:
+        _declare_dims(model, specs, got)
     return None
+
+
+def _declare_dims(model, specs, got: list[tuple]) -> None:
+    """Output dims the dynamo graph declares fixed but that change with the dynamic dims (it computes a GRU's
+    [batch, seq, h] output right yet declares [batch, 3, h], the traced seq): declared dynamic again, named after
+    the input dim whose size they follow (sizes 2, 3, ... at the first trace, one more at the second), else
+    '<output>_dim<axis>'. A runtime that trusts the declared shape would misread them."""
+    sizes: dict[str, int] = {}
+    for d in _dims(specs):
+        for n in d.values():
+            sizes.setdefault(n, 2 + len(sizes))
+    patched = False
+    for out, shape in zip(model.graph.output, got, strict=False):
+        dims = out.type.tensor_type.shape.dim
+        if len(dims) != len(shape):
+            continue
+        for i, (d, n) in enumerate(zip(dims, shape, strict=True)):
+            if d.HasField("dim_value") and d.dim_value != n:
+                follows = [k for k, v in sizes.items() if v == d.dim_value and v + 1 == n]
+                d.dim_param = follows[0] if len(follows) == 1 else f"{out.name}_dim{i}"
+                patched = True
+    if patched:  # the traced size is in the intermediate shapes too, which onnxruntime reports: it re-infers them
+        del model.graph.value_info[:]
 
 
 @register_frontend
@@ -512,7 +573,7 @@ class TorchFrontend(Frontend):
                 problem = (reason, f"the dynamo exporter failed ({reason})", "try source.exporter: torchscript "
                            "(or auto)")
             else:
-                problem = _dynamo_opset(model, opset, native) or _dynamo_dims(model, second, native)
+                problem = _dynamo_opset(model, opset, native) or _dynamo_dims(model, second, native, specs)
             if problem is None:
                 native.exporter = "dynamo"
             elif exporter == "dynamo" or native.kind == "exported":
@@ -534,6 +595,8 @@ class TorchFrontend(Frontend):
                             "convert.opset or use source.exporter: dynamo")
         try:
             model = _torchscript(native, example, specs, names, opset)
+        except _Traced as e:
+            raise UserError(str(e)) from None
         except Exception as e:
             raise UserError(f"the TorchScript exporter failed ({first_line(e)}) — try source.exporter: "
                             "dynamo") from None

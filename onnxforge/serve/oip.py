@@ -243,11 +243,15 @@ def encode(req: dict, m, outs: dict[str, Any], names: list[str], binary_out: set
             flat = arr.reshape(-1)
             t["data"] = ([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
                          if t["datatype"] == "BYTES" else flat.tolist())
+            if arr.dtype.kind == "f" and not np.isfinite(flat).all():
+                # JSON has no NaN/Infinity (strict parsers refuse the bare words Python writes): null, as /predict
+                # and KServe's orjson write them; binary outputs keep the IEEE values
+                t["data"] = [v if math.isfinite(v) else None for v in t["data"]]
         tensors.append(t)
     doc: dict[str, Any] = {"model_name": m.name, "model_version": m.version, "outputs": tensors}
     if "id" in req:
         doc["id"] = req["id"]
-    head = json.dumps(doc, separators=(",", ":")).encode()
+    head = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return Response(head, media_type="application/json")
     return Response(head + b"".join(blobs), media_type="application/octet-stream",
